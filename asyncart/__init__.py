@@ -1,0 +1,66 @@
+"""asyncart: versioned, event-sourced artifacts for async Python.
+
+Example::
+
+    import asyncart
+
+    async with asyncart.init(project="demo", job_type="train") as run:
+        artifact = asyncart.Artifact("images", "dataset")
+        await artifact.add_dir("images/")
+        logged = await run.log_artifact(artifact, aliases=["best"])
+        print(logged.version, logged.digest)
+"""
+
+from ._api import Api as Api
+from ._artifact import Artifact as Artifact
+from ._audit import AuditProblem as AuditProblem
+from ._audit import AuditReport as AuditReport
+from ._audit import audit as audit
+from ._backends.base import BlobStore as BlobStore
+from ._backends.base import EventLog as EventLog
+from ._backends.base import Store as Store
+from ._backends.local import LocalStore as LocalStore
+from ._domain.events import Entry as Entry
+from ._domain.manifest import Manifest as Manifest
+from ._errors import AsyncartError as AsyncartError
+from ._errors import BackendUnavailableError as BackendUnavailableError
+from ._errors import ConflictError as ConflictError
+from ._errors import FileChangedError as FileChangedError
+from ._errors import IntegrityError as IntegrityError
+from ._errors import InvalidInputError as InvalidInputError
+from ._errors import NotFoundError as NotFoundError
+from ._errors import SealedError as SealedError
+from ._lineage import RunInfo as RunInfo
+from ._run import Run as Run
+from ._run import init as init
+from ._store import STORE_ENV as STORE_ENV
+from ._transfer import Progress as Progress
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "Api",
+    "Artifact",
+    "AsyncartError",
+    "AuditProblem",
+    "AuditReport",
+    "BackendUnavailableError",
+    "BlobStore",
+    "ConflictError",
+    "Entry",
+    "EventLog",
+    "FileChangedError",
+    "IntegrityError",
+    "InvalidInputError",
+    "LocalStore",
+    "Manifest",
+    "NotFoundError",
+    "Progress",
+    "Run",
+    "RunInfo",
+    "STORE_ENV",
+    "SealedError",
+    "Store",
+    "audit",
+    "init",
+)

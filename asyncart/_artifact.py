@@ -1,0 +1,418 @@
+"""The Artifact: a draft that collects files, or a committed version to read and build upon."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+
+from ._backends.base import Store, UploadItem
+from ._domain.events import Change, Entry, FilesAdded, FilesRemoved
+from ._domain.fold import CollectionState, Version, matching_paths
+from ._domain.manifest import Manifest
+from ._errors import IntegrityError, InvalidInputError, NotFoundError, SealedError
+from ._lineage import RunInfo, actor_run_id, run_info, runs
+from ._names import check_alias, check_entry_path, check_name, check_prefix, parse_ref
+from ._repository import ENTRIES_PER_EVENT, DraftSpec, Repository, Transfer, chunk_entries
+from ._store import open_store
+from ._transfer import (
+    DEFAULT_CONCURRENCY,
+    ProgressCallback,
+    batches,
+    download,
+    hash_file,
+    hash_files,
+    run_pool,
+)
+
+DEFAULT_PROJECT = "uncategorized"
+
+
+@dataclass
+class _Saved:
+    """Where a committed version lives, and what it is."""
+
+    repo: Repository
+    project: str
+    state: CollectionState
+    version: Version
+    manifest: Manifest
+
+
+class Artifact:
+    """A named, typed set of files.
+
+    A new ``Artifact`` is a draft: add files to it, then log it with ``Run.log_artifact`` or
+    ``save``. Logging returns a committed artifact (``version`` like ``"v0"``), which never changes;
+    ``new_draft()`` starts the next version from it, without re-reading unchanged files.
+
+    Example::
+
+        artifact = asyncart.Artifact("mnist", "dataset", metadata={"source": "lecun"})
+        await artifact.add_dir("data/")
+        saved = await artifact.save(project="demo")
+        print(saved.version, saved.digest)
+    """
+
+    def __init__(
+        self,
+        name: str,
+        type: str,
+        description: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = check_name(name, "artifact name")
+        self.type = check_name(type, "artifact type")
+        self.description = description
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self._entries: dict[str, Entry] = {}
+        self._sources: dict[str, str] = {}  # entry path -> local file, for files added here
+        self._changes: list[tuple[str, list[Any]]] = []  # ("add", entries) | ("remove", paths)
+        self._parent: _Saved | None = None
+        self._saved: _Saved | None = None
+        self._sealed = False
+
+    # -- what it is ------------------------------------------------------------------------
+
+    @property
+    def version(self) -> str | None:
+        """``"vN"`` once committed, else None."""
+        return f"v{self._saved.version.number}" if self._saved else None
+
+    @property
+    def aliases(self) -> list[str]:
+        """The aliases pointing at this version when it was loaded (``latest`` among them)."""
+        return sorted(self._saved.version.aliases) if self._saved else []
+
+    @property
+    def digest(self) -> str:
+        """The manifest digest: BLAKE3 of the sorted (path, content digest) pairs."""
+        return self._saved.version.commit.digest if self._saved else self.manifest.digest
+
+    @property
+    def manifest(self) -> Manifest:
+        """The files: ``manifest.entries`` maps each path to its entry (digest, size)."""
+        return self._saved.manifest if self._saved else Manifest(self._entries)
+
+    @property
+    def project(self) -> str | None:
+        return self._saved.project if self._saved else None
+
+    @property
+    def qualified_name(self) -> str:
+        """``project/name:vN`` for a committed artifact, else the bare name."""
+        return f"{self.project}/{self.name}:{self.version}" if self._saved else self.name
+
+    @property
+    def committed(self) -> bool:
+        return self._saved is not None
+
+    @property
+    def size(self) -> int:
+        """Total bytes of the artifact's files."""
+        return self.manifest.size
+
+    def __repr__(self) -> str:
+        state = self.qualified_name if self._saved else f"{self.name} (draft)"
+        return f"<Artifact {state} type={self.type} files={len(self.manifest)}>"
+
+    # -- building a draft ------------------------------------------------------------------
+
+    async def add_file(
+        self,
+        local_path: str | os.PathLike[str],
+        name: str | None = None,
+        *,
+        overwrite: bool = False,
+    ) -> Entry:
+        """Add one file as ``name`` (default: the file's own name); hashes it now.
+
+        Raises:
+            InvalidInputError: ``name`` is not a safe relative path, or the path holds other
+                content and ``overwrite`` is False.
+            NotFoundError: the file does not exist.
+        """
+        self._check_open()
+        local = os.fspath(local_path)
+        path = check_entry_path(name if name is not None else os.path.basename(local))
+        [entry] = await hash_files([(path, local)])
+        self._add([entry], {path: local}, overwrite)
+        return entry
+
+    async def add_dir(
+        self,
+        local_path: str | os.PathLike[str],
+        name: str | None = None,
+        *,
+        overwrite: bool = False,
+    ) -> list[Entry]:
+        """Add every file under a directory, as ``name/relative/path`` (default: no prefix)."""
+        self._check_open()
+        local = os.fspath(local_path)
+        prefix = check_entry_path(name.strip("/")) + "/" if name and name.strip("/") else ""
+        files = await anyio.to_thread.run_sync(_walk, local)
+        pairs = [(check_entry_path(prefix + rel), src) for rel, src in files]
+        entries = await hash_files(pairs)
+        self._add(entries, dict(pairs), overwrite)
+        return entries
+
+    def remove(self, path: str) -> None:
+        """Remove a file, or with ``dir/`` (or a directory's name) everything under it.
+
+        Raises:
+            NotFoundError: nothing in the draft matches ``path``.
+        """
+        self._check_open()
+        check_prefix(path)
+        keys = matching_paths(self._entries, path)
+        if not keys:
+            raise NotFoundError(f"cannot remove {path!r}: no such file or directory in {self.name}")
+        for key in keys:
+            del self._entries[key]
+            self._sources.pop(key, None)
+        self._record("remove", [path])
+
+    def _add(self, entries: list[Entry], sources: dict[str, str], overwrite: bool) -> None:
+        for entry in entries:  # check all first: a failed add changes nothing
+            old = self._entries.get(entry.path)
+            if old is not None and old.digest != entry.digest and not overwrite:
+                raise InvalidInputError(
+                    f"{entry.path!r} is already in {self.name} with other content; "
+                    "pass overwrite=True or remove() it first"
+                )
+        new = [e for e in entries if self._entries.get(e.path) != e]
+        for entry in new:
+            self._entries[entry.path] = entry
+            self._sources[entry.path] = sources[entry.path]
+        if new:
+            self._record("add", new)
+
+    def _record(self, kind: str, items: list[Any]) -> None:
+        if self._changes and self._changes[-1][0] == kind:
+            self._changes[-1][1].extend(items)
+        else:
+            self._changes.append((kind, list(items)))
+
+    def _check_open(self) -> None:
+        if self._saved is not None:
+            raise SealedError(f"{self.qualified_name} is committed and immutable; use new_draft()")
+        if self._sealed:
+            raise SealedError(f"this draft of {self.name} was already logged; create a new one")
+
+    # -- committing ------------------------------------------------------------------------
+
+    def _spec(self) -> DraftSpec:
+        self._check_open()
+        if self._parent is None:
+            changes = chunk_entries(sorted(self._entries.values(), key=lambda e: e.path))
+        else:
+            changes = [c for kind, items in self._changes for c in _as_events(kind, items)]
+        uploads = [
+            UploadItem(src, self._entries[path].digest, self._entries[path].size)
+            for path, src in self._sources.items()
+        ]
+        return DraftSpec(
+            self.name,
+            self.type,
+            self._parent.version.number if self._parent else None,
+            changes,
+            Manifest(self._entries),
+            uploads,
+            self.metadata,
+            self.description,
+        )
+
+    def _target(
+        self, project: str | None, store: str | os.PathLike[str] | Store | None
+    ) -> tuple[Repository, str]:
+        if self._parent is not None:
+            if project not in (None, self._parent.project):
+                raise InvalidInputError(
+                    f"a draft of {self._parent.project}/{self.name} is saved in its own project"
+                )
+            return self._parent.repo, self._parent.project
+        return Repository(open_store(store)), check_name(project or DEFAULT_PROJECT, "project")
+
+    async def save(
+        self,
+        project: str | None = None,
+        store: str | os.PathLike[str] | Store | None = None,
+        *,
+        aliases: Sequence[str] = (),
+        progress: ProgressCallback | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> Artifact:
+        """Commit this draft outside any run; return the committed artifact.
+
+        A draft made by ``new_draft()`` goes to its parent's project and store.
+        """
+        repo, project = self._target(project, store)
+        return await self._commit(
+            repo, project, aliases, _user_actor(), Transfer(concurrency, progress)
+        )
+
+    async def _commit(
+        self, repo: Repository, project: str, aliases: Sequence[str], actor: str, transfer: Transfer
+    ) -> Artifact:
+        spec = self._spec()
+        _check_aliases(aliases)
+        state, version = await repo.commit(project, spec, list(aliases), actor, transfer)
+        self._sealed = True
+        return await load_version(repo, project, state, version)
+
+    # -- reading a committed version -------------------------------------------------------
+
+    def _require_saved(self) -> _Saved:
+        if self._saved is None:
+            raise InvalidInputError(f"{self.name} is a draft: log or save it first")
+        return self._saved
+
+    async def download(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> Path:
+        """Write the exact files of this version under ``root``; return the root.
+
+        ``root`` defaults to ``./artifacts/NAME:vN``. Existing files at entry paths are replaced;
+        other files are left alone. Every byte written is verified against its digest.
+        """
+        saved = self._require_saved()
+        target = (
+            Path(root) if root is not None else Path("artifacts") / f"{self.name}:{self.version}"
+        )
+        await download(
+            saved.repo.store.blobs,
+            saved.manifest,
+            target,
+            concurrency=concurrency,
+            progress=progress,
+        )
+        return target
+
+    async def verify(self, root: str | os.PathLike[str]) -> None:
+        """Check that ``root`` holds every file of this version with the right bytes.
+
+        Files under ``root`` that are not in the artifact are ignored.
+
+        Raises:
+            IntegrityError: listing the missing and changed files.
+        """
+        saved = self._require_saved()
+        base = Path(root)
+        work = batches(saved.manifest.entries.values(), lambda e: e.size)
+        found = await run_pool(
+            work,
+            lambda batch: anyio.to_thread.run_sync(_verify_batch, base, batch),
+            DEFAULT_CONCURRENCY,
+        )
+        problems = sorted(p for batch in found for p in batch)
+        if problems:
+            shown = "; ".join(problems[:20]) + (" ..." if len(problems) > 20 else "")
+            raise IntegrityError(
+                f"{root} does not match {self.qualified_name}: {len(problems)} problems: {shown}"
+            )
+
+    def new_draft(self) -> Artifact:
+        """Start a new version from this one: add, remove or replace a few files, then log it.
+
+        Unchanged files are never read, hashed or uploaded again.
+        """
+        saved = self._require_saved()
+        draft = Artifact(self.name, self.type, self.description, dict(self.metadata))
+        draft._parent = saved
+        draft._entries = dict(saved.manifest.entries)
+        return draft
+
+    async def logged_by(self) -> RunInfo | None:
+        """The run that committed this version (None if it was saved outside any run)."""
+        saved = self._require_saved()
+        run_id = actor_run_id(saved.version.actor)
+        if run_id is None:
+            return None
+        return run_info(saved.project, run_id, await saved.repo.run(saved.project, run_id))
+
+    async def used_by(self) -> list[RunInfo]:
+        """The runs that used this version, in the order of their ids."""
+        saved = self._require_saved()
+        key = (saved.project, self.name, saved.version.number)
+        return [r for r in await runs(saved.repo, saved.project) if key in r.used]
+
+
+async def load_version(
+    repo: Repository, project: str, state: CollectionState, version: Version
+) -> Artifact:
+    manifest = await repo.manifest(state, version)
+    draft = version.draft
+    artifact = Artifact(state.name, state.type, draft.description, draft.metadata)
+    artifact._saved = _Saved(repo, project, state, version, manifest)
+    return artifact
+
+
+async def load_artifact(repo: Repository, ref: str, default_project: str) -> Artifact:
+    """Resolve ``[project/]name[:alias|:vN]`` to a committed artifact."""
+    parsed = parse_ref(ref)
+    project = parsed.project or default_project
+    state, version = await repo.version(project, parsed.name, parsed.version, parsed.alias)
+    return await load_version(repo, project, state, version)
+
+
+def _as_events(kind: str, items: list[Any]) -> list[Change]:
+    if kind == "remove":
+        return [FilesRemoved("", items)]
+    return [
+        FilesAdded("", items[i : i + ENTRIES_PER_EVENT])
+        for i in range(0, len(items), ENTRIES_PER_EVENT)
+    ]
+
+
+def _check_aliases(aliases: Sequence[str]) -> None:
+    if isinstance(aliases, str):
+        raise InvalidInputError("aliases must be a list of names, not a string")
+    for alias in aliases:
+        if alias != "latest":
+            check_alias(alias)
+
+
+def _user_actor() -> str:
+    try:
+        return f"user:{getpass.getuser()}"
+    except Exception:  # no login name (some containers)
+        return "user:unknown"
+
+
+def _walk(root: str) -> list[tuple[str, str]]:
+    """(relative POSIX path, local path) of every file under ``root``, sorted."""
+    if not os.path.isdir(root):
+        raise NotFoundError(f"no such directory: {root}")
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, root)
+        for filename in filenames:
+            src = os.path.join(dirpath, filename)
+            if os.path.isfile(src):
+                out.append(
+                    (filename if rel == "." else f"{rel}/{filename}".replace(os.sep, "/"), src)
+                )
+    return sorted(out)
+
+
+def _verify_batch(root: Path, entries: list[Entry]) -> list[str]:
+    problems = []
+    for entry in entries:
+        try:
+            digest, size = hash_file(str(root / entry.path))
+        except NotFoundError:
+            problems.append(f"missing {entry.path}")
+            continue
+        if (digest, size) != (entry.digest, entry.size):
+            problems.append(f"changed {entry.path}")
+    return problems

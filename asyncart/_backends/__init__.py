@@ -1,0 +1,1 @@
+"""Storage backends: dumb stores of opaque log records and content-addressed blobs."""

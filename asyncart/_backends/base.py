@@ -1,0 +1,85 @@
+"""The contracts every backend implements. Backends never import event types: they store bytes."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import NamedTuple, Protocol
+
+
+class UploadItem(NamedTuple):
+    """A local file to store as the blob ``digest`` (computed earlier by ``add_file``)."""
+
+    source: str
+    digest: str
+    size: int
+
+
+class EventLog(Protocol):
+    """Append-only streams of opaque records with optimistic concurrency."""
+
+    async def read(self, stream: str, from_seq: int = 0) -> list[bytes]:
+        """Return the payloads of ``stream`` from ``from_seq`` on ([] for an unknown stream).
+
+        Raises:
+            IntegrityError: a record fails its checksum (the log is damaged, not torn).
+        """
+        ...
+
+    async def append(self, stream: str, payloads: Sequence[bytes], expected_seq: int) -> int:
+        """Append all ``payloads`` atomically at ``expected_seq``; return the new head.
+
+        Raises:
+            ConflictError: the stream's head is not ``expected_seq``.
+        """
+        ...
+
+    async def streams(self, prefix: str = "") -> list[str]:
+        """The names of the streams that start with ``prefix``, sorted."""
+        ...
+
+
+class BlobStore(Protocol):
+    """Content-addressed blobs (BLAKE3 hex digests); writes are idempotent, reads verified."""
+
+    async def missing(self, digests: Collection[str]) -> set[str]:
+        """The subset of ``digests`` not stored yet."""
+        ...
+
+    async def put_files(self, items: Sequence[UploadItem]) -> int:
+        """Store each file as its digest (skipping those present); return the bytes written.
+
+        Raises:
+            FileChangedError: a file's bytes no longer match its digest; nothing is stored for it.
+        """
+        ...
+
+    async def put_bytes(self, data: bytes) -> str:
+        """Store ``data``; return its digest."""
+        ...
+
+    async def get_bytes(self, digest: str) -> bytes:
+        """Return a blob's bytes, verified. Raises NotFoundError or IntegrityError."""
+        ...
+
+    async def get_files(self, items: Sequence[tuple[str, str]]) -> int:
+        """Write each (digest, dest path) atomically, verified; return the bytes written.
+
+        Raises:
+            NotFoundError: a blob is missing.
+            IntegrityError: a blob's bytes do not match its digest.
+        """
+        ...
+
+    async def flush(self) -> None:
+        """Make every blob stored so far durable (called before the events that reference them)."""
+        ...
+
+
+class Store(Protocol):
+    """A log and a blob store, opened together."""
+
+    log: EventLog
+    blobs: BlobStore
+    location: str
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,1 @@
+"""The pure core: event vocabulary, manifests and the fold. No I/O, no locks."""

@@ -1,0 +1,161 @@
+"""The event vocabulary and the record envelope.
+
+Tags are explicit and stable: they are written to disk and must never change. New fields get
+defaults, so records written by older versions still decode (schema evolution, msgspec style).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import blake3
+import msgspec
+
+
+class Entry(msgspec.Struct, array_like=True, frozen=True):
+    """One file in a manifest: its path, content digest (BLAKE3, hex) and size in bytes."""
+
+    path: str
+    digest: str
+    size: int
+
+
+class _Event(msgspec.Struct, frozen=True, tag_field="kind"):
+    """Base of every event body; subclasses set their stable ``tag``."""
+
+
+# -- collection stream: one per artifact collection (project/name) --------------------------
+
+
+class CollectionCreated(_Event, tag="collection.created"):
+    name: str
+    type: str
+
+
+class DraftOpened(_Event, tag="draft.opened"):
+    draft: str
+    parent: int | None = None  # version number the draft starts from
+    distributed_id: str | None = None
+
+
+class FilesAdded(_Event, tag="files.added"):
+    draft: str
+    entries: list[Entry]
+
+
+class FilesRemoved(_Event, tag="files.removed"):
+    draft: str
+    paths: list[str]  # an exact path, or a 'dir/' prefix (everything under it)
+
+
+class MetadataSet(_Event, tag="metadata.set"):
+    draft: str
+    metadata: dict[str, Any] | None = None
+    description: str | None = None
+
+
+class VersionCommitted(_Event, tag="version.committed"):
+    draft: str
+    version: int
+    digest: str  # manifest digest, re-derived by replay during an audit
+    file_count: int
+    size: int
+    snapshot: str | None = None  # blob digest of the materialized manifest, if written
+    aliases: list[str] = []
+
+
+class DraftDiscarded(_Event, tag="draft.discarded"):
+    """A pending draft closed without a new version (its content equals ``same_as``)."""
+
+    draft: str
+    same_as: int | None = None
+
+
+class AliasesMoved(_Event, tag="aliases.moved"):
+    version: int
+    add: list[str] = []
+    remove: list[str] = []
+
+
+# -- run stream: one per run (lineage) ------------------------------------------------------
+
+
+class RunStarted(_Event, tag="run.started"):
+    group: str | None = None
+    job_type: str | None = None
+    config: dict[str, Any] | None = None
+
+
+class ArtifactUsed(_Event, tag="artifact.used"):
+    project: str
+    name: str
+    version: int
+
+
+class ArtifactLogged(_Event, tag="artifact.logged"):
+    name: str
+    version: int
+
+
+class RunFinished(_Event, tag="run.finished"):
+    exit_code: int = 0
+
+
+Event = (
+    CollectionCreated
+    | DraftOpened
+    | FilesAdded
+    | FilesRemoved
+    | MetadataSet
+    | VersionCommitted
+    | DraftDiscarded
+    | AliasesMoved
+    | RunStarted
+    | ArtifactUsed
+    | ArtifactLogged
+    | RunFinished
+)
+
+Change = FilesAdded | FilesRemoved
+"""The events that change a draft's files."""
+
+
+class Record(msgspec.Struct, frozen=True):
+    """The envelope of every event in the log.
+
+    ``prev`` is the BLAKE3 digest of the previous record's encoded bytes ('' for seq 0), so the
+    records of a stream form a hash chain: an edited, dropped or reordered record shows.
+    """
+
+    stream: str
+    seq: int
+    time: float
+    actor: str
+    prev: str
+    body: Event
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Record)
+_snapshot_decoder = msgspec.msgpack.Decoder(list[Entry])
+
+
+def encode(record: Record) -> bytes:
+    return _encoder.encode(record)
+
+
+def decode(payload: bytes) -> Record:
+    return _decoder.decode(payload)
+
+
+def record_hash(payload: bytes) -> str:
+    """The chain hash of an encoded record."""
+    return blake3.blake3(payload).hexdigest()
+
+
+def encode_entries(entries: list[Entry]) -> bytes:
+    return _encoder.encode(entries)
+
+
+def decode_entries(data: bytes) -> list[Entry]:
+    return _snapshot_decoder.decode(data)

@@ -1,0 +1,225 @@
+"""Folding a stream's records into state, and replaying changes into manifests (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._errors import IntegrityError
+from .events import (
+    AliasesMoved,
+    ArtifactLogged,
+    ArtifactUsed,
+    Change,
+    CollectionCreated,
+    DraftDiscarded,
+    DraftOpened,
+    Entry,
+    FilesAdded,
+    FilesRemoved,
+    MetadataSet,
+    Record,
+    RunFinished,
+    RunStarted,
+    VersionCommitted,
+)
+from .manifest import Manifest
+
+
+@dataclass
+class Draft:
+    """A pending draft: its parent, and the changes and metadata recorded for it so far."""
+
+    id: str
+    parent: int | None
+    distributed_id: str | None
+    actor: str
+    changes: list[Change] = field(default_factory=list)
+    metadata: dict[str, Any] | None = None
+    description: str | None = None
+
+
+@dataclass
+class Version:
+    """A committed version as recorded in the log."""
+
+    number: int
+    draft: Draft
+    commit: VersionCommitted
+    actor: str
+    time: float
+    seq: int  # of the version.committed record
+    aliases: set[str] = field(default_factory=set)
+
+    @property
+    def parent(self) -> int | None:
+        return self.draft.parent
+
+
+@dataclass
+class CollectionState:
+    """Everything the log says about one artifact collection, as of ``head``."""
+
+    stream: str
+    head: int = 0  # the next seq
+    last_hash: str = ""
+    name: str = ""
+    type: str = ""
+    versions: list[Version] = field(default_factory=list)
+    drafts: dict[str, Draft] = field(default_factory=dict)  # open drafts by id
+    aliases: dict[str, int] = field(default_factory=dict)
+    pending: dict[str, str] = field(default_factory=dict)  # distributed_id -> open draft id
+
+    @property
+    def latest(self) -> Version | None:
+        return self.versions[-1] if self.versions else None
+
+    def resolve(self, version: int | None, alias: str | None) -> Version | None:
+        if version is not None:
+            return self.versions[version] if version < len(self.versions) else None
+        if alias == "latest":
+            return self.latest
+        number = self.aliases.get(alias or "")
+        return None if number is None else self.versions[number]
+
+
+def apply_change(entries: dict[str, Entry], change: Change) -> int:
+    """Apply one change to ``entries`` in place; return how many entries it touched."""
+    if isinstance(change, FilesAdded):
+        for entry in change.entries:
+            entries[entry.path] = entry
+        return len(change.entries)
+    touched = 0
+    for path in change.paths:
+        for key in matching_paths(entries, path):
+            del entries[key]
+            touched += 1
+    return touched
+
+
+def matching_paths(entries: Iterable[str], path: str) -> list[str]:
+    """The entries ``remove(path)`` removes: ``path`` itself, else everything under ``path/``."""
+    names = entries if isinstance(entries, dict) else set(entries)
+    if not path.endswith("/") and path in names:
+        return [path]
+    prefix = path if path.endswith("/") else path + "/"
+    return [key for key in names if key.startswith(prefix)]
+
+
+def replay(base: Manifest | None, changes: Iterable[Change]) -> Manifest:
+    """Materialize the manifest that ``changes`` make of ``base`` (or of nothing)."""
+    entries = dict(base.entries) if base is not None else {}
+    for change in changes:
+        apply_change(entries, change)
+    return Manifest(entries)
+
+
+def fold(state: CollectionState, records: Iterable[Record]) -> CollectionState:
+    """Apply ``records`` (the next ones after ``state.head``) to ``state`` in place."""
+    for record in records:
+        if record.seq != state.head:
+            raise IntegrityError(
+                f"stream {state.stream!r}: expected seq {state.head}, found {record.seq}"
+            )
+        _apply(state, record)
+        state.head += 1
+    return state
+
+
+def _apply(state: CollectionState, record: Record) -> None:
+    body = record.body
+    match body:
+        case CollectionCreated(name=name, type=type_):
+            state.name, state.type = name, type_
+        case DraftOpened():
+            draft = Draft(body.draft, body.parent, body.distributed_id, record.actor)
+            if body.parent is not None and body.parent >= len(state.versions):
+                _broken(state, record, f"parent v{body.parent} does not exist")
+            state.drafts[draft.id] = draft
+            if draft.distributed_id is not None:
+                state.pending[draft.distributed_id] = draft.id
+        case FilesAdded() | FilesRemoved():
+            _draft(state, record, body.draft).changes.append(body)
+        case MetadataSet():
+            draft = _draft(state, record, body.draft)
+            if body.metadata is not None:
+                draft.metadata = body.metadata
+            if body.description is not None:
+                draft.description = body.description
+        case VersionCommitted():
+            draft = _close(state, record, body.draft)
+            if body.version != len(state.versions):
+                _broken(state, record, f"commits v{body.version}, expected v{len(state.versions)}")
+            version = Version(body.version, draft, body, record.actor, record.time, record.seq)
+            state.versions.append(version)
+            _move_aliases(state, version.number, add=["latest", *body.aliases], remove=[])
+        case DraftDiscarded():
+            _close(state, record, body.draft)
+        case AliasesMoved():
+            if body.version >= len(state.versions):
+                _broken(state, record, f"moves aliases to missing v{body.version}")
+            _move_aliases(state, body.version, add=body.add, remove=body.remove)
+        case _:
+            _broken(state, record, f"unexpected event {type(body).__name__}")
+
+
+def _draft(state: CollectionState, record: Record, draft_id: str) -> Draft:
+    draft = state.drafts.get(draft_id)
+    if draft is None:
+        _broken(state, record, f"draft {draft_id!r} is not open")
+    return draft
+
+
+def _close(state: CollectionState, record: Record, draft_id: str) -> Draft:
+    draft = _draft(state, record, draft_id)
+    del state.drafts[draft_id]
+    if draft.distributed_id is not None and state.pending.get(draft.distributed_id) == draft_id:
+        del state.pending[draft.distributed_id]
+    return draft
+
+
+def _move_aliases(state: CollectionState, number: int, add: list[str], remove: list[str]) -> None:
+    for alias in remove:
+        if state.aliases.get(alias) == number:
+            del state.aliases[alias]
+            state.versions[number].aliases.discard(alias)
+    for alias in add:
+        old = state.aliases.get(alias)
+        if old is not None:
+            state.versions[old].aliases.discard(alias)
+        state.aliases[alias] = number
+        state.versions[number].aliases.add(alias)
+
+
+def _broken(state: CollectionState, record: Record, why: str) -> Any:
+    raise IntegrityError(f"stream {state.stream!r} seq {record.seq}: {why}")
+
+
+@dataclass
+class RunState:
+    """What a run's stream says: who it was, what it used and logged."""
+
+    stream: str
+    head: int = 0
+    last_hash: str = ""
+    started: RunStarted | None = None
+    used: list[tuple[str, str, int]] = field(default_factory=list)  # project, name, version
+    logged: list[tuple[str, int]] = field(default_factory=list)
+    finished: RunFinished | None = None
+
+
+def fold_run(state: RunState, records: Iterable[Record]) -> RunState:
+    """Apply a run stream's next ``records`` to ``state`` in place."""
+    for record in records:
+        match record.body:
+            case RunStarted() as started:
+                state.started = started
+            case ArtifactUsed(project=project, name=name, version=version):
+                state.used.append((project, name, version))
+            case ArtifactLogged(name=name, version=version):
+                state.logged.append((name, version))
+            case RunFinished() as finished:
+                state.finished = finished
+        state.head += 1
+    return state

@@ -1,0 +1,407 @@
+"""The repository: reads streams into state, appends with optimistic concurrency, commits.
+
+Every commit follows the one protocol that protects users' data: upload the blobs, make them
+durable (``flush``), then append the events that reference them in one atomic batch at the
+expected seq. On a conflict the state is re-read, the plan re-made and the append retried.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from ._backends.base import Store, UploadItem
+from ._domain.events import (
+    AliasesMoved,
+    Change,
+    CollectionCreated,
+    DraftDiscarded,
+    DraftOpened,
+    Entry,
+    Event,
+    FilesAdded,
+    FilesRemoved,
+    MetadataSet,
+    Record,
+    VersionCommitted,
+    decode,
+    encode,
+    record_hash,
+)
+from ._domain.fold import CollectionState, RunState, Version, fold, fold_run, replay
+from ._domain.manifest import Manifest
+from ._errors import ConflictError, IntegrityError, InvalidInputError, NotFoundError
+from ._transfer import DEFAULT_CONCURRENCY, ProgressCallback, upload
+
+SNAPSHOT_EVERY = 32  # a version at most this many commits from a snapshot (or a root) ...
+SNAPSHOT_RATIO = 2  # ... and at most this many times its size in entries to replay
+ENTRIES_PER_EVENT = 10_000  # a 1M-file ingest is 100 events, not 1M
+_HEAVY = 20_000  # entries: above this, pure work moves to a thread to keep the loop free
+_MAX_ATTEMPTS = 200
+
+
+def collection_stream(project: str, name: str) -> str:
+    return f"{project}/artifacts/{name}"
+
+
+def run_stream(project: str, run_id: str) -> str:
+    return f"{project}/runs/{run_id}"
+
+
+@dataclass
+class DraftSpec:
+    """What an in-memory draft wants to commit: its parent, changes, result and files."""
+
+    name: str
+    type: str
+    parent: int | None
+    changes: list[Change]  # draft ids are filled in at commit time
+    manifest: Manifest
+    uploads: list[UploadItem]
+    metadata: dict[str, Any] | None
+    description: str | None
+
+
+@dataclass
+class Transfer:
+    """How to move blobs for one operation."""
+
+    concurrency: int = DEFAULT_CONCURRENCY
+    progress: ProgressCallback | None = None
+
+
+class Repository:
+    """Artifact logic over one store. Caches folded state and manifests (both immutable history)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._states: dict[str, CollectionState] = {}
+        self._manifests: OrderedDict[tuple[str, int], Manifest] = OrderedDict()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def collection(self, project: str, name: str) -> CollectionState:
+        """The state of a collection as of now (an empty state if it does not exist)."""
+        stream = collection_stream(project, name)
+        state = self._states.pop(stream, None) or CollectionState(stream)
+        records, last_hash = await self._read(stream, state.head, state.last_hash)
+        fold(state, records)  # on error the damaged state is not cached again
+        state.last_hash = last_hash
+        self._states[stream] = state
+        return state
+
+    async def run(self, project: str, run_id: str) -> RunState:
+        stream = run_stream(project, run_id)
+        records, last_hash = await self._read(stream, 0, "")
+        state = fold_run(RunState(stream), records)
+        state.last_hash = last_hash
+        return state
+
+    async def _read(self, stream: str, head: int, last_hash: str) -> tuple[list[Record], str]:
+        payloads = await self.store.log.read(stream, head)
+        if not payloads:
+            return [], last_hash
+        big = sum(map(len, payloads)) > 256 << 10
+        run = anyio.to_thread.run_sync if big else _inline
+        return await run(_decode_chain, stream, head, last_hash, payloads)
+
+    async def version(
+        self, project: str, name: str, number: int | None, alias: str | None
+    ) -> tuple[CollectionState, Version]:
+        state = await self.collection(project, name)
+        found = state.resolve(number, alias)
+        if found is None:
+            what = f"v{number}" if number is not None else alias
+            known = ", ".join(sorted(state.aliases)) or "none"
+            raise NotFoundError(
+                f"artifact {project}/{name}:{what} not found "
+                f"({len(state.versions)} versions; aliases: {known})"
+            )
+        return state, found
+
+    async def manifest(self, state: CollectionState, version: Version) -> Manifest:
+        """Materialize a version: its nearest snapshot (or root) plus the changes after it."""
+        key = (state.stream, version.number)
+        if key in self._manifests:
+            self._manifests.move_to_end(key)
+            return self._manifests[key]
+        chain = [version]
+        while chain[-1].commit.snapshot is None and chain[-1].parent is not None:
+            chain.append(state.versions[chain[-1].parent])  # type: ignore[index]
+        base = await self._snapshot(chain[-1])
+        replayed = chain[:-1] if base is not None else chain  # a snapshot includes its own changes
+        changes = [c for v in reversed(replayed) for c in v.draft.changes]
+        manifest = await _maybe_thread(len(changes) > 64, _replay_digest, base, changes)
+        if manifest.digest != version.commit.digest:
+            raise IntegrityError(
+                f"{state.stream} v{version.number}: replaying its events gives manifest "
+                f"{manifest.digest}, the log recorded {version.commit.digest}"
+            )
+        self._manifests[key] = manifest
+        if len(self._manifests) > 8:
+            self._manifests.popitem(last=False)
+        return manifest
+
+    async def _snapshot(self, version: Version) -> Manifest | None:
+        if version.commit.snapshot is None:
+            return None
+        data = await self.store.blobs.get_bytes(version.commit.snapshot)
+        return await _maybe_thread(len(data) > 1 << 20, Manifest.from_snapshot, data)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def append(
+        self, state: CollectionState | RunState, bodies: Sequence[Event], actor: str
+    ) -> None:
+        """Append ``bodies`` after ``state.head``; raises ConflictError if the stream moved."""
+        now = time.time()
+        payloads, prev = [], state.last_hash
+        for seq, body in enumerate(bodies, state.head):
+            payload = encode(Record(state.stream, seq, now, actor, prev, body))
+            payloads.append(payload)
+            prev = record_hash(payload)
+        await self.store.log.append(state.stream, payloads, state.head)
+
+    async def append_run(
+        self, project: str, run_id: str, bodies: Sequence[Event], actor: str
+    ) -> None:
+        for attempt in range(_MAX_ATTEMPTS):
+            try:
+                return await self.append(await self.run(project, run_id), bodies, actor)
+            except ConflictError:
+                await _backoff(attempt)
+        raise ConflictError(run_stream(project, run_id), -1, -1)
+
+    async def _retrying(
+        self, project: str, name: str, step: Callable[[CollectionState], Any]
+    ) -> Any:
+        """Re-read the collection and run ``step`` until its append does not conflict."""
+        for attempt in range(_MAX_ATTEMPTS):
+            state = await self.collection(project, name)
+            try:
+                return await step(state)
+            except ConflictError:
+                await _backoff(attempt)
+        raise ConflictError(collection_stream(project, name), -1, -1)
+
+    async def _store_files(self, uploads: list[UploadItem], transfer: Transfer) -> None:
+        await upload(
+            self.store.blobs, uploads, concurrency=transfer.concurrency, progress=transfer.progress
+        )
+        await self.store.blobs.flush()  # blobs durable before any event references them
+
+    async def commit(
+        self, project: str, spec: DraftSpec, aliases: list[str], actor: str, transfer: Transfer
+    ) -> tuple[CollectionState, Version]:
+        """Single-run and incremental flows: one atomic append opens, fills and commits a draft."""
+        await self._store_files(spec.uploads, transfer)
+        digest = await _maybe_thread(len(spec.manifest) > _HEAVY, lambda: spec.manifest.digest)
+        snapshot: list[str | None] = []
+
+        async def step(state: CollectionState) -> tuple[CollectionState, Version]:
+            _check_type(state, spec)
+            if (same := _same_as_latest(state, digest)) is not None:
+                if moved := _aliases_moved(state, same, aliases):
+                    await self.append(state, moved, actor)
+                return await self.version(project, spec.name, same.number, None)
+            if not snapshot:  # the parent chain never changes, so decide once
+                snapshot.append(
+                    await self._maybe_snapshot(state, spec.parent, spec.manifest, spec.changes)
+                )
+            draft = uuid.uuid4().hex
+            bodies: list[Event] = [*_created(state, spec), DraftOpened(draft, spec.parent)]
+            bodies += [_with_draft(c, draft) for c in spec.changes]
+            bodies += _metadata(draft, spec)
+            bodies.append(_committed(state, draft, spec.manifest, snapshot[0], aliases))
+            await self.append(state, bodies, actor)
+            return await self.version(project, spec.name, len(state.versions), None)
+
+        result: tuple[CollectionState, Version] = await self._retrying(project, spec.name, step)
+        return result
+
+    async def upsert(
+        self, project: str, spec: DraftSpec, distributed_id: str, actor: str, transfer: Transfer
+    ) -> None:
+        """Distributed flow: add files to the pending draft of ``distributed_id``."""
+        await self._store_files(spec.uploads, transfer)
+
+        async def step(state: CollectionState) -> None:
+            _check_type(state, spec)
+            bodies, draft = _open_distributed(state, spec, distributed_id)
+            bodies += [_with_draft(c, draft) for c in spec.changes] + _metadata(draft, spec)
+            await self.append(state, bodies, actor)
+
+        await self._retrying(project, spec.name, step)
+
+    async def finish(
+        self,
+        project: str,
+        spec: DraftSpec,
+        distributed_id: str,
+        aliases: list[str],
+        actor: str,
+        transfer: Transfer,
+    ) -> tuple[CollectionState, Version]:
+        """Distributed flow: add the last files and commit the pending draft as a version."""
+        await self._store_files(spec.uploads, transfer)
+
+        async def step(state: CollectionState) -> tuple[CollectionState, Version]:
+            _check_type(state, spec)
+            bodies, draft = _open_distributed(state, spec, distributed_id)
+            bodies += [_with_draft(c, draft) for c in spec.changes] + _metadata(draft, spec)
+            pending = state.drafts[draft].changes if draft in state.drafts else []
+            manifest = await _maybe_thread(True, _replay_digest, None, [*pending, *spec.changes])
+            if (same := _same_as_latest(state, manifest.digest)) is not None:
+                closing: list[Event] = []
+                if draft in state.drafts:  # close the pending draft: it made no new version
+                    closing = [*bodies, DraftDiscarded(draft, same.number)]
+                if closing := closing + _aliases_moved(state, same, aliases):
+                    await self.append(state, closing, actor)
+                return await self.version(project, spec.name, same.number, None)
+            bodies.append(_committed(state, draft, manifest, None, aliases))
+            await self.append(state, bodies, actor)
+            return await self.version(project, spec.name, len(state.versions), None)
+
+        result: tuple[CollectionState, Version] = await self._retrying(project, spec.name, step)
+        return result
+
+    async def move_aliases(
+        self, project: str, name: str, number: int, add: list[str], remove: list[str], actor: str
+    ) -> None:
+        async def step(state: CollectionState) -> None:
+            if number >= len(state.versions):
+                raise NotFoundError(f"artifact {project}/{name}:v{number} not found")
+            await self.append(state, [AliasesMoved(number, add, remove)], actor)
+
+        await self._retrying(project, name, step)
+
+    async def _maybe_snapshot(
+        self, state: CollectionState, parent: int | None, manifest: Manifest, changes: list[Change]
+    ) -> str | None:
+        """Snapshot policy: see SNAPSHOT_EVERY and SNAPSHOT_RATIO. Roots replay their own events."""
+        if parent is None:
+            return None
+        depth, replayed = 1, _count(changes)
+        version = state.versions[parent]
+        while True:
+            if version.commit.snapshot is not None:
+                break
+            replayed += _count(version.draft.changes)
+            if version.parent is None:
+                break
+            depth += 1
+            version = state.versions[version.parent]
+        if depth < SNAPSHOT_EVERY and replayed <= SNAPSHOT_RATIO * max(len(manifest), 1024):
+            return None
+        data = await _maybe_thread(len(manifest) > _HEAVY, manifest.to_snapshot)
+        digest = await self.store.blobs.put_bytes(data)
+        await self.store.blobs.flush()
+        return digest
+
+
+def _decode_chain(
+    stream: str, head: int, prev: str, payloads: list[bytes]
+) -> tuple[list[Record], str]:
+    """Decode records, checking that each one continues the stream's hash chain."""
+    records = []
+    for seq, payload in enumerate(payloads, head):
+        record = decode(payload)
+        if record.seq != seq or record.stream != stream or record.prev != prev:
+            raise IntegrityError(
+                f"stream {stream!r} seq {seq}: record does not continue the hash chain "
+                "(the log was edited); run asyncart.audit for details"
+            )
+        records.append(record)
+        prev = record_hash(payload)
+    return records, prev
+
+
+def _replay_digest(base: Manifest | None, changes: list[Change]) -> Manifest:
+    manifest = replay(base, changes)
+    _ = manifest.digest  # computed here, off the loop when this runs in a thread
+    return manifest
+
+
+async def _inline(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
+async def _maybe_thread(heavy: bool, fn: Callable[..., Any], *args: Any) -> Any:
+    return await anyio.to_thread.run_sync(fn, *args) if heavy else fn(*args)
+
+
+async def _backoff(attempt: int) -> None:
+    await anyio.sleep(random.uniform(0, min(0.001 * 2 ** min(attempt, 6), 0.05)))
+
+
+def _count(changes: list[Change]) -> int:
+    return sum(len(c.entries) if isinstance(c, FilesAdded) else len(c.paths) for c in changes)
+
+
+def _check_type(state: CollectionState, spec: DraftSpec) -> None:
+    if state.type and state.type != spec.type:
+        raise InvalidInputError(
+            f"artifact {spec.name!r} has type {state.type!r}, not {spec.type!r}; "
+            "use the same type or another name"
+        )
+
+
+def _created(state: CollectionState, spec: DraftSpec) -> list[Event]:
+    return [] if state.head else [CollectionCreated(spec.name, spec.type)]
+
+
+def _same_as_latest(state: CollectionState, digest: str) -> Version | None:
+    latest = state.latest
+    return latest if latest is not None and latest.commit.digest == digest else None
+
+
+def _aliases_moved(state: CollectionState, version: Version, aliases: list[str]) -> list[Event]:
+    """Identical content makes no version, but the requested aliases still move to it."""
+    new = [a for a in aliases if state.aliases.get(a) != version.number]
+    return [AliasesMoved(version.number, new)] if new else []
+
+
+def _open_distributed(
+    state: CollectionState, spec: DraftSpec, distributed_id: str
+) -> tuple[list[Event], str]:
+    draft = state.pending.get(distributed_id)
+    if draft is not None:
+        return [], draft
+    draft = uuid.uuid4().hex
+    return [*_created(state, spec), DraftOpened(draft, None, distributed_id)], draft
+
+
+def _with_draft(change: Change, draft: str) -> Change:
+    if isinstance(change, FilesAdded):
+        return FilesAdded(draft, change.entries)
+    return FilesRemoved(draft, change.paths)
+
+
+def _metadata(draft: str, spec: DraftSpec) -> list[Event]:
+    if spec.metadata is None and spec.description is None:
+        return []
+    return [MetadataSet(draft, spec.metadata, spec.description)]
+
+
+def _committed(
+    state: CollectionState, draft: str, manifest: Manifest, snapshot: str | None, aliases: list[str]
+) -> VersionCommitted:
+    return VersionCommitted(
+        draft, len(state.versions), manifest.digest, len(manifest), manifest.size, snapshot, aliases
+    )
+
+
+def chunk_entries(entries: list[Entry]) -> list[Change]:
+    """Split a long list of entries into FilesAdded events of ENTRIES_PER_EVENT at most."""
+    return [
+        FilesAdded("", entries[i : i + ENTRIES_PER_EVENT])
+        for i in range(0, len(entries), ENTRIES_PER_EVENT)
+    ]

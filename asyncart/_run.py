@@ -1,0 +1,173 @@
+"""Runs: the unit of work that uses and logs artifacts, and records it (lineage)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+from ._artifact import DEFAULT_PROJECT, Artifact, load_artifact, load_version
+from ._backends.base import Store
+from ._domain.events import ArtifactLogged, ArtifactUsed, RunFinished, RunStarted
+from ._errors import InvalidInputError
+from ._names import check_name
+from ._repository import Repository, Transfer
+from ._store import open_store
+from ._transfer import DEFAULT_CONCURRENCY, ProgressCallback
+
+
+def init(
+    project: str | None = None,
+    *,
+    group: str | None = None,
+    job_type: str | None = None,
+    id: str | None = None,
+    config: dict[str, Any] | None = None,
+    store: str | os.PathLike[str] | Store | None = None,
+) -> Run:
+    """Create a run; use it as ``async with asyncart.init(project="demo") as run: ...``.
+
+    Args:
+        project: the project its artifacts belong to (default ``uncategorized``).
+        group: groups runs; also the default ``distributed_id`` of upserted artifacts.
+        job_type: what the run does (``train``, ``eval`` ...), recorded for lineage.
+        id: the run id (default: a new random id).
+        config: any msgpack-able settings, recorded in the run's stream.
+        store: a directory (the embedded store) or Store; default ``$ASYNCART_STORE`` or
+            ``~/.local/share/asyncart``.
+    """
+    return Run(
+        project or DEFAULT_PROJECT, group, job_type, id or uuid.uuid4().hex[:12], config, store
+    )
+
+
+class Run:
+    """A run. Start and finish it with ``async with``; see :func:`init`."""
+
+    def __init__(
+        self,
+        project: str,
+        group: str | None,
+        job_type: str | None,
+        id: str,
+        config: dict[str, Any] | None,
+        store: str | os.PathLike[str] | Store | None,
+    ) -> None:
+        self.project = check_name(project, "project")
+        self.group = check_name(group, "group") if group is not None else None
+        self.job_type = job_type
+        self.id = check_name(id, "run id")
+        self.config = config
+        self._store = store
+        self._repo: Repository | None = None
+
+    @property
+    def actor(self) -> str:
+        return f"run:{self.id}"
+
+    async def __aenter__(self) -> Run:
+        self._repo = Repository(open_store(self._store))
+        await self._record(RunStarted(self.group, self.job_type, self.config))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._record(RunFinished(1 if exc_type else 0))
+        await self._require().store.aclose()
+
+    def _require(self) -> Repository:
+        if self._repo is None:
+            raise InvalidInputError(
+                "the run is not started: use `async with asyncart.init(...) as run`"
+            )
+        return self._repo
+
+    async def _record(self, *bodies: Any) -> None:
+        await self._require().append_run(self.project, self.id, bodies, self.actor)
+
+    async def log_artifact(
+        self,
+        artifact: Artifact,
+        aliases: Sequence[str] = (),
+        *,
+        progress: ProgressCallback | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> Artifact:
+        """Upload the draft's new files and commit it as the next version; return that version.
+
+        Content identical to the latest version makes no new version: the latest is returned
+        (and ``aliases`` move to it).
+        """
+        committed = await artifact._commit(
+            self._require(), self.project, aliases, self.actor, Transfer(concurrency, progress)
+        )
+        await self._record(ArtifactLogged(committed.name, _number(committed)))
+        return committed
+
+    def _distributed_id(self, distributed_id: str | None) -> str:
+        chosen = distributed_id or self.group
+        if chosen is None:
+            raise InvalidInputError(
+                "a distributed artifact needs distributed_id=..., or a run started with group=..."
+            )
+        return check_name(chosen, "distributed_id")
+
+    async def upsert_artifact(
+        self,
+        artifact: Artifact,
+        distributed_id: str | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> None:
+        """Add the artifact's files to the pending version shared by ``distributed_id``.
+
+        ``distributed_id`` defaults to the run's group. Nothing is visible as a version until
+        :meth:`finish_artifact`. The same path upserted twice keeps the last one in log order.
+        """
+        did = self._distributed_id(distributed_id)
+        spec = artifact._spec()
+        await self._require().upsert(
+            self.project, spec, did, self.actor, Transfer(concurrency, progress)
+        )
+        artifact._sealed = True
+
+    async def finish_artifact(
+        self,
+        artifact: Artifact,
+        distributed_id: str | None = None,
+        aliases: Sequence[str] = (),
+        *,
+        progress: ProgressCallback | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> Artifact:
+        """Add the artifact's files (maybe none) and commit the pending version; return it."""
+        did = self._distributed_id(distributed_id)
+        spec = artifact._spec()
+        repo = self._require()
+        state, version = await repo.finish(
+            self.project, spec, did, list(aliases), self.actor, Transfer(concurrency, progress)
+        )
+        artifact._sealed = True
+        committed = await load_version(repo, self.project, state, version)
+        await self._record(ArtifactLogged(committed.name, version.number))
+        return committed
+
+    async def use_artifact(self, ref: str | Artifact) -> Artifact:
+        """Load a committed artifact (``[project/]name[:alias|:vN]``) and record its use."""
+        if isinstance(ref, Artifact):
+            ref = ref.qualified_name
+        artifact = await load_artifact(self._require(), ref, self.project)
+        await self._record(ArtifactUsed(artifact.project or "", artifact.name, _number(artifact)))
+        return artifact
+
+
+def _number(artifact: Artifact) -> int:
+    assert artifact.version is not None
+    return int(artifact.version[1:])

@@ -1,0 +1,220 @@
+"""The transfer pool: hashing local files, and moving blobs to and from a store.
+
+Work is cut into batches (many small files, or one large file) that flow through a bounded
+memory stream to ``concurrency`` workers: the stream's bound is the backpressure, and every
+blocking call (open, read, hash, write) runs in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
+import blake3
+
+from ._backends.base import BlobStore, UploadItem
+from ._domain.events import Entry
+from ._domain.manifest import Manifest
+from ._errors import InvalidInputError, NotFoundError
+
+DEFAULT_CONCURRENCY = 8
+BATCH_FILES = 256  # small files travel in batches of up to this many ...
+BATCH_BYTES = 16 << 20  # ... or this many bytes, so per-file overhead stays small
+_CHUNK = 8 << 20
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a transfer is; passed to the ``progress`` callback after every batch."""
+
+    files_done: int
+    files_total: int
+    bytes_done: int
+    bytes_total: int
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def batches(items: Iterable[T], size_of: Callable[[T], int]) -> list[list[T]]:
+    """Group items into batches of at most BATCH_FILES files and about BATCH_BYTES bytes."""
+    out: list[list[T]] = []
+    current: list[T] = []
+    current_bytes = 0
+    for item in items:
+        size = size_of(item)
+        if current and (len(current) >= BATCH_FILES or current_bytes + size > BATCH_BYTES):
+            out.append(current)
+            current, current_bytes = [], 0
+        current.append(item)
+        current_bytes += size
+    if current:
+        out.append(current)
+    return out
+
+
+async def run_pool(
+    work: Sequence[list[T]],
+    handle: Callable[[list[T]], Awaitable[R]],
+    concurrency: int,
+    done: Callable[[list[T], R], None] | None = None,
+) -> list[R]:
+    """Run ``handle`` over every batch with ``concurrency`` workers and bounded buffering."""
+    if concurrency < 1:
+        raise InvalidInputError(f"concurrency must be >= 1, got {concurrency}")
+    results: list[R] = []
+    send, receive = anyio.create_memory_object_stream[list[T]](concurrency)
+
+    async def worker(inbox: anyio.abc.ObjectReceiveStream[list[T]]) -> None:
+        async with inbox:
+            async for batch in inbox:
+                result = await handle(batch)
+                results.append(result)
+                if done is not None:
+                    done(batch, result)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(min(concurrency, max(len(work), 1))):
+            tg.start_soon(worker, receive.clone())
+        receive.close()
+        async with send:
+            for batch in work:
+                await send.send(batch)
+    return results
+
+
+class _Tracker:
+    """Counts finished files and bytes, and tells the progress callback."""
+
+    def __init__(self, files: int, total: int, callback: ProgressCallback | None) -> None:
+        self.files_total, self.bytes_total, self.callback = files, total, callback
+        self.files = self.bytes = 0
+
+    def advance(self, files: int, nbytes: int) -> None:
+        self.files += files
+        self.bytes += nbytes
+        if self.callback is not None:
+            self.callback(Progress(self.files, self.files_total, self.bytes, self.bytes_total))
+
+
+async def upload(
+    blobs: BlobStore,
+    items: Iterable[UploadItem],
+    *,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    progress: ProgressCallback | None = None,
+) -> int:
+    """Store every item's file as its digest, skipping blobs already present; return bytes written."""
+    unique = list({item.digest: item for item in items}.values())
+    missing = await blobs.missing([item.digest for item in unique])
+    todo = [item for item in unique if item.digest in missing]
+    tracker = _Tracker(len(todo), sum(i.size for i in todo), progress)
+    written = await run_pool(
+        batches(todo, lambda i: i.size),
+        blobs.put_files,
+        concurrency,
+        lambda batch, _: tracker.advance(len(batch), sum(i.size for i in batch)),
+    )
+    return sum(written)
+
+
+async def hash_files(
+    paths: Sequence[tuple[str, str]], concurrency: int = DEFAULT_CONCURRENCY
+) -> list[Entry]:
+    """Hash local files given as (entry path, local path) pairs; return entries in input order."""
+    sized = [(name, src, _size(src)) for name, src in paths] if len(paths) < 64 else None
+    if sized is None:
+        sized = await anyio.to_thread.run_sync(lambda: [(n, s, _size(s)) for n, s in paths])
+    results = await run_pool(
+        [list(enumerate(b)) for b in batches(sized, lambda t: t[2])],
+        lambda batch: anyio.to_thread.run_sync(_hash_batch, batch),
+        concurrency,
+    )
+    ordered = sorted((i, entry) for result in results for i, entry in result)
+    return [entry for _, entry in ordered]
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        raise NotFoundError(f"no such file: {path}") from None
+
+
+def _hash_batch(batch: list[tuple[int, tuple[str, str, int]]]) -> list[tuple[int, Entry]]:
+    out = []
+    for index, (name, source, _) in batch:
+        digest, size = hash_file(source)
+        out.append((index, Entry(name, digest, size)))
+    return out
+
+
+def hash_file(path: str) -> tuple[str, int]:
+    """BLAKE3 digest and size of a local file, read in bounded chunks (blocking)."""
+    try:
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if size > _CHUNK else 1)
+            buf = bytearray(min(size + 1, _CHUNK))
+            view = memoryview(buf)
+            total = 0
+            while n := f.readinto(buf):
+                hasher.update(view[:n])
+                total += n
+            return hasher.hexdigest(), total
+    except FileNotFoundError:
+        raise NotFoundError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise InvalidInputError(f"{path} is a directory: use add_dir") from None
+
+
+async def download(
+    blobs: BlobStore,
+    manifest: Manifest,
+    root: Path,
+    *,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    progress: ProgressCallback | None = None,
+) -> None:
+    """Write every entry of ``manifest`` under ``root``, verified; never writes outside ``root``."""
+    entries = list(manifest.entries.values())
+    targets = await anyio.to_thread.run_sync(_prepare_dirs, root, entries)
+    tracker = _Tracker(len(entries), manifest.size, progress)
+    await run_pool(
+        batches(zip(entries, targets, strict=True), lambda pair: pair[0].size),
+        lambda batch: blobs.get_files([(e.digest, dest) for e, dest in batch]),
+        concurrency,
+        lambda batch, nbytes: tracker.advance(len(batch), nbytes),
+    )
+
+
+def _prepare_dirs(root: Path, entries: list[Entry]) -> list[str]:
+    """Create the directories the entries need; refuse any that resolves outside ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    real_root = root.resolve()
+    checked: dict[str, Path] = {}
+    targets = []
+    for entry in entries:
+        parent, _, name = entry.path.rpartition("/")
+        if parent not in checked:
+            where = (real_root / parent) if parent else real_root
+            where.mkdir(parents=True, exist_ok=True)
+            if not where.resolve().is_relative_to(real_root):
+                raise InvalidInputError(
+                    f"refusing to download {entry.path!r}: {where} leads outside {root} "
+                    "(through a symbolic link)"
+                )
+            checked[parent] = where
+        target = checked[parent] / name
+        if target.is_symlink() or target.is_dir():
+            raise InvalidInputError(f"refusing to overwrite {target}: not a regular file")
+        targets.append(str(target))
+    return targets
