@@ -4,7 +4,7 @@ Every error derives from :class:`AsyncartError`::
 
     AsyncartError
     ├── NotFoundError            an artifact, version, alias, blob or run does not exist
-    ├── ConflictError            a stream moved on while we were writing to it (retry after re-reading)
+    ├── ConflictError            a stream moved on while we wrote to it (re-read, then retry)
     ├── IntegrityError           bytes or records do not match their digest, checksum or hash chain
     │   └── FileChangedError     a file changed between ``add_file`` and its upload
     ├── InvalidInputError        a bad name, path or argument (also a ``ValueError``)
@@ -49,7 +49,7 @@ class FileChangedError(IntegrityError):
 
 
 class InvalidInputError(AsyncartError, ValueError):
-    """Raised for a bad artifact name, entry path, reference or argument, before anything is written."""
+    """Raised for a bad name, entry path, reference or argument, before anything is written."""
 
 
 class SealedError(AsyncartError):

@@ -13,7 +13,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, TypeVarTuple
 
 import anyio
 import anyio.to_thread
@@ -46,6 +46,9 @@ SNAPSHOT_RATIO = 2  # ... and at most this many times its size in entries to rep
 ENTRIES_PER_EVENT = 10_000  # a 1M-file ingest is 100 events, not 1M
 _HEAVY = 20_000  # entries: above this, pure work moves to a thread to keep the loop free
 _MAX_ATTEMPTS = 200
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 def collection_stream(project: str, name: str) -> str:
@@ -135,7 +138,7 @@ class Repository:
             return self._manifests[key]
         chain = [version]
         while chain[-1].commit.snapshot is None and chain[-1].parent is not None:
-            chain.append(state.versions[chain[-1].parent])  # type: ignore[index]
+            chain.append(state.versions[chain[-1].parent])
         base = await self._snapshot(chain[-1])
         replayed = chain[:-1] if base is not None else chain  # a snapshot includes its own changes
         changes = [c for v in reversed(replayed) for c in v.draft.changes]
@@ -330,11 +333,12 @@ def _replay_digest(base: Manifest | None, changes: list[Change]) -> Manifest:
     return manifest
 
 
-async def _inline(fn: Callable[..., Any], *args: Any) -> Any:
+async def _inline(fn: Callable[[*Ts], T], *args: *Ts) -> T:
     return fn(*args)
 
 
-async def _maybe_thread(heavy: bool, fn: Callable[..., Any], *args: Any) -> Any:
+async def _maybe_thread(heavy: bool, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+    """Run pure but heavy work in a thread, so that the event loop never stalls on it."""
     return await anyio.to_thread.run_sync(fn, *args) if heavy else fn(*args)
 
 

@@ -13,7 +13,7 @@ STORE_ENV = "ASYNCART_STORE"
 
 
 def default_store_location() -> str:
-    """``$ASYNCART_STORE`` if set, else ``$XDG_DATA_HOME/asyncart`` (``~/.local/share/asyncart``)."""
+    """``$ASYNCART_STORE``, else ``$XDG_DATA_HOME/asyncart``, else ``~/.local/share/asyncart``."""
     if env := os.environ.get(STORE_ENV):
         return env
     data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
@@ -21,7 +21,7 @@ def default_store_location() -> str:
 
 
 def open_store(store: str | os.PathLike[str] | Store | None = None) -> Store:
-    """Open ``store``: a Store object as is, a path as a :class:`LocalStore`, None as the default."""
+    """Open ``store``: a Store as is, a path as a :class:`LocalStore`, None as the default."""
     if store is None:
         store = default_store_location()
     if not isinstance(store, str | os.PathLike):

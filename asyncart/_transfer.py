@@ -112,7 +112,7 @@ async def upload(
     concurrency: int = DEFAULT_CONCURRENCY,
     progress: ProgressCallback | None = None,
 ) -> int:
-    """Store every item's file as its digest, skipping blobs already present; return bytes written."""
+    """Store each file as its digest, skipping blobs already present; return bytes written."""
     unique = list({item.digest: item for item in items}.values())
     missing = await blobs.missing([item.digest for item in unique])
     todo = [item for item in unique if item.digest in missing]
@@ -130,9 +130,7 @@ async def hash_files(
     paths: Sequence[tuple[str, str]], concurrency: int = DEFAULT_CONCURRENCY
 ) -> list[Entry]:
     """Hash local files given as (entry path, local path) pairs; return entries in input order."""
-    sized = [(name, src, _size(src)) for name, src in paths] if len(paths) < 64 else None
-    if sized is None:
-        sized = await anyio.to_thread.run_sync(lambda: [(n, s, _size(s)) for n, s in paths])
+    sized = await anyio.to_thread.run_sync(lambda: [(n, s, _size(s)) for n, s in paths])
     results = await run_pool(
         [list(enumerate(b)) for b in batches(sized, lambda t: t[2])],
         lambda batch: anyio.to_thread.run_sync(_hash_batch, batch),

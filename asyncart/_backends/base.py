@@ -78,8 +78,15 @@ class BlobStore(Protocol):
 class Store(Protocol):
     """A log and a blob store, opened together."""
 
-    log: EventLog
-    blobs: BlobStore
-    location: str
+    @property
+    def log(self) -> EventLog: ...
+
+    @property
+    def blobs(self) -> BlobStore: ...
+
+    @property
+    def location(self) -> str:
+        """Where the store is (a directory or URL), for messages."""
+        ...
 
     async def aclose(self) -> None: ...

@@ -27,34 +27,34 @@ class _Event(msgspec.Struct, frozen=True, tag_field="kind"):
 # -- collection stream: one per artifact collection (project/name) --------------------------
 
 
-class CollectionCreated(_Event, tag="collection.created"):
+class CollectionCreated(_Event, tag="collection.created", frozen=True):
     name: str
     type: str
 
 
-class DraftOpened(_Event, tag="draft.opened"):
+class DraftOpened(_Event, tag="draft.opened", frozen=True):
     draft: str
     parent: int | None = None  # version number the draft starts from
     distributed_id: str | None = None
 
 
-class FilesAdded(_Event, tag="files.added"):
+class FilesAdded(_Event, tag="files.added", frozen=True):
     draft: str
     entries: list[Entry]
 
 
-class FilesRemoved(_Event, tag="files.removed"):
+class FilesRemoved(_Event, tag="files.removed", frozen=True):
     draft: str
     paths: list[str]  # an exact path, or a 'dir/' prefix (everything under it)
 
 
-class MetadataSet(_Event, tag="metadata.set"):
+class MetadataSet(_Event, tag="metadata.set", frozen=True):
     draft: str
     metadata: dict[str, Any] | None = None
     description: str | None = None
 
 
-class VersionCommitted(_Event, tag="version.committed"):
+class VersionCommitted(_Event, tag="version.committed", frozen=True):
     draft: str
     version: int
     digest: str  # manifest digest, re-derived by replay during an audit
@@ -64,14 +64,14 @@ class VersionCommitted(_Event, tag="version.committed"):
     aliases: list[str] = []
 
 
-class DraftDiscarded(_Event, tag="draft.discarded"):
+class DraftDiscarded(_Event, tag="draft.discarded", frozen=True):
     """A pending draft closed without a new version (its content equals ``same_as``)."""
 
     draft: str
     same_as: int | None = None
 
 
-class AliasesMoved(_Event, tag="aliases.moved"):
+class AliasesMoved(_Event, tag="aliases.moved", frozen=True):
     version: int
     add: list[str] = []
     remove: list[str] = []
@@ -80,24 +80,24 @@ class AliasesMoved(_Event, tag="aliases.moved"):
 # -- run stream: one per run (lineage) ------------------------------------------------------
 
 
-class RunStarted(_Event, tag="run.started"):
+class RunStarted(_Event, tag="run.started", frozen=True):
     group: str | None = None
     job_type: str | None = None
     config: dict[str, Any] | None = None
 
 
-class ArtifactUsed(_Event, tag="artifact.used"):
+class ArtifactUsed(_Event, tag="artifact.used", frozen=True):
     project: str
     name: str
     version: int
 
 
-class ArtifactLogged(_Event, tag="artifact.logged"):
+class ArtifactLogged(_Event, tag="artifact.logged", frozen=True):
     name: str
     version: int
 
 
-class RunFinished(_Event, tag="run.finished"):
+class RunFinished(_Event, tag="run.finished", frozen=True):
     exit_code: int = 0
 
 

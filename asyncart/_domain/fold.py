@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from .._errors import IntegrityError
 from .events import (
@@ -192,7 +192,7 @@ def _move_aliases(state: CollectionState, number: int, add: list[str], remove: l
         state.versions[number].aliases.add(alias)
 
 
-def _broken(state: CollectionState, record: Record, why: str) -> Any:
+def _broken(state: CollectionState, record: Record, why: str) -> NoReturn:
     raise IntegrityError(f"stream {state.stream!r} seq {record.seq}: {why}")
 
 
