@@ -154,7 +154,7 @@ class Artifact:
         """Add every file under a directory, as ``name/relative/path`` (default: no prefix)."""
         self._check_open()
         local = os.fspath(local_path)
-        prefix = check_entry_path(name.strip("/")) + "/" if name and name.strip("/") else ""
+        prefix = check_entry_path(name.rstrip("/")) + "/" if name else ""
         files = await anyio.to_thread.run_sync(_walk, local)
         pairs = [(check_entry_path(prefix + rel), src) for rel, src in files]
         entries = await hash_files(pairs)

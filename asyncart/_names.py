@@ -9,6 +9,7 @@ from ._errors import InvalidInputError
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _VERSION = re.compile(r"v(0|[1-9][0-9]*)")
+_VERSION_LIKE = re.compile(r"v[0-9]+")
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -24,7 +25,7 @@ def check_name(name: str, what: str = "name") -> str:
 def check_alias(alias: str) -> str:
     """Return ``alias`` if it is a valid alias (a name that is not a version like ``v3``)."""
     check_name(alias, "alias")
-    if _VERSION.fullmatch(alias):
+    if _VERSION_LIKE.fullmatch(alias):
         raise InvalidInputError(f"invalid alias {alias!r}: 'vN' is reserved for version numbers")
     return alias
 
@@ -68,11 +69,13 @@ class Ref(NamedTuple):
 
 def parse_ref(ref: str) -> Ref:
     """Parse ``[project/]name[:alias|:vN]``; the alias defaults to ``latest``."""
-    body, _, tag = ref.partition(":")
-    project, _, name = body.rpartition("/")
+    body, colon, tag = ref.partition(":")
+    project, slash, name = body.rpartition("/")
     check_name(name, "artifact name")
-    if project:
+    if slash:
         check_name(project, "project")
+    if colon and not tag:
+        raise InvalidInputError(f"invalid reference {ref!r}: nothing after ':'")
     tag = tag or "latest"
     if _VERSION.fullmatch(tag):
         return Ref(project or None, name, int(tag[1:]), None)

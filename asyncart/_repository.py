@@ -136,10 +136,10 @@ class Repository:
         if key in self._manifests:
             self._manifests.move_to_end(key)
             return self._manifests[key]
-        chain = [version]
-        while chain[-1].commit.snapshot is None and chain[-1].parent is not None:
+        chain, base = [version], await self._snapshot(version)
+        while base is None and chain[-1].parent is not None:
             chain.append(state.versions[chain[-1].parent])
-        base = await self._snapshot(chain[-1])
+            base = await self._snapshot(chain[-1])
         replayed = chain[:-1] if base is not None else chain  # a snapshot includes its own changes
         changes = [c for v in reversed(replayed) for c in v.draft.changes]
         manifest = await _maybe_thread(len(changes) > 64, _replay_digest, base, changes)
@@ -154,9 +154,13 @@ class Repository:
         return manifest
 
     async def _snapshot(self, version: Version) -> Manifest | None:
+        """A version's snapshot, or None: a lost or damaged snapshot only costs a longer replay."""
         if version.commit.snapshot is None:
             return None
-        data = await self.store.blobs.get_bytes(version.commit.snapshot)
+        try:
+            data = await self.store.blobs.get_bytes(version.commit.snapshot)
+        except (NotFoundError, IntegrityError):
+            return None  # the events are the truth; audit reports the snapshot
         return await _maybe_thread(len(data) > 1 << 20, Manifest.from_snapshot, data)
 
     # -- writing ---------------------------------------------------------------------------
@@ -196,6 +200,8 @@ class Repository:
         raise ConflictError(collection_stream(project, name), -1, -1)
 
     async def _store_files(self, uploads: list[UploadItem], transfer: Transfer) -> None:
+        if not uploads:
+            return
         await upload(
             self.store.blobs, uploads, concurrency=transfer.concurrency, progress=transfer.progress
         )

@@ -81,14 +81,31 @@ async def run_pool(
                 if done is not None:
                     done(batch, result)
 
-    async with anyio.create_task_group() as tg:
-        for _ in range(min(concurrency, max(len(work), 1))):
-            tg.start_soon(worker, receive.clone())
-        receive.close()
-        async with send:
-            for batch in work:
-                await send.send(batch)
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(min(concurrency, max(len(work), 1))):
+                tg.start_soon(worker, receive.clone())
+            receive.close()
+            async with send:
+                for batch in work:
+                    await send.send(batch)
+    except BaseExceptionGroup as group:
+        raise _first_error(group) from None  # callers expect our errors, not a group of them
     return results
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first real error in a task group's (nested) group; cancellations come last."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        error = stack.pop(0)
+        if isinstance(error, BaseExceptionGroup):
+            stack[:0] = error.exceptions
+        else:
+            leaves.append(error)
+    cancelled = anyio.get_cancelled_exc_class()
+    return next((e for e in leaves if not isinstance(e, cancelled)), leaves[0])
 
 
 class _Tracker:
@@ -132,11 +149,11 @@ async def hash_files(
     """Hash local files given as (entry path, local path) pairs; return entries in input order."""
     sized = await anyio.to_thread.run_sync(lambda: [(n, s, _size(s)) for n, s in paths])
     results = await run_pool(
-        [list(enumerate(b)) for b in batches(sized, lambda t: t[2])],
+        batches(enumerate(sized), lambda t: t[1][2]),  # numbered first: batches finish in any order
         lambda batch: anyio.to_thread.run_sync(_hash_batch, batch),
         concurrency,
     )
-    ordered = sorted((i, entry) for result in results for i, entry in result)
+    ordered = sorted((pair for result in results for pair in result), key=lambda pair: pair[0])
     return [entry for _, entry in ordered]
 
 

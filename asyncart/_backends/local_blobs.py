@@ -3,7 +3,9 @@
 Each write hashes the bytes it copies, so a blob can never be stored under a wrong digest; a
 present blob is never rewritten (dedup across files and versions). Durability is batched: one
 ``syncfs`` per :meth:`LocalBlobStore.flush` instead of an ``fsync`` per file, the same cost as
-``cp -r && sync``, and always before the events that reference the blobs are appended.
+``cp -r && sync``, and always before the events that reference the blobs are appended. ``flush``
+syncs even when this process wrote nothing: a present blob may come from a process that was
+killed before its own sync.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ class LocalBlobStore:
         self.root = root
         self._tmp = root / ".tmp"
         self._made: set[str] = set()
-        self._dirty = False
 
     def path(self, digest: str) -> Path:
         if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
@@ -56,9 +57,7 @@ class LocalBlobStore:
         return await anyio.to_thread.run_sync(self._get_files, items)
 
     async def flush(self) -> None:
-        if self._dirty:
-            self._dirty = False
-            await anyio.to_thread.run_sync(self._sync)
+        await anyio.to_thread.run_sync(self._sync)
 
     def _missing(self, digests: Collection[str]) -> set[str]:
         return {d for d in digests if not self.path(d).exists()}
@@ -116,7 +115,6 @@ class LocalBlobStore:
             final.parent.mkdir(parents=True, exist_ok=True)
             self._made.add(fan)
         os.replace(tmp, final)
-        self._dirty = True
 
     def _open(self, digest: str) -> int:
         try:

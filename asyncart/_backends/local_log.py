@@ -18,7 +18,7 @@ import anyio.to_thread
 
 from .._errors import ConflictError
 from .._names import check_entry_path
-from ._framing import frame, scan
+from ._framing import frames, scan
 
 
 @dataclass
@@ -89,27 +89,27 @@ class LocalEventLog:
                 raise ConflictError(stream, expected_seq, head)
             if torn:
                 os.ftruncate(fd, index.end)
-            self._write(fd, index, payloads)
+            self._write(fd, index, head, payloads)
             if fresh:
                 _fsync_dir(path.parent)
             return head + len(payloads)
         finally:
             os.close(fd)  # also releases the flock
 
-    def _write(self, fd: int, index: _Index, payloads: list[bytes]) -> None:
-        frames = [frame(p) for p in payloads]
+    def _write(self, fd: int, index: _Index, head: int, payloads: list[bytes]) -> None:
+        framed = frames(payloads)
         offsets, pos = [], index.end
-        for f in frames:
+        for f in framed:
             offsets.append(pos)
             pos += len(f)
         try:
-            os.pwrite(fd, b"".join(frames), index.end)
+            _write_all(fd, b"".join(framed), index.end)
             os.fdatasync(fd)
         except BaseException:
             os.ftruncate(fd, index.end)  # leave no half-written batch behind
             raise
-        with self._lock:
-            index.offsets.extend(offsets)
+        with self._lock:  # a reader may have indexed these frames already: set, don't extend
+            index.offsets[head:] = offsets
             index.end = pos
 
     def _streams(self, prefix: str) -> list[str]:
@@ -117,6 +117,13 @@ class LocalEventLog:
             return []
         names = (p.relative_to(self.root).as_posix()[:-4] for p in self.root.rglob("*.log"))
         return sorted(n for n in names if n.startswith(prefix))
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 def _fsync_dir(path: Path) -> None:

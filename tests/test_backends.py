@@ -1,0 +1,202 @@
+"""Conformance tests for the backend contracts, plus what is special to the local store.
+
+``EventLogContract`` and ``BlobStoreContract`` hold the tests every backend must pass; a new
+backend subclasses them with its own ``make_store`` fixture.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from asyncart import ConflictError, FileChangedError, IntegrityError, LocalStore, NotFoundError
+from asyncart._backends.base import Store, UploadItem
+from asyncart._transfer import hash_file
+
+
+class EventLogContract:
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Store:
+        raise NotImplementedError
+
+    async def test_append_then_read(self, store: Store) -> None:
+        assert await store.log.read("p/artifacts/a") == []
+        assert await store.log.append("p/artifacts/a", [b"one", b"two"], 0) == 2
+        assert await store.log.append("p/artifacts/a", [b"three"], 2) == 3
+        assert await store.log.read("p/artifacts/a") == [b"one", b"two", b"three"]
+        assert await store.log.read("p/artifacts/a", 2) == [b"three"]
+        assert await store.log.read("p/artifacts/a", 3) == []
+
+    async def test_wrong_expected_seq_conflicts_and_writes_nothing(self, store: Store) -> None:
+        await store.log.append("p/artifacts/a", [b"x"], 0)
+        for stale in (0, 2):
+            with pytest.raises(ConflictError) as info:
+                await store.log.append("p/artifacts/a", [b"y"], stale)
+            assert info.value.head == 1
+        assert await store.log.read("p/artifacts/a") == [b"x"]
+
+    async def test_concurrent_appenders_retry_to_a_gap_free_log(self, store: Store) -> None:
+        async def writer(n: int) -> None:
+            for i in range(10):
+                while True:
+                    head = len(await store.log.read("p/artifacts/c"))
+                    try:
+                        await store.log.append("p/artifacts/c", [f"{n}-{i}".encode()], head)
+                        break
+                    except ConflictError:
+                        await anyio.lowlevel.checkpoint()
+
+        async with anyio.create_task_group() as tg:
+            for n in range(5):
+                tg.start_soon(writer, n)
+        records = await store.log.read("p/artifacts/c")
+        assert sorted(records) == sorted(f"{n}-{i}".encode() for n in range(5) for i in range(10))
+
+    async def test_streams_by_prefix(self, store: Store) -> None:
+        for stream in ("p/artifacts/b", "p/artifacts/a", "p/runs/r1", "q/artifacts/a"):
+            await store.log.append(stream, [b"x"], 0)
+        assert await store.log.streams("p/") == ["p/artifacts/a", "p/artifacts/b", "p/runs/r1"]
+        assert await store.log.streams("p/runs/") == ["p/runs/r1"]
+
+
+class BlobStoreContract:
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Store:
+        raise NotImplementedError
+
+    @staticmethod
+    def _file(tmp_path: Path, name: str, data: bytes) -> UploadItem:
+        path = tmp_path / name
+        path.write_bytes(data)
+        digest, size = hash_file(str(path))
+        return UploadItem(str(path), digest, size)
+
+    async def test_put_dedups_and_reads_back(self, store: Store, tmp_path: Path) -> None:
+        a = self._file(tmp_path, "a", b"alpha" * 1000)
+        same = self._file(tmp_path, "same", b"alpha" * 1000)
+        assert await store.blobs.missing([a.digest]) == {a.digest}
+        assert await store.blobs.put_files([a]) == a.size
+        assert await store.blobs.put_files([same]) == 0  # already there
+        assert await store.blobs.missing([a.digest]) == set()
+        assert await store.blobs.get_bytes(a.digest) == b"alpha" * 1000
+        dest = tmp_path / "out"
+        await store.blobs.get_files([(a.digest, str(dest))])
+        assert dest.read_bytes() == b"alpha" * 1000
+
+    async def test_changed_file_is_refused_and_nothing_stored(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        item = self._file(tmp_path, "f", b"original")
+        Path(item.source).write_bytes(b"tampered")
+        with pytest.raises(FileChangedError, match="changed after it was added"):
+            await store.blobs.put_files([item])
+        assert await store.blobs.missing([item.digest]) == {item.digest}
+
+    async def test_put_bytes_is_content_addressed(self, store: Store) -> None:
+        digest = await store.blobs.put_bytes(b"snapshot")
+        assert await store.blobs.put_bytes(b"snapshot") == digest
+        assert await store.blobs.get_bytes(digest) == b"snapshot"
+
+    async def test_missing_blob_is_not_found(self, store: Store) -> None:
+        with pytest.raises(NotFoundError, match="missing"):
+            await store.blobs.get_bytes("0" * 64)
+
+
+class TestLocalEventLog(EventLogContract):
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Store:
+        return LocalStore(tmp_path / "store")
+
+
+class TestLocalBlobStore(BlobStoreContract):
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Store:
+        return LocalStore(tmp_path / "store")
+
+
+# -- the local log's framing: torn tails and damage ------------------------------------------
+
+
+def _log_file(store: LocalStore, stream: str) -> Path:
+    return store.root / "log" / f"{stream}.log"
+
+
+async def _fresh_store_with(tmp_path: Path, payloads: list[bytes]) -> tuple[LocalStore, Path]:
+    store = LocalStore(tmp_path / "store")
+    await store.log.append("p/artifacts/a", payloads, 0)
+    return LocalStore(tmp_path / "store"), _log_file(store, "p/artifacts/a")  # no cached index
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [b"\x05\x00", b"\x40\x00\x00\x00\x11\x22\x33\x44", b"\x00" * 40],
+    ids=["partial-header", "partial-header-2", "zeros"],
+)
+async def test_torn_tail_is_ignored_then_truncated(tmp_path: Path, tail: bytes) -> None:
+    store, path = await _fresh_store_with(tmp_path, [b"one", b"two"])
+    good = path.stat().st_size
+    with path.open("ab") as f:
+        f.write(tail)
+    assert await store.log.read("p/artifacts/a") == [b"one", b"two"]
+    assert await store.log.append("p/artifacts/a", [b"three"], 2) == 3
+    assert await LocalStore(store.root).log.read("p/artifacts/a") == [b"one", b"two", b"three"]
+    assert path.stat().st_size > good
+
+
+async def test_torn_last_frame_body_is_truncated(tmp_path: Path) -> None:
+    store, path = await _fresh_store_with(tmp_path, [b"one"])
+    await store.log.append("p/artifacts/a", [b"two" * 100], 1)
+    os.truncate(path, path.stat().st_size - 10)  # the crash cut the last frame short
+    assert await LocalStore(store.root).log.read("p/artifacts/a") == [b"one"]
+    await LocalStore(store.root).log.append("p/artifacts/a", [b"again"], 1)
+    assert await LocalStore(store.root).log.read("p/artifacts/a") == [b"one", b"again"]
+
+
+async def test_a_partly_persisted_append_is_dropped_as_a_whole(tmp_path: Path) -> None:
+    store, path = await _fresh_store_with(tmp_path, [b"zero"])
+    good = path.stat().st_size
+    await store.log.append("p/artifacts/a", [b"one", b"two", b"three" * 50], 1)
+    os.truncate(path, path.stat().st_size - 20)  # "one" and "two" survived, "three" did not
+    assert await LocalStore(store.root).log.read("p/artifacts/a") == [b"zero"]
+    assert await LocalStore(store.root).log.append("p/artifacts/a", [b"retry"], 1) == 2
+    assert await LocalStore(store.root).log.read("p/artifacts/a") == [b"zero", b"retry"]
+    assert path.stat().st_size == good + 12 + len(b"retry")
+
+
+async def test_damage_in_the_middle_is_reported_not_truncated(tmp_path: Path) -> None:
+    store, path = await _fresh_store_with(tmp_path, [b"one" * 10, b"two" * 10, b"three"])
+    data = bytearray(path.read_bytes())
+    data[12 + 5] ^= 0xFF  # inside the first record's payload
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="seq 0 .*checksum mismatch"):
+        await store.log.read("p/artifacts/a")
+    with pytest.raises(IntegrityError):
+        await store.log.append("p/artifacts/a", [b"four"], 3)
+    assert path.read_bytes() == bytes(data)  # nothing was truncated or appended
+
+
+async def test_damaged_length_field_is_reported(tmp_path: Path) -> None:
+    store, path = await _fresh_store_with(tmp_path, [b"one", b"two"])
+    data = bytearray(path.read_bytes())
+    data[0] = 0xFF  # the first frame's length now points far past the end
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="header checksum"):
+        await store.log.read("p/artifacts/a")
+
+
+async def test_corrupt_blob_is_detected_on_read(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    digest = await store.blobs.put_bytes(b"precious bytes")
+    blob = store.root / "blobs" / digest[:2] / digest
+    blob.chmod(0o644)
+    blob.write_bytes(b"precious bytez")
+    with pytest.raises(IntegrityError, match="corrupt"):
+        await store.blobs.get_bytes(digest)
+    with pytest.raises(IntegrityError, match="corrupt"):
+        await store.blobs.get_files([(digest, str(tmp_path / "out"))])
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob("out*"))  # no temp file left behind
