@@ -1,0 +1,21 @@
+import inspect
+
+import asyncart
+
+
+def test_all_is_the_contract():
+    assert isinstance(asyncart.__all__, tuple)
+    assert sorted(asyncart.__all__) == sorted(
+        name for name in dir(asyncart) if not name.startswith("_") and name != "annotations"
+    )
+    for name in asyncart.__all__:
+        obj = getattr(asyncart, name)
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            assert obj.__doc__, f"asyncart.{name} has no docstring"
+
+
+def test_every_error_derives_from_the_root():
+    errors = [getattr(asyncart, n) for n in asyncart.__all__ if n.endswith("Error")]
+    assert len(errors) == 8
+    assert all(issubclass(e, asyncart.AsyncartError) for e in errors)
+    assert issubclass(asyncart.InvalidInputError, ValueError)
