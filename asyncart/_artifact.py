@@ -20,6 +20,7 @@ from ._lineage import RunInfo, actor_run_id, run_info, runs
 from ._names import check_alias, check_entry_path, check_name, check_prefix, parse_ref
 from ._repository import ENTRIES_PER_EVENT, DraftSpec, Repository, Transfer, chunk_entries
 from ._store import open_store
+from ._threads import HEAVY, maybe_thread
 from ._transfer import (
     DEFAULT_CONCURRENCY,
     ProgressCallback,
@@ -155,10 +156,9 @@ class Artifact:
         self._check_open()
         local = os.fspath(local_path)
         prefix = check_entry_path(name.rstrip("/")) + "/" if name else ""
-        files = await anyio.to_thread.run_sync(_walk, local)
-        pairs = [(check_entry_path(prefix + rel), src) for rel, src in files]
+        pairs = await anyio.to_thread.run_sync(_walk, local, prefix)
         entries = await hash_files(pairs)
-        self._add(entries, dict(pairs), overwrite)
+        await maybe_thread(len(entries) > HEAVY, self._add, entries, dict(pairs), overwrite)
         return entries
 
     def remove(self, path: str) -> None:
@@ -206,8 +206,12 @@ class Artifact:
 
     # -- committing ------------------------------------------------------------------------
 
-    def _spec(self) -> DraftSpec:
+    async def _prepare(self) -> DraftSpec:
+        """What to commit; built off the loop for large drafts."""
         self._check_open()
+        return await maybe_thread(len(self._entries) > HEAVY, self._spec)
+
+    def _spec(self) -> DraftSpec:
         if self._parent is None:
             changes = chunk_entries(sorted(self._entries.values(), key=lambda e: e.path))
         else:
@@ -259,7 +263,7 @@ class Artifact:
     async def _commit(
         self, repo: Repository, project: str, aliases: Sequence[str], actor: str, transfer: Transfer
     ) -> Artifact:
-        spec = self._spec()
+        spec = await self._prepare()
         _check_aliases(aliases)
         state, version = await repo.commit(project, spec, list(aliases), actor, transfer)
         self._sealed = True
@@ -388,20 +392,18 @@ def _user_actor() -> str:
         return "user:unknown"
 
 
-def _walk(root: str) -> list[tuple[str, str]]:
-    """(relative POSIX path, local path) of every file under ``root``, sorted."""
+def _walk(root: str, prefix: str) -> list[tuple[str, str]]:
+    """(``prefix`` + relative POSIX path, local path) of every file under ``root``, sorted."""
     if not os.path.isdir(root):
         raise NotFoundError(f"no such directory: {root}")
     out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+    for dirpath, _, filenames in os.walk(root):
         rel = os.path.relpath(dirpath, root)
+        base = prefix if rel == "." else f"{prefix}{rel.replace(os.sep, '/')}/"
         for filename in filenames:
             src = os.path.join(dirpath, filename)
             if os.path.isfile(src):
-                out.append(
-                    (filename if rel == "." else f"{rel}/{filename}".replace(os.sep, "/"), src)
-                )
+                out.append((check_entry_path(base + filename), src))
     return sorted(out)
 
 

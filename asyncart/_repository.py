@@ -13,7 +13,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, TypeVarTuple
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -39,16 +39,13 @@ from ._domain.events import (
 from ._domain.fold import CollectionState, RunState, Version, fold, fold_run, replay
 from ._domain.manifest import Manifest
 from ._errors import ConflictError, IntegrityError, InvalidInputError, NotFoundError
+from ._threads import HEAVY, maybe_thread
 from ._transfer import DEFAULT_CONCURRENCY, ProgressCallback, upload
 
 SNAPSHOT_EVERY = 32  # a version at most this many commits from a snapshot (or a root) ...
 SNAPSHOT_RATIO = 2  # ... and at most this many times its size in entries to replay
 ENTRIES_PER_EVENT = 10_000  # a 1M-file ingest is 100 events, not 1M
-_HEAVY = 20_000  # entries: above this, pure work moves to a thread to keep the loop free
 _MAX_ATTEMPTS = 200
-
-T = TypeVar("T")
-Ts = TypeVarTuple("Ts")
 
 
 def collection_stream(project: str, name: str) -> str:
@@ -113,8 +110,7 @@ class Repository:
         if not payloads:
             return [], last_hash
         big = sum(map(len, payloads)) > 256 << 10
-        run = anyio.to_thread.run_sync if big else _inline
-        return await run(_decode_chain, stream, head, last_hash, payloads)
+        return await maybe_thread(big, _decode_chain, stream, head, last_hash, payloads)
 
     async def version(
         self, project: str, name: str, number: int | None, alias: str | None
@@ -142,16 +138,20 @@ class Repository:
             base = await self._snapshot(chain[-1])
         replayed = chain[:-1] if base is not None else chain  # a snapshot includes its own changes
         changes = [c for v in reversed(replayed) for c in v.draft.changes]
-        manifest = await _maybe_thread(len(changes) > 64, _replay_digest, base, changes)
+        heavy = _count(changes) + len(base or ()) > HEAVY
+        manifest = await maybe_thread(heavy, _replay_digest, base, changes)
         if manifest.digest != version.commit.digest:
             raise IntegrityError(
                 f"{state.stream} v{version.number}: replaying its events gives manifest "
                 f"{manifest.digest}, the log recorded {version.commit.digest}"
             )
+        self._remember(key, manifest)
+        return manifest
+
+    def _remember(self, key: tuple[str, int], manifest: Manifest) -> None:
         self._manifests[key] = manifest
         if len(self._manifests) > 8:
             self._manifests.popitem(last=False)
-        return manifest
 
     async def _snapshot(self, version: Version) -> Manifest | None:
         """A version's snapshot, or None: a lost or damaged snapshot only costs a longer replay."""
@@ -161,7 +161,7 @@ class Repository:
             data = await self.store.blobs.get_bytes(version.commit.snapshot)
         except (NotFoundError, IntegrityError):
             return None  # the events are the truth; audit reports the snapshot
-        return await _maybe_thread(len(data) > 1 << 20, Manifest.from_snapshot, data)
+        return await maybe_thread(len(data) > 100 << 10, Manifest.from_snapshot, data)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -212,7 +212,7 @@ class Repository:
     ) -> tuple[CollectionState, Version]:
         """Single-run and incremental flows: one atomic append opens, fills and commits a draft."""
         await self._store_files(spec.uploads, transfer)
-        digest = await _maybe_thread(len(spec.manifest) > _HEAVY, lambda: spec.manifest.digest)
+        digest = await maybe_thread(len(spec.manifest) > HEAVY, lambda: spec.manifest.digest)
         snapshot: list[str | None] = []
 
         async def step(state: CollectionState) -> tuple[CollectionState, Version]:
@@ -231,6 +231,7 @@ class Repository:
             bodies += _metadata(draft, spec)
             bodies.append(_committed(state, draft, spec.manifest, snapshot[0], aliases))
             await self.append(state, bodies, actor)
+            self._remember((state.stream, len(state.versions)), spec.manifest)  # no replay needed
             return await self.version(project, spec.name, len(state.versions), None)
 
         result: tuple[CollectionState, Version] = await self._retrying(project, spec.name, step)
@@ -267,7 +268,8 @@ class Repository:
             bodies, draft = _open_distributed(state, spec, distributed_id)
             bodies += [_with_draft(c, draft) for c in spec.changes] + _metadata(draft, spec)
             pending = state.drafts[draft].changes if draft in state.drafts else []
-            manifest = await _maybe_thread(True, _replay_digest, None, [*pending, *spec.changes])
+            changes = [*pending, *spec.changes]
+            manifest = await maybe_thread(_count(changes) > HEAVY, _replay_digest, None, changes)
             if (same := _same_as_latest(state, manifest.digest)) is not None:
                 closing: list[Event] = []
                 if draft in state.drafts:  # close the pending draft: it made no new version
@@ -277,6 +279,7 @@ class Repository:
                 return await self.version(project, spec.name, same.number, None)
             bodies.append(_committed(state, draft, manifest, None, aliases))
             await self.append(state, bodies, actor)
+            self._remember((state.stream, len(state.versions)), manifest)
             return await self.version(project, spec.name, len(state.versions), None)
 
         result: tuple[CollectionState, Version] = await self._retrying(project, spec.name, step)
@@ -310,7 +313,7 @@ class Repository:
             version = state.versions[version.parent]
         if depth < SNAPSHOT_EVERY and replayed <= SNAPSHOT_RATIO * max(len(manifest), 1024):
             return None
-        data = await _maybe_thread(len(manifest) > _HEAVY, manifest.to_snapshot)
+        data = await maybe_thread(len(manifest) > HEAVY, manifest.to_snapshot)
         digest = await self.store.blobs.put_bytes(data)
         await self.store.blobs.flush()
         return digest
@@ -337,15 +340,6 @@ def _replay_digest(base: Manifest | None, changes: list[Change]) -> Manifest:
     manifest = replay(base, changes)
     _ = manifest.digest  # computed here, off the loop when this runs in a thread
     return manifest
-
-
-async def _inline(fn: Callable[[*Ts], T], *args: *Ts) -> T:
-    return fn(*args)
-
-
-async def _maybe_thread(heavy: bool, fn: Callable[[*Ts], T], *args: *Ts) -> T:
-    """Run pure but heavy work in a thread, so that the event loop never stalls on it."""
-    return await anyio.to_thread.run_sync(fn, *args) if heavy else fn(*args)
 
 
 async def _backoff(attempt: int) -> None:

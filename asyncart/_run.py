@@ -132,7 +132,7 @@ class Run:
         :meth:`finish_artifact`. The same path upserted twice keeps the last one in log order.
         """
         did = self._distributed_id(distributed_id)
-        spec = artifact._spec()
+        spec = await artifact._prepare()
         await self._require().upsert(
             self.project, spec, did, self.actor, Transfer(concurrency, progress)
         )
@@ -149,7 +149,7 @@ class Run:
     ) -> Artifact:
         """Add the artifact's files (maybe none) and commit the pending version; return it."""
         did = self._distributed_id(distributed_id)
-        spec = artifact._spec()
+        spec = await artifact._prepare()
         repo = self._require()
         state, version = await repo.finish(
             self.project, spec, did, list(aliases), self.actor, Transfer(concurrency, progress)

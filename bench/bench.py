@@ -12,8 +12,9 @@ What it measures (medians over N trials; ratios against baselines measured in th
    20,000-file artifact and on a 2,000-file one: the time should not grow with the artifact.
 4. Reading ``v0``, ``v1``, ``v500`` and ``latest`` of a chain of 1,000 small incremental
    versions (on a 2,000-file artifact), each in a fresh process, manifest included.
-5. The longest event-loop stall seen by a 1 ms heartbeat task during ingests 1 and 2; baseline:
-   the same heartbeat in an idle loop while the cp of 1 and 2 runs (the machine's own noise).
+5. The longest event-loop stall seen by a 1 ms heartbeat task during ingests 1 and 2, and the
+   longest single loop step (code running on the loop itself, without waits for the GIL or a
+   CPU); baseline: the same in an idle loop while the cp of 1 and 2 runs (the machine's noise).
 6. Peak RSS of the process doing ingest 1.
 
 Plus raw BLAKE3 hashing speed of the large files, for context.
@@ -79,56 +80,6 @@ QUICK = Sizes(
     chain=50,
     reads=1,
 )
-
-
-# -- a stopgap for a known library bug -------------------------------------------------------
-
-
-def patch_hash_files_if_broken() -> bool:
-    """Work around asyncart._transfer.hash_files numbering files per batch, not globally.
-
-    With more than one batch (over 256 files, or over 16 MiB) the numbers repeat, and sorting
-    the results compares Entry objects: ``add_dir`` raises TypeError. If a 2-batch probe shows
-    the bug, ``hash_files`` is replaced by the same function with global numbering (same work,
-    same cost). Returns True if the patch was needed. Remove once the library is fixed.
-    """
-    from asyncart import _artifact, _transfer
-
-    async def probe(paths: list[tuple[str, str]]) -> None:
-        limit, _transfer.BATCH_FILES = _transfer.BATCH_FILES, 1
-        try:
-            entries = await _transfer.hash_files(paths)
-        finally:
-            _transfer.BATCH_FILES = limit
-        if [e.path for e in entries] != ["a", "b"]:
-            raise TypeError("hash_files returned entries out of order")
-
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = [(name, os.path.join(tmp, name)) for name in ("a", "b")]
-        for name, path in paths:
-            Path(path).write_bytes(name.encode())
-        try:
-            anyio.run(probe, paths)
-            return False
-        except TypeError:
-            pass
-
-    async def hash_files(
-        paths: list[tuple[str, str]], concurrency: int = _transfer.DEFAULT_CONCURRENCY
-    ) -> list[asyncart.Entry]:
-        sized = await anyio.to_thread.run_sync(
-            lambda: [(n, s, _transfer._size(s)) for n, s in paths]
-        )
-        results = await _transfer.run_pool(
-            _transfer.batches(list(enumerate(sized)), lambda t: t[1][2]),
-            lambda batch: anyio.to_thread.run_sync(_transfer._hash_batch, batch),
-            concurrency,
-        )
-        ordered = sorted((pair for result in results for pair in result), key=lambda p: p[0])
-        return [entry for _, entry in ordered]
-
-    _transfer.hash_files = _artifact.hash_files = hash_files  # type: ignore[assignment]
-    return True
 
 
 # -- data -----------------------------------------------------------------------------------
@@ -318,7 +269,6 @@ async def read_worker(store: str, ref: str) -> dict:
 
 
 def worker_main(job: dict) -> None:
-    patch_hash_files_if_broken()
     if job["kind"] == "ingest":
         folders = prepare_changes(
             Path(job["work"]), job["increments"], job["changes"], job["change_size"]
@@ -388,7 +338,6 @@ class Results:
     reads: dict[str, list[float]] = field(default_factory=dict)
     blake3_files: list[float] = field(default_factory=list)
     blake3_memory: list[float] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
 
 def interleaved(trial: int, *steps: Callable[[], None]) -> None:
@@ -502,13 +451,14 @@ def report(out: Results, root: Path, elapsed: float, load: tuple[float, float]) 
                 verdict(med(values) < 50),
             )
         )
+    first = med(next(iter(out.reads.values())))
     for ref, values in out.reads.items():
         rows.append(
             (
                 f"4. read {ref} of {s.chain + 1} versions, fresh process",
                 f"{med(values) * 1e3:.1f} ms (n={len(values)})",
-                "",
-                "",
+                "" if med(values) == first else "vs v0",
+                f"{med(values) / first:.2f}x",
                 "flat",
                 "",
             )
@@ -557,7 +507,6 @@ def report(out: Results, root: Path, elapsed: float, load: tuple[float, float]) 
     lines.append(raw_line("asyncart small (s)", [r["seconds"] for r in out.small]))
     lines.append(raw_line("cp large (s)", [r["seconds"] for r in out.cp_large]))
     lines.append(raw_line("asyncart large (s)", [r["seconds"] for r in out.large]))
-    lines += out.notes
     lines.append(
         f"\n{len(out.small)} trial(s), {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
         f"asyncart {asyncart.__version__}; whole run {elapsed:.0f} s; load average "
@@ -608,12 +557,6 @@ def main() -> None:
     print(f"data in {root}; {trials} trial(s) {asdict(sizes)}", file=sys.stderr)
     data = make_data(root, sizes)
     out = Results(sizes)
-    if patch_hash_files_if_broken():
-        out.notes.append(
-            "NOTE: asyncart's hash_files fails with more than one batch (TypeError comparing "
-            "Entry); this run used a patched copy that numbers files globally (same work)."
-        )
-        print(out.notes[-1], file=sys.stderr)
     for trial in range(trials):
         print(f"trial {trial + 1}/{trials}", file=sys.stderr)
         run_trial(trial, root, data, sizes, out)

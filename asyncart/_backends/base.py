@@ -46,7 +46,10 @@ class BlobStore(Protocol):
         ...
 
     async def put_files(self, items: Sequence[UploadItem]) -> int:
-        """Store each file as its digest (skipping those present); return the bytes written.
+        """Store each file as its digest; return the bytes written.
+
+        Callers ask :meth:`missing` first (that is where dedup happens); storing a blob that is
+        already present again is harmless, since its bytes are the same.
 
         Raises:
             FileChangedError: a file's bytes no longer match its digest; nothing is stored for it.

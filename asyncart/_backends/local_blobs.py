@@ -10,8 +10,11 @@ killed before its own sync.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import io
 import os
+import re
 import secrets
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -25,6 +28,7 @@ from .base import UploadItem
 CHUNK = 8 << 20  # large files stream through a buffer of this size: memory stays bounded
 _PARALLEL_HASH = 16 << 20  # above this, BLAKE3 hashes with all cores
 
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -33,13 +37,13 @@ class LocalBlobStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._tmp = root / ".tmp"
-        self._made: set[str] = set()
+        self._prefix = str(root) + os.sep
 
-    def path(self, digest: str) -> Path:
-        if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+    def path(self, digest: str) -> str:
+        """Where a blob lives (plain strings: this runs once per file on the hot path)."""
+        if not _DIGEST.fullmatch(digest):
             raise IntegrityError(f"malformed blob digest {digest!r}")
-        return self.root / digest[:2] / digest
+        return f"{self._prefix}{digest[:2]}/{digest}"
 
     async def missing(self, digests: Collection[str]) -> set[str]:
         return await anyio.to_thread.run_sync(self._missing, digests)
@@ -60,61 +64,47 @@ class LocalBlobStore:
         await anyio.to_thread.run_sync(self._sync)
 
     def _missing(self, digests: Collection[str]) -> set[str]:
-        return {d for d in digests if not self.path(d).exists()}
+        exists = os.path.exists
+        return {d for d in digests if not exists(self.path(d))}
 
     def _put_files(self, items: Sequence[UploadItem]) -> int:
+        # No existence check: callers ask ``missing`` first, and rewriting a blob is harmless.
         written = 0
         for item in items:
-            final = self.path(item.digest)
-            if final.exists():
-                continue
             with open(item.source, "rb", buffering=0) as src:
-                written += self._store(final, item.size, src, item.source)
+                written += self._store(item.digest, item.size, src, item.source)
         return written
 
-    def _store(self, final: Path, size: int, src: object, name: str) -> int:
-        """Copy ``src`` to a temp file while hashing it, then rename it to ``final``."""
-        tmp = self._temp_path(final.name)
+    def _store(self, expected: str, size: int, src: object, name: str) -> int:
+        """Copy ``src`` to a temp file beside the blob while hashing it, then rename it."""
+        final = self.path(expected)
+        tmp = f"{final}.{secrets.token_hex(4)}.tmp"  # same directory: the cheapest rename
         try:
-            with open(tmp, "xb", buffering=0) as out:
+            try:
+                out = open(tmp, "xb", buffering=0)  # noqa: SIM115 - closed just below
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(final), exist_ok=True)
+                out = open(tmp, "xb", buffering=0)  # noqa: SIM115
+            with out:
                 digest, copied = _copy_hashing(src, out, size)
-            if (digest, copied) != (final.name, size):
+            if (digest, copied) != (expected, size):
                 raise FileChangedError(
                     f"{name} changed after it was added: expected {size} bytes with digest "
-                    f"{final.name[:16]}..., read {copied} bytes with digest {digest[:16]}...; "
+                    f"{expected[:16]}..., read {copied} bytes with digest {digest[:16]}...; "
                     "add it again"
                 )
-            self._rename(tmp, final)
+            os.replace(tmp, final)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
             raise
         return size
 
     def _put_bytes(self, data: bytes) -> str:
         digest = blake3.blake3(data).hexdigest()
-        final = self.path(digest)
-        if not final.exists():
-            tmp = self._temp_path(digest)
-            try:
-                tmp.write_bytes(data)
-                self._rename(tmp, final)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+        if not os.path.exists(self.path(digest)):
+            self._store(digest, len(data), io.BytesIO(data), f"blob {digest}")
         return digest
-
-    def _temp_path(self, digest: str) -> Path:
-        if ".tmp" not in self._made:
-            self._tmp.mkdir(parents=True, exist_ok=True)
-            self._made.add(".tmp")
-        return self._tmp / f"{digest[:16]}-{secrets.token_hex(6)}"
-
-    def _rename(self, tmp: Path, final: Path) -> None:
-        fan = final.parent.name
-        if fan not in self._made:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            self._made.add(fan)
-        os.replace(tmp, final)
 
     def _open(self, digest: str) -> int:
         try:
@@ -144,12 +134,16 @@ class LocalBlobStore:
             _check(digest, got)
             os.replace(tmp, dest)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
             raise
         return size
 
     def _sync(self) -> None:
-        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            fd = os.open(self.root, os.O_RDONLY)
+        except FileNotFoundError:
+            return  # no blob was ever stored here
         try:
             if _libc.syncfs(fd) != 0:  # whole filesystem, like `sync`: one call for all blobs
                 os.fsync(fd)
