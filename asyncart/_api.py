@@ -46,4 +46,11 @@ class Api:
         )
 
     async def aclose(self) -> None:
+        """Release the store's resources (connections, for remote stores)."""
         await self._repo.store.aclose()
+
+    async def __aenter__(self) -> Api:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

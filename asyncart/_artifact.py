@@ -263,6 +263,15 @@ class Artifact:
     async def _commit(
         self, repo: Repository, project: str, aliases: Sequence[str], actor: str, transfer: Transfer
     ) -> Artifact:
+        parent = self._parent
+        if parent is not None and (project, repo.store.location) != (
+            parent.project,
+            parent.repo.store.location,
+        ):
+            raise InvalidInputError(
+                f"a draft of {parent.project}/{self.name} (store {parent.repo.store.location}) "
+                f"can only be logged there, not in {project} (store {repo.store.location})"
+            )
         spec = await self._prepare()
         _check_aliases(aliases)
         state, version = await repo.commit(project, spec, list(aliases), actor, transfer)

@@ -217,6 +217,8 @@ class Repository:
 
         async def step(state: CollectionState) -> tuple[CollectionState, Version]:
             _check_type(state, spec)
+            if spec.parent is not None and spec.parent >= len(state.versions):
+                raise InvalidInputError(f"{state.stream} has no v{spec.parent} to build upon")
             if (same := _same_as_latest(state, digest)) is not None:
                 if moved := _aliases_moved(state, same, aliases):
                     await self.append(state, moved, actor)
@@ -266,6 +268,11 @@ class Repository:
         async def step(state: CollectionState) -> tuple[CollectionState, Version]:
             _check_type(state, spec)
             bodies, draft = _open_distributed(state, spec, distributed_id)
+            if draft not in state.drafts and not spec.changes:
+                raise NotFoundError(
+                    f"nothing to finish: {project}/{spec.name} has no pending draft for "
+                    f"distributed_id {distributed_id!r} and the finishing artifact has no files"
+                )
             bodies += [_with_draft(c, draft) for c in spec.changes] + _metadata(draft, spec)
             pending = state.drafts[draft].changes if draft in state.drafts else []
             changes = [*pending, *spec.changes]

@@ -114,6 +114,7 @@ class _Tracker:
     def __init__(self, files: int, total: int, callback: ProgressCallback | None) -> None:
         self.files_total, self.bytes_total, self.callback = files, total, callback
         self.files = self.bytes = 0
+        self.advance(0, 0)  # the totals are known now, even when there is nothing to move
 
     def advance(self, files: int, nbytes: int) -> None:
         self.files += files

@@ -304,3 +304,32 @@ async def test_lineage_logged_by_and_used_by(store, files):
     assert [r.id for r in await used.used_by()] == ["train1"]
     info = await asyncart.Api("demo", store=store).run("train1")
     assert info.used == (("demo", "ds", 0),) and info.finished
+
+
+async def test_a_draft_is_logged_only_where_its_parent_lives(store, files, tmp_path):
+    v0 = await (await _dataset(files)).save(project="demo", store=store)
+    for project, where in [("other", store), ("demo", str(tmp_path / "another-store"))]:
+        draft = v0.new_draft()
+        draft.remove("a.txt")
+        async with asyncart.init(project=project, store=where) as run:
+            with pytest.raises(InvalidInputError, match="can only be logged there"):
+                await run.log_artifact(draft)
+    assert [a.version for a in await asyncart.Api("demo", store=store).artifact_versions("ds")] == [
+        "v0"
+    ]
+
+
+async def test_finishing_nothing_is_an_error(store):
+    async with asyncart.init(project="demo", group="typo", store=store) as run:
+        with pytest.raises(NotFoundError, match="nothing to finish"):
+            await run.finish_artifact(asyncart.Artifact("dist", "dataset"))
+
+
+async def test_progress_reports_even_when_everything_is_stored(store, files):
+    await (await _dataset(files)).save(project="demo", store=store)
+    seen = []
+    async with asyncart.Api("demo", store=store) as api:
+        again = await _dataset(files)
+        await again.save(project="demo", store=store, progress=seen.append)
+        assert (await api.artifact("ds")).version == "v0"
+    assert [(p.files_done, p.files_total) for p in seen] == [(0, 0)]
