@@ -21,6 +21,7 @@ from ._backends.base import BlobStore, UploadItem
 from ._domain.events import Entry
 from ._domain.manifest import Manifest
 from ._errors import InvalidInputError, NotFoundError
+from ._threads import HEAVY, maybe_thread
 
 DEFAULT_CONCURRENCY = 4  # on 2 cores more threads only fight over the GIL (bench/bench.py)
 BATCH_FILES = 256  # small files travel in batches of up to this many ...
@@ -131,12 +132,14 @@ async def upload(
     progress: ProgressCallback | None = None,
 ) -> int:
     """Store each file as its digest, skipping blobs already present; return bytes written."""
-    unique = list({item.digest: item for item in items}.values())
-    missing = await blobs.missing([item.digest for item in unique])
-    todo = [item for item in unique if item.digest in missing]
+    items = list(items)
+    unique = await maybe_thread(len(items) > HEAVY, _by_digest, items)
+    missing = await blobs.missing(unique.keys())
+    todo = [unique[digest] for digest in missing]
+    work = await maybe_thread(len(todo) > HEAVY, batches, todo, _item_size)
     tracker = _Tracker(len(todo), sum(i.size for i in todo), progress)
     written = await run_pool(
-        batches(todo, lambda i: i.size),
+        work,
         blobs.put_files,
         concurrency,
         lambda batch, _: tracker.advance(len(batch), sum(i.size for i in batch)),
@@ -148,12 +151,28 @@ async def hash_files(
     paths: Sequence[tuple[str, str]], concurrency: int = DEFAULT_CONCURRENCY
 ) -> list[Entry]:
     """Hash local files given as (entry path, local path) pairs; return entries in input order."""
-    sized = await anyio.to_thread.run_sync(lambda: [(n, s, _size(s)) for n, s in paths])
+    work = await anyio.to_thread.run_sync(_plan_hashing, paths)
     results = await run_pool(
-        batches(enumerate(sized), lambda t: t[1][2]),  # numbered first: batches finish in any order
-        lambda batch: anyio.to_thread.run_sync(_hash_batch, batch),
-        concurrency,
+        work, lambda batch: anyio.to_thread.run_sync(_hash_batch, batch), concurrency
     )
+    return await maybe_thread(len(paths) > HEAVY, _in_input_order, results)
+
+
+def _by_digest(items: list[UploadItem]) -> dict[str, UploadItem]:
+    return {item.digest: item for item in items}
+
+
+def _item_size(item: UploadItem) -> int:
+    return item.size
+
+
+def _plan_hashing(paths: Sequence[tuple[str, str]]) -> list[list[tuple[int, tuple[str, str, int]]]]:
+    """Number the files (batches finish in any order), size them, and cut them into batches."""
+    sized = [(name, src, _size(src)) for name, src in paths]
+    return batches(enumerate(sized), lambda numbered: numbered[1][2])
+
+
+def _in_input_order(results: list[list[tuple[int, Entry]]]) -> list[Entry]:
     ordered = sorted((pair for result in results for pair in result), key=lambda pair: pair[0])
     return [entry for _, entry in ordered]
 
@@ -202,13 +221,23 @@ async def download(
 ) -> None:
     """Write every entry of ``manifest`` under ``root``, verified; never writes outside ``root``."""
     entries = list(manifest.entries.values())
-    targets = await anyio.to_thread.run_sync(_prepare_dirs, root, entries)
+    work = await anyio.to_thread.run_sync(_plan_download, root, entries)
     tracker = _Tracker(len(entries), manifest.size, progress)
     await run_pool(
-        batches(zip(entries, targets, strict=True), lambda pair: pair[0].size),
-        lambda batch: blobs.get_files([(e.digest, dest) for e, dest in batch]),
+        work,
+        blobs.get_files,
         concurrency,
         lambda batch, nbytes: tracker.advance(len(batch), nbytes),
+    )
+
+
+def _plan_download(root: Path, entries: list[Entry]) -> list[list[tuple[str, str]]]:
+    """Batches of (digest, destination) pairs, with every destination directory made safely."""
+    targets = _prepare_dirs(root, entries)
+    sizes = {entry.digest: entry.size for entry in entries}
+    return batches(
+        [(e.digest, dest) for e, dest in zip(entries, targets, strict=True)],
+        lambda pair: sizes[pair[0]],
     )
 
 

@@ -83,7 +83,7 @@ async def main():
             told = []
 
             def progress(p):
-                if not told:
+                if p.files_done and not told:  # the first call only announces the totals
                     told.append(p)
                     print("uploading", flush=True)
 
