@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import anyio.to_thread
 
 from ._backends.base import Store, UploadItem
 from ._domain.events import (
@@ -183,9 +182,10 @@ class Repository:
         for attempt in range(_MAX_ATTEMPTS):
             try:
                 return await self.append(await self.run(project, run_id), bodies, actor)
-            except ConflictError:
+            except ConflictError as conflict:
+                if attempt == _MAX_ATTEMPTS - 1:
+                    raise conflict
                 await _backoff(attempt)
-        raise ConflictError(run_stream(project, run_id), -1, -1)
 
     async def _retrying(
         self, project: str, name: str, step: Callable[[CollectionState], Any]
@@ -195,9 +195,10 @@ class Repository:
             state = await self.collection(project, name)
             try:
                 return await step(state)
-            except ConflictError:
+            except ConflictError as conflict:
+                if attempt == _MAX_ATTEMPTS - 1:
+                    raise conflict  # still contended after every retry: let the caller decide
                 await _backoff(attempt)
-        raise ConflictError(collection_stream(project, name), -1, -1)
 
     async def _store_files(self, uploads: list[UploadItem], transfer: Transfer) -> None:
         if not uploads:
@@ -308,11 +309,8 @@ class Repository:
         """Snapshot policy: see SNAPSHOT_EVERY and SNAPSHOT_RATIO. Roots replay their own events."""
         if parent is None:
             return None
-        depth, replayed = 1, _count(changes)
-        version = state.versions[parent]
-        while True:
-            if version.commit.snapshot is not None:
-                break
+        depth, replayed, version = 1, _count(changes), state.versions[parent]
+        while version.commit.snapshot is None:  # walk back to the base a read would start from
             replayed += _count(version.draft.changes)
             if version.parent is None:
                 break
