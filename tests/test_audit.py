@@ -26,7 +26,7 @@ def _log(store: str) -> Path:
     return Path(store) / "log" / "demo" / "artifacts" / "ds.log"
 
 
-def _rewrite(path: Path, edit) -> None:  # type: ignore[no-untyped-def]
+def _rewrite(path: Path, edit) -> None:
     """Re-frame every record after ``edit(seq, payload)``: a tamperer who fixes the checksums."""
     found = scan(path.read_bytes(), 0, 0, "x")
     payloads = [edit(seq, p) for seq, p in enumerate(found.payloads)]

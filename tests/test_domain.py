@@ -116,3 +116,29 @@ def test_fold_builds_versions_and_moves_aliases():
     assert state.aliases == {"latest": 1, "best": 1}
     assert state.versions[0].aliases == set()
     assert state.drafts == {}
+
+
+def test_records_written_before_a_field_existed_still_decode():
+    """Schema evolution: fields added later have defaults, so old records decode."""
+    import msgspec
+
+    old = msgspec.msgpack.encode(
+        {
+            "stream": "p/artifacts/x",
+            "seq": 3,
+            "time": 0.0,
+            "actor": "run:a",
+            "prev": "",
+            "body": {
+                "kind": "version.committed",
+                "draft": "d",
+                "version": 0,
+                "digest": "0" * 64,
+                "file_count": 1,
+                "size": 2,
+            },
+        }
+    )
+    body = decode(old).body
+    assert isinstance(body, VersionCommitted)
+    assert (body.snapshot, body.aliases) == (None, [])
