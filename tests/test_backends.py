@@ -69,15 +69,15 @@ class BlobStoreContract:
         raise NotImplementedError
 
     @staticmethod
-    def _file(tmp_path: Path, name: str, data: bytes) -> UploadItem:
+    async def _file(tmp_path: Path, name: str, data: bytes) -> UploadItem:
         path = tmp_path / name
         path.write_bytes(data)
-        digest, size = hash_file(str(path))
+        digest, size = await anyio.to_thread.run_sync(hash_file, str(path))
         return UploadItem(str(path), digest, size)
 
     async def test_put_dedups_and_reads_back(self, store: Store, tmp_path: Path) -> None:
-        a = self._file(tmp_path, "a", b"alpha" * 1000)
-        same = self._file(tmp_path, "same", b"alpha" * 1000)
+        a = await self._file(tmp_path, "a", b"alpha" * 1000)
+        same = await self._file(tmp_path, "same", b"alpha" * 1000)
         assert await store.blobs.missing([a.digest]) == {a.digest}
         assert await store.blobs.put_files([a]) == a.size
         assert await store.blobs.missing([a.digest, same.digest]) == set()  # dedup by content
@@ -90,7 +90,7 @@ class BlobStoreContract:
     async def test_changed_file_is_refused_and_nothing_stored(
         self, store: Store, tmp_path: Path
     ) -> None:
-        item = self._file(tmp_path, "f", b"original")
+        item = await self._file(tmp_path, "f", b"original")
         Path(item.source).write_bytes(b"tampered")
         with pytest.raises(FileChangedError, match="changed after it was added"):
             await store.blobs.put_files([item])
