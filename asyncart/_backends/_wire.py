@@ -1,0 +1,54 @@
+"""The HTTP protocol shared by the server and the client backend (``/v1``).
+
+Bodies are msgpack (records are raw bytes; JSON would need base64); errors are JSON, so a
+human with ``curl`` can read them::
+
+    GET  /v1/health                               -> {"ok": true}            (no token)
+    POST /v1/blobs/missing      [digest, ...]     -> [digest, ...]           (read)
+    PUT  /v1/blobs/{digest}     raw bytes          -> {"size": n}             (write)
+    GET  /v1/blobs/{digest}     Range supported    -> raw bytes               (read)
+    POST /v1/blobs/flush                          -> {}                      (write)
+    GET  /v1/uploads/{digest}?size=N              -> {"parts": {index: size}} (write)
+    PUT  /v1/uploads/{digest}/{index}?size=N      -> {"size": n}             (write)
+    POST /v1/uploads/{digest}/complete?size=N     -> {"size": n}             (write)
+    POST /v1/log/{stream}?expected_seq=N [bytes..] -> {"head": n}            (write project)
+    GET  /v1/log/{stream}?from_seq=N              -> {"records": [...], "more": bool}
+    GET  /v1/streams?prefix=P                     -> [stream, ...]           (readable ones)
+    GET  /v1/projects                             -> [project, ...]          (readable ones)
+    POST /v1/tokens   {"projects", "write"}       -> {"token": ...}          (admin)
+
+Error bodies: ``{"error": CODE, "message": text, ...}``; a conflict adds ``"head"``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+MSGPACK = "application/msgpack"
+PREFIX = "/v1"
+DIGEST = re.compile(r"[0-9a-f]{64}")
+TOKEN_ENV = "ASYNCART_TOKEN"
+
+MAX_DIGESTS = 50_000
+"""Digests per ``missing`` request (64 hex characters each: ~3.3 MB)."""
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder()
+
+
+def pack(value: Any) -> bytes:
+    """Encode a response or request body."""
+    return _encoder.encode(value)
+
+
+def unpack(data: bytes) -> Any:
+    """Decode a body; raises ``msgspec.DecodeError`` on garbage."""
+    return _decoder.decode(data)
+
+
+def project_of(stream: str) -> str:
+    """The project a stream belongs to: its first path component."""
+    return stream.split("/", 1)[0]

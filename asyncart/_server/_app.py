@@ -1,0 +1,135 @@
+"""The aiohttp application: any :class:`~asyncart._backends.base.Store` over HTTP.
+
+The server does no artifact logic: it moves opaque records and verified blobs, checks tokens
+and sizes, and leaves validation and replay to the library in the client.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio.to_thread
+from aiohttp import web
+
+from .._backends._wire import PREFIX, project_of
+from .._backends.base import Store
+from . import _blob_routes as blobs
+from ._blob_routes import LIMITS, SPOOL, STORE, Limits
+from ._http import (
+    GRANTS,
+    HttpError,
+    errors_as_json,
+    grant_of,
+    int_query,
+    msgpack_body,
+    msgpack_response,
+    require,
+)
+from ._tokens import Grants, create_token
+
+
+def make_app(
+    store: Store, tokens: str | Path, spool: str | Path, limits: Limits | None = None
+) -> web.Application:
+    """An app serving ``store``; ``tokens`` is the tokens file, ``spool`` a temp directory.
+
+    Put ``spool`` on the store's filesystem: uploads land there before the store takes them.
+    """
+    limits = limits or Limits()
+    app = web.Application(middlewares=[errors_as_json], client_max_size=limits.max_request)
+    app[STORE], app[SPOOL], app[LIMITS] = store, Path(spool), limits
+    app[GRANTS] = Grants(Path(tokens))
+    app.on_startup.append(_prepare)
+    app.on_cleanup.append(_close)
+    app.add_routes(
+        [
+            web.get(f"{PREFIX}/health", health),
+            web.post(f"{PREFIX}/blobs/missing", blobs.missing),
+            web.post(f"{PREFIX}/blobs/flush", blobs.flush),
+            web.put(f"{PREFIX}/blobs/{{digest}}", blobs.upload),
+            web.get(f"{PREFIX}/blobs/{{digest}}", blobs.download),
+            web.get(f"{PREFIX}/uploads/{{digest}}", blobs.parts),
+            web.post(f"{PREFIX}/uploads/{{digest}}/complete", blobs.complete),
+            web.put(f"{PREFIX}/uploads/{{digest}}/{{index:\\d+}}", blobs.put_part),
+            web.post(f"{PREFIX}/log/{{stream:.+}}", append),
+            web.get(f"{PREFIX}/log/{{stream:.+}}", read),
+            web.get(f"{PREFIX}/streams", streams),
+            web.get(f"{PREFIX}/projects", projects),
+            web.post(f"{PREFIX}/tokens", mint),
+        ]
+    )
+    return app
+
+
+async def _prepare(app: web.Application) -> None:
+    await anyio.to_thread.run_sync(lambda: app[SPOOL].mkdir(parents=True, exist_ok=True))
+    await anyio.to_thread.run_sync(app[GRANTS].refresh)
+
+
+async def _close(app: web.Application) -> None:
+    await app[STORE].aclose()
+
+
+async def health(request: web.Request) -> web.Response:
+    """GET /v1/health: whether the server is up (no token needed)."""
+    return msgpack_response({"ok": True})
+
+
+async def append(request: web.Request) -> web.Response:
+    """POST /v1/log/{stream}?expected_seq=N: append the posted records atomically."""
+    stream = request.match_info["stream"]
+    require((await grant_of(request)).can_write(project_of(stream)), f"write to {stream!r}")
+    expected = int_query(request, "expected_seq")
+    payloads = await msgpack_body(request)
+    if not isinstance(payloads, list) or not all(isinstance(p, bytes) for p in payloads):
+        raise HttpError(400, "invalid", "post a msgpack list of binary records")
+    head = await request.app[STORE].log.append(stream, payloads, expected)
+    return msgpack_response({"head": head})
+
+
+async def read(request: web.Request) -> web.Response:
+    """GET /v1/log/{stream}?from_seq=N: records from N on, a page of about 8 MiB at a time."""
+    stream = request.match_info["stream"]
+    require((await grant_of(request)).can_read(project_of(stream)), f"read {stream!r}")
+    records = await request.app[STORE].log.read(stream, int_query(request, "from_seq", 0))
+    page: list[bytes] = []
+    size = 0
+    for record in records:
+        if page and size + len(record) > request.app[LIMITS].page_bytes:
+            break
+        page.append(record)
+        size += len(record)
+    return msgpack_response({"records": page, "more": len(page) < len(records)})
+
+
+async def streams(request: web.Request) -> web.Response:
+    """GET /v1/streams?prefix=P: the streams under P that the token may read."""
+    grant = await grant_of(request)
+    names = await request.app[STORE].log.streams(request.query.get("prefix", ""))
+    return msgpack_response([n for n in names if grant.can_read(project_of(n))])
+
+
+async def projects(request: web.Request) -> web.Response:
+    """GET /v1/projects: the projects that have streams and that the token may read."""
+    grant = await grant_of(request)
+    names = {project_of(n) for n in await request.app[STORE].log.streams("")}
+    return msgpack_response(sorted(p for p in names if grant.can_read(p)))
+
+
+async def mint(request: web.Request) -> web.Response:
+    """POST /v1/tokens {"projects": [...], "write": bool, "note": str}: a new token (admin)."""
+    require((await grant_of(request)).admin, "mint tokens")
+    body = await msgpack_body(request)
+    if not isinstance(body, dict) or not isinstance(body.get("projects"), list):
+        raise HttpError(400, "invalid", 'post {"projects": [...], "write": bool}')
+    grants = request.app[GRANTS]
+    token = await anyio.to_thread.run_sync(
+        lambda: create_token(
+            grants.path.parent,
+            body["projects"],
+            write=bool(body.get("write")),
+            note=str(body.get("note", "")),
+        )
+    )
+    await anyio.to_thread.run_sync(grants.refresh)
+    return msgpack_response({"token": token}, 201)

@@ -1,0 +1,176 @@
+"""Bearer tokens, stored hashed in ``STORE/tokens.json``.
+
+Why a file and not a stream of the log: the log is artifact history served to every reader of a
+project, and it is append-only; credentials are neither history nor public, and revoking one
+must really remove it. The file holds only SHA-256 hashes (tokens are 256 random bits, so a slow
+password hash would add nothing), is written atomically (temp file, rename) under a lock, and is
+readable by its owner only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .._errors import InvalidInputError
+from .._names import check_name
+
+TOKENS_FILE = "tokens.json"
+ALL = "*"
+_PREFIX = "aat_"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What one token may do: read (and maybe write) some projects, or everything (admin)."""
+
+    id: str
+    projects: tuple[str, ...]
+    write: bool = False
+    admin: bool = False
+    note: str = ""
+
+    def can_read(self, project: str) -> bool:
+        """Whether the token may read ``project``."""
+        return self.admin or ALL in self.projects or project in self.projects
+
+    def can_write(self, project: str) -> bool:
+        """Whether the token may append to ``project``."""
+        return self.can_read(project) and (self.write or self.admin)
+
+    @property
+    def writes_somewhere(self) -> bool:
+        """Whether the token may write to at least one project (needed to upload blobs)."""
+        return self.admin or (self.write and bool(self.projects))
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def tokens_path(store_dir: str | os.PathLike[str]) -> Path:
+    """Where a served store directory keeps its tokens."""
+    return Path(store_dir) / TOKENS_FILE
+
+
+def create_token(
+    store_dir: str | os.PathLike[str],
+    projects: Sequence[str] = (),
+    *,
+    write: bool = False,
+    admin: bool = False,
+    note: str = "",
+) -> str:
+    """Mint a token for the store served from ``store_dir``; return it (it is shown only once).
+
+    Blocking (file I/O): call it from a CLI or a worker thread. A running server sees new tokens
+    within a second.
+
+    Args:
+        projects: the projects it may access (``"*"``: all); empty only for an admin token.
+        write: whether it may upload blobs and append to those projects.
+        admin: whether it may do anything, including minting tokens through the server.
+        note: a label kept next to the hash (who it is for).
+    """
+    for project in projects:
+        if project != ALL:
+            check_name(project, "project")
+    if not projects and not admin:
+        raise InvalidInputError("a token needs at least one --project (or '*'), or --admin")
+    token = _PREFIX + secrets.token_urlsafe(32)
+    digest = hash_token(token)
+    grant = Grant(digest[:12], tuple(projects), write or admin, admin, note)
+    path = tokens_path(store_dir)
+    with _locked(path):
+        entries = _read(path)
+        entries[digest] = grant
+        _write(path, entries)
+    return token
+
+
+def load_grants(path: Path) -> dict[str, Grant]:
+    """Read the hashed tokens (blocking); a missing file means no tokens."""
+    try:
+        return _read(path)
+    except FileNotFoundError:
+        return {}
+
+
+def _read(path: Path) -> dict[str, Grant]:
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError as e:
+        raise InvalidInputError(f"{path} is not valid JSON ({e}); fix or remove it") from None
+    return {
+        entry["sha256"]: Grant(
+            entry["id"],
+            tuple(entry["projects"]),
+            entry["write"],
+            entry["admin"],
+            entry.get("note", ""),
+        )
+        for entry in raw["tokens"]
+    }
+
+
+def _write(path: Path, entries: dict[str, Grant]) -> None:
+    body = {"tokens": [{"sha256": h, **asdict(g)} for h, g in entries.items()]}
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(body, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+class Grants:
+    """The server's view of the tokens file, reloaded when the file changes (at most 1/s)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._grants: dict[str, Grant] = {}
+        self._mtime: float | None = None
+        self._checked = 0.0
+
+    def refresh(self) -> None:
+        """Reload the file if it changed (blocking: run in a thread)."""
+        self._checked = time.monotonic()
+        try:
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            self._grants, self._mtime = {}, None
+            return
+        if mtime != self._mtime:
+            self._grants, self._mtime = load_grants(self.path), mtime
+
+    @property
+    def stale(self) -> bool:
+        """Whether the file should be checked again."""
+        return time.monotonic() - self._checked > 1.0
+
+    def lookup(self, token: str) -> Grant | None:
+        """The grant of ``token``, or None for an unknown token."""
+        return self._grants.get(hash_token(token))
