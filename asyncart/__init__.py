@@ -19,9 +19,11 @@ from ._audit import audit as audit
 from ._backends.base import BlobStore as BlobStore
 from ._backends.base import EventLog as EventLog
 from ._backends.base import Store as Store
+from ._backends.http import HttpStore as HttpStore
 from ._backends.local import LocalStore as LocalStore
 from ._domain.events import Entry as Entry
 from ._domain.manifest import Manifest as Manifest
+from ._errors import AccessDeniedError as AccessDeniedError
 from ._errors import AsyncartError as AsyncartError
 from ._errors import BackendUnavailableError as BackendUnavailableError
 from ._errors import ConflictError as ConflictError
@@ -39,6 +41,7 @@ from ._transfer import Progress as Progress
 __version__ = "0.1.0"
 
 __all__ = (
+    "AccessDeniedError",
     "Api",
     "Artifact",
     "AsyncartError",
@@ -50,6 +53,7 @@ __all__ = (
     "Entry",
     "EventLog",
     "FileChangedError",
+    "HttpStore",
     "IntegrityError",
     "InvalidInputError",
     "LocalStore",

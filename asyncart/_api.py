@@ -16,10 +16,13 @@ class Api:
     """Query a store: ``await asyncart.Api(project="demo").artifact("demo/mnist:v3")``."""
 
     def __init__(
-        self, project: str | None = None, store: str | os.PathLike[str] | Store | None = None
+        self,
+        project: str | None = None,
+        store: str | os.PathLike[str] | Store | None = None,
+        token: str | None = None,
     ) -> None:
         self.project = check_name(project or DEFAULT_PROJECT, "project")
-        self._repo = Repository(open_store(store))
+        self._repo = Repository(open_store(store, token))
 
     async def artifact(self, ref: str) -> Artifact:
         """The committed artifact named by ``[project/]name[:alias|:vN]`` (alias: ``latest``).

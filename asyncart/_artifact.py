@@ -232,7 +232,10 @@ class Artifact:
         )
 
     def _target(
-        self, project: str | None, store: str | os.PathLike[str] | Store | None
+        self,
+        project: str | None,
+        store: str | os.PathLike[str] | Store | None,
+        token: str | None = None,
     ) -> tuple[Repository, str]:
         if self._parent is not None:
             if project not in (None, self._parent.project):
@@ -240,7 +243,8 @@ class Artifact:
                     f"a draft of {self._parent.project}/{self.name} is saved in its own project"
                 )
             return self._parent.repo, self._parent.project
-        return Repository(open_store(store)), check_name(project or DEFAULT_PROJECT, "project")
+        repo = Repository(open_store(store, token))
+        return repo, check_name(project or DEFAULT_PROJECT, "project")
 
     async def save(
         self,
@@ -250,12 +254,14 @@ class Artifact:
         aliases: Sequence[str] = (),
         progress: ProgressCallback | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
+        token: str | None = None,
     ) -> Artifact:
         """Commit this draft outside any run; return the committed artifact.
 
-        A draft made by ``new_draft()`` goes to its parent's project and store.
+        A draft made by ``new_draft()`` goes to its parent's project and store. ``token`` is
+        for a server store (default ``$ASYNCART_TOKEN``).
         """
-        repo, project = self._target(project, store)
+        repo, project = self._target(project, store, token)
         return await self._commit(
             repo, project, aliases, _user_actor(), Transfer(concurrency, progress)
         )

@@ -52,7 +52,10 @@ class AuditReport:
 
 
 async def audit(
-    project: str | None = None, *, store: str | os.PathLike[str] | Store | None = None
+    project: str | None = None,
+    *,
+    store: str | os.PathLike[str] | Store | None = None,
+    token: str | None = None,
 ) -> AuditReport:
     """Replay the log of ``project`` (or of every project) from scratch and verify it.
 
@@ -60,7 +63,7 @@ async def audit(
     version's manifest by replaying its events (ignoring snapshots), compares it with the digest,
     file count and size the log recorded, checks each snapshot, and that every blob exists.
     """
-    opened = open_store(store)
+    opened = open_store(store, token)
     report = AuditReport()
     prefix = f"{check_name(project, 'project')}/" if project else ""
     for stream in await opened.log.streams(prefix):

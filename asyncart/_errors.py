@@ -10,6 +10,7 @@ Every error derives from :class:`AsyncartError`::
     ├── InvalidInputError        a bad name, path or argument (also a ``ValueError``)
     ├── SealedError              a committed artifact or finished draft was modified
     └── BackendUnavailableError  the store cannot be reached or opened
+        └── AccessDeniedError    the server refused the token (missing, unknown, out of scope)
 """
 
 from __future__ import annotations
@@ -58,3 +59,7 @@ class SealedError(AsyncartError):
 
 class BackendUnavailableError(AsyncartError):
     """Raised when the store cannot be opened or reached."""
+
+
+class AccessDeniedError(BackendUnavailableError):
+    """Raised when a server refuses the request's token: none, unknown, or out of its scope."""

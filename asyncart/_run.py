@@ -26,6 +26,7 @@ def init(
     id: str | None = None,
     config: dict[str, Any] | None = None,
     store: str | os.PathLike[str] | Store | None = None,
+    token: str | None = None,
 ) -> Run:
     """Create a run; use it as ``async with asyncart.init(project="demo") as run: ...``.
 
@@ -36,10 +37,17 @@ def init(
         id: the run id (default: a new random id).
         config: any msgpack-able settings, recorded in the run's stream.
         store: a directory (the embedded store) or Store; default ``$ASYNCART_STORE`` or
-            ``~/.local/share/asyncart``.
+            ``~/.local/share/asyncart``; or the URL of an ``asyncart serve`` server.
+        token: the server's bearer token (default ``$ASYNCART_TOKEN``); unused for local stores.
     """
     return Run(
-        project or DEFAULT_PROJECT, group, job_type, id or uuid.uuid4().hex[:12], config, store
+        project or DEFAULT_PROJECT,
+        group,
+        job_type,
+        id or uuid.uuid4().hex[:12],
+        config,
+        store,
+        token,
     )
 
 
@@ -54,13 +62,14 @@ class Run:
         id: str,
         config: dict[str, Any] | None,
         store: str | os.PathLike[str] | Store | None,
+        token: str | None = None,
     ) -> None:
         self.project = check_name(project, "project")
         self.group = check_name(group, "group") if group is not None else None
         self.job_type = job_type
         self.id = check_name(id, "run id")
         self.config = config
-        self._store = store
+        self._store, self._token = store, token
         self._repo: Repository | None = None
 
     @property
@@ -68,7 +77,7 @@ class Run:
         return f"run:{self.id}"
 
     async def __aenter__(self) -> Run:
-        self._repo = Repository(open_store(self._store))
+        self._repo = Repository(open_store(self._store, self._token))
         await self._record(RunStarted(self.group, self.job_type, self.config))
         return self
 

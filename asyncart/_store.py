@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 from ._backends.base import Store
+from ._backends.http import HttpStore
 from ._backends.local import LocalStore
-from ._errors import BackendUnavailableError
 
 STORE_ENV = "ASYNCART_STORE"
 
@@ -20,15 +20,17 @@ def default_store_location() -> str:
     return str(Path(data) / "asyncart")
 
 
-def open_store(store: str | os.PathLike[str] | Store | None = None) -> Store:
-    """Open ``store``: a Store as is, a path as a :class:`LocalStore`, None as the default."""
+def open_store(
+    store: str | os.PathLike[str] | Store | None = None, token: str | None = None
+) -> Store:
+    """Open ``store``: a Store as is, an ``http(s)://`` URL as an :class:`HttpStore` (with
+    ``token``, default ``$ASYNCART_TOKEN``), a path as a :class:`LocalStore`, None as the default.
+    """
     if store is None:
         store = default_store_location()
     if not isinstance(store, str | os.PathLike):
         return store
     location = os.fspath(store)
     if location.startswith(("http://", "https://")):
-        raise BackendUnavailableError(
-            f"cannot open {location!r}: this version of asyncart only has the local store"
-        )
+        return HttpStore(location, token)
     return LocalStore(location)

@@ -16,6 +16,6 @@ def test_all_is_the_contract():
 
 def test_every_error_derives_from_the_root():
     errors = [getattr(asyncart, n) for n in asyncart.__all__ if n.endswith("Error")]
-    assert len(errors) == 8
+    assert len(errors) == 9
     assert all(issubclass(e, asyncart.AsyncartError) for e in errors)
     assert issubclass(asyncart.InvalidInputError, ValueError)

@@ -101,7 +101,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     digest = _digest(request)
     blobs = request.app[STORE].blobs
     if await blobs.missing([digest]):
-        raise HttpError(404, "not_found", f"blob {digest} is not in the store")
+        raise HttpError(404, "not_found", f"blob {digest} is missing from the store")
     if isinstance(blobs, BlobPaths):
         return web.FileResponse(
             blobs.path(digest), headers={"Content-Type": "application/octet-stream"}

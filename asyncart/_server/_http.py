@@ -80,6 +80,9 @@ async def grant_of(request: web.Request) -> Grant:
     if grants.stale:
         await anyio.to_thread.run_sync(grants.refresh)
     grant = grants.lookup(token.strip())
+    if grant is None:  # maybe minted a moment ago: one stat tells (a reload only if it changed)
+        await anyio.to_thread.run_sync(grants.refresh)
+        grant = grants.lookup(token.strip())
     if grant is None:
         raise HttpError(401, "unauthorized", "unknown token (revoked, or for another server)")
     request["grant"] = grant.id

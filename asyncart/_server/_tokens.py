@@ -73,7 +73,7 @@ def create_token(
     """Mint a token for the store served from ``store_dir``; return it (it is shown only once).
 
     Blocking (file I/O): call it from a CLI or a worker thread. A running server sees new tokens
-    within a second.
+    at once, and stops accepting removed ones within a second.
 
     Args:
         projects: the projects it may access (``"*"``: all); empty only for an admin token.
@@ -147,7 +147,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 class Grants:
-    """The server's view of the tokens file, reloaded when the file changes (at most 1/s)."""
+    """The server's view of the tokens file, reloaded when the file changes."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

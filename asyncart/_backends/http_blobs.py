@@ -1,0 +1,266 @@
+"""The HTTP blob store: concurrent streamed uploads (large files in resumable parts) and
+downloads streamed to disk, verified and resumed with ``Range`` after a dropped connection.
+
+File I/O and hashing run in worker threads; the event loop only moves bytes between the
+socket and bounded buffers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from typing import BinaryIO, TypeVar
+
+import anyio
+import anyio.to_thread
+import blake3
+
+from .._errors import FileChangedError, IntegrityError
+from ._http_client import TRANSIENT, HttpClient, Reply, ServerError, error_detail, unavailable
+from ._wire import MSGPACK, unpack
+from ._wire import pack as _pack
+from .base import UploadItem
+
+PART_THRESHOLD = 64 << 20
+"""Files at least this large are uploaded in parts, in parallel, resumably."""
+PART_SIZE = 16 << 20
+MISSING_BATCH = 10_000  # digests per `missing` request
+FILES_AT_ONCE = 8  # concurrent requests per put_files/get_files call
+_CHUNK = 4 << 20  # bytes read from disk, or gathered from the socket, per thread hop
+_SMALL = 1 << 20  # files up to this size are read whole before sending
+_OCTETS = {"Content-Type": "application/octet-stream"}
+
+T = TypeVar("T")
+
+
+class HttpBlobStore:
+    """A :class:`~asyncart._backends.base.BlobStore` on a server."""
+
+    def __init__(self, client: HttpClient) -> None:
+        self._client = client
+
+    async def missing(self, digests: Collection[str]) -> set[str]:
+        digests = list(digests)
+        out: set[str] = set()
+        for start in range(0, len(digests), MISSING_BATCH):
+            body = _pack(digests[start : start + MISSING_BATCH])
+            reply = await self._client.request(
+                "POST", "/blobs/missing", body=_const(body), headers={"Content-Type": MSGPACK}
+            )
+            out.update(unpack(reply.body))
+        return out
+
+    async def put_files(self, items: Sequence[UploadItem]) -> int:
+        return sum(await _gather(items, self._put_file))
+
+    async def _put_file(self, item: UploadItem) -> int:
+        if item.size >= PART_THRESHOLD:
+            return await self._put_parts(item)
+        if item.size <= _SMALL:
+            data = await anyio.to_thread.run_sync(_read, item.source, 0, item.size + 1)
+            if len(data) != item.size:
+                raise _changed(item, f"it now has {len(data)} bytes")
+            body: Callable[[], object] = lambda: data  # noqa: E731
+        else:
+            body = lambda: _file_chunks(item.source, 0, item.size)  # noqa: E731
+        reply = await self._client.request(
+            "PUT",
+            f"/blobs/{item.digest}",
+            body=body,
+            headers={**_OCTETS, "Content-Length": str(item.size)},
+            ok=(201, 400, 422),
+        )
+        _check_stored(item, reply)
+        return item.size
+
+    async def _put_parts(self, item: UploadItem) -> int:
+        """Upload the parts the server lacks (it keeps finished ones), then join them."""
+        where, size = f"/uploads/{item.digest}", {"size": item.size}
+        count = -(-item.size // PART_SIZE)
+        have = unpack((await self._client.request("GET", where, params=size)).body)
+
+        async def put(index: int) -> int:
+            start = index * PART_SIZE
+            length = min(PART_SIZE, item.size - start)
+            if have.get(index) != length:
+                await self._client.request(
+                    "PUT",
+                    f"{where}/{index}",
+                    params=size,
+                    body=lambda: _file_chunks(item.source, start, length),
+                    headers={**_OCTETS, "Content-Length": str(length)},
+                )
+            return length
+
+        await _gather(range(count), put)
+        reply = await self._client.request(
+            "POST", f"{where}/complete", params={**size, "parts": count}, ok=(201, 400, 422)
+        )
+        _check_stored(item, reply)
+        return item.size
+
+    async def put_bytes(self, data: bytes) -> str:
+        digest = await _hash(data)
+        await self._client.request(
+            "PUT",
+            f"/blobs/{digest}",
+            body=lambda: data,
+            headers={**_OCTETS, "Content-Length": str(len(data))},
+        )
+        return digest
+
+    async def get_bytes(self, digest: str) -> bytes:
+        data = (await self._client.request("GET", f"/blobs/{digest}")).body
+        _verify(digest, await _hash(data))
+        return data
+
+    async def get_files(self, items: Sequence[tuple[str, str]]) -> int:
+        return sum(await _gather(items, lambda pair: self._get_file(*pair)))
+
+    async def _get_file(self, digest: str, dest: str) -> int:
+        """Stream one blob to ``dest`` through a temp file; resume with ``Range`` on errors."""
+        sink = _Sink(f"{dest}.asyncart-{secrets.token_hex(6)}.tmp")
+        pending = bytearray()
+        policy = self._client.retry
+        try:
+            for attempt in range(policy.attempts):
+                offset = sink.size + len(pending)
+                try:
+                    range_ = {"Range": f"bytes={offset}-"} if offset else None
+                    async with self._client.stream(f"/blobs/{digest}", range_) as response:
+                        if offset and response.status != 206:
+                            await anyio.to_thread.run_sync(sink.restart)
+                            pending = bytearray()
+                        async for chunk in response.content.iter_any():
+                            pending += chunk
+                            if len(pending) >= _CHUNK:
+                                await anyio.to_thread.run_sync(sink.write, pending)
+                                pending = bytearray()
+                    break
+                except (*TRANSIENT, ServerError) as e:
+                    if attempt + 1 == policy.attempts:
+                        raise unavailable(self._client.url, e, attempt + 1) from e
+                    await asyncio.sleep(policy.delay(attempt))
+            return await anyio.to_thread.run_sync(sink.finish, pending, digest, dest)
+        except BaseException:
+            await anyio.to_thread.run_sync(sink.discard)
+            raise
+
+    async def flush(self) -> None:
+        await self._client.request("POST", "/blobs/flush")
+
+
+class _Sink:
+    """A temp file being written and hashed (its methods block: call them in a thread)."""
+
+    def __init__(self, tmp: str) -> None:
+        self.tmp = tmp
+        self.file: BinaryIO | None = None
+        self.hasher = blake3.blake3()
+        self.size = 0
+
+    def write(self, data: bytes | bytearray) -> None:
+        if self.file is None:
+            self.file = open(self.tmp, "xb", buffering=0)  # noqa: SIM115 - closed in finish
+        self.hasher.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[self.file.write(view) :]
+        self.size += len(data)
+
+    def restart(self) -> None:
+        self.discard()
+        self.hasher, self.size = blake3.blake3(), 0
+
+    def finish(self, data: bytes | bytearray, digest: str, dest: str) -> int:
+        self.write(data)
+        assert self.file is not None
+        self.file.close()
+        _verify(digest, self.hasher.hexdigest())
+        os.replace(self.tmp, dest)
+        return self.size
+
+    def discard(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
+
+
+def _const(data: bytes) -> Callable[[], bytes]:
+    return lambda: data
+
+
+async def _gather(items: Sequence[T] | range, run: Callable[[T], Awaitable[int]]) -> list[int]:
+    """``run`` over every item, at most FILES_AT_ONCE at a time; results in input order."""
+    results = [0] * len(items)
+    limit = anyio.Semaphore(FILES_AT_ONCE)
+
+    async def one(index: int, item: T) -> None:
+        async with limit:
+            results[index] = await run(item)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for index, item in enumerate(items):
+                tg.start_soon(one, index, item)  # type: ignore[arg-type]
+    except BaseExceptionGroup as group:
+        raise _first_error(group) from None  # callers expect our errors, not a group of them
+    return results
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first error of a task group that is not a cancellation (those come from it)."""
+    cancelled = anyio.get_cancelled_exc_class()
+    leaves = _leaves(group)
+    return next((e for e in leaves if not isinstance(e, cancelled)), leaves[0])
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
+async def _file_chunks(path: str, start: int, length: int) -> AsyncIterator[bytes]:
+    """``length`` bytes of a file from ``start``, read in a worker thread chunk by chunk."""
+    end = start + length
+    while start < end:
+        data = await anyio.to_thread.run_sync(_read, path, start, min(_CHUNK, end - start))
+        if not data:
+            return  # the file shrank: the server sees a short body and stores nothing
+        yield data
+        start += len(data)
+
+
+def _read(path: str, offset: int, limit: int) -> bytes:
+    with open(path, "rb", buffering=0) as f:
+        return os.pread(f.fileno(), limit, offset)
+
+
+async def _hash(data: bytes) -> str:
+    if len(data) > _SMALL:
+        return await anyio.to_thread.run_sync(lambda: blake3.blake3(data).hexdigest())
+    return blake3.blake3(data).hexdigest()
+
+
+def _verify(expected: str, got: str) -> None:
+    if got != expected:
+        raise IntegrityError(f"blob {expected} arrived corrupt: its bytes hash to {got}")
+
+
+def _check_stored(item: UploadItem, reply: Reply) -> None:
+    if reply.status == 201:
+        return
+    raise _changed(item, error_detail(reply.body)["message"])
+
+
+def _changed(item: UploadItem, why: str) -> FileChangedError:
+    return FileChangedError(
+        f"{item.source} changed after it was added: expected {item.size} bytes with digest "
+        f"{item.digest[:16]}... ({why}); add it again"
+    )
