@@ -6,6 +6,9 @@ failing test never leaves a server behind.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import os
 import select
 import signal
@@ -39,6 +42,7 @@ class Server:
                 ["timeout", "-s", "KILL", "120", sys.executable, "-m", "asyncart._server", *args],
                 stdout=subprocess.PIPE,
                 stderr=log,
+                start_new_session=True,  # its own process group: `timeout` and the server
             )
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT)
@@ -53,23 +57,32 @@ class Server:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         assert self.proc.stdout is not None
         self.proc.stdout.close()
         self.proc = None
 
     def kill(self) -> None:
-        """SIGKILL the server (through `timeout`, which passes the signal on)."""
+        """SIGKILL the server process (and its `timeout` guard): no cleanup, no draining."""
         self.stop(signal.SIGKILL)
 
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def access(self, since: int = 0) -> list[dict[str, object]]:
+        """The access log's entries, from byte ``since`` of the log file on."""
+        text = self.log.read_bytes()[since:].decode()
+        return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+    def log_size(self) -> int:
+        return self.log.stat().st_size
 
     def token(self, *projects: str, write: bool = False, admin: bool = False) -> str:
         return create_token(self.root, projects, write=write, admin=admin)
@@ -86,4 +99,92 @@ def blob_count(root: Path) -> int:
     return sum(1 for p in blobs.rglob("*") if p.is_file()) if blobs.exists() else 0
 
 
-__all__ = ["Server", "blob_count", "os", "spool_files"]
+class Proxy:
+    """A loopback TCP proxy in front of a server that misbehaves on demand, in the test's loop.
+
+    Args:
+        upstream: the server's port.
+        cut_upload_after: abort a connection once it carried this many request bytes ...
+        cut_download_after: ... or this many response bytes; ``cuts`` times in all.
+        lose_reply_to: the start of a request line (``b"POST /v1/log/"``) whose response is
+            never delivered: the server did the work, the client sees a dropped connection.
+        rate: forward request bytes at most this fast (bytes/s), to catch an upload midway.
+    """
+
+    def __init__(
+        self,
+        upstream: int,
+        *,
+        cut_upload_after: int | None = None,
+        cut_download_after: int | None = None,
+        cuts: int = 1,
+        lose_reply_to: bytes | None = None,
+        rate: float | None = None,
+    ) -> None:
+        self.upstream = upstream
+        self.cut_upload_after, self.cut_download_after = cut_upload_after, cut_download_after
+        self.cuts, self.lose_reply_to, self.rate = cuts, lose_reply_to, rate
+        self.port = 0
+        self.cut = 0
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> Proxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        try:
+            server_r, server_w = await asyncio.open_connection("127.0.0.1", self.upstream)
+        except OSError:
+            client_w.transport.abort()
+            return
+        lose = asyncio.Event()
+
+        def abort() -> None:
+            client_w.transport.abort()
+            server_w.transport.abort()
+
+        async def up() -> None:
+            sent = 0
+            while data := await client_r.read(64 << 10):
+                if self.lose_reply_to and data.startswith(self.lose_reply_to):
+                    self.lose_reply_to = None
+                    lose.set()
+                sent += len(data)
+                if self._should_cut(self.cut_upload_after, sent):
+                    return abort()
+                server_w.write(data)
+                await server_w.drain()
+                if self.rate:
+                    await asyncio.sleep(len(data) / self.rate)
+            server_w.write_eof()
+
+        async def down() -> None:
+            got = 0
+            while data := await server_r.read(64 << 10):
+                got += len(data)
+                if lose.is_set() or self._should_cut(self.cut_download_after, got):
+                    return abort()
+                client_w.write(data)
+                await client_w.drain()
+            client_w.close()
+
+        try:
+            await asyncio.gather(up(), down())
+        except (ConnectionError, OSError):
+            abort()
+
+    def _should_cut(self, limit: int | None, count: int) -> bool:
+        if limit is None or count <= limit or self.cut >= self.cuts:
+            return False
+        self.cut += 1
+        return True

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -106,11 +106,18 @@ class HttpClient:
         body: Body | None = None,
         headers: dict[str, str] | None = None,
         ok: Collection[int] = (200, 201),
+        done: Callable[[], Awaitable[bool]] | None = None,
     ) -> Reply:
-        """Send a request, retrying transient failures; raise our error for any other status."""
+        """Send a request, retrying transient failures; raise our error for any other status.
+
+        ``done`` is asked before each retry whether the failed attempt took effect after all
+        (its reply was lost); if so, nothing is sent again and an empty 201 reply returned.
+        """
         retried = False
         for attempt in range(self.retry.attempts):
             try:
+                if retried and done is not None and await _asks(done):
+                    return Reply(201, b"", retried)
                 async with self.session.request(
                     method,
                     self.url + PREFIX + path,
@@ -138,6 +145,14 @@ class HttpClient:
             if response.status not in (200, 206):
                 raise_for(response.status, await response.read(), self.url)
             yield response
+
+
+async def _asks(done: Callable[[], Awaitable[bool]]) -> bool:
+    """``done()``, or False when the server cannot tell yet (then the request is resent)."""
+    try:
+        return await done()
+    except BackendUnavailableError:
+        return False
 
 
 def unavailable(url: str, error: BaseException, attempts: int) -> BackendUnavailableError:

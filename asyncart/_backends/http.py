@@ -17,7 +17,7 @@ from urllib.parse import quote
 from .._errors import ConflictError
 from ._http_client import HttpClient, RetryPolicy, error_detail
 from ._wire import MSGPACK, TOKEN_ENV, pack, unpack
-from .http_blobs import HttpBlobStore
+from .http_blobs import PART_SIZE, PART_THRESHOLD, HttpBlobStore
 
 
 class HttpEventLog:
@@ -79,6 +79,8 @@ class HttpStore:
         token: a bearer token (``asyncart token create``); default ``$ASYNCART_TOKEN``.
         connections: the most connections open to the server at once.
         retry: attempts and backoff for connection errors, 5xx and 429.
+        part_size: files of ``part_threshold`` bytes or more are uploaded in parts this large,
+            in parallel; a dropped upload resumes without resending finished parts.
     """
 
     def __init__(
@@ -88,6 +90,8 @@ class HttpStore:
         *,
         connections: int = 16,
         retry: RetryPolicy | None = None,
+        part_size: int = PART_SIZE,
+        part_threshold: int = PART_THRESHOLD,
     ) -> None:
         self.location = url.rstrip("/")
         self._client = HttpClient(
@@ -97,7 +101,7 @@ class HttpStore:
             retry=retry,
         )
         self.log = HttpEventLog(self._client)
-        self.blobs = HttpBlobStore(self._client)
+        self.blobs = HttpBlobStore(self._client, part_size, part_threshold)
 
     async def aclose(self) -> None:
         """Close the connection pool."""

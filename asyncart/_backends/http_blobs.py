@@ -39,8 +39,11 @@ T = TypeVar("T")
 class HttpBlobStore:
     """A :class:`~asyncart._backends.base.BlobStore` on a server."""
 
-    def __init__(self, client: HttpClient) -> None:
+    def __init__(
+        self, client: HttpClient, part_size: int = PART_SIZE, part_threshold: int = PART_THRESHOLD
+    ) -> None:
         self._client = client
+        self.part_size, self.part_threshold = part_size, part_threshold
 
     async def missing(self, digests: Collection[str]) -> set[str]:
         digests = list(digests)
@@ -57,7 +60,7 @@ class HttpBlobStore:
         return sum(await _gather(items, self._put_file))
 
     async def _put_file(self, item: UploadItem) -> int:
-        if item.size >= PART_THRESHOLD:
+        if item.size >= self.part_threshold:
             return await self._put_parts(item)
         if item.size <= _SMALL:
             data = await anyio.to_thread.run_sync(_read, item.source, 0, item.size + 1)
@@ -79,12 +82,24 @@ class HttpBlobStore:
     async def _put_parts(self, item: UploadItem) -> int:
         """Upload the parts the server lacks (it keeps finished ones), then join them."""
         where, size = f"/uploads/{item.digest}", {"size": item.size}
-        count = -(-item.size // PART_SIZE)
-        have = unpack((await self._client.request("GET", where, params=size)).body)
+        part = self.part_size
+        count = -(-item.size // part)
+
+        async def finished() -> dict[int, int]:
+            parts: dict[int, int] = unpack(
+                (await self._client.request("GET", where, params=size)).body
+            )
+            return parts
+
+        have = await finished()
 
         async def put(index: int) -> int:
-            start = index * PART_SIZE
-            length = min(PART_SIZE, item.size - start)
+            start = index * part
+            length = min(part, item.size - start)
+
+            async def arrived() -> bool:  # after a dropped connection: did it land anyway?
+                return (await finished()).get(index) == length
+
             if have.get(index) != length:
                 await self._client.request(
                     "PUT",
@@ -92,6 +107,7 @@ class HttpBlobStore:
                     params=size,
                     body=lambda: _file_chunks(item.source, start, length),
                     headers={**_OCTETS, "Content-Length": str(length)},
+                    done=arrived,
                 )
             return length
 

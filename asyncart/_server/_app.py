@@ -14,7 +14,7 @@ from aiohttp import web
 from .._backends._wire import PREFIX, project_of
 from .._backends.base import Store
 from . import _blob_routes as blobs
-from ._blob_routes import LIMITS, SPOOL, STORE, Limits
+from ._blob_routes import LIMITS, SPOOL, STORE, Limits, clean_spool
 from ._http import (
     GRANTS,
     HttpError,
@@ -62,7 +62,7 @@ def make_app(
 
 
 async def _prepare(app: web.Application) -> None:
-    await anyio.to_thread.run_sync(lambda: app[SPOOL].mkdir(parents=True, exist_ok=True))
+    await anyio.to_thread.run_sync(clean_spool, app[SPOOL])
     await anyio.to_thread.run_sync(app[GRANTS].refresh)
 
 

@@ -130,7 +130,8 @@ async def flush(request: web.Request) -> web.Response:
 def _parts_dir(request: web.Request, digest: str) -> Path:
     size = int_query(request, "size")
     if size > request.app[LIMITS].max_blob:
-        raise HttpError(413, "too_large", f"{size} bytes exceed the {request.app[LIMITS].max_blob}")
+        limit = request.app[LIMITS].max_blob
+        raise HttpError(413, "too_large", f"{size} bytes exceed this server's {limit} limit")
     return request.app[SPOOL] / "parts" / f"{digest}-{size}"
 
 
@@ -198,3 +199,15 @@ async def complete(request: web.Request) -> web.Response:
 def _unlink(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def clean_spool(spool: Path) -> None:
+    """Remove what uploads in flight left when the last server process died (blocking).
+
+    Finished parts of multipart uploads stay: they are what a client resumes from.
+    """
+    spool.mkdir(parents=True, exist_ok=True)
+    for leftover in spool.glob("*.*"):
+        leftover.unlink(missing_ok=True)
+    for partial in spool.glob("parts/*/.*"):
+        partial.unlink(missing_ok=True)
