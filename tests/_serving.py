@@ -108,7 +108,8 @@ class Proxy:
         cut_download_after: ... or this many response bytes; ``cuts`` times in all.
         lose_reply_to: the start of a request line (``b"POST /v1/log/"``) whose response is
             never delivered: the server did the work, the client sees a dropped connection.
-        rate: forward request bytes at most this fast (bytes/s), to catch an upload midway.
+        rate: forward request bytes at most this fast (bytes/s, all connections together), to
+            catch an upload midway.
     """
 
     def __init__(
@@ -126,6 +127,7 @@ class Proxy:
         self.cuts, self.lose_reply_to, self.rate = cuts, lose_reply_to, rate
         self.port = 0
         self.cut = 0
+        self._free_at = 0.0
         self._server: asyncio.Server | None = None
 
     @property
@@ -162,10 +164,12 @@ class Proxy:
                 sent += len(data)
                 if self._should_cut(self.cut_upload_after, sent):
                     return abort()
+                if self.rate:  # one budget for all connections: parts queue up behind each other
+                    now = asyncio.get_running_loop().time()
+                    self._free_at = max(self._free_at, now) + len(data) / self.rate
+                    await asyncio.sleep(self._free_at - now)
                 server_w.write(data)
                 await server_w.drain()
-                if self.rate:
-                    await asyncio.sleep(len(data) / self.rate)
             server_w.write_eof()
 
         async def down() -> None:

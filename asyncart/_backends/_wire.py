@@ -7,9 +7,11 @@ human with ``curl`` can read them::
     POST /v1/blobs/missing      [digest, ...]     -> [digest, ...]           (read)
     PUT  /v1/blobs/{digest}     raw bytes          -> {"size": n}             (write)
     GET  /v1/blobs/{digest}     Range supported    -> raw bytes               (read)
+    POST /v1/blobs/batch   [[digest, bytes], ...] -> {"size": n}             (write)
+    POST /v1/blobs/fetch   [digest, ...]          -> [bytes | None, ...]     (read)
     POST /v1/blobs/flush                          -> {}                      (write)
     GET  /v1/uploads/{digest}?size=N              -> {"parts": {index: size}} (write)
-    PUT  /v1/uploads/{digest}/{index}?size=N      -> {"size": n}             (write)
+    PUT  /v1/uploads/{digest}/{index}?size=N&offset=O -> {"size": n}         (write)
     POST /v1/uploads/{digest}/complete?size=N     -> {"size": n}             (write)
     POST /v1/log/{stream}?expected_seq=N [bytes..] -> {"head": n}            (write project)
     GET  /v1/log/{stream}?from_seq=N              -> {"records": [...], "more": bool}

@@ -46,6 +46,8 @@ def make_app(
             web.get(f"{PREFIX}/health", health),
             web.post(f"{PREFIX}/blobs/missing", blobs.missing),
             web.post(f"{PREFIX}/blobs/flush", blobs.flush),
+            web.post(f"{PREFIX}/blobs/batch", blobs.upload_batch),
+            web.post(f"{PREFIX}/blobs/fetch", blobs.download_batch),
             web.put(f"{PREFIX}/blobs/{{digest}}", blobs.upload),
             web.get(f"{PREFIX}/blobs/{{digest}}", blobs.download),
             web.get(f"{PREFIX}/uploads/{{digest}}", blobs.parts),

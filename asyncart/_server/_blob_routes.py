@@ -13,15 +13,16 @@ import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import anyio.to_thread
+import blake3
 from aiohttp import web
 
 from .._backends._wire import DIGEST, MAX_DIGESTS
 from .._backends.base import Store, UploadItem
 from ._http import HttpError, grant_of, int_query, msgpack_body, msgpack_response, require
-from ._spool import concatenate, receive
+from ._spool import hash_file, receive, receive_at
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class Limits:
     """Bytes of one part of a multipart upload."""
     max_parts: int = 10_000
     """Parts of one multipart upload."""
+    max_batch: int = 64 << 20
+    """Bytes of a batch of small blobs (clients send up to 8 MiB)."""
     max_request: int = 64 << 20
     """Bytes of any other request body (log appends, digest lists)."""
     page_bytes: int = 8 << 20
@@ -46,6 +49,9 @@ class BlobPaths(Protocol):
 
     def path(self, digest: str) -> str: ...
 
+
+BATCH_BYTES = 16 << 20  # at most this much in one /blobs/fetch response
+SMALL_BLOB = 1 << 20  # larger blobs are left out of a batch response
 
 STORE = web.AppKey("store", Store)
 _OCTETS = "application/octet-stream"
@@ -85,6 +91,7 @@ async def upload(request: web.Request) -> web.Response:
 
 
 async def _store(store: Store, spool: str, digest: str, got: str, size: int) -> None:
+    """Hand a verified spool file to the store: renamed into place when blobs are files."""
     if got != digest:
         raise HttpError(
             422,
@@ -92,7 +99,116 @@ async def _store(store: Store, spool: str, digest: str, got: str, size: int) -> 
             f"the body ({size} bytes) hashes to {got}, not {digest}; nothing was stored",
             got=got,
         )
-    await store.blobs.put_files([UploadItem(spool, digest, size)])
+    if isinstance(store.blobs, BlobPaths):  # same filesystem: no second copy, no second hash
+        await anyio.to_thread.run_sync(_adopt, spool, store.blobs.path(digest))
+    else:
+        await store.blobs.put_files([UploadItem(spool, digest, size)])
+
+
+def _adopt(spool: str, final: str) -> None:
+    try:
+        os.replace(spool, final)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        os.replace(spool, final)
+
+
+async def upload_batch(request: web.Request) -> web.Response:
+    """POST /v1/blobs/batch [[digest, bytes], ...]: many small blobs in one request.
+
+    Every blob is verified before any is stored: one wrong digest refuses the whole batch.
+    """
+    require((await grant_of(request)).writes_somewhere, "upload blobs")
+    pairs = await msgpack_body(request, request.app[LIMITS].max_batch)
+    if not isinstance(pairs, list) or not all(_is_pair(p) for p in pairs):
+        raise HttpError(400, "invalid", "post a msgpack list of [digest, bytes] pairs")
+    bad = await anyio.to_thread.run_sync(_mismatches, pairs)
+    if bad:
+        raise HttpError(
+            422,
+            "digest_mismatch",
+            f"{len(bad)} blobs do not hash to their digest: {bad[0]}; nothing was stored",
+            bad=bad,
+        )
+    spool, blobs = request.app[SPOOL], request.app[STORE].blobs
+    files = await anyio.to_thread.run_sync(_spool_all, spool, pairs)
+    try:
+        if isinstance(blobs, BlobPaths):
+            targets = [blobs.path(digest) for digest, _ in pairs]
+            await anyio.to_thread.run_sync(_adopt_all, files, targets)
+        else:
+            items = [UploadItem(f, d, len(b)) for f, (d, b) in zip(files, pairs, strict=True)]
+            await blobs.put_files(items)
+    finally:
+        await anyio.to_thread.run_sync(_unlink_all, files)
+    return msgpack_response({"size": sum(len(b) for _, b in pairs)}, 201)
+
+
+def _adopt_all(files: list[str], targets: list[str]) -> None:
+    for spool, final in zip(files, targets, strict=True):
+        _adopt(spool, final)
+
+
+def _unlink_all(files: list[str]) -> None:
+    for path in files:
+        _unlink(path)
+
+
+def _is_pair(pair: object) -> bool:
+    return (
+        isinstance(pair, list)
+        and len(pair) == 2
+        and isinstance(pair[0], str)
+        and DIGEST.fullmatch(pair[0]) is not None
+        and isinstance(pair[1], bytes)
+    )
+
+
+def _mismatches(pairs: list[list[Any]]) -> list[str]:
+    return [d for d, data in pairs if blake3.blake3(data).hexdigest() != d]
+
+
+def _spool_all(spool: Path, pairs: list[list[Any]]) -> list[str]:
+    files = []
+    for digest, data in pairs:
+        path = str(spool / f"{digest}.{secrets.token_hex(6)}.body")
+        with open(path, "xb", buffering=0) as f:
+            f.write(data)
+        files.append(path)
+    return files
+
+
+async def download_batch(request: web.Request) -> web.Response:
+    """POST /v1/blobs/fetch [digest, ...]: small blobs in one response; ``None`` for a blob
+    too large for a batch (GET it alone). The client verifies every one."""
+    await grant_of(request)
+    digests = await msgpack_body(request)
+    if not isinstance(digests, list) or not all(
+        isinstance(d, str) and DIGEST.fullmatch(d) for d in digests
+    ):
+        raise HttpError(400, "invalid", "post a msgpack list of digests")
+    blobs = request.app[STORE].blobs
+    if missing := await blobs.missing(digests):
+        raise HttpError(404, "not_found", f"blob {min(missing)} is missing from the store")
+    if isinstance(blobs, BlobPaths):
+        found = await anyio.to_thread.run_sync(_read_small, [blobs.path(d) for d in digests])
+    else:
+        found = [await blobs.get_bytes(d) for d in digests]
+    return msgpack_response(found)
+
+
+def _read_small(paths: list[str]) -> list[bytes | None]:
+    out: list[bytes | None] = []
+    budget = BATCH_BYTES
+    for path in paths:
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > min(budget, SMALL_BLOB):
+                out.append(None)
+                continue
+            out.append(f.read())
+            budget -= size
+    return out
 
 
 async def download(request: web.Request) -> web.StreamResponse:
@@ -124,7 +240,10 @@ async def flush(request: web.Request) -> web.Response:
     return msgpack_response({})
 
 
-# -- multipart uploads: parts are kept until `complete`, so a dropped upload resumes -------
+# -- multipart uploads: parts land in place in one file, and stay until `complete` --------
+#
+# spool/parts/DIGEST-SIZE/data   the blob being assembled (parts pwrite at their offsets)
+# spool/parts/DIGEST-SIZE/N      "OFFSET LENGTH": part N arrived whole (a client resumes from these)
 
 
 def _parts_dir(request: web.Request, digest: str) -> Path:
@@ -139,61 +258,71 @@ async def parts(request: web.Request) -> web.Response:
     """GET /v1/uploads/{digest}?size=N: the parts received so far, as {index: size}."""
     require((await grant_of(request)).writes_somewhere, "upload blobs")
     where = _parts_dir(request, _digest(request))
-    return msgpack_response(await anyio.to_thread.run_sync(_list_parts, where))
+    found = await anyio.to_thread.run_sync(_list_parts, where)
+    return msgpack_response({index: length for index, (_, length) in found.items()})
 
 
-def _list_parts(where: Path) -> dict[int, int]:
+def _list_parts(where: Path) -> dict[int, tuple[int, int]]:
+    """index -> (offset, length) of every part that arrived whole."""
     try:
-        names = os.listdir(where)
+        names = [n for n in os.listdir(where) if n.isdigit()]
     except FileNotFoundError:
         return {}
-    return {int(n): os.stat(where / n).st_size for n in names if n.isdigit()}
+    out = {}
+    for name in names:
+        offset, length = (where / name).read_text().split()
+        out[int(name)] = (int(offset), int(length))
+    return out
 
 
 async def put_part(request: web.Request) -> web.Response:
-    """PUT /v1/uploads/{digest}/{index}?size=N: one part; visible once it arrived whole."""
+    """PUT /v1/uploads/{digest}/{index}?size=N&offset=O: one part, written at its offset."""
     require((await grant_of(request)).writes_somewhere, "upload blobs")
     where = _parts_dir(request, _digest(request))
-    index = int(request.match_info["index"])
-    if index >= request.app[LIMITS].max_parts:
-        raise HttpError(413, "too_large", f"at most {request.app[LIMITS].max_parts} parts")
+    index, offset = int(request.match_info["index"]), int_query(request, "offset")
+    limits = request.app[LIMITS]
+    if index >= limits.max_parts:
+        raise HttpError(413, "too_large", f"at most {limits.max_parts} parts")
+    size = int_query(request, "size")
+    limit = min(limits.max_part, max(size - offset, 0))
     await anyio.to_thread.run_sync(lambda: where.mkdir(parents=True, exist_ok=True))
-    tmp = str(where / f".{index}.{secrets.token_hex(4)}")
-    try:
-        _, size = await receive(request, tmp, request.app[LIMITS].max_part)
-        await anyio.to_thread.run_sync(os.replace, tmp, str(where / str(index)))
-    finally:
-        await anyio.to_thread.run_sync(_unlink, tmp)
-    return msgpack_response({"size": size}, 201)
+    length = await receive_at(request, str(where / "data"), offset, limit)
+    await anyio.to_thread.run_sync(_mark, where, index, offset, length)
+    return msgpack_response({"size": length}, 201)
+
+
+def _mark(where: Path, index: int, offset: int, length: int) -> None:
+    tmp = where / f".{index}.{secrets.token_hex(4)}"
+    tmp.write_text(f"{offset} {length}")
+    os.replace(tmp, where / str(index))
 
 
 async def complete(request: web.Request) -> web.Response:
-    """POST /v1/uploads/{digest}/complete?size=N&parts=K: join, verify and store the parts."""
+    """POST /v1/uploads/{digest}/complete?size=N: verify the assembled blob and store it."""
     require((await grant_of(request)).writes_somewhere, "upload blobs")
     digest = _digest(request)
     where = _parts_dir(request, digest)
-    count = int_query(request, "parts")
-    files = [str(where / str(i)) for i in range(count)]
-    spool = str(request.app[SPOOL] / f"{digest}.{secrets.token_hex(6)}.joined")
+    size = int_query(request, "size")
+    covered = await anyio.to_thread.run_sync(_covered, where)
+    if covered != size:
+        raise HttpError(400, "incomplete", f"the parts hold {covered} of {size} bytes: resend")
+    data = str(where / "data")
+    got, _ = await anyio.to_thread.run_sync(hash_file, data)
     try:
-        try:
-            got, size = await anyio.to_thread.run_sync(concatenate, files, spool)
-        except FileNotFoundError:
-            raise HttpError(
-                400, "incomplete", "a part is missing; list the parts, resend"
-            ) from None
-        expected = int_query(request, "size")
-        if size != expected:
-            raise HttpError(400, "incomplete", f"the parts hold {size} of {expected} bytes")
-        await _store(request.app[STORE], spool, digest, got, size)
-    except HttpError as e:
-        if e.code == "digest_mismatch":  # the parts are wrong, not just incomplete: start over
-            await anyio.to_thread.run_sync(shutil.rmtree, where, True)
-        raise
-    finally:
-        await anyio.to_thread.run_sync(_unlink, spool)
-    await anyio.to_thread.run_sync(shutil.rmtree, where, True)
+        await _store(request.app[STORE], data, digest, got, size)
+    finally:  # stored, or wrong (the parts are bad, not missing): start over either way
+        await anyio.to_thread.run_sync(shutil.rmtree, where, True)
     return msgpack_response({"size": size}, 201)
+
+
+def _covered(where: Path) -> int:
+    """How many bytes from offset 0 the finished parts cover without a gap."""
+    end = 0
+    for offset, length in sorted(_list_parts(where).values()):
+        if offset > end:
+            break
+        end = max(end, offset + length)
+    return end
 
 
 def _unlink(path: str) -> None:
@@ -209,5 +338,5 @@ def clean_spool(spool: Path) -> None:
     spool.mkdir(parents=True, exist_ok=True)
     for leftover in spool.glob("*.*"):
         leftover.unlink(missing_ok=True)
-    for partial in spool.glob("parts/*/.*"):
+    for partial in spool.glob("parts/*/.*"):  # half-written markers; data holes are harmless
         partial.unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -100,10 +101,23 @@ def msgpack_response(value: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=pack(value), content_type=MSGPACK)
 
 
-async def msgpack_body(request: web.Request) -> Any:
-    """The request's msgpack body (aiohttp enforces the app's ``client_max_size``)."""
+async def msgpack_body(request: web.Request, limit: int | None = None) -> Any:
+    """The request's msgpack body, of at most ``limit`` bytes (default: the app's
+    ``client_max_size``). Raises HttpError 413 for a larger one, 400 for garbage."""
+    if limit is None:
+        body = await request.read()  # aiohttp enforces client_max_size
+    else:
+        length = request.content_length
+        if length is None:
+            raise HttpError(411, "length_required", "send the body with a Content-Length")
+        if length > limit:
+            raise HttpError(413, "too_large", f"the body exceeds this server's {limit} limit")
+        try:
+            body = await request.content.readexactly(length)
+        except asyncio.IncompleteReadError:
+            raise HttpError(400, "incomplete", "the body ended early") from None
     try:
-        return unpack(await request.read())
+        return unpack(body)
     except msgspec.DecodeError:
         raise HttpError(400, "invalid", "the body is not msgpack") from None
 

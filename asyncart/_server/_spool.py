@@ -1,10 +1,11 @@
-"""Receiving request bodies into temp files, hashing them on the way (off the event loop)."""
+"""Receiving request bodies into files, off the event loop: whole blobs (hashed on the way)
+and parts of multipart uploads (written in place, at their offset, in one shared file)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import BinaryIO
+from collections.abc import Callable
 
 import anyio.to_thread
 import blake3
@@ -12,7 +13,7 @@ from aiohttp import web
 
 from ._http import HttpError
 
-_FLUSH = 4 << 20  # bytes gathered on the loop before one write+hash in a worker thread
+_FLUSH = 4 << 20  # bytes gathered on the loop before one write (and hash) in a worker thread
 
 
 async def receive(request: web.Request, dest: str, limit: int) -> tuple[str, int]:
@@ -21,63 +22,85 @@ async def receive(request: web.Request, dest: str, limit: int) -> tuple[str, int
     The body must have a ``Content-Length`` of at most ``limit``, and all of it must arrive;
     otherwise HttpError is raised and ``dest`` is removed.
     """
+    expected = _length(request, limit)
+    fd = await anyio.to_thread.run_sync(os.open, dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if expected > 16 << 20 else 1)
+    written = 0
+
+    def write(data: bytearray) -> None:
+        nonlocal written
+        hasher.update(data)
+        _pwrite_all(fd, data, written)
+        written += len(data)
+
+    try:
+        await _pump(request, expected, write)
+    except BaseException:
+        await anyio.to_thread.run_sync(_discard, fd, dest)
+        raise
+    await anyio.to_thread.run_sync(os.close, fd)
+    return hasher.hexdigest(), expected
+
+
+async def receive_at(request: web.Request, path: str, offset: int, limit: int) -> int:
+    """Stream the body into the existing or new file ``path`` at ``offset``; return its size."""
+    expected = _length(request, limit)
+    fd = await anyio.to_thread.run_sync(os.open, path, os.O_WRONLY | os.O_CREAT, 0o644)
+    position = offset
+
+    def write(data: bytearray) -> None:
+        nonlocal position
+        _pwrite_all(fd, data, position)
+        position += len(data)
+
+    try:
+        await _pump(request, expected, write)
+    finally:
+        await anyio.to_thread.run_sync(os.close, fd)
+    return expected
+
+
+def _length(request: web.Request, limit: int) -> int:
     expected = request.content_length
     if expected is None:
         raise HttpError(411, "length_required", "send the body with a Content-Length")
     if expected > limit:
         raise HttpError(413, "too_large", f"{expected} bytes exceed this server's {limit} limit")
-    out: BinaryIO = await anyio.to_thread.run_sync(lambda: open(dest, "xb", buffering=0))  # noqa: SIM115
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if expected > 16 << 20 else 1)
+    return expected
+
+
+async def _pump(request: web.Request, expected: int, write: Callable[[bytearray], None]) -> None:
+    """Move the body to ``write`` (run in a worker thread) in batches of about 4 MiB."""
     size = 0
-    try:
-        pending = bytearray()
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > expected:
-                raise HttpError(400, "invalid", "the body is longer than its Content-Length")
-            pending += chunk
-            if len(pending) >= _FLUSH:
-                await anyio.to_thread.run_sync(_write, out, hasher, pending)
-                pending = bytearray()
-        await anyio.to_thread.run_sync(_write, out, hasher, pending)
-        if size != expected:
-            raise HttpError(400, "incomplete", f"the body ended after {size} of {expected} bytes")
-    except BaseException:
-        await anyio.to_thread.run_sync(_discard, out, dest)
-        raise
-    await anyio.to_thread.run_sync(out.close)
-    return hasher.hexdigest(), size
+    pending = bytearray()
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > expected:
+            raise HttpError(400, "invalid", "the body is longer than its Content-Length")
+        pending += chunk
+        if len(pending) >= _FLUSH:
+            await anyio.to_thread.run_sync(write, pending)
+            pending = bytearray()
+    await anyio.to_thread.run_sync(write, pending)
+    if size != expected:
+        raise HttpError(400, "incomplete", f"the body ended after {size} of {expected} bytes")
 
 
-def _write(out: BinaryIO, hasher: blake3.blake3, data: bytearray) -> None:
-    hasher.update(data)
+def _pwrite_all(fd: int, data: bytearray, offset: int) -> None:
     view = memoryview(data)
     while view:
-        view = view[out.write(view) :]
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
-def _discard(out: BinaryIO, path: str) -> None:
-    out.close()
+def _discard(fd: int, path: str) -> None:
+    os.close(fd)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
 
 
-def concatenate(parts: list[str], dest: str) -> tuple[str, int]:
-    """Join the part files into ``dest`` while hashing; return (digest, size). Blocking."""
+def hash_file(path: str) -> tuple[str, int]:
+    """BLAKE3 digest and size of a file, with every core (blocking)."""
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    size = 0
-    buf = bytearray(8 << 20)
-    view = memoryview(buf)
-    with open(dest, "xb", buffering=0) as out:
-        for part in parts:
-            with open(part, "rb", buffering=0) as src:
-                while n := src.readinto(buf):
-                    hasher.update(view[:n])
-                    _write_view(out, view[:n])
-                    size += n
-    return hasher.hexdigest(), size
-
-
-def _write_view(out: BinaryIO, view: memoryview) -> None:
-    while view:
-        view = view[out.write(view) :]
+    hasher.update_mmap(path)
+    return hasher.hexdigest(), os.stat(path).st_size
