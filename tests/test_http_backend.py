@@ -3,14 +3,17 @@ is special to HTTP: ranges, paging, resuming, limits."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import blake3
 import pytest
-from _serving import Server
+from _serving import Server, spool_files
 from test_backends import BlobStoreContract, EventLogContract
 
-from asyncart._backends.base import Store
+from asyncart import FileChangedError
+from asyncart._backends.base import Store, UploadItem
 from asyncart._backends.http import HttpStore
 
 
@@ -43,3 +46,51 @@ class TestHttpBlobStore(BlobStoreContract):
     @pytest.fixture
     def store(self, http_store: HttpStore) -> Store:
         return http_store
+
+
+# -- what is special to HTTP -------------------------------------------------------------------
+
+
+def _item(path: Path, data: bytes) -> UploadItem:
+    path.write_bytes(data)
+    return UploadItem(str(path), blake3.blake3(data).hexdigest(), len(data))
+
+
+async def test_large_files_go_in_parts_and_a_changed_one_is_refused(
+    server: Server, token: str, tmp_path: Path
+) -> None:
+    item = _item(tmp_path / "big", os.urandom(300_000))
+    async with HttpStore(server.url, token, part_size=64_000, part_threshold=100_000) as store:
+        assert await store.blobs.put_files([item]) == item.size
+        assert await store.blobs.get_bytes(item.digest) == Path(item.source).read_bytes()
+        changed = _item(tmp_path / "changed", os.urandom(300_000))
+        Path(changed.source).write_bytes(os.urandom(300_000))  # same size, other bytes
+        with pytest.raises(FileChangedError, match="changed after it was added"):
+            await store.blobs.put_files([changed])
+        assert await store.blobs.missing([changed.digest]) == {changed.digest}
+    assert spool_files(server.root) == []  # the refused parts are gone too
+
+
+async def test_many_small_files_travel_in_batches(
+    server: Server, token: str, tmp_path: Path
+) -> None:
+    items = [_item(tmp_path / f"f{i}", f"file {i}\n".encode() * i) for i in range(300)]
+    mark = server.log_size()
+    async with HttpStore(server.url, token) as store:
+        assert await store.blobs.put_files(items) == sum(i.size for i in items)
+        pairs = [(i.digest, str(tmp_path / f"out{n}")) for n, i in enumerate(items)]
+        assert await store.blobs.get_files(pairs) == sum(i.size for i in items)
+    for n, item in enumerate(items):
+        assert (tmp_path / f"out{n}").read_bytes() == Path(item.source).read_bytes()
+    requests = [(e["method"], e["path"]) for e in server.access(mark)]
+    assert requests == [("POST", "/v1/blobs/batch"), ("POST", "/v1/blobs/fetch")]
+
+
+async def test_a_long_stream_is_read_in_pages(http_store: HttpStore, server: Server) -> None:
+    records = [bytes([n]) * (3 << 20) for n in range(4)]  # 12 MiB: two pages of ~8 MiB
+    for seq, record in enumerate(records):
+        await http_store.log.append("p/artifacts/big", [record], seq)
+    mark = server.log_size()
+    assert await http_store.log.read("p/artifacts/big") == records
+    assert await http_store.log.read("p/artifacts/big", 3) == records[3:]
+    assert len([e for e in server.access(mark) if e["method"] == "GET"]) == 3
