@@ -7,12 +7,15 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import anyio
+import anyio.to_thread
 import blake3
 import pytest
-from _serving import Server, spool_files
+from _serving import Proxy, Server, spool_files
 from test_backends import BlobStoreContract, EventLogContract
 
-from asyncart import FileChangedError
+from asyncart import FileChangedError, LocalStore
+from asyncart._backends._http_client import RetryPolicy
 from asyncart._backends.base import Store, UploadItem
 from asyncart._backends.http import HttpStore
 
@@ -94,3 +97,19 @@ async def test_a_long_stream_is_read_in_pages(http_store: HttpStore, server: Ser
     assert await http_store.log.read("p/artifacts/big") == records
     assert await http_store.log.read("p/artifacts/big", 3) == records[3:]
     assert len([e for e in server.access(mark) if e["method"] == "GET"]) == 3
+
+
+async def test_sigterm_lets_an_upload_in_flight_finish(
+    server: Server, token: str, tmp_path: Path
+) -> None:
+    item = _item(tmp_path / "f", os.urandom(2 << 20))
+    async with (
+        Proxy(server.port, rate=4 << 20) as proxy,  # the body takes ~0.5 s to arrive
+        HttpStore(proxy.url, token, retry=RetryPolicy(attempts=1)) as store,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(store.blobs.put_files, [item])  # fails the test if it fails
+        await anyio.sleep(0.2)
+        await anyio.to_thread.run_sync(server.stop)  # SIGTERM; returns once the server exited
+    stored = Path(LocalStore(server.root).blobs.path(item.digest))
+    assert stored.read_bytes() == Path(item.source).read_bytes()

@@ -16,8 +16,11 @@ from .._backends.base import Store
 from . import _blob_routes as blobs
 from ._blob_routes import LIMITS, SPOOL, STORE, Limits, clean_spool
 from ._http import (
+    DRAIN,
     GRANTS,
+    Drain,
     HttpError,
+    drained,
     errors_as_json,
     grant_of,
     int_query,
@@ -36,7 +39,8 @@ def make_app(
     Put ``spool`` on the store's filesystem: uploads land there before the store takes them.
     """
     limits = limits or Limits()
-    app = web.Application(middlewares=[errors_as_json], client_max_size=limits.max_request)
+    app = web.Application(middlewares=[drained, errors_as_json], client_max_size=limits.max_request)
+    app[DRAIN] = Drain()
     app[STORE], app[SPOOL], app[LIMITS] = store, Path(spool), limits
     app[GRANTS] = Grants(Path(tokens))
     app.on_startup.append(_prepare)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,58 @@ from .._errors import (
 from ._tokens import Grant, Grants
 
 GRANTS = web.AppKey("grants", Grants)
+
+
+class Drain:
+    """Counts requests in flight, so that shutdown can wait for them (bodies included).
+
+    aiohttp's own graceful shutdown stops reading from connections at once, which would cut
+    uploads whose bodies are still arriving; so the server first stops listening, then waits
+    here, and only then shuts aiohttp down. Requests that arrive meanwhile get a 503 (clients
+    retry those).
+    """
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.active += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.active -= 1
+        if not self.active:
+            self._idle.set()
+
+    async def wait(self, grace: float) -> None:
+        """Refuse new requests; wait until none is in flight, or ``grace`` seconds."""
+        self.draining = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
+
+
+DRAIN = web.AppKey("drain", Drain)
+
+
+@web.middleware
+async def drained(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Track requests in flight; refuse new ones while the server drains."""
+    drain = request.app[DRAIN]
+    if drain.draining:
+        response = error_response(503, "shutting_down", "the server is shutting down; retry")
+        response.force_close()
+        return response
+    drain.enter()
+    try:
+        return await handler(request)
+    finally:
+        drain.leave()
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

@@ -19,7 +19,7 @@ from aiohttp import web
 from .._backends.local import LocalStore
 from ._app import make_app
 from ._blob_routes import Limits
-from ._http import AccessLogger
+from ._http import DRAIN, AccessLogger
 from ._tokens import create_token, tokens_path
 
 SHUTDOWN_TIMEOUT = 10.0
@@ -60,10 +60,12 @@ async def serve(
         if ready is not None:
             ready.set()
         await stop.wait()
+        await site.stop()  # no new connections
+        await app[DRAIN].wait(SHUTDOWN_TIMEOUT)  # requests in flight finish, bodies included
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        await runner.cleanup()  # stops accepting, lets in-flight requests finish, closes
+        await runner.cleanup()
 
 
 def serve_main(argv: Sequence[str] | None = None) -> int:
