@@ -21,6 +21,7 @@ from ._backends.base import EventLog as EventLog
 from ._backends.base import Store as Store
 from ._backends.http import HttpStore as HttpStore
 from ._backends.local import LocalStore as LocalStore
+from ._diff import ManifestDiff as ManifestDiff
 from ._domain.events import Entry as Entry
 from ._domain.manifest import Manifest as Manifest
 from ._errors import AccessDeniedError as AccessDeniedError
@@ -32,6 +33,8 @@ from ._errors import IntegrityError as IntegrityError
 from ._errors import InvalidInputError as InvalidInputError
 from ._errors import NotFoundError as NotFoundError
 from ._errors import SealedError as SealedError
+from ._history import ArtifactCollection as ArtifactCollection
+from ._history import LogEntry as LogEntry
 from ._lineage import RunInfo as RunInfo
 from ._run import Run as Run
 from ._run import init as init
@@ -44,6 +47,7 @@ __all__ = (
     "AccessDeniedError",
     "Api",
     "Artifact",
+    "ArtifactCollection",
     "AsyncartError",
     "AuditProblem",
     "AuditReport",
@@ -57,7 +61,9 @@ __all__ = (
     "IntegrityError",
     "InvalidInputError",
     "LocalStore",
+    "LogEntry",
     "Manifest",
+    "ManifestDiff",
     "NotFoundError",
     "Progress",
     "Run",

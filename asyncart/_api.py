@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime
 
 from ._artifact import DEFAULT_PROJECT, Artifact, load_artifact
 from ._backends.base import Store
+from ._errors import NotFoundError
+from ._history import ArtifactCollection, LogEntry, collection_summary, read_log
 from ._lineage import RunInfo, run_info
 from ._names import check_name
-from ._repository import Repository
+from ._repository import Repository, collection_stream
 from ._store import open_store
 
 
@@ -39,6 +42,52 @@ class Api:
         return [
             await load_artifact(self._repo, f"{project}/{name}:v{v.number}", project)
             for v in state.versions
+        ]
+
+    async def projects(self) -> list[str]:
+        """The projects that have at least one artifact or run, sorted."""
+        streams = await self._repo.store.log.streams()
+        return sorted({stream.partition("/")[0] for stream in streams})
+
+    async def artifact_collections(self, project: str | None = None) -> list[ArtifactCollection]:
+        """Every artifact of a project (default: this Api's), sorted by name.
+
+        Example::
+
+            for collection in await api.artifact_collections("demo"):
+                print(collection.name, collection.type, collection.versions, collection.aliases)
+        """
+        project = check_name(project or self.project, "project")
+        out = []
+        for name in await self._names(project):
+            out.append(collection_summary(project, await self._repo.collection(project, name)))
+        return out
+
+    async def history(
+        self, name: str | None = None, project: str | None = None, *, since: datetime | None = None
+    ) -> list[LogEntry]:
+        """The records behind an artifact, oldest first; without ``name``, the whole project's.
+
+        A project's history merges every artifact and run stream by time. ``since`` keeps the
+        records written at or after it.
+
+        Raises:
+            NotFoundError: ``name`` has no records in the project.
+            IntegrityError: a stream's hash chain is broken (``audit`` tells more).
+        """
+        project = check_name(project or self.project, "project")
+        if name is None:
+            streams = await self._repo.store.log.streams(f"{project}/")
+        else:
+            streams = [collection_stream(project, check_name(name, "artifact name"))]
+            if streams[0] not in await self._repo.store.log.streams(streams[0]):
+                raise NotFoundError(f"artifact {project}/{name} not found")
+        return await read_log(self._repo.store, streams, since)
+
+    async def _names(self, project: str) -> list[str]:
+        prefix = collection_stream(project, "")
+        return [
+            stream.removeprefix(prefix) for stream in await self._repo.store.log.streams(prefix)
         ]
 
     async def run(self, run_id: str, project: str | None = None) -> RunInfo:

@@ -6,12 +6,14 @@ import getpass
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 
 from ._backends.base import Store, UploadItem
+from ._diff import ManifestDiff, diff_manifests
 from ._domain.events import Change, Entry, FilesAdded, FilesRemoved
 from ._domain.fold import CollectionState, Version, matching_paths
 from ._domain.manifest import Manifest
@@ -112,6 +114,16 @@ class Artifact:
     @property
     def committed(self) -> bool:
         return self._saved is not None
+
+    @property
+    def created_at(self) -> datetime | None:
+        """When this version was committed (UTC); None for a draft."""
+        return datetime.fromtimestamp(self._saved.version.time, UTC) if self._saved else None
+
+    @property
+    def committed_by(self) -> str | None:
+        """Who committed this version: ``run:ID`` or ``user:LOGIN``; None for a draft."""
+        return self._saved.version.actor if self._saved else None
 
     @property
     def size(self) -> int:
@@ -364,6 +376,47 @@ class Artifact:
         key = (saved.project, self.name, saved.version.number)
         return [r for r in await runs(saved.repo, saved.project) if key in r.used]
 
+    def diff(self, other: Artifact) -> ManifestDiff:
+        """The paths ``other`` adds, removes and changes relative to this artifact.
+
+        Works on drafts and committed versions alike; only paths and content digests count.
+
+        Example::
+
+            change = v0.diff(v1)
+            print(change.added, change.removed, change.changed)
+        """
+        return diff_manifests(self.manifest, other.manifest)
+
+    async def set_aliases(self, add: Sequence[str] = (), remove: Sequence[str] = ()) -> Artifact:
+        """Point aliases at this committed version, or take them off it; return it reloaded.
+
+        An added alias moves here from whichever version had it. ``latest`` always follows the
+        newest version and cannot be set or removed.
+
+        Raises:
+            InvalidInputError: an invalid alias, ``latest``, or an alias both added and removed.
+            NotFoundError: an alias to remove does not point at this version.
+        """
+        saved = self._require_saved()
+        add, remove = _alias_list(add), _alias_list(remove)
+        if both := set(add) & set(remove):
+            raise InvalidInputError(f"cannot both add and remove {', '.join(sorted(both))}")
+        number = saved.version.number
+        state = await saved.repo.collection(saved.project, self.name)
+        for alias in remove:
+            if state.aliases.get(alias) != number:
+                raise NotFoundError(
+                    f"alias {alias!r} is not on {self.qualified_name} "
+                    f"({_where(state.aliases.get(alias))})"
+                )
+        if add or remove:
+            await saved.repo.move_aliases(
+                saved.project, self.name, number, add, remove, _user_actor()
+            )
+        state, version = await saved.repo.version(saved.project, self.name, number, None)
+        return await load_version(saved.repo, saved.project, state, version)
+
 
 async def load_version(
     repo: Repository, project: str, state: CollectionState, version: Version
@@ -400,6 +453,17 @@ def _check_aliases(aliases: Sequence[str]) -> None:
             check_alias(alias)
 
 
+def _alias_list(aliases: Sequence[str]) -> list[str]:
+    _check_aliases(aliases)
+    if "latest" in aliases:
+        raise InvalidInputError("'latest' always points at the newest version; it cannot be moved")
+    return list(dict.fromkeys(aliases))
+
+
+def _where(number: int | None) -> str:
+    return "it is not set" if number is None else f"it points at v{number}"
+
+
 def _user_actor() -> str:
     try:
         return f"user:{getpass.getuser()}"
@@ -426,7 +490,7 @@ def _verify_batch(root: Path, entries: list[Entry]) -> list[str]:
     problems = []
     for entry in entries:
         try:
-            digest, size = hash_file(str(root / entry.path))
+            digest, size = hash_file(str(root / entry.path), entry.size)
         except NotFoundError:
             problems.append(f"missing {entry.path}")
             continue

@@ -1,0 +1,8 @@
+"""``python -m asyncart``: the same as the ``asyncart`` command."""
+
+import sys
+
+from ._cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""What the log says, for people and tools: collection summaries and described records."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
+
+import msgspec
+
+from ._backends.base import Store
+from ._domain.events import (
+    AliasesMoved,
+    ArtifactLogged,
+    ArtifactUsed,
+    CollectionCreated,
+    DraftDiscarded,
+    DraftOpened,
+    Event,
+    FilesAdded,
+    FilesRemoved,
+    MetadataSet,
+    Record,
+    RunFinished,
+    RunStarted,
+    VersionCommitted,
+)
+from ._domain.fold import CollectionState
+from ._repository import _decode_chain
+from ._threads import maybe_thread
+
+
+@dataclass(frozen=True)
+class ArtifactCollection:
+    """An artifact (all versions of one name) as the log describes it at some point.
+
+    Attributes:
+        project: the project it belongs to.
+        name: the artifact's name.
+        type: its type (``dataset``, ``model`` ...).
+        versions: how many versions were committed.
+        aliases: alias -> version number, ``latest`` included.
+        updated: when its latest version was committed (None before the first one).
+    """
+
+    project: str
+    name: str
+    type: str
+    versions: int
+    aliases: Mapping[str, int]
+    updated: datetime | None
+
+    def __str__(self) -> str:
+        aliases = ", ".join(f"{a}: v{n}" for a, n in sorted(self.aliases.items())) or "no aliases"
+        versions = _count(self.versions, "version")
+        return f"{self.project}/{self.name} ({self.type}): {versions}; {aliases}"
+
+
+def collection_summary(project: str, state: CollectionState) -> ArtifactCollection:
+    """Summarize a folded collection state."""
+    latest = state.latest
+    return ArtifactCollection(
+        project,
+        state.name,
+        state.type,
+        len(state.versions),
+        MappingProxyType(dict(state.aliases)),
+        None if latest is None else datetime.fromtimestamp(latest.time, UTC),
+    )
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One record of the log.
+
+    Attributes:
+        stream: ``PROJECT/artifacts/NAME`` or ``PROJECT/runs/RUN_ID``.
+        seq: its position in the stream, from 0.
+        time: when it was appended (UTC).
+        actor: who wrote it: ``run:ID`` or ``user:LOGIN``.
+        kind: the event's stable tag, such as ``version.committed``.
+        summary: what happened, in one line.
+        data: the event's fields (JSON-compatible).
+    """
+
+    stream: str
+    seq: int
+    time: datetime
+    actor: str
+    kind: str
+    summary: str
+    data: Mapping[str, Any]
+
+
+def log_entry(record: Record) -> LogEntry:
+    """Describe one record."""
+    data = msgspec.to_builtins(record.body)
+    return LogEntry(
+        record.stream,
+        record.seq,
+        datetime.fromtimestamp(record.time, UTC),
+        record.actor,
+        data.pop("kind"),
+        describe(record.body),
+        data,
+    )
+
+
+def describe(body: Event) -> str:
+    """What an event did, in one line."""
+    match body:
+        case CollectionCreated(name=name, type=type_):
+            return f"created artifact {name} of type {type_}"
+        case DraftOpened(draft=draft, parent=parent, distributed_id=did):
+            base = f"opened draft {draft[:8]}"
+            return (
+                base
+                + (f" from v{parent}" if parent is not None else "")
+                + (f" for distributed id {did}" if did else "")
+            )
+        case FilesAdded(draft=draft, entries=entries):
+            size = sum(e.size for e in entries)
+            return f"added {_count(len(entries), 'file')} ({size:,} bytes) to draft {draft[:8]}"
+        case FilesRemoved(draft=draft, paths=paths):
+            return f"removed {_listed(paths)} from draft {draft[:8]}"
+        case MetadataSet(metadata=metadata, description=description):
+            parts = [f"metadata {_listed(sorted(metadata))}"] if metadata else []
+            parts += ["description"] if description is not None else []
+            return "set " + (" and ".join(parts) or "nothing")
+        case VersionCommitted():
+            return _committed(body)
+        case DraftDiscarded(draft=draft, same_as=same_as):
+            return f"closed draft {draft[:8]} without a version (same content as v{same_as})"
+        case AliasesMoved(version=version, add=add, remove=remove):
+            moves = [f"+{a}" for a in add] + [f"-{a}" for a in remove]
+            return f"moved aliases on v{version}: {' '.join(moves) or 'none'}"
+        case RunStarted(group=group, job_type=job_type):
+            return f"started run (job type {job_type or '-'}, group {group or '-'})"
+        case ArtifactUsed(project=project, name=name, version=version):
+            return f"used {project}/{name}:v{version}"
+        case ArtifactLogged(name=name, version=version):
+            return f"logged {name}:v{version}"
+        case RunFinished(exit_code=code):
+            return f"finished run (exit code {code})"
+    return type(body).__name__  # pragma: no cover - the union is exhaustive
+
+
+def _committed(body: VersionCommitted) -> str:
+    text = (
+        f"committed v{body.version}: {_count(body.file_count, 'file')}, {body.size:,} bytes, "
+        f"digest {body.digest[:12]}"
+    )
+    if body.aliases:
+        text += f", aliases {', '.join(body.aliases)}"
+    return text + (", snapshot" if body.snapshot else "")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _listed(items: Sequence[str], limit: int = 5) -> str:
+    more = len(items) - limit
+    return ", ".join(items[:limit]) + (f" and {more} more" if more > 0 else "")
+
+
+async def read_records(store: Store, stream: str) -> list[Record]:
+    """Every record of ``stream``, hash chain checked (IntegrityError if it is broken)."""
+    payloads = await store.log.read(stream)
+    big = sum(map(len, payloads)) > 256 << 10
+    records, _ = await maybe_thread(big, _decode_chain, stream, 0, "", payloads)
+    return records
+
+
+async def read_log(
+    store: Store, streams: Sequence[str], since: datetime | None = None
+) -> list[LogEntry]:
+    """The records of ``streams`` merged by time, each stream in its own order."""
+    per_stream = [await read_records(store, stream) for stream in streams]
+    merged = heapq.merge(*per_stream, key=lambda record: record.time)
+    after = since.timestamp() if since is not None else None
+    return [log_entry(r) for r in merged if after is None or r.time >= after]
