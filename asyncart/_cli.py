@@ -226,7 +226,7 @@ def command(
 
 
 def _api(args: argparse.Namespace) -> asyncart.Api:
-    return asyncart.Api(project=getattr(args, "project", None), store=args.store)
+    return asyncart.Api(project=getattr(args, "project", None), store=args.store, token=args.token)
 
 
 def _project_option(parser: argparse.ArgumentParser) -> None:
@@ -263,7 +263,9 @@ async def put(args: argparse.Namespace, console: Console) -> int:
     else:
         await artifact.add_file(args.path)
     with console.progress("uploading") as bar:
-        saved = await artifact.save(project, args.store, aliases=args.alias, progress=bar)
+        saved = await artifact.save(
+            project, args.store, token=args.token, aliases=args.alias, progress=bar
+        )
     stored = bar.last.bytes_done if bar.last else 0
     seconds = time.monotonic() - started
     data = {
@@ -551,7 +553,12 @@ async def audit(args: argparse.Namespace, console: Console) -> int:
     read_data = args.read_data_subset or args.read_data
     with console.progress("reading blobs") as bar:
         report = await asyncart.audit(
-            args.project, store=args.store, read_data=read_data, as_of=args.as_of, progress=bar
+            args.project,
+            store=args.store,
+            token=args.token,
+            read_data=read_data,
+            as_of=args.as_of,
+            progress=bar,
         )
     lines = [str(report)]
     if args.as_of is not None:
@@ -645,7 +652,12 @@ def _common_options(parser: argparse.ArgumentParser, default: Any) -> None:
         "--store",
         metavar="DIR",
         default=default,
-        help=f"the store (default: ${asyncart.STORE_ENV}, else ~/.local/share/asyncart)",
+        help=f"a directory or URL (default: ${asyncart.STORE_ENV}, else ~/.local/share/asyncart)",
+    )
+    parser.add_argument(
+        "--token",
+        default=default,
+        help="bearer token for an http(s):// store (default: $ASYNCART_TOKEN)",
     )
     parser.add_argument("--json", **flag, help="print JSON (one line per item for lists)")
     parser.add_argument("--quiet", "-q", **flag, help="print only the essential result")
@@ -663,7 +675,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"asyncart {asyncart.__version__}")
     _common_options(parser, None)
-    parser.set_defaults(store=None, json=False, quiet=False, progress=False, debug=False)
+    parser.set_defaults(
+        store=None, token=None, json=False, quiet=False, progress=False, debug=False
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for cmd in COMMANDS.values():
         sub = commands.add_parser(

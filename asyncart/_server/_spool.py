@@ -7,6 +7,8 @@ import contextlib
 import os
 from collections.abc import Callable
 
+import anyio
+import anyio.abc
 import anyio.to_thread
 import blake3
 from aiohttp import web
@@ -70,7 +72,29 @@ def _length(request: web.Request, limit: int) -> int:
 
 
 async def _pump(request: web.Request, expected: int, write: Callable[[bytearray], None]) -> None:
-    """Move the body to ``write`` (run in a worker thread) in batches of about 4 MiB."""
+    """Move the body to ``write`` (run in a worker thread) in batches of about 4 MiB.
+
+    Reading and writing overlap: while one batch is written, the next one is received (one
+    batch in flight and one ready, at most: memory stays bounded).
+    """
+    send, receive = anyio.create_memory_object_stream[bytearray](1)
+
+    async def writer() -> None:
+        async with receive:
+            async for data in receive:
+                await anyio.to_thread.run_sync(write, data)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer)
+        async with send:
+            size = await _read_into(request, expected, send)
+    if size != expected:
+        raise HttpError(400, "incomplete", f"the body ended after {size} of {expected} bytes")
+
+
+async def _read_into(
+    request: web.Request, expected: int, send: anyio.abc.ObjectSendStream[bytearray]
+) -> int:
     size = 0
     pending = bytearray()
     async for chunk in request.content.iter_any():
@@ -79,11 +103,10 @@ async def _pump(request: web.Request, expected: int, write: Callable[[bytearray]
             raise HttpError(400, "invalid", "the body is longer than its Content-Length")
         pending += chunk
         if len(pending) >= _FLUSH:
-            await anyio.to_thread.run_sync(write, pending)
+            await send.send(pending)
             pending = bytearray()
-    await anyio.to_thread.run_sync(write, pending)
-    if size != expected:
-        raise HttpError(400, "incomplete", f"the body ended after {size} of {expected} bytes")
+    await send.send(pending)
+    return size
 
 
 def _pwrite_all(fd: int, data: bytearray, offset: int) -> None:
