@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -422,3 +423,44 @@ async def test_audit_rejects_bad_options(store):
         await asyncart.audit(store=store, read_data=1.5)
     with pytest.raises(asyncart.InvalidInputError, match="as_of"):
         await asyncart.audit(store=store, as_of=-1)
+
+
+_SLOW_UPLOAD = """
+import sys, time
+from asyncart._backends.local_blobs import LocalBlobStore
+from asyncart._cli import main
+
+original = LocalBlobStore._put_files
+
+def slow(self, items):
+    time.sleep(1)  # long enough for the test to press Ctrl-C while the upload runs
+    return original(self, items)
+
+LocalBlobStore._put_files = slow
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_real_ctrl_c_during_an_upload_stops_cleanly(store, data):
+    argv = ["put", str(data), "ds", "-t", "dataset", "--store", store, "--progress"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_UPLOAD, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    seen, deadline = b"", time.monotonic() + 20
+    while b"uploading: 0/3 files" not in seen and time.monotonic() < deadline:
+        seen += os.read(proc.stderr.fileno(), 4096)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, (seen + err).decode()
+    assert out == b""
+    assert (
+        (seen + err)
+        .decode()
+        .splitlines()[-1]
+        .startswith("asyncart: error: interrupted: nothing was half-committed")
+    )
+    assert "Traceback" not in err.decode()
+    assert ok(store, "ls") == "no artifacts\n"

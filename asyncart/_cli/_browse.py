@@ -1,0 +1,191 @@
+"""Commands that read: ls, versions, show, diff and log."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import asyncart
+
+from .._artifact import DEFAULT_PROJECT
+from ._console import Console, format_time, human_bytes, table
+from ._registry import api_for, command, project_option
+from ._shapes import artifact_data, collection_data, entry_data, other_aliases, run_data, run_text
+from ._values import parse_time, split_name
+
+
+def _ls_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("project", metavar="PROJECT", nargs="?", help="default: every project")
+
+
+@command(
+    "ls", _ls_args, "list the artifacts of a project (or of every project)", "asyncart ls demo"
+)
+async def ls(args: argparse.Namespace, console: Console) -> int:
+    async with api_for(args) as api:
+        projects = [args.project] if args.project else await api.projects()
+        found = [c for p in projects for c in await api.artifact_collections(p)]
+    if console.as_json:
+        for collection in found:
+            console.json(collection_data(collection))
+        return 0
+    rows = [
+        (
+            f"{c.project}/{c.name}",
+            c.type,
+            str(c.versions),
+            f"v{c.aliases['latest']}" if "latest" in c.aliases else "-",
+            other_aliases(c.aliases),
+            format_time(c.updated),
+        )
+        for c in found
+    ]
+    headers = ("ARTIFACT", "TYPE", "VERSIONS", "LATEST", "ALIASES", "UPDATED")
+    names = "\n".join(row[0] for row in rows) or None
+    console.result(table(rows, headers) if rows else "no artifacts", None, names)
+    return 0
+
+
+def _versions_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="[project/]name")
+    project_option(parser)
+
+
+@command("versions", _versions_args, "list the versions of an artifact", "asyncart versions mnist")
+async def versions(args: argparse.Namespace, console: Console) -> int:
+    project, name = split_name(args.name, args.project or DEFAULT_PROJECT)
+    async with api_for(args) as api:
+        found = await api.artifact_versions(name, project)
+    if not found:
+        raise asyncart.NotFoundError(f"artifact {project}/{name} not found (see `asyncart ls`)")
+    if console.as_json:
+        for artifact in found:
+            console.json(artifact_data(artifact))
+        return 0
+    rows = [
+        (
+            a.version or "",
+            format_time(a.created_at),
+            a.committed_by or "",
+            str(len(a.manifest)),
+            human_bytes(a.size),
+            ", ".join(a.aliases),
+            a.digest[:12],
+        )
+        for a in found
+    ]
+    headers = ("VERSION", "CREATED", "BY", "FILES", "SIZE", "ALIASES", "DIGEST")
+    console.result(table(rows, headers), None, "\n".join(a.qualified_name for a in found))
+    return 0
+
+
+def _show_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("ref", metavar="NAME[:vN]", help="[project/]name[:alias|:vN]")
+    project_option(parser)
+
+
+@command(
+    "show",
+    _show_args,
+    "show a version: files, metadata, aliases and lineage",
+    "asyncart show mnist:v3",
+)
+async def show(args: argparse.Namespace, console: Console) -> int:
+    async with api_for(args) as api:
+        artifact = await api.artifact(args.ref)
+        creator = await artifact.logged_by()
+        users = await artifact.used_by()
+    entries = sorted(artifact.manifest.entries.values(), key=lambda e: e.path)
+    data = {
+        **artifact_data(artifact),
+        "description": artifact.description,
+        "metadata": artifact.metadata,
+        "logged_by": run_data(creator) if creator else None,
+        "used_by": [run_data(run) for run in users],
+        "entries": [{"path": e.path, "digest": e.digest, "size": e.size} for e in entries],
+    }
+    lines = [
+        artifact.qualified_name,
+        f"type:        {artifact.type}",
+        f"digest:      {artifact.digest}",
+        f"created:     {format_time(artifact.created_at)} by {artifact.committed_by}",
+        f"aliases:     {', '.join(artifact.aliases)}",
+        f"description: {artifact.description or '-'}",
+        f"metadata:    {json.dumps(artifact.metadata) if artifact.metadata else '-'}",
+        f"logged by:   {run_text(creator) if creator else 'no run (saved outside a run)'}",
+        f"used by:     {', '.join(map(run_text, users)) or 'no run'}",
+        f"files:       {len(entries)} ({human_bytes(artifact.size)})",
+        *(f"  {e.digest[:12]}  {human_bytes(e.size):>10}  {e.path}" for e in entries),
+    ]
+    console.result("\n".join(lines), data, artifact.qualified_name)
+    return 0
+
+
+def _diff_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("old", metavar="NAME:vA", help="the version to compare from")
+    parser.add_argument("new", metavar="NAME:vB", help="the version to compare to")
+    project_option(parser)
+
+
+@command(
+    "diff",
+    _diff_args,
+    "list the paths added (A), removed (D) and changed (M) between two versions",
+    "asyncart diff mnist:v2 mnist:v3",
+)
+async def diff(args: argparse.Namespace, console: Console) -> int:
+    async with api_for(args) as api:
+        old, new = await api.artifact(args.old), await api.artifact(args.new)
+    change = old.diff(new)
+    marked = sorted(
+        [("A", p) for p in change.added]
+        + [("D", p) for p in change.removed]
+        + [("M", p) for p in change.changed],
+        key=lambda pair: pair[1],
+    )
+    lines = [f"{mark}  {path}" for mark, path in marked]
+    summary = f"{old.qualified_name} -> {new.qualified_name}: {change}"
+    data = {
+        "from": old.qualified_name,
+        "to": new.qualified_name,
+        "added": list(change.added),
+        "removed": list(change.removed),
+        "changed": list(change.changed),
+    }
+    console.result("\n".join([*lines, summary]), data, "\n".join(lines) or None)
+    return 0
+
+
+def _log_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", nargs="?", help="default: the whole project")
+    project_option(parser)
+    parser.add_argument(
+        "--since", type=parse_time, help="only records from TIME on: ISO 8601, @UNIX or 2h"
+    )
+
+
+@command(
+    "log",
+    _log_args,
+    "the events behind an artifact (or a project), oldest first",
+    "asyncart log mnist --since 2d",
+)
+async def log(args: argparse.Namespace, console: Console) -> int:
+    project, name = (
+        split_name(args.name, args.project or DEFAULT_PROJECT)
+        if args.name
+        else (args.project or DEFAULT_PROJECT, None)
+    )
+    async with api_for(args) as api:
+        entries = await api.history(name, project, since=args.since)
+    for entry in entries:
+        if console.as_json:
+            console.json(entry_data(entry))
+        else:
+            where = "" if name else f"  {entry.stream.removeprefix(project + '/')}"
+            console.result(
+                f"{entry.seq:>5}  {format_time(entry.time)}  {entry.actor}{where}  {entry.summary}",
+                None,
+                f"{entry.seq} {entry.kind}",
+            )
+    return 0

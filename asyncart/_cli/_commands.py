@@ -1,0 +1,173 @@
+"""Commands that write or check: put, get, alias and audit."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import anyio
+
+import asyncart
+
+from .._artifact import DEFAULT_PROJECT
+from ._console import Console, human_bytes
+from ._registry import api_for, command, project_option
+from ._shapes import artifact_data, as_of_text, report_data
+from ._values import parse_as_of, parse_fraction, split_name
+
+
+def _put_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", metavar="DIR_OR_FILE", help="a directory (its files) or a file")
+    parser.add_argument("name", metavar="NAME", help="artifact name, optionally project/name")
+    parser.add_argument("--type", "-t", required=True, help="artifact type: dataset, model ...")
+    project_option(parser)
+    parser.add_argument(
+        "--alias", "-a", action="append", default=[], help="alias for the new version (repeat)"
+    )
+    parser.add_argument("--message", "-m", help="what this version is (its description)")
+
+
+@command(
+    "put",
+    _put_args,
+    "log a directory or file as a new version of an artifact",
+    "asyncart put data/ mnist --type dataset --alias best -m 'cleaned labels'",
+    "nothing was half-committed: a version is logged entirely or not at all "
+    "(`asyncart versions NAME` shows which)",
+)
+async def put(args: argparse.Namespace, console: Console) -> int:
+    started = time.monotonic()
+    project, name = split_name(args.name, args.project or DEFAULT_PROJECT)
+    artifact = asyncart.Artifact(name, args.type, description=args.message)
+    if await anyio.Path(args.path).is_dir():
+        await artifact.add_dir(args.path)
+    else:
+        await artifact.add_file(args.path)
+    with console.progress("uploading") as bar:
+        saved = await artifact.save(
+            project, args.store, token=args.token, aliases=args.alias, progress=bar
+        )
+    stored = bar.last.bytes_done if bar.last else 0
+    seconds = time.monotonic() - started
+    data = {
+        **artifact_data(saved),
+        "stored_bytes": stored,
+        "seconds": round(seconds, 3),
+    }
+    human = (
+        f"logged {saved.qualified_name} (aliases: {', '.join(saved.aliases)})\n"
+        f"digest: {saved.digest}\n"
+        f"files:  {len(saved.manifest)} ({human_bytes(saved.size)})\n"
+        f"stored: {human_bytes(stored)} new (content already in the store is kept once)\n"
+        f"time:   {seconds:.2f} s"
+    )
+    console.result(human, data, saved.qualified_name)
+    return 0
+
+
+def _get_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("ref", metavar="NAME[:ALIAS]", help="[project/]name[:alias|:vN]")
+    parser.add_argument("dest", metavar="DEST", nargs="?", help="default ./artifacts/NAME:vN")
+    project_option(parser)
+    parser.add_argument("--verify", action="store_true", help="re-hash the files afterwards")
+
+
+@command(
+    "get",
+    _get_args,
+    "download a version of an artifact",
+    "asyncart get mnist:best data/ --verify",
+    "the destination may hold some of the files; run the same command again",
+)
+async def get(args: argparse.Namespace, console: Console) -> int:
+    started = time.monotonic()
+    async with api_for(args) as api:
+        artifact = await api.artifact(args.ref)
+        with console.progress("downloading") as bar:
+            root = await artifact.download(args.dest, progress=bar)
+        if args.verify:
+            await artifact.verify(root)
+    seconds = time.monotonic() - started
+    checked = "; verified" if args.verify else ""
+    human = (
+        f"downloaded {artifact.qualified_name} to {root}: {len(artifact.manifest)} files, "
+        f"{human_bytes(artifact.size)} in {seconds:.2f} s{checked}"
+    )
+    data = {**artifact_data(artifact), "dest": str(root), "verified": args.verify}
+    console.result(human, data, str(root))
+    return 0
+
+
+def _alias_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("ref", metavar="NAME:vN", help="the version, [project/]name:vN")
+    parser.add_argument("alias", metavar="ALIAS", help="the alias to point at it")
+    project_option(parser)
+    parser.add_argument("--remove", "-d", action="store_true", help="take the alias off instead")
+
+
+@command(
+    "alias",
+    _alias_args,
+    "point an alias at a version (moving it from another), or --remove it",
+    "asyncart alias mnist:v3 production",
+)
+async def alias(args: argparse.Namespace, console: Console) -> int:
+    async with api_for(args) as api:
+        artifact = await api.artifact(args.ref)
+        if args.remove:
+            artifact = await artifact.set_aliases(remove=[args.alias])
+        else:
+            artifact = await artifact.set_aliases(add=[args.alias])
+    verb = "removed from" if args.remove else "now points at"
+    human = (
+        f"{args.alias} {verb} {artifact.qualified_name} (aliases: {', '.join(artifact.aliases)})"
+    )
+    console.result(human, artifact_data(artifact), None)
+    return 0
+
+
+def _audit_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("project", metavar="PROJECT", nargs="?", help="default: every project")
+    parser.add_argument(
+        "--as-of",
+        type=parse_as_of,
+        metavar="TIME|SEQ",
+        help="replay each stream only up to TIME (ISO 8601, @UNIX, 2h) or up to seq SEQ, "
+        "and show every artifact's versions and aliases at that point",
+    )
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument(
+        "--read-data", action="store_true", help="also read every blob and check its bytes"
+    )
+    data.add_argument(
+        "--read-data-subset",
+        type=parse_fraction,
+        metavar="N%",
+        help="read a random N%% of the blobs",
+    )
+
+
+@command(
+    "audit",
+    _audit_args,
+    "replay the log from scratch and verify hash chain, versions and blobs",
+    "asyncart audit demo --read-data-subset 10%",
+)
+async def audit(args: argparse.Namespace, console: Console) -> int:
+    read_data = args.read_data_subset or args.read_data
+    with console.progress("reading blobs") as bar:
+        report = await asyncart.audit(
+            args.project,
+            store=args.store,
+            token=args.token,
+            read_data=read_data,
+            as_of=args.as_of,
+            progress=bar,
+        )
+    lines = [str(report)]
+    if args.as_of is not None:
+        lines.append(f"as of {as_of_text(args.as_of)}:")
+        lines += [f"  {c}" for c in report.collections] or ["  no artifacts"]
+    problems = "\n".join(str(p) for p in report.problems) or None
+    console.result("\n".join(lines), report_data(report), problems)
+    return 0 if report.ok else 1

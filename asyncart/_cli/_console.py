@@ -1,0 +1,121 @@
+"""Output: results on stdout (text, quiet or JSON), progress bars and errors on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import asyncart
+
+
+class ProgressBar:
+    """Draws :class:`asyncart.Progress` on one line of stderr: files, bytes, rate, ETA.
+
+    It remembers the last ``Progress`` (``last``) even when it draws nothing, so a command can
+    report totals, such as the bytes an upload actually stored.
+    """
+
+    def __init__(self, label: str, stream: TextIO, enabled: bool) -> None:
+        self.label, self.stream, self.enabled = label, stream, enabled
+        self.last: asyncart.Progress | None = None
+        self._start = time.monotonic()
+        self._drawn = 0.0
+
+    def __call__(self, progress: asyncart.Progress) -> None:
+        self.last = progress
+        now = time.monotonic()
+        finished = progress.files_done == progress.files_total
+        if self.enabled and (finished or now - self._drawn >= 0.1):
+            self._drawn = now
+            self.stream.write(f"\r{self.render(progress, now - self._start)}\x1b[K")
+            self.stream.flush()
+
+    def render(self, p: asyncart.Progress, elapsed: float) -> str:
+        """``label: 3/10 files, 1.0 MiB/4.0 MiB (25%), 2.0 MiB/s, ETA 2s``."""
+        percent = 100 * p.bytes_done // p.bytes_total if p.bytes_total else 100
+        rate = p.bytes_done / elapsed if elapsed > 0 else 0.0
+        eta = f"{(p.bytes_total - p.bytes_done) / rate:.0f}s" if rate else "?"
+        return (
+            f"{self.label}: {p.files_done}/{p.files_total} files, "
+            f"{human_bytes(p.bytes_done)}/{human_bytes(p.bytes_total)} ({percent}%), "
+            f"{human_bytes(int(rate))}/s, ETA {eta}"
+        )
+
+    def close(self) -> None:
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+@dataclass
+class Console:
+    """Where a command's output goes, and how much of it (``--quiet``, ``--json``)."""
+
+    out: TextIO
+    err: TextIO
+    quiet: bool = False
+    as_json: bool = False
+    show_progress: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Console:
+        tty = sys.stderr.isatty() and not (args.quiet or args.json)
+        return cls(sys.stdout, sys.stderr, args.quiet, args.json, args.progress or tty)
+
+    def result(self, human: str | None, data: Any, brief: str | None = None) -> None:
+        """Print a result: ``data`` as JSON, ``brief`` when quiet, else ``human``."""
+        if self.as_json:
+            self.json(data)
+        elif (text := brief if self.quiet else human) is not None:
+            print(text, file=self.out)
+
+    def json(self, data: Any) -> None:
+        print(json.dumps(data, default=_json_default), file=self.out)
+
+    def error(self, message: str) -> None:
+        print(f"asyncart: error: {message}", file=self.err)
+
+    @contextmanager
+    def progress(self, label: str) -> Iterator[ProgressBar]:
+        bar = ProgressBar(label, self.err, self.show_progress)
+        try:
+            yield bar
+        finally:
+            bar.close()
+
+
+def human_bytes(n: int) -> str:
+    """``999 B``, ``1.5 KiB``, ``20.0 MiB`` ..."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_time(when: datetime | None) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if when else "-"
+
+
+def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
+    """Left-aligned columns, two spaces apart."""
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
+    lines = [headers, *rows]
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def _json_default(value: object) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")

@@ -1,0 +1,47 @@
+"""Parsing the values of arguments: times, seqs, fractions and names."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from datetime import UTC, datetime, timedelta
+
+_AGO = re.compile(r"(\d+)\s*([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_time(text: str) -> datetime:
+    """A point in time: ISO 8601 (UTC unless it has an offset), ``@UNIX_SECONDS`` or ``2h`` ago."""
+    if match := _AGO.fullmatch(text.strip()):
+        return datetime.now(UTC) - timedelta(**{_UNITS[match[2]]: int(match[1])})
+    try:
+        if text.startswith("@"):
+            return datetime.fromtimestamp(float(text[1:]), UTC)
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid time {text!r}: use ISO 8601 (2026-11-27T19:40:00Z), @UNIX_SECONDS or 2h"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def parse_as_of(text: str) -> datetime | int:
+    """``--as-of``: a seq (a plain integer) or a time (see :func:`parse_time`)."""
+    return int(text) if text.isdigit() else parse_time(text)
+
+
+def parse_fraction(text: str) -> float:
+    """``10%`` or ``0.1`` -> 0.1."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"invalid subset {text!r}: use a percentage like 10%")
+    return value
+
+
+def split_name(text: str, project: str) -> tuple[str, str]:
+    """``[project/]name`` -> (project, name), the project defaulting to ``project``."""
+    owner, _, name = text.rpartition("/")
+    return owner or project, name
