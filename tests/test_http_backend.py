@@ -14,7 +14,7 @@ import pytest
 from _serving import Proxy, Server, spool_files
 from test_backends import BlobStoreContract, EventLogContract
 
-from asyncart import FileChangedError, LocalStore
+from asyncart import FileChangedError, LocalStore, NotFoundError
 from asyncart._backends._http_client import RetryPolicy
 from asyncart._backends.base import Store, UploadItem
 from asyncart._backends.http import HttpStore
@@ -113,3 +113,13 @@ async def test_sigterm_lets_an_upload_in_flight_finish(
         await anyio.to_thread.run_sync(server.stop)  # SIGTERM; returns once the server exited
     stored = Path(LocalStore(server.root).blobs.path(item.digest))
     assert stored.read_bytes() == Path(item.source).read_bytes()
+
+
+async def test_downloading_a_missing_blob_is_not_found(
+    http_store: HttpStore, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(NotFoundError, match="missing"):
+        await http_store.blobs.get_files([("0" * 64, str(out / "f"))])
+    assert list(out.iterdir()) == []  # no temp file left

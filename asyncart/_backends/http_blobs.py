@@ -16,10 +16,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequ
 from typing import BinaryIO, TypeVar
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 import blake3
 
-from .._errors import FileChangedError, IntegrityError
+from .._errors import BackendUnavailableError, FileChangedError, IntegrityError
 from ._http_client import TRANSIENT, HttpClient, Reply, ServerError, error_detail, unavailable
 from ._wire import MSGPACK, unpack
 from ._wire import pack as _pack
@@ -170,33 +171,58 @@ class HttpBlobStore:
         return written + sum(await _gather(large, lambda pair: self._get_file(*pair)))
 
     async def _get_file(self, digest: str, dest: str) -> int:
-        """Stream one blob to ``dest`` through a temp file; resume with ``Range`` on errors."""
+        """Stream one blob to ``dest`` through a temp file; resume with ``Range`` on errors.
+
+        Receiving and writing overlap: a writer task writes (and hashes) one 4 MiB batch in a
+        worker thread while the next one arrives.
+        """
         sink = _Sink(f"{dest}.asyncart-{secrets.token_hex(6)}.tmp")
-        pending = bytearray()
-        policy = self._client.retry
+        send, receive = anyio.create_memory_object_stream[bytearray](1)
+
+        async def writer() -> None:
+            async with receive:
+                async for data in receive:
+                    await anyio.to_thread.run_sync(sink.write, data)
+
         try:
-            for attempt in range(policy.attempts):
-                offset = sink.size + len(pending)
-                try:
-                    range_ = {"Range": f"bytes={offset}-"} if offset else None
-                    async with self._client.stream(f"/blobs/{digest}", range_) as response:
-                        if offset and response.status != 206:
-                            await anyio.to_thread.run_sync(sink.restart)
-                            pending = bytearray()
-                        async for chunk in response.content.iter_any():
-                            pending += chunk
-                            if len(pending) >= _CHUNK:
-                                await anyio.to_thread.run_sync(sink.write, pending)
-                                pending = bytearray()
-                    break
-                except (*TRANSIENT, ServerError) as e:
-                    if attempt + 1 == policy.attempts:
-                        raise unavailable(self._client.url, e, attempt + 1) from e
-                    await asyncio.sleep(policy.delay(attempt))
-            return await anyio.to_thread.run_sync(sink.finish, pending, digest, dest)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(writer)
+                async with send:
+                    await self._receive(digest, send)
+            return await anyio.to_thread.run_sync(sink.finish, b"", digest, dest)
         except BaseException:
             await anyio.to_thread.run_sync(sink.discard)
             raise
+
+    async def _receive(self, digest: str, send: anyio.abc.ObjectSendStream[bytearray]) -> None:
+        """Send the blob's bytes to ``send`` in order, resuming where a dropped body stopped."""
+        received = 0
+        policy = self._client.retry
+        for attempt in range(policy.attempts):
+            pending = bytearray()
+            try:
+                range_ = {"Range": f"bytes={received}-"} if received else None
+                async with self._client.stream(f"/blobs/{digest}", range_) as response:
+                    if received and response.status != 206:
+                        raise BackendUnavailableError(
+                            f"the server at {self._client.url} ignored a Range request"
+                        )
+                    async for chunk in response.content.iter_any():
+                        pending += chunk
+                        if len(pending) >= _CHUNK:
+                            received += len(pending)
+                            await send.send(pending)
+                            pending = bytearray()
+                received += len(pending)
+                await send.send(pending)
+                return
+            except (*TRANSIENT, ServerError) as e:
+                if pending:  # what did arrive is good: keep it, ask only for the rest
+                    received += len(pending)
+                    await send.send(pending)
+                if attempt + 1 == policy.attempts:
+                    raise unavailable(self._client.url, e, attempt + 1) from e
+                await asyncio.sleep(policy.delay(attempt))
 
     async def flush(self) -> None:
         await self._client.request("POST", "/blobs/flush")
@@ -219,10 +245,6 @@ class _Sink:
         while view:
             view = view[self.file.write(view) :]
         self.size += len(data)
-
-    def restart(self) -> None:
-        self.discard()
-        self.hasher, self.size = _multicore(), 0
 
     def finish(self, data: bytes | bytearray, digest: str, dest: str) -> int:
         self.write(data)
