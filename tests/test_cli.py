@@ -464,3 +464,29 @@ def test_a_real_ctrl_c_during_an_upload_stops_cleanly(store, data):
     )
     assert "Traceback" not in err.decode()
     assert ok(store, "ls") == "no artifacts\n"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["log", "--since", "yesterday-ish"],
+        ["audit", "--as-of", "not a time"],
+        ["audit", "--read-data-subset", "150%"],
+        ["audit", "--read-data", "--read-data-subset", "10%"],
+    ],
+)
+def test_bad_values_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith(f"asyncart {argv[0]}: error: argument ")
+
+
+def test_times_can_be_relative_unix_or_iso():
+    from asyncart._cli._values import parse_as_of, parse_time
+
+    assert abs(parse_time("2h").timestamp() - (time.time() - 7200)) < 5
+    assert parse_time("@0") == datetime(1970, 1, 1, tzinfo=UTC)
+    assert parse_time("2026-11-27T12:00:00") == datetime(2026, 11, 27, 12, tzinfo=UTC)
+    assert parse_as_of("12") == 12

@@ -29,21 +29,24 @@ async def ls(args: argparse.Namespace, console: Console) -> int:
         for collection in found:
             console.json(collection_data(collection))
         return 0
-    rows = [
-        (
-            f"{c.project}/{c.name}",
-            c.type,
-            str(c.versions),
-            f"v{c.aliases['latest']}" if "latest" in c.aliases else "-",
-            other_aliases(c.aliases),
-            format_time(c.updated),
-        )
-        for c in found
-    ]
+    rows = [_collection_row(c) for c in found]
     headers = ("ARTIFACT", "TYPE", "VERSIONS", "LATEST", "ALIASES", "UPDATED")
     names = "\n".join(row[0] for row in rows) or None
     console.result(table(rows, headers) if rows else "no artifacts", None, names)
     return 0
+
+
+def _collection_row(c: asyncart.ArtifactCollection) -> tuple[str, ...]:
+    latest = f"v{c.aliases['latest']}" if "latest" in c.aliases else "-"
+    updated = format_time(c.updated)
+    return (
+        f"{c.project}/{c.name}",
+        c.type,
+        str(c.versions),
+        latest,
+        other_aliases(c.aliases),
+        updated,
+    )
 
 
 def _versions_args(parser: argparse.ArgumentParser) -> None:
@@ -57,26 +60,21 @@ async def versions(args: argparse.Namespace, console: Console) -> int:
     async with api_for(args) as api:
         found = await api.artifact_versions(name, project)
     if not found:
-        raise asyncart.NotFoundError(f"artifact {project}/{name} not found (see `asyncart ls`)")
+        raise asyncart.NotFoundError(f"artifact {project}/{name} not found")
     if console.as_json:
         for artifact in found:
             console.json(artifact_data(artifact))
         return 0
-    rows = [
-        (
-            a.version or "",
-            format_time(a.created_at),
-            a.committed_by or "",
-            str(len(a.manifest)),
-            human_bytes(a.size),
-            ", ".join(a.aliases),
-            a.digest[:12],
-        )
-        for a in found
-    ]
+    rows = [_version_row(a) for a in found]
     headers = ("VERSION", "CREATED", "BY", "FILES", "SIZE", "ALIASES", "DIGEST")
     console.result(table(rows, headers), None, "\n".join(a.qualified_name for a in found))
     return 0
+
+
+def _version_row(a: asyncart.Artifact) -> tuple[str, ...]:
+    created, size = format_time(a.created_at), human_bytes(a.size)
+    files, aliases = str(len(a.manifest)), ", ".join(a.aliases)
+    return (a.version or "", created, a.committed_by or "", files, size, aliases, a.digest[:12])
 
 
 def _show_args(parser: argparse.ArgumentParser) -> None:
