@@ -367,12 +367,14 @@ def test_every_command_has_help_with_an_example(name, capsys):
 
 
 def test_ctrl_c_during_put_commits_nothing_and_says_so(store, data, monkeypatch, capsys):
-    from asyncart._backends.local_blobs import LocalBlobStore
+    import asyncart._repository
 
-    def interrupted(self: object, items: object) -> int:
+    async def interrupted(*args: object, **kwargs: object) -> int:
+        # Ctrl-C lands on the main thread, where the loop runs (not in a worker thread: an
+        # exception there would strand AnyIO's non-daemon workers and hang interpreter exit)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(LocalBlobStore, "_put_files", interrupted)
+    monkeypatch.setattr(asyncart._repository, "upload", interrupted)
     assert main(["put", str(data), "ds", "-t", "dataset", "--store", store]) == 130
     err = capsys.readouterr().err
     assert lines(err) == [
@@ -490,3 +492,39 @@ def test_times_can_be_relative_unix_or_iso():
     assert parse_time("@0") == datetime(1970, 1, 1, tzinfo=UTC)
     assert parse_time("2026-11-27T12:00:00") == datetime(2026, 11, 27, 12, tzinfo=UTC)
     assert parse_as_of("12") == 12
+
+
+def test_serve_and_token_are_subcommands(store):
+    minted = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "asyncart",
+            "token",
+            "create",
+            "--store",
+            store,
+            "--project",
+            "demo",
+            "--write",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert len(minted.stdout.strip()) >= 32
+    shown = subprocess.run(
+        [sys.executable, "-m", "asyncart", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "--store" in shown.stdout and "--port" in shown.stdout
+    assert (
+        "asyncart serve"
+        in subprocess.run(
+            [sys.executable, "-m", "asyncart", "--help"], capture_output=True, text=True, timeout=60
+        ).stdout
+    )

@@ -30,6 +30,7 @@ import anyio
 
 import asyncart
 
+from .._server._main import serve_main, token_main
 from . import _browse, _commands  # noqa: F401  (importing them registers their commands)
 from ._console import Console
 from ._registry import COMMANDS, command
@@ -62,7 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asyncart",
         description="Versioned, event-sourced artifacts: log, browse, download and audit them.",
-        epilog="example:\n  asyncart put data/ mnist --type dataset && asyncart ls",
+        epilog=(
+            "example:\n  asyncart put data/ mnist --type dataset && asyncart ls\n\n"
+            "serving a store over HTTP:\n"
+            "  asyncart serve --store DIR --port 8080\n"
+            "  asyncart token create --store DIR --project demo --write"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"asyncart {asyncart.__version__}")
@@ -86,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``asyncart`` with ``argv`` (default: the command line); return the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _SERVER_COMMANDS:  # they run their own event loop: not async commands
+        return _SERVER_COMMANDS[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     console = Console.from_args(args)
     cmd = COMMANDS[args.command]
@@ -102,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         console.error(_one_line(e))
         return 1
+
+
+_SERVER_COMMANDS = {"serve": serve_main, "token": token_main}
 
 
 def _one_line(error: BaseException) -> str:
