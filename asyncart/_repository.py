@@ -121,7 +121,7 @@ class Repository:
             known = ", ".join(sorted(state.aliases)) or "none"
             raise NotFoundError(
                 f"artifact {project}/{name}:{what} not found "
-                f"({len(state.versions)} versions; aliases: {known})"
+                f"(versions: {len(state.versions)}; aliases: {known})"
             )
         return state, found
 

@@ -327,7 +327,7 @@ def test_errors_are_one_line_with_a_hint_and_a_traceback_only_with_debug(store):
     done = run(store, "get", "nope")
     assert done.returncode == 1
     assert lines(done.stderr) == [
-        "asyncart: error: artifact uncategorized/nope:latest not found (0 versions; aliases: "
+        "asyncart: error: artifact uncategorized/nope:latest not found (versions: 0; aliases: "
         "none) (`asyncart ls` lists artifacts, `asyncart versions NAME` their versions)"
     ]
     assert done.stdout == ""
