@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import AsyncExitStack
 from datetime import datetime
 
 from ._artifact import DEFAULT_PROJECT, Artifact, load_artifact
@@ -26,6 +27,7 @@ class Api:
     ) -> None:
         self.project = check_name(project or DEFAULT_PROJECT, "project")
         self._repo = Repository(open_store(store, token))
+        self._exits = AsyncExitStack()
 
     async def artifact(self, ref: str) -> Artifact:
         """The committed artifact named by ``[project/]name[:alias|:vN]`` (alias: ``latest``).
@@ -98,10 +100,13 @@ class Api:
         )
 
     async def aclose(self) -> None:
-        """Release the store's resources (connections, for remote stores)."""
-        await self._repo.store.aclose()
+        """Let go of the store's connections (held since ``async with``)."""
+        await self._exits.aclose()
 
     async def __aenter__(self) -> Api:
+        """Keep the store's connections open until the block ends (each call opens its own
+        otherwise): worth it for a server store and many calls."""
+        await self._exits.enter_async_context(self._repo.store.held())
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

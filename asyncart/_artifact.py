@@ -274,9 +274,10 @@ class Artifact:
         for a server store (default ``$ASYNCART_TOKEN``).
         """
         repo, project = self._target(project, store, token)
-        return await self._commit(
-            repo, project, aliases, _user_actor(), Transfer(concurrency, progress)
-        )
+        async with repo.store.held():
+            return await self._commit(
+                repo, project, aliases, _user_actor(), Transfer(concurrency, progress)
+            )
 
     async def _commit(
         self, repo: Repository, project: str, aliases: Sequence[str], actor: str, transfer: Transfer
@@ -319,13 +320,14 @@ class Artifact:
         target = (
             Path(root) if root is not None else Path("artifacts") / f"{self.name}:{self.version}"
         )
-        await download(
-            saved.repo.store.blobs,
-            saved.manifest,
-            target,
-            concurrency=concurrency,
-            progress=progress,
-        )
+        async with saved.repo.store.held():
+            await download(
+                saved.repo.store.blobs,
+                saved.manifest,
+                target,
+                concurrency=concurrency,
+                progress=progress,
+            )
         return target
 
     async def verify(self, root: str | os.PathLike[str]) -> None:

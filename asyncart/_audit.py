@@ -121,21 +121,32 @@ async def audit(
     if isinstance(as_of, int) and as_of < 0:
         raise InvalidInputError(f"as_of must be a seq >= 0 or a datetime, got {as_of}")
     opened = open_store(store, token)
+    prefix = f"{check_name(project, 'project')}/" if project else ""
+    async with opened.held():
+        return await _audit(opened, prefix, fraction, as_of, progress)
+
+
+async def _audit(
+    store: Store,
+    prefix: str,
+    fraction: float,
+    as_of: datetime | int | None,
+    progress: ProgressCallback | None,
+) -> AuditReport:
     report = AuditReport()
     blobs: dict[str, _BlobUse] = {}
-    prefix = f"{check_name(project, 'project')}/" if project else ""
-    for stream in await opened.log.streams(prefix):
+    for stream in await store.log.streams(prefix):
         report.streams += 1
-        records = await _read_chain(opened, stream, report)
+        records = await _read_chain(store, stream, report)
         report.records += len(records)
         records = _up_to(records, as_of)
         if "/artifacts/" in stream and records:
-            await _check_versions(opened, stream, records, report, blobs)
+            await _check_versions(store, stream, records, report, blobs)
     report.blobs = len(blobs)
-    missing = await _check_blobs_exist(opened, blobs, report)
+    missing = await _check_blobs_exist(store, blobs, report)
     if fraction:
         present = [use for digest, use in sorted(blobs.items()) if digest not in missing]
-        await _read_blobs(opened, _sample(present, fraction), report, progress)
+        await _read_blobs(store, _sample(present, fraction), report, progress)
     return report
 
 

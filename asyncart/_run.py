@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
 
@@ -71,14 +72,19 @@ class Run:
         self.config = config
         self._store, self._token = store, token
         self._repo: Repository | None = None
+        self._exits = AsyncExitStack()
 
     @property
     def actor(self) -> str:
         return f"run:{self.id}"
 
     async def __aenter__(self) -> Run:
-        self._repo = Repository(open_store(self._store, self._token))
-        await self._record(RunStarted(self.group, self.job_type, self.config))
+        repo = Repository(open_store(self._store, self._token))
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(repo.store.held())  # connections live as the run
+            self._repo = repo
+            await self._record(RunStarted(self.group, self.job_type, self.config))
+            self._exits = stack.pop_all()
         return self
 
     async def __aexit__(
@@ -87,8 +93,8 @@ class Run:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._record(RunFinished(1 if exc_type else 0))
-        await self._require().store.aclose()
+        async with self._exits:
+            await self._record(RunFinished(1 if exc_type else 0))
 
     def _require(self) -> Repository:
         if self._repo is None:

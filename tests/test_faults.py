@@ -54,9 +54,8 @@ class FaultyStore:
         self.location = local.location
         self.blobs = FailingBlobs(local.blobs, fail_put_at)
         self.log = FailingLog(local.log) if not fail_put_at else local.log
-
-    async def aclose(self) -> None:
-        pass
+        self.held = local.held
+        self.aclose = local.aclose
 
 
 def _many_files(root: Path, count: int, size: int) -> Path:

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import gc
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,26 @@ globals().update(
         if name.startswith("test_") and name not in LOCAL_ONLY
     }
 )
+
+
+@pytest.fixture(autouse=True)
+async def no_connection_left_open() -> AsyncIterator[None]:
+    """Every flow passes its store as a URL: each call that opened a connection pool for it
+    must have closed it (aiohttp reports a pool collected open to the loop's handler)."""
+    loop = asyncio.get_running_loop()
+    unclosed: list[str] = []
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        if "client_session" in context:
+            unclosed.append(str(context["message"]))
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+    yield
+    gc.collect()
+    loop.set_exception_handler(None)
+    assert not unclosed
 
 
 @pytest.fixture

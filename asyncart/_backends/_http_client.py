@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import anyio
 
 from .._errors import (
     AccessDeniedError,
@@ -63,7 +64,12 @@ class Reply:
 
 
 class HttpClient:
-    """The connection pool to one server, created on first use (inside the event loop)."""
+    """The connection pool to one server, open while anyone holds it.
+
+    Every request holds the pool while it runs, and :meth:`held` holds it across many requests
+    (a store in ``async with``, a run, a ``save``); when the last holder lets go, the pool
+    closes. So a store opened from a URL for one call leaves no connection behind.
+    """
 
     def __init__(
         self,
@@ -78,10 +84,11 @@ class HttpClient:
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
+        self._holders = 0
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        """The shared session (a bounded connection pool)."""
+    def hold(self) -> aiohttp.ClientSession:
+        """Keep the pool open until a matching :meth:`release`; return its session."""
+        self._holders += 1
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 headers=self._headers,
@@ -91,11 +98,27 @@ class HttpClient:
             )
         return self._session
 
+    async def release(self) -> None:
+        """Let go of a :meth:`hold`; the last holder closes the pool."""
+        self._holders -= 1
+        if self._holders == 0:
+            await self.aclose()
+
+    @asynccontextmanager
+    async def held(self) -> AsyncIterator[aiohttp.ClientSession]:
+        """Keep the pool open for the block (re-entrant); yield its session."""
+        session = self.hold()
+        try:
+            yield session
+        finally:
+            await self.release()
+
     async def aclose(self) -> None:
-        """Close every connection."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close every connection now (the next request opens a new pool)."""
+        session, self._session = self._session, None
+        if session is not None:
+            with anyio.CancelScope(shield=True):  # a cancelled holder still closes the pool
+                await session.close()
 
     async def request(
         self,
@@ -118,13 +141,16 @@ class HttpClient:
             try:
                 if retried and done is not None and await _asks(done):
                     return Reply(201, b"", retried)
-                async with self.session.request(
-                    method,
-                    self.url + PREFIX + path,
-                    params=params,
-                    data=body() if body else None,
-                    headers=headers,
-                ) as response:
+                async with (
+                    self.held() as session,
+                    session.request(
+                        method,
+                        self.url + PREFIX + path,
+                        params=params,
+                        data=body() if body else None,
+                        headers=headers,
+                    ) as response,
+                ):
                     data = await response.read()
                     if response.status in ok:
                         return Reply(response.status, data, retried)
@@ -141,7 +167,10 @@ class HttpClient:
         self, path: str, headers: dict[str, str] | None = None
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """GET with the body left to read (one attempt: the caller resumes with ``Range``)."""
-        async with self.session.get(self.url + PREFIX + path, headers=headers) as response:
+        async with (
+            self.held() as session,
+            session.get(self.url + PREFIX + path, headers=headers) as response,
+        ):
             if response.status not in (200, 206):
                 raise_for(response.status, await response.read(), self.url)
             yield response

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from typing import NamedTuple, Protocol
+from contextlib import AbstractAsyncContextManager
+from typing import NamedTuple, Protocol, runtime_checkable
 
 
 class UploadItem(NamedTuple):
@@ -78,6 +79,17 @@ class BlobStore(Protocol):
         ...
 
 
+@runtime_checkable
+class BlobPaths(Protocol):
+    """An optional capability of a :class:`BlobStore` whose blobs are files on this machine (the
+    local one). The server uses it to hand uploads over with a rename and to send blobs with
+    ``sendfile``; for any other blob store it goes through the :class:`BlobStore` methods."""
+
+    def path(self, digest: str) -> str:
+        """The file that holds (or would hold) blob ``digest``."""
+        ...
+
+
 class Store(Protocol):
     """A log and a blob store, opened together."""
 
@@ -92,4 +104,12 @@ class Store(Protocol):
         """Where the store is (a directory or URL), for messages."""
         ...
 
-    async def aclose(self) -> None: ...
+    def held(self) -> AbstractAsyncContextManager[object]:
+        """Keep the store's connections open for the block (re-entrant). Outside any block,
+        each call opens and closes its own, so nothing is left open; a store without
+        connections does nothing."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release every connection now, even inside ``held`` (the next call opens anew)."""
+        ...

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from urllib.parse import quote
 
 from .._errors import ConflictError
@@ -74,6 +75,10 @@ def _log(stream: str) -> str:
 class HttpStore:
     """A store served by ``asyncart serve`` at ``url``, reached through one connection pool.
 
+    The pool is open while the store is held: inside ``async with store:``, a run, an ``Api``
+    in ``async with``, or one call such as ``save`` or ``download``. A store passed as a URL
+    thus leaves no connection open once the call returns.
+
     Args:
         url: ``http://host:port`` (or https).
         token: a bearer token (``asyncart token create``); default ``$ASYNCART_TOKEN``.
@@ -103,15 +108,21 @@ class HttpStore:
         self.log = HttpEventLog(self._client)
         self.blobs = HttpBlobStore(self._client, part_size, part_threshold)
 
+    def held(self) -> AbstractAsyncContextManager[object]:
+        """Keep the connection pool open for the block (re-entrant)."""
+        return self._client.held()
+
     async def aclose(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pool now."""
         await self._client.aclose()
 
     async def __aenter__(self) -> HttpStore:
+        """Hold the connection pool until the block ends."""
+        self._client.hold()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+        await self._client.release()
 
     def __repr__(self) -> str:
         return f"HttpStore({self.location!r})"

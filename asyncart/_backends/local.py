@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 from .local_blobs import LocalBlobStore
@@ -24,6 +26,10 @@ class LocalStore:
         self.location = str(self.root)
         self.log = LocalEventLog(self.root / "log")
         self.blobs = LocalBlobStore(self.root / "blobs")
+
+    def held(self) -> AbstractAsyncContextManager[object]:
+        """Nothing to keep open."""
+        return contextlib.nullcontext()
 
     async def aclose(self) -> None:
         """Nothing to release: a local store holds no connections or tasks."""

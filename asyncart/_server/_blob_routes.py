@@ -13,16 +13,17 @@ import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import anyio.to_thread
 import blake3
 from aiohttp import web
 
 from .._backends._wire import DIGEST, MAX_DIGESTS
-from .._backends.base import Store, UploadItem
+from .._backends.base import BlobPaths, Store, UploadItem
 from ._http import HttpError, grant_of, int_query, msgpack_body, msgpack_response, require
 from ._spool import hash_file, receive, receive_at
+from ._uploads import UPLOADS
 
 
 @dataclass(frozen=True)
@@ -41,13 +42,6 @@ class Limits:
     """Bytes of any other request body (log appends, digest lists)."""
     page_bytes: int = 8 << 20
     """About how many record bytes one log page carries."""
-
-
-@runtime_checkable
-class BlobPaths(Protocol):
-    """A blob store whose blobs are local files (the local one): served with ``sendfile``."""
-
-    def path(self, digest: str) -> str: ...
 
 
 BATCH_BYTES = 16 << 20  # at most this much in one /blobs/fetch response
@@ -244,6 +238,9 @@ async def flush(request: web.Request) -> web.Response:
 #
 # spool/parts/DIGEST-SIZE/data   the blob being assembled (parts pwrite at their offsets)
 # spool/parts/DIGEST-SIZE/N      "OFFSET LENGTH": part N arrived whole (a client resumes from these)
+#
+# A directory no request used for the upload expiry is removed (see _uploads.py): every route
+# below works inside `UPLOADS.using(where)`, which keeps it while the request runs.
 
 
 def _parts_dir(request: web.Request, digest: str) -> Path:
@@ -251,14 +248,15 @@ def _parts_dir(request: web.Request, digest: str) -> Path:
     if size > request.app[LIMITS].max_blob:
         limit = request.app[LIMITS].max_blob
         raise HttpError(413, "too_large", f"{size} bytes exceed this server's {limit} limit")
-    return request.app[SPOOL] / "parts" / f"{digest}-{size}"
+    return request.app[UPLOADS].root / f"{digest}-{size}"
 
 
 async def parts(request: web.Request) -> web.Response:
     """GET /v1/uploads/{digest}?size=N: the parts received so far, as {index: size}."""
     require((await grant_of(request)).writes_somewhere, "upload blobs")
     where = _parts_dir(request, _digest(request))
-    found = await anyio.to_thread.run_sync(_list_parts, where)
+    async with request.app[UPLOADS].using(where):
+        found = await anyio.to_thread.run_sync(_list_parts, where)
     return msgpack_response({index: length for index, (_, length) in found.items()})
 
 
@@ -285,9 +283,10 @@ async def put_part(request: web.Request) -> web.Response:
         raise HttpError(413, "too_large", f"at most {limits.max_parts} parts")
     size = int_query(request, "size")
     limit = min(limits.max_part, max(size - offset, 0))
-    await anyio.to_thread.run_sync(lambda: where.mkdir(parents=True, exist_ok=True))
-    length = await receive_at(request, str(where / "data"), offset, limit)
-    await anyio.to_thread.run_sync(_mark, where, index, offset, length)
+    async with request.app[UPLOADS].using(where):
+        await anyio.to_thread.run_sync(lambda: where.mkdir(parents=True, exist_ok=True))
+        length = await receive_at(request, str(where / "data"), offset, limit)
+        await anyio.to_thread.run_sync(_mark, where, index, offset, length)
     return msgpack_response({"size": length}, 201)
 
 
@@ -303,16 +302,21 @@ async def complete(request: web.Request) -> web.Response:
     digest = _digest(request)
     where = _parts_dir(request, digest)
     size = int_query(request, "size")
+    async with request.app[UPLOADS].using(where):
+        await _complete(request.app[STORE], where, digest, size)
+    return msgpack_response({"size": size}, 201)
+
+
+async def _complete(store: Store, where: Path, digest: str, size: int) -> None:
     covered = await anyio.to_thread.run_sync(_covered, where)
     if covered != size:
         raise HttpError(400, "incomplete", f"the parts hold {covered} of {size} bytes: resend")
     data = str(where / "data")
     got, _ = await anyio.to_thread.run_sync(hash_file, data)
     try:
-        await _store(request.app[STORE], data, digest, got, size)
+        await _store(store, data, digest, got, size)
     finally:  # stored, or wrong (the parts are bad, not missing): start over either way
         await anyio.to_thread.run_sync(shutil.rmtree, where, True)
-    return msgpack_response({"size": size}, 201)
 
 
 def _covered(where: Path) -> int:
