@@ -1,4 +1,4 @@
-"""``python -m asyncart._server serve|token ...`` (until the ``asyncart`` CLI wires them in)."""
+"""``python -m asyncart._server serve|token ...``, the same as ``asyncart serve|token ...``."""
 
 import sys
 

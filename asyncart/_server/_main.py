@@ -1,26 +1,31 @@
-"""Running the server: ``serve`` (a coroutine) and the ``serve`` / ``token create`` commands.
+"""Running the server: ``serve`` (a coroutine) and the ``serve`` / ``token`` commands.
 
-Until the ``asyncart`` CLI wires them in, run ``python -m asyncart._server serve --store DIR``
-and ``python -m asyncart._server token create --store DIR --project demo --write``.
+The ``asyncart`` CLI runs them as ``asyncart serve --store DIR`` and ``asyncart token
+create|list|revoke --store DIR ...`` (also ``python -m asyncart._server serve|token ...``). They
+run their own event loop (or none), so they are plain functions, not registered async commands.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
 
 from .._backends.local import LocalStore
+from .._errors import AsyncartError
 from ._app import make_app
 from ._blob_routes import Limits
 from ._http import DRAIN, AccessLogger
-from ._tokens import create_token, tokens_path
+from ._tokens import Grant, create_token, list_tokens, revoke_token, tokens_path
 
 SHUTDOWN_TIMEOUT = 10.0
 """Seconds in-flight requests get to finish after SIGTERM or SIGINT."""
@@ -93,11 +98,32 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def token_main(argv: Sequence[str] | None = None) -> int:
-    """``asyncart token create --store DIR --project P [--project Q] [--write] [--admin]``."""
-    parser = argparse.ArgumentParser(prog="asyncart token")
+    """``asyncart token create|list|revoke --store DIR ...``; errors go to stderr, exit 1."""
+    args = token_parser().parse_args(argv)
+    try:
+        result: int = args.run(args)
+    except AsyncartError as e:
+        print(f"asyncart token {args.command}: {e}", file=sys.stderr)
+        return 1
+    return result
+
+
+def token_parser() -> argparse.ArgumentParser:
+    """``asyncart token`` and its subcommands, each with its ``run`` function as a default."""
+    parser = argparse.ArgumentParser(prog="asyncart token", description="the served store's tokens")
     commands = parser.add_subparsers(dest="command", required=True)
-    add_token_arguments(commands.add_parser("create", help="mint a token; prints it once"))
-    return run_token(parser.parse_args(argv))
+    create = commands.add_parser("create", help="mint a token; prints it once")
+    add_token_arguments(create)
+    listing = commands.add_parser("list", help="one row per token: id, scope, note, created")
+    listing.add_argument("--store", required=True, help="the served store directory")
+    listing.add_argument("--json", action="store_true", help="print one JSON object per token")
+    revoke = commands.add_parser("revoke", help="remove a token; servers refuse it within 1 s")
+    revoke.add_argument("--store", required=True, help="the served store directory")
+    revoke.add_argument("id", help="the token's id (or a unique prefix), from `token list`")
+    create.set_defaults(run=run_token)
+    listing.set_defaults(run=run_token_list)
+    revoke.set_defaults(run=run_token_revoke)
+    return parser
 
 
 def add_token_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,6 +143,39 @@ def run_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_token_list(args: argparse.Namespace) -> int:
+    """Print the tokens (never their secrets): aligned columns, or JSON lines with ``--json``."""
+    grants = list_tokens(args.store)
+    if args.json:
+        for g in grants:
+            print(json.dumps({**asdict(g), "created": _when(g)}))
+        return 0
+    if not grants:
+        print("no tokens; `asyncart token create --store DIR ...` mints one", file=sys.stderr)
+        return 0
+    rows = [("ID", "SCOPE", "NOTE", "CREATED")]
+    rows += [(g.id, g.scope, g.note or "-", _when(g) or "-") for g in grants]
+    widths = [max(len(c) for c in column) for column in zip(*rows, strict=True)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def run_token_revoke(args: argparse.Namespace) -> int:
+    """Revoke a token by id and print what it granted."""
+    g = revoke_token(args.store, args.id)
+    note = f" ({g.note})" if g.note else ""
+    print(f"revoked {g.id}{note}, {g.scope}; a running server refuses it within a second")
+    return 0
+
+
+def _when(grant: Grant) -> str | None:
+    """When the token was minted, as ``2026-01-31T12:00:00Z`` (None: not recorded)."""
+    if grant.created is None:
+        return None
+    return datetime.fromtimestamp(grant.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m asyncart._server (serve|token) ...``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -124,5 +183,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve_main(argv[1:])
     if argv[:1] == ["token"]:
         return token_main(argv[1:])
-    print("usage: python -m asyncart._server (serve|token create) --store DIR ...", file=sys.stderr)
+    print("usage: python -m asyncart._server (serve|token) --store DIR ...", file=sys.stderr)
     return 2

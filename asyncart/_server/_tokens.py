@@ -5,6 +5,10 @@ project, and it is append-only; credentials are neither history nor public, and 
 must really remove it. The file holds only SHA-256 hashes (tokens are 256 random bits, so a slow
 password hash would add nothing), is written atomically (temp file, rename) under a lock, and is
 readable by its owner only.
+
+``create_token``, ``list_tokens`` and ``revoke_token`` are the blocking API behind
+``asyncart token create|list|revoke``; a running server's :class:`Grants` reloads the file when
+it changes, so a revoked token is refused within a second.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .._errors import InvalidInputError
+from .._errors import InvalidInputError, NotFoundError
 from .._names import check_name
 
 TOKENS_FILE = "tokens.json"
@@ -30,13 +34,19 @@ _PREFIX = "aat_"
 
 @dataclass(frozen=True)
 class Grant:
-    """What one token may do: read (and maybe write) some projects, or everything (admin)."""
+    """What one token may do: read (and maybe write) some projects, or everything (admin).
+
+    ``id`` is the first 12 hex digits of the token's SHA-256, enough to name it but not to use
+    it; ``created`` is when it was minted (seconds since the epoch; None for tokens minted
+    before it was recorded).
+    """
 
     id: str
     projects: tuple[str, ...]
     write: bool = False
     admin: bool = False
     note: str = ""
+    created: float | None = None
 
     def can_read(self, project: str) -> bool:
         """Whether the token may read ``project``."""
@@ -50,6 +60,13 @@ class Grant:
     def writes_somewhere(self) -> bool:
         """Whether the token may write to at least one project (needed to upload blobs)."""
         return self.admin or (self.write and bool(self.projects))
+
+    @property
+    def scope(self) -> str:
+        """``admin``, ``write: a, b`` or ``read: a`` (``*``: every project)."""
+        if self.admin:
+            return "admin"
+        return f"{'write' if self.write else 'read'}: {', '.join(self.projects)}"
 
 
 def hash_token(token: str) -> str:
@@ -88,13 +105,53 @@ def create_token(
         raise InvalidInputError("a token needs at least one --project (or '*'), or --admin")
     token = _PREFIX + secrets.token_urlsafe(32)
     digest = hash_token(token)
-    grant = Grant(digest[:12], tuple(projects), write or admin, admin, note)
+    grant = Grant(digest[:12], tuple(projects), write or admin, admin, note, time.time())
     path = tokens_path(store_dir)
     with _locked(path):
         entries = _read(path)
         entries[digest] = grant
         _write(path, entries)
     return token
+
+
+def list_tokens(store_dir: str | os.PathLike[str]) -> list[Grant]:
+    """The tokens of the store served from ``store_dir``, oldest first (never their secrets).
+
+    Blocking (file I/O). A missing tokens file means no tokens.
+    """
+    grants = load_grants(tokens_path(store_dir)).values()
+    return sorted(grants, key=lambda g: (g.created or 0.0, g.id))
+
+
+def revoke_token(store_dir: str | os.PathLike[str], token_id: str) -> Grant:
+    """Remove the token whose id is (or starts with) ``token_id``; return what it granted.
+
+    Blocking (file I/O). A running server refuses the token within a second.
+
+    Raises:
+        NotFoundError: no token has that id; nothing changed.
+        InvalidInputError: the id is empty or the prefix matches several tokens; nothing changed.
+    """
+    if not token_id:
+        raise InvalidInputError("give the id of the token to revoke (`asyncart token list`)")
+    path = tokens_path(store_dir)
+    with _locked(path):
+        entries = _read(path)
+        digest = _find(entries, token_id, store_dir)
+        grant = entries.pop(digest)
+        _write(path, entries)
+    return grant
+
+
+def _find(entries: dict[str, Grant], token_id: str, store_dir: str | os.PathLike[str]) -> str:
+    """The hash of the one token whose id starts with ``token_id``."""
+    found = [h for h, g in entries.items() if g.id.startswith(token_id)]
+    if len(found) == 1:
+        return found[0]
+    listing = f"`asyncart token list --store {store_dir}` shows the ids"
+    if not found:
+        raise NotFoundError(f"no token has id {token_id!r}; {listing}")
+    raise InvalidInputError(f"{len(found)} tokens have ids starting {token_id!r}; {listing}")
 
 
 def load_grants(path: Path) -> dict[str, Grant]:
@@ -119,6 +176,7 @@ def _read(path: Path) -> dict[str, Grant]:
             entry["write"],
             entry["admin"],
             entry.get("note", ""),
+            entry.get("created"),
         )
         for entry in raw["tokens"]
     }
@@ -152,19 +210,22 @@ class Grants:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._grants: dict[str, Grant] = {}
-        self._mtime: float | None = None
+        self._version: tuple[int, int, int] | None = None
         self._checked = 0.0
 
     def refresh(self) -> None:
         """Reload the file if it changed (blocking: run in a thread)."""
         self._checked = time.monotonic()
         try:
-            mtime = self.path.stat().st_mtime
+            st = self.path.stat()
         except FileNotFoundError:
-            self._grants, self._mtime = {}, None
+            self._grants, self._version = {}, None
             return
-        if mtime != self._mtime:
-            self._grants, self._mtime = load_grants(self.path), mtime
+        # Every write renames a new file into place: the inode and size tell two writes apart
+        # even within one mtime tick (a revoke right after a create).
+        version = (st.st_mtime_ns, st.st_ino, st.st_size)
+        if version != self._version:
+            self._grants, self._version = load_grants(self.path), version
 
     @property
     def stale(self) -> bool:
