@@ -29,20 +29,34 @@ from ._http import (
     require,
 )
 from ._tokens import Grants, create_token
+from ._uploads import UPLOAD_EXPIRY, UPLOADS, Uploads, expire_uploads
 
 
 def make_app(
-    store: Store, tokens: str | Path, spool: str | Path, limits: Limits | None = None
+    store: Store,
+    tokens: str | Path,
+    spool: str | Path,
+    limits: Limits | None = None,
+    *,
+    upload_expiry: float = UPLOAD_EXPIRY,
 ) -> web.Application:
     """An app serving ``store``; ``tokens`` is the tokens file, ``spool`` a temp directory.
 
     Put ``spool`` on the store's filesystem: uploads land there before the store takes them.
+    The parts of a multipart upload that no request continued, listed or completed for
+    ``upload_expiry`` seconds (default 24 hours) are removed, at startup and while serving;
+    a client that comes back later sends them again.
+
+    Raises:
+        ValueError: ``upload_expiry`` is not a positive number of seconds.
     """
     limits = limits or Limits()
     app = web.Application(middlewares=[drained, errors_as_json], client_max_size=limits.max_request)
     app[DRAIN] = Drain()
     app[STORE], app[SPOOL], app[LIMITS] = store, Path(spool), limits
     app[GRANTS] = Grants(Path(tokens))
+    app[UPLOADS] = Uploads(Path(spool) / "parts", upload_expiry)
+    app.cleanup_ctx.append(expire_uploads)
     app.on_startup.append(_prepare)
     app.on_cleanup.append(_close)
     app.add_routes(

@@ -337,7 +337,8 @@ def _unlink(path: str) -> None:
 def clean_spool(spool: Path) -> None:
     """Remove what uploads in flight left when the last server process died (blocking).
 
-    Finished parts of multipart uploads stay: they are what a client resumes from.
+    Finished parts of multipart uploads stay: they are what a client resumes from (until they
+    expire, see ``_uploads.py``).
     """
     spool.mkdir(parents=True, exist_ok=True)
     for leftover in spool.glob("*.*"):

@@ -26,6 +26,7 @@ from ._app import make_app
 from ._blob_routes import Limits
 from ._http import DRAIN, AccessLogger
 from ._tokens import Grant, create_token, list_tokens, revoke_token, tokens_path
+from ._uploads import UPLOAD_EXPIRY
 
 SHUTDOWN_TIMEOUT = 10.0
 """Seconds in-flight requests get to finish after SIGTERM or SIGINT."""
@@ -37,14 +38,17 @@ async def serve(
     port: int = 8080,
     *,
     limits: Limits | None = None,
+    upload_expiry: float = UPLOAD_EXPIRY,
     ready: asyncio.Event | None = None,
 ) -> None:
     """Serve the local store in directory ``store`` until SIGINT or SIGTERM, then drain.
 
-    Prints ``listening on http://HOST:PORT`` once bound (``port=0`` picks a free port).
+    Prints ``listening on http://HOST:PORT`` once bound (``port=0`` picks a free port). The
+    parts of multipart uploads nobody continued for ``upload_expiry`` seconds are removed.
     """
     root = Path(store).expanduser().absolute()  # noqa: ASYNC240 - no I/O, just $HOME and cwd
-    app = make_app(LocalStore(root), tokens_path(root), root / "spool", limits)
+    spool = root / "spool"
+    app = make_app(LocalStore(root), tokens_path(root), spool, limits, upload_expiry=upload_expiry)
     runner = web.AppRunner(
         app,
         access_log_class=AccessLogger,
@@ -87,13 +91,32 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     parser.add_argument("--max-blob-bytes", type=int, default=Limits.max_blob)
     parser.add_argument("--max-request-bytes", type=int, default=Limits.max_request)
+    parser.add_argument(
+        "--upload-expiry",
+        type=_seconds,
+        default=UPLOAD_EXPIRY,
+        metavar="SECONDS",
+        help="remove the parts of a multipart upload nobody continued, listed or completed for "
+        "this long (default: %(default).0f, 24 hours); its client then sends them again",
+    )
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return seconds
 
 
 def run_serve(args: argparse.Namespace) -> int:
     """Run ``serve`` with parsed arguments; log access as JSON lines on stderr."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     limits = Limits(max_blob=args.max_blob_bytes, max_request=args.max_request_bytes)
-    asyncio.run(serve(args.store, args.host, args.port, limits=limits))
+    expiry = args.upload_expiry
+    asyncio.run(serve(args.store, args.host, args.port, limits=limits, upload_expiry=expiry))
     return 0
 
 

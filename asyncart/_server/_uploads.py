@@ -1,0 +1,139 @@
+"""Expiry of abandoned multipart uploads: their parts are removed once idle for ``expiry``.
+
+A parts directory is idle when no request is using it and its newest mtime (the directory's,
+touched when each request for it ends, or any file's in it) is older than ``expiry`` seconds.
+Requests in flight are counted here, in memory, so a part that takes longer than ``expiry`` to
+arrive is never removed under its request; a request for a directory being removed waits until
+it is gone, then starts afresh (an empty listing: the client resends every part). The count is
+per process, like the spool itself: one server process per spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+from aiohttp import web
+
+UPLOAD_EXPIRY = 24 * 3600.0
+"""Seconds after which the parts of an upload nobody continues or completes are removed."""
+
+SWEEP_INTERVAL = 600.0
+"""At most this many seconds between two sweeps (a quarter of the expiry when that is shorter)."""
+
+_log = logging.getLogger("asyncart.server")
+
+
+class Uploads:
+    """The multipart uploads under ``root``: which ones requests use, and removing idle ones."""
+
+    def __init__(self, root: Path, expiry: float = UPLOAD_EXPIRY) -> None:
+        if not expiry > 0:
+            raise ValueError(f"the upload expiry must be a positive number of seconds: {expiry}")
+        self.root, self.expiry = root, expiry
+        self.interval = min(expiry / 4, SWEEP_INTERVAL)
+        self._users: dict[Path, int] = {}
+        self._removing: dict[Path, anyio.Event] = {}
+
+    @contextlib.asynccontextmanager
+    async def using(self, where: Path) -> AsyncIterator[None]:
+        """Keep ``where`` from expiring while a request uses it; its idle time starts after."""
+        while (removal := self._removing.get(where)) is not None:
+            await removal.wait()
+        self._users[where] = self._users.get(where, 0) + 1
+        try:
+            yield
+        finally:
+            try:  # touched before it counts as unused: a sweep in between must see it fresh
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_touch, where)
+            finally:
+                if (users := self._users.pop(where) - 1) > 0:
+                    self._users[where] = users
+
+    async def sweep(self) -> list[Path]:
+        """Remove the idle directories whose newest mtime is older than the expiry."""
+        cutoff = time.time() - self.expiry
+        removed = []
+        for where in await anyio.to_thread.run_sync(_stale, self.root, cutoff):
+            if self._users.get(where):
+                continue
+            self._removing[where] = done = anyio.Event()  # claimed: new requests wait
+            try:  # checked again: a request may have come and gone since `_stale` looked
+                if await anyio.to_thread.run_sync(_remove_if_stale, where, cutoff):
+                    removed.append(where)
+            finally:
+                del self._removing[where]
+                done.set()
+        return removed
+
+    async def run(self) -> None:
+        """Sweep every ``interval`` seconds until cancelled; a failed sweep is logged."""
+        while True:
+            await anyio.sleep(self.interval)
+            await self._sweep_logged()
+
+    async def _sweep_logged(self) -> None:
+        try:
+            for where in await self.sweep():
+                _log.info("removed the expired upload %s", where.name)
+        except OSError:
+            _log.exception("sweeping expired uploads in %s failed; trying again later", self.root)
+
+
+UPLOADS = web.AppKey("uploads", Uploads)
+
+
+async def expire_uploads(app: web.Application) -> AsyncIterator[None]:
+    """An ``app.cleanup_ctx``: sweep at startup, then periodically until the app shuts down."""
+    uploads = app[UPLOADS]
+    await uploads._sweep_logged()
+    sweeper = asyncio.create_task(uploads.run(), name="asyncart expire uploads")
+    try:
+        yield
+    finally:
+        sweeper.cancel()
+        await asyncio.wait([sweeper])  # a sweep in a worker thread finishes first
+        if not sweeper.cancelled() and (error := sweeper.exception()) is not None:
+            raise error
+
+
+def _touch(where: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):  # completed (or never created): nothing to keep
+        os.utime(where)
+
+
+def _stale(root: Path, cutoff: float) -> list[Path]:
+    try:
+        candidates = [root / name for name in os.listdir(root)]
+    except FileNotFoundError:
+        return []
+    return [where for where in candidates if _newest(where) < cutoff]
+
+
+def _newest(where: Path) -> float:
+    """The newest mtime of ``where`` and its files; ``inf`` when it is gone (nothing to do)."""
+    try:
+        newest = os.stat(where).st_mtime
+        with os.scandir(where) as entries:
+            for entry in entries:
+                with contextlib.suppress(FileNotFoundError):
+                    newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+    except (FileNotFoundError, NotADirectoryError):
+        return float("inf")
+    return newest
+
+
+def _remove_if_stale(where: Path, cutoff: float) -> bool:
+    if _newest(where) >= cutoff:
+        return False
+    shutil.rmtree(where, ignore_errors=True)
+    return True
