@@ -27,6 +27,8 @@ from .._errors import (
 from ._tokens import Grant, Grants
 
 GRANTS = web.AppKey("grants", Grants)
+GRANT_ID = web.RequestKey("grant", str)
+"""The id of the token a request came with, for the access log."""
 
 
 class Drain:
@@ -139,7 +141,7 @@ async def grant_of(request: web.Request) -> Grant:
         grant = grants.lookup(token.strip())
     if grant is None:
         raise HttpError(401, "unauthorized", "unknown token (revoked, or for another server)")
-    request["grant"] = grant.id
+    request[GRANT_ID] = grant.id
     return grant
 
 
@@ -202,7 +204,7 @@ class AccessLogger(AbstractAccessLogger):
                     "status": response.status,
                     "bytes": response.body_length,
                     "ms": round(time * 1000, 2),
-                    "token": request.get("grant"),
+                    "token": request.get(GRANT_ID),
                 }
             )
         )
