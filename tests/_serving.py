@@ -110,6 +110,8 @@ class Proxy:
             never delivered: the server did the work, the client sees a dropped connection.
         rate: forward request bytes at most this fast (bytes/s, all connections together), to
             catch an upload midway.
+        hold: (start of a request line, seconds): the first such request reaches the server
+            that much later.
     """
 
     def __init__(
@@ -121,10 +123,11 @@ class Proxy:
         cuts: int = 1,
         lose_reply_to: bytes | None = None,
         rate: float | None = None,
+        hold: tuple[bytes, float] | None = None,
     ) -> None:
         self.upstream = upstream
         self.cut_upload_after, self.cut_download_after = cut_upload_after, cut_download_after
-        self.cuts, self.lose_reply_to, self.rate = cuts, lose_reply_to, rate
+        self.cuts, self.lose_reply_to, self.rate, self.hold = cuts, lose_reply_to, rate, hold
         self.port = 0
         self.cut = 0
         self._free_at = 0.0
@@ -161,6 +164,9 @@ class Proxy:
                 if self.lose_reply_to and data.startswith(self.lose_reply_to):
                     self.lose_reply_to = None
                     lose.set()
+                if self.hold and data.startswith(self.hold[0]):
+                    delay, self.hold = self.hold[1], None
+                    await asyncio.sleep(delay)
                 sent += len(data)
                 if self._should_cut(self.cut_upload_after, sent):
                     return abort()

@@ -11,7 +11,7 @@ import anyio
 import anyio.to_thread
 import blake3
 import pytest
-from _serving import Proxy, Server, spool_files
+from _serving import Proxy, Server, blob_count, spool_files
 from test_backends import BlobStoreContract, EventLogContract
 
 from asyncart import FileChangedError, LocalStore, NotFoundError
@@ -72,6 +72,22 @@ async def test_large_files_go_in_parts_and_a_changed_one_is_refused(
             await store.blobs.put_files([changed])
         assert await store.blobs.missing([changed.digest]) == {changed.digest}
     assert spool_files(server.root) == []  # the refused parts are gone too
+
+
+@pytest.mark.parametrize("parts", [False, True], ids=["one-request", "in-parts"])
+async def test_a_file_that_shrank_fails_at_once_and_stores_nothing(
+    server: Server, token: str, tmp_path: Path, parts: bool
+) -> None:
+    """A body shorter than its Content-Length would leave the server waiting for the rest."""
+    item = _item(tmp_path / "big", os.urandom(3_000_000))
+    Path(item.source).write_bytes(Path(item.source).read_bytes()[:1_000_000])
+    threshold = 100_000 if parts else 1 << 30
+    async with HttpStore(server.url, token, part_size=64_000, part_threshold=threshold) as store:
+        with anyio.fail_after(10):
+            with pytest.raises(FileChangedError, match="ends at byte 1000000"):
+                await store.blobs.put_files([item])
+        assert await store.blobs.missing([item.digest]) == {item.digest}
+    assert blob_count(server.root) == 0
 
 
 async def test_many_small_files_travel_in_batches(

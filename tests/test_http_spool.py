@@ -104,6 +104,24 @@ async def test_parts_nobody_continues_expire_and_the_client_then_sends_them_agai
     assert not where.exists() and spool_files(server.root) == []
 
 
+async def test_parts_that_expire_before_complete_are_sent_again(
+    server: Server, token: str, tmp_path: Path
+) -> None:
+    item = _file(tmp_path / "big", 5 * PART)
+    mark = server.log_size()
+    complete = f"POST /v1/uploads/{item.digest}/complete".encode()
+    async with (
+        Proxy(server.port, hold=(complete, EXPIRY + 3)) as proxy,  # the parts expire meanwhile
+        HttpStore(proxy.url, token, part_size=PART, part_threshold=PART) as store,
+    ):
+        assert await store.blobs.put_files([item]) == item.size
+        assert await store.blobs.get_bytes(item.digest) == Path(item.source).read_bytes()
+    requests = [(e["method"], e["status"]) for e in server.access(mark)]
+    assert requests.count(("POST", 400)) == 1, "the first complete found the parts gone"
+    assert requests.count(("PUT", 201)) == 10, "so every part was sent again"
+    assert requests.count(("POST", 201)) == 1
+
+
 async def test_parts_of_an_upload_going_on_are_kept(
     server: Server, session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:

@@ -19,6 +19,7 @@ import anyio
 
 from .._errors import (
     AccessDeniedError,
+    AsyncartError,
     BackendUnavailableError,
     ConflictError,
     IntegrityError,
@@ -156,6 +157,8 @@ class HttpClient:
                         return Reply(response.status, data, retried)
                     raise_for(response.status, data, self.url)
             except (*TRANSIENT, ServerError) as e:
+                if isinstance(e.__cause__, AsyncartError):  # the body failed, not the network
+                    raise e.__cause__ from None
                 if attempt + 1 == self.retry.attempts:
                     raise unavailable(self.url, e, attempt + 1) from e
                 retried = True

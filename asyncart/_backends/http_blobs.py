@@ -115,8 +115,6 @@ class HttpBlobStore:
             )
             return parts
 
-        have = await finished()
-
         async def put(index: int) -> int:
             start = index * part
             length = min(part, item.size - start)
@@ -135,10 +133,14 @@ class HttpBlobStore:
                 )
             return length
 
-        await _gather(range(count), put)
-        reply = await self._client.request(
-            "POST", f"{where}/complete", params=size, ok=(201, 400, 422)
-        )
+        for _ in range(2):  # a second round if the server expired the parts meanwhile
+            have = await finished()
+            await _gather(range(count), put)
+            reply = await self._client.request(
+                "POST", f"{where}/complete", params=size, ok=(201, 400, 422)
+            )
+            if reply.status != 400 or error_detail(reply.body).get("error") != "incomplete":
+                break
         _check_stored(item, reply)
         return item.size
 
@@ -348,8 +350,11 @@ async def _file_chunks(path: str, start: int, length: int) -> AsyncIterator[byte
     end = start + length
     while start < end:
         data = await anyio.to_thread.run_sync(_read, path, start, min(_CHUNK, end - start))
-        if not data:
-            return  # the file shrank: the server sees a short body and stores nothing
+        if not data:  # a short body would leave the server waiting for the rest
+            raise FileChangedError(
+                f"{path} changed after it was added: it ends at byte {start}, before the "
+                f"{end} bytes expected; add it again"
+            )
         yield data
         start += len(data)
 
