@@ -13,7 +13,7 @@ from ._history import ArtifactCollection, LogEntry, collection_summary, read_log
 from ._lineage import RunInfo, run_info
 from ._names import check_name
 from ._repository import Repository, collection_stream
-from ._store import open_store
+from ._store import holding_store, open_store
 
 
 class Api:
@@ -29,6 +29,7 @@ class Api:
         self._repo = Repository(open_store(store, token))
         self._exits = AsyncExitStack()
 
+    @holding_store
     async def artifact(self, ref: str) -> Artifact:
         """The committed artifact named by ``[project/]name[:alias|:vN]`` (alias: ``latest``).
 
@@ -37,6 +38,7 @@ class Api:
         """
         return await load_artifact(self._repo, ref, self.project)
 
+    @holding_store
     async def artifact_versions(self, name: str, project: str | None = None) -> list[Artifact]:
         """Every committed version of an artifact, oldest first."""
         project = check_name(project or self.project, "project")
@@ -46,11 +48,13 @@ class Api:
             for v in state.versions
         ]
 
+    @holding_store
     async def projects(self) -> list[str]:
         """The projects that have at least one artifact or run, sorted."""
         streams = await self._repo.store.log.streams()
         return sorted({stream.partition("/")[0] for stream in streams})
 
+    @holding_store
     async def artifact_collections(self, project: str | None = None) -> list[ArtifactCollection]:
         """Every artifact of a project (default: this Api's), sorted by name.
 
@@ -65,6 +69,7 @@ class Api:
             out.append(collection_summary(project, await self._repo.collection(project, name)))
         return out
 
+    @holding_store
     async def history(
         self, name: str | None = None, project: str | None = None, *, since: datetime | None = None
     ) -> list[LogEntry]:
@@ -92,6 +97,7 @@ class Api:
             stream.removeprefix(prefix) for stream in await self._repo.store.log.streams(prefix)
         ]
 
+    @holding_store
     async def run(self, run_id: str, project: str | None = None) -> RunInfo:
         """What a run's stream records: group, job type, artifacts used and logged."""
         project = check_name(project or self.project, "project")
@@ -99,13 +105,16 @@ class Api:
             project, run_id, await self._repo.run(project, check_name(run_id, "run id"))
         )
 
+    def _store_in_use(self) -> Store:
+        return self._repo.store
+
     async def aclose(self) -> None:
         """Let go of the store's connections (held since ``async with``)."""
         await self._exits.aclose()
 
     async def __aenter__(self) -> Api:
-        """Keep the store's connections open until the block ends (each call opens its own
-        otherwise): worth it for a server store and many calls."""
+        """Keep the store's connections open until the block ends (otherwise each call opens
+        and closes its own): worth it for a server store and many calls."""
         await self._exits.enter_async_context(self._repo.store.held())
         return self
 

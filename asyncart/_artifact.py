@@ -21,7 +21,7 @@ from ._errors import IntegrityError, InvalidInputError, NotFoundError, SealedErr
 from ._lineage import RunInfo, actor_run_id, run_info, runs
 from ._names import check_alias, check_entry_path, check_name, check_prefix, parse_ref
 from ._repository import ENTRIES_PER_EVENT, DraftSpec, Repository, Transfer, chunk_entries
-from ._store import open_store
+from ._store import holding_store, open_store
 from ._threads import HEAVY, maybe_thread
 from ._transfer import (
     DEFAULT_CONCURRENCY,
@@ -299,11 +299,15 @@ class Artifact:
 
     # -- reading a committed version -------------------------------------------------------
 
+    def _store_in_use(self) -> Store:
+        return self._require_saved().repo.store
+
     def _require_saved(self) -> _Saved:
         if self._saved is None:
             raise InvalidInputError(f"{self.name} is a draft: log or save it first")
         return self._saved
 
+    @holding_store
     async def download(
         self,
         root: str | os.PathLike[str] | None = None,
@@ -320,14 +324,13 @@ class Artifact:
         target = (
             Path(root) if root is not None else Path("artifacts") / f"{self.name}:{self.version}"
         )
-        async with saved.repo.store.held():
-            await download(
-                saved.repo.store.blobs,
-                saved.manifest,
-                target,
-                concurrency=concurrency,
-                progress=progress,
-            )
+        await download(
+            saved.repo.store.blobs,
+            saved.manifest,
+            target,
+            concurrency=concurrency,
+            progress=progress,
+        )
         return target
 
     async def verify(self, root: str | os.PathLike[str]) -> None:
@@ -364,6 +367,7 @@ class Artifact:
         draft._entries = dict(saved.manifest.entries)
         return draft
 
+    @holding_store
     async def logged_by(self) -> RunInfo | None:
         """The run that committed this version (None if it was saved outside any run)."""
         saved = self._require_saved()
@@ -372,6 +376,7 @@ class Artifact:
             return None
         return run_info(saved.project, run_id, await saved.repo.run(saved.project, run_id))
 
+    @holding_store
     async def used_by(self) -> list[RunInfo]:
         """The runs that used this version, in the order of their ids."""
         saved = self._require_saved()
@@ -390,6 +395,7 @@ class Artifact:
         """
         return diff_manifests(self.manifest, other.manifest)
 
+    @holding_store
     async def set_aliases(self, add: Sequence[str] = (), remove: Sequence[str] = ()) -> Artifact:
         """Point aliases at this committed version, or take them off it; return it reloaded.
 

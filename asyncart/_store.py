@@ -1,9 +1,13 @@
-"""Choosing the store: an argument, else ``$ASYNCART_STORE``, else a per-user directory."""
+"""Choosing the store (an argument, else ``$ASYNCART_STORE``, else a per-user directory), and
+holding it for the length of a call."""
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from ._backends.base import Store
 from ._backends.http import HttpStore
@@ -34,3 +38,26 @@ def open_store(
     if location.startswith(("http://", "https://")):
         return HttpStore(location, token)
     return LocalStore(location)
+
+
+class _UsesStore(Protocol):
+    def _store_in_use(self) -> Store: ...
+
+
+S = TypeVar("S", bound=_UsesStore)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def holding_store(
+    method: Callable[Concatenate[S, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[S, P], Coroutine[Any, Any, R]]:
+    """Run the method with ``self._store_in_use()`` held: its requests share one connection
+    pool, closed when it returns unless something else holds the store."""
+
+    @functools.wraps(method)
+    async def held(obj: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        async with obj._store_in_use().held():
+            return await method(obj, *args, **kwargs)
+
+    return held

@@ -66,7 +66,10 @@ def test_a_tokens_file_from_before_created_still_loads(tmp_path: Path) -> None:
     tokens_path(tmp_path).write_text(json.dumps({"tokens": [{**old, "admin": False}]}))
     (grant,) = list_tokens(tmp_path)
     assert (grant.id, grant.note, grant.created) == ("ab" * 6, "", None)
-    assert list_tokens(tmp_path / "nothing served here") == []
+    (tmp_path / "served, no tokens yet").mkdir()
+    assert list_tokens(tmp_path / "served, no tokens yet") == []
+    with pytest.raises(NotFoundError, match="not a directory"):
+        list_tokens(tmp_path / "nothing served here")
 
 
 def test_revoke_removes_only_that_token_by_id_or_unique_prefix(tmp_path: Path) -> None:
@@ -96,8 +99,9 @@ def test_revoking_an_unknown_id_fails_clearly_and_changes_nothing(tmp_path: Path
     with pytest.raises(InvalidInputError, match="give the id"):
         revoke_token(tmp_path, "")
     assert _snapshot(tmp_path) == before
-    with pytest.raises(NotFoundError):
+    with pytest.raises(NotFoundError, match="is --store right"):
         revoke_token(tmp_path / "nothing served here", "f00ba12")
+    assert not (tmp_path / "nothing served here").exists()
 
 
 def test_an_ambiguous_prefix_revokes_nothing(tmp_path: Path) -> None:

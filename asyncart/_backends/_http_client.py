@@ -1,4 +1,5 @@
-"""One aiohttp session per HTTP store: bounded pool, retries with backoff, errors translated.
+"""The connection pool of an HTTP store (an aiohttp session, open while the store is held):
+bounded, with retries and backoff, errors translated.
 
 Connection errors, 5xx and 429 are retried with exponential backoff and full jitter; any other
 4xx is the caller's mistake and is raised at once, as the asyncart error the server named.
@@ -101,6 +102,7 @@ class HttpClient:
 
     async def release(self) -> None:
         """Let go of a :meth:`hold`; the last holder closes the pool."""
+        assert self._holders > 0, "release() without hold()"
         self._holders -= 1
         if self._holders == 0:
             await self.aclose()

@@ -106,7 +106,7 @@ class Store(Protocol):
 
     def held(self) -> AbstractAsyncContextManager[object]:
         """Keep the store's connections open for the block (re-entrant). Outside any block,
-        each call opens and closes its own, so nothing is left open; a store without
+        each request opens and closes its own, so nothing is left open; a store without
         connections does nothing."""
         ...
 

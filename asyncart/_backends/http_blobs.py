@@ -87,21 +87,15 @@ class HttpBlobStore:
         return sum(item.size for item in items)
 
     async def _put_file(self, item: UploadItem) -> int:
+        """One file over 1 MiB: streamed in one request, or in parts when it is large."""
         if item.size >= self.part_threshold:
             return await self._put_parts(item)
-        if item.size <= _SMALL:
-            data = await anyio.to_thread.run_sync(_read, item.source, 0, item.size + 1)
-            if len(data) != item.size:
-                raise _changed(item, f"it now has {len(data)} bytes")
-            body: Callable[[], object] = lambda: data  # noqa: E731
-        else:
-            body = lambda: _file_chunks(item.source, 0, item.size)  # noqa: E731
         reply = await self._client.request(
             "PUT",
             f"/blobs/{item.digest}",
-            body=body,
+            body=lambda: _file_chunks(item.source, 0, item.size),
             headers={**_OCTETS, "Content-Length": str(item.size)},
-            ok=(201, 400, 422),
+            ok=(201, 422),
         )
         _check_stored(item, reply)
         return item.size
@@ -142,10 +136,15 @@ class HttpBlobStore:
             reply = await self._client.request(
                 "POST", f"{where}/complete", params=size, ok=(201, 400, 422)
             )
-            if reply.status != 400 or error_detail(reply.body).get("error") != "incomplete":
-                break
-        _check_stored(item, reply)
-        return item.size
+            if reply.status != 400:
+                _check_stored(item, reply)
+                return item.size
+            if not await self.missing([item.digest]):  # another client completed it first
+                return item.size
+        raise BackendUnavailableError(
+            f"the server at {self._client.url} lost the parts of {item.source} twice while "
+            f"they were uploaded ({error_detail(reply.body)['message']}); retry"
+        )
 
     async def put_bytes(self, data: bytes) -> str:
         digest = await _hash(data)
@@ -348,7 +347,12 @@ async def _file_chunks(path: str, start: int, length: int) -> AsyncIterator[byte
     """``length`` bytes of a file from ``start``, read in a worker thread chunk by chunk."""
     end = start + length
     while start < end:
-        data = await anyio.to_thread.run_sync(_read, path, start, min(_CHUNK, end - start))
+        try:
+            data = await anyio.to_thread.run_sync(_read, path, start, min(_CHUNK, end - start))
+        except OSError as e:  # raised as is, aiohttp would call it a connection error
+            raise FileChangedError(
+                f"{path} changed after it was added: it can no longer be read ({e}); add it again"
+            ) from e
         if not data:  # a short body would leave the server waiting for the rest
             raise FileChangedError(
                 f"{path} changed after it was added: it ends at byte {start}, before the "

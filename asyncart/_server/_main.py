@@ -78,7 +78,8 @@ async def serve(
 
 
 def serve_main(argv: Sequence[str] | None = None) -> int:
-    """``asyncart serve --store DIR [--host H] [--port P] [--max-request-bytes N]``."""
+    """``asyncart serve --store DIR [--host H] [--port P] [--max-blob-bytes N]
+    [--max-request-bytes N] [--upload-expiry SECONDS]``."""
     parser = argparse.ArgumentParser(prog="asyncart serve", description=serve.__doc__)
     add_serve_arguments(parser)
     return run_serve(parser.parse_args(argv))

@@ -118,7 +118,12 @@ def list_tokens(store_dir: str | os.PathLike[str]) -> list[Grant]:
     """The tokens of the store served from ``store_dir``, oldest first (never their secrets).
 
     Blocking (file I/O). A missing tokens file means no tokens.
+
+    Raises:
+        NotFoundError: ``store_dir`` does not exist (a mistyped path).
     """
+    if not os.path.isdir(store_dir):
+        raise NotFoundError(f"{store_dir} is not a directory: give the served store's")
     grants = load_grants(tokens_path(store_dir)).values()
     return sorted(grants, key=lambda g: (g.created or 0.0, g.id))
 
@@ -135,6 +140,8 @@ def revoke_token(store_dir: str | os.PathLike[str], token_id: str) -> Grant:
     if not token_id:
         raise InvalidInputError("give the id of the token to revoke (`asyncart token list`)")
     path = tokens_path(store_dir)
+    if not path.exists():  # and do not create the directory of a mistyped path
+        raise NotFoundError(f"{path} does not exist: no tokens to revoke (is --store right?)")
     with _locked(path):
         entries = _read(path)
         digest = _find(entries, token_id, store_dir)

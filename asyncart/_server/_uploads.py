@@ -85,7 +85,7 @@ class Uploads:
         try:
             for where in await self.sweep():
                 _log.info("removed the expired upload %s", where.name)
-        except OSError:
+        except Exception:  # the sweeper must outlive any one bad sweep
             _log.exception("sweeping expired uploads in %s failed; trying again later", self.root)
 
 
@@ -127,7 +127,7 @@ def _newest(where: Path) -> float:
             for entry in entries:
                 with contextlib.suppress(FileNotFoundError):
                     newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:  # gone, or unreadable: not ours to remove (and no reason to stop the sweep)
         return float("inf")
     return newest
 
@@ -136,4 +136,4 @@ def _remove_if_stale(where: Path, cutoff: float) -> bool:
     if _newest(where) >= cutoff:
         return False
     shutil.rmtree(where, ignore_errors=True)
-    return True
+    return not os.path.exists(where)
