@@ -11,6 +11,8 @@ Example::
         print(logged.version, logged.digest)
 """
 
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+
 from ._api import Api as Api
 from ._artifact import Artifact as Artifact
 from ._audit import AuditProblem as AuditProblem
@@ -19,7 +21,6 @@ from ._audit import audit as audit
 from ._backends.base import BlobStore as BlobStore
 from ._backends.base import EventLog as EventLog
 from ._backends.base import Store as Store
-from ._backends.http import HttpStore as HttpStore
 from ._backends.local import LocalStore as LocalStore
 from ._diff import ManifestDiff as ManifestDiff
 from ._domain.events import Entry as Entry
@@ -42,6 +43,25 @@ from ._store import STORE_ENV as STORE_ENV
 from ._transfer import Progress as Progress
 
 __version__ = "0.1.0"
+
+if _TYPE_CHECKING:
+    from ._backends.http import HttpStore as HttpStore
+
+
+def __getattr__(name: str) -> object:
+    """``HttpStore`` is imported on first use: aiohttp would double the objects the garbage
+    collector walks (and add 0.1 s to start-up) for every program, most of which use only the
+    local store."""
+    if name == "HttpStore":
+        from ._backends.http import HttpStore
+
+        return HttpStore
+    raise AttributeError(f"module 'asyncart' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "HttpStore"})
+
 
 __all__ = (
     "AccessDeniedError",

@@ -154,7 +154,7 @@ class Artifact:
         local = os.fspath(local_path)
         path = check_entry_path(name if name is not None else os.path.basename(local))
         [entry] = await hash_files([(path, local)])
-        self._add([entry], {path: local}, overwrite)
+        self._add([entry], [(path, local)], overwrite)
         return entry
 
     async def add_dir(
@@ -170,7 +170,7 @@ class Artifact:
         prefix = check_entry_path(name.rstrip("/")) + "/" if name else ""
         pairs = await anyio.to_thread.run_sync(_walk, local, prefix)
         entries = await hash_files(pairs)
-        await maybe_thread(len(entries) > HEAVY, self._add, entries, dict(pairs), overwrite)
+        await maybe_thread(len(entries) > HEAVY, self._add, entries, pairs, overwrite)
         return entries
 
     def remove(self, path: str) -> None:
@@ -189,7 +189,10 @@ class Artifact:
             self._sources.pop(key, None)
         self._record("remove", [path])
 
-    def _add(self, entries: list[Entry], sources: dict[str, str], overwrite: bool) -> None:
+    def _add(
+        self, entries: list[Entry], sources: Sequence[tuple[str, str]], overwrite: bool
+    ) -> None:
+        """Add ``entries`` read from ``sources`` (entry path, local path), in one step."""
         for entry in entries:  # check all first: a failed add changes nothing
             old = self._entries.get(entry.path)
             if old is not None and old.digest != entry.digest and not overwrite:
@@ -198,9 +201,10 @@ class Artifact:
                     "pass overwrite=True or remove() it first"
                 )
         new = [e for e in entries if self._entries.get(e.path) != e]
+        local = dict(sources)
         for entry in new:
             self._entries[entry.path] = entry
-            self._sources[entry.path] = sources[entry.path]
+            self._sources[entry.path] = local[entry.path]
         if new:
             self._record("add", new)
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from ._backends.base import Store
-from ._backends.http import HttpStore
 from ._backends.local import LocalStore
 
 STORE_ENV = "ASYNCART_STORE"
@@ -36,6 +35,8 @@ def open_store(
         return store
     location = os.fspath(store)
     if location.startswith(("http://", "https://")):
+        from ._backends.http import HttpStore  # aiohttp, only for a server store
+
         return HttpStore(location, token)
     return LocalStore(location)
 

@@ -144,9 +144,8 @@ async def upload(
     items = list(items)
     unique = await maybe_thread(len(items) > HEAVY, _by_digest, items)
     missing = await blobs.missing(unique.keys())
-    todo = [unique[digest] for digest in missing]
-    work = await maybe_thread(len(todo) > HEAVY, batches, todo, _item_size)
-    tracker = _Tracker(len(todo), sum(i.size for i in todo), progress)
+    work, files, total = await maybe_thread(len(missing) > HEAVY, _plan_upload, unique, missing)
+    tracker = _Tracker(files, total, progress)
     written = await run_pool(
         work,
         blobs.put_files,
@@ -173,6 +172,14 @@ def _by_digest(items: list[UploadItem]) -> dict[str, UploadItem]:
 
 def _item_size(item: UploadItem) -> int:
     return item.size
+
+
+def _plan_upload(
+    unique: dict[str, UploadItem], missing: set[str]
+) -> tuple[list[list[UploadItem]], int, int]:
+    """The batches of the files to store, their count and their bytes."""
+    todo = [unique[digest] for digest in missing]
+    return batches(todo, _item_size), len(todo), sum(item.size for item in todo)
 
 
 def _plan_hashing(paths: Sequence[tuple[str, str]]) -> list[list[tuple[int, tuple[str, str, int]]]]:

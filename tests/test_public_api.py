@@ -1,4 +1,6 @@
 import inspect
+import subprocess
+import sys
 
 import asyncart
 
@@ -19,3 +21,14 @@ def test_every_error_derives_from_the_root():
     assert len(errors) == 9
     assert all(issubclass(e, asyncart.AsyncartError) for e in errors)
     assert issubclass(asyncart.InvalidInputError, ValueError)
+
+
+def test_importing_asyncart_leaves_aiohttp_for_server_stores():
+    """aiohttp doubles what the garbage collector walks (longer event-loop pauses) and adds
+    0.1 s to start-up: only a server store or the server loads it."""
+    check = (
+        "import sys, asyncart, asyncart._cli; assert 'aiohttp' not in sys.modules; "
+        "from asyncart import HttpStore; assert 'aiohttp' in sys.modules; "
+        "assert HttpStore is asyncart.HttpStore and 'HttpStore' in dir(asyncart)"
+    )
+    subprocess.run([sys.executable, "-c", check], check=True)

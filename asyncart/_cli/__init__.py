@@ -30,7 +30,6 @@ import anyio
 
 import asyncart
 
-from .._server._main import serve_main, token_main
 from . import _browse, _commands  # noqa: F401  (importing them registers their commands)
 from ._console import Console
 from ._registry import COMMANDS, command
@@ -94,7 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``asyncart`` with ``argv`` (default: the command line); return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _SERVER_COMMANDS:  # they run their own event loop: not async commands
-        return _SERVER_COMMANDS[argv[0]](argv[1:])
+        from .._server import _main  # aiohttp's server, only for these
+
+        return int(getattr(_main, _SERVER_COMMANDS[argv[0]])(argv[1:]))
     args = build_parser().parse_args(argv)
     console = Console.from_args(args)
     cmd = COMMANDS[args.command]
@@ -113,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-_SERVER_COMMANDS = {"serve": serve_main, "token": token_main}
+_SERVER_COMMANDS = {"serve": "serve_main", "token": "token_main"}
 
 
 def _one_line(error: BaseException) -> str:
