@@ -26,7 +26,6 @@ from .base import UploadItem
 from .fileio import SMALL, read_small
 
 CHUNK = 8 << 20  # large files stream through a buffer of this size: memory stays bounded
-_PARALLEL_HASH = 16 << 20  # above this, BLAKE3 hashes with all cores
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -163,7 +162,9 @@ class LocalBlobStore:
 def _copy_hashing(src: object, out: object, size: int) -> tuple[str, int]:
     """Copy ``src`` to ``out`` (unbuffered files), hashing what passes; return (digest, bytes)."""
     read, write = src.readinto, out.write  # type: ignore[attr-defined]
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if size > _PARALLEL_HASH else 1)
+    # One core: one core hashes several GB/s, faster than the disk, and copies run several at
+    # once; BLAKE3's own threads on top left the event loop's thread waiting for a CPU.
+    hasher = blake3.blake3()
     buf = bytearray(min(max(size, 1) + 1, CHUNK))  # +1: one read sees EOF for small files
     view = memoryview(buf)
     copied = 0
