@@ -6,7 +6,7 @@ import os
 from contextlib import AsyncExitStack
 from datetime import datetime
 
-from ._artifact import DEFAULT_PROJECT, Artifact, load_artifact
+from ._artifact import DEFAULT_PROJECT, Artifact, load_artifact, load_version
 from ._backends.base import Store
 from ._errors import NotFoundError
 from ._history import ArtifactCollection, LogEntry, collection_summary, read_log
@@ -43,10 +43,7 @@ class Api:
         """Every committed version of an artifact, oldest first."""
         project = check_name(project or self.project, "project")
         state = await self._repo.collection(project, check_name(name, "artifact name"))
-        return [
-            await load_artifact(self._repo, f"{project}/{name}:v{v.number}", project)
-            for v in state.versions
-        ]
+        return [await load_version(self._repo, project, state, v) for v in state.versions]
 
     @holding_store
     async def projects(self) -> list[str]:

@@ -333,3 +333,29 @@ async def test_progress_reports_even_when_everything_is_stored(store, files):
         await again.save(project="demo", store=store, progress=seen.append)
         assert (await api.artifact("ds")).version == "v0"
     assert [(p.files_done, p.files_total) for p in seen] == [(0, 0)]
+
+
+async def test_listing_versions_matches_reading_each_alone(store, tmp_path):
+    """``artifact_versions`` builds each manifest on the one before it (a cache); a fresh Api
+    per version replays from snapshots: both must give the same files for every version."""
+    (tmp_path / "f").write_text("0")
+    latest = await (await _dataset_of(tmp_path / "f")).save(project="demo", store=store)
+    for n in range(1, 40):  # past a snapshot (every 32 commits from the base)
+        (tmp_path / "f").write_text(f"content {n}")
+        draft = latest.new_draft()
+        await draft.add_file(tmp_path / "f", f"file-{n % 7}", overwrite=True)
+        if n % 5 == 0 and n % 7 and "file-0" in draft.manifest.entries:
+            draft.remove("file-0")
+        latest = await draft.save()
+    listed = await asyncart.Api("demo", store=store).artifact_versions("chain")
+    assert [a.version for a in listed] == [f"v{n}" for n in range(40)]
+    for artifact in listed:
+        alone = await asyncart.Api("demo", store=store).artifact(f"chain:{artifact.version}")
+        assert artifact.manifest.entries == alone.manifest.entries
+        assert artifact.manifest.digest == alone.digest
+
+
+async def _dataset_of(path: Path) -> asyncart.Artifact:
+    artifact = asyncart.Artifact("chain", "dataset")
+    await artifact.add_file(path, "file-0")
+    return artifact
