@@ -163,13 +163,18 @@ class Artifact:
         name: str | None = None,
         *,
         overwrite: bool = False,
+        progress: ProgressCallback | None = None,
     ) -> list[Entry]:
-        """Add every file under a directory, as ``name/relative/path`` (default: no prefix)."""
+        """Add every file under a directory, as ``name/relative/path`` (default: no prefix).
+
+        ``progress`` is called with a :class:`Progress` of the hashing, first with the totals,
+        then after each batch of files.
+        """
         self._check_open()
         local = os.fspath(local_path)
         prefix = check_entry_path(name.rstrip("/")) + "/" if name else ""
         pairs = await anyio.to_thread.run_sync(_walk, local, prefix)
-        entries = await hash_files(pairs)
+        entries = await hash_files(pairs, progress=progress)
         await maybe_thread(len(entries) > HEAVY, self._add, entries, pairs, overwrite)
         return entries
 

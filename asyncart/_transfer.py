@@ -156,12 +156,18 @@ async def upload(
 
 
 async def hash_files(
-    paths: Sequence[tuple[str, str]], concurrency: int = HASH_CONCURRENCY
+    paths: Sequence[tuple[str, str]],
+    concurrency: int = HASH_CONCURRENCY,
+    progress: ProgressCallback | None = None,
 ) -> list[Entry]:
     """Hash local files given as (entry path, local path) pairs; return entries in input order."""
-    work = await anyio.to_thread.run_sync(_plan_hashing, paths)
+    work, total = await anyio.to_thread.run_sync(_plan_hashing, paths)
+    tracker = _Tracker(len(paths), total, progress)
     results = await run_pool(
-        work, lambda batch: anyio.to_thread.run_sync(_hash_batch, batch), concurrency
+        work,
+        lambda batch: anyio.to_thread.run_sync(_hash_batch, batch),
+        concurrency,
+        lambda batch, hashed: tracker.advance(len(hashed), sum(e.size for _, e in hashed)),
     )
     return await maybe_thread(len(paths) > HEAVY, _in_input_order, results)
 
@@ -182,10 +188,13 @@ def _plan_upload(
     return batches(todo, _item_size), len(todo), sum(item.size for item in todo)
 
 
-def _plan_hashing(paths: Sequence[tuple[str, str]]) -> list[list[tuple[int, tuple[str, str, int]]]]:
-    """Number the files (batches finish in any order), size them, and cut them into batches."""
+def _plan_hashing(
+    paths: Sequence[tuple[str, str]],
+) -> tuple[list[list[tuple[int, tuple[str, str, int]]]], int]:
+    """Number the files (batches finish in any order), size them, and cut them into batches;
+    also return their total size."""
     sized = [(name, src, _size(src)) for name, src in paths]
-    return batches(enumerate(sized), lambda numbered: numbered[1][2])
+    return batches(enumerate(sized), lambda numbered: numbered[1][2]), sum(s for *_, s in sized)
 
 
 def _in_input_order(results: list[list[tuple[int, Entry]]]) -> list[Entry]:

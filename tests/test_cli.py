@@ -318,6 +318,8 @@ def test_audit_as_of_before_and_after_an_alias_move(store, two_versions):
 def test_a_non_terminal_run_prints_no_progress_bar(store, data, tmp_path):
     done = run(store, "put", str(data), "ds", "-t", "dataset")
     assert done.returncode == 0 and done.stderr == ""
+    forced = run(store, "put", str(data), "ds2", "-t", "dataset", "--progress")
+    assert "hashing: 3/3 files, 1011 B/1011 B (100%)" in forced.stderr
     forced = run(store, "get", "ds", str(tmp_path / "out"), "--progress")
     assert forced.returncode == 0
     assert "downloading: 3/3 files, 1011 B/1011 B (100%)" in forced.stderr

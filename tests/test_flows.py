@@ -86,6 +86,16 @@ async def test_progress_callback_sees_every_byte(store, files):
     assert last.bytes_done == last.bytes_total == 6 + 100 + 200 + 300
 
 
+async def test_add_dir_reports_hashing_progress(files):
+    seen = []
+    artifact = asyncart.Artifact("ds", "dataset")
+    await artifact.add_dir(files, progress=seen.append)
+    first, last = seen[0], seen[-1]
+    assert (first.files_done, first.bytes_done) == (0, 0)  # the totals come first
+    assert (last.files_done, last.files_total) == (6, 6)
+    assert last.bytes_done == last.bytes_total == 6 + 5 + 100 + 200 + 300 + 10_000
+
+
 async def test_type_mismatch_is_an_error(store, files):
     await (await _dataset(files)).save(project="demo", store=store)
     other = asyncart.Artifact("ds", "model")

@@ -40,7 +40,8 @@ async def put(args: argparse.Namespace, console: Console) -> int:
     project, name = split_name(args.name, args.project or DEFAULT_PROJECT)
     artifact = asyncart.Artifact(name, args.type, description=args.message)
     if await anyio.Path(args.path).is_dir():
-        await artifact.add_dir(args.path)
+        with console.progress("hashing") as bar:
+            await artifact.add_dir(args.path, progress=bar)
     else:
         await artifact.add_file(args.path)
     with console.progress("uploading") as bar:
