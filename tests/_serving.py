@@ -33,7 +33,8 @@ class Server:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if "--tls-cert" in self.extra else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> Server:
         args = ["serve", "--store", str(self.root), "--port", str(self.port), *self.extra]

@@ -13,6 +13,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from ssl import SSLContext
 from typing import Any
 
 import aiohttp
@@ -80,8 +81,10 @@ class HttpClient:
         *,
         connections: int = 16,
         retry: RetryPolicy | None = None,
+        ssl: SSLContext | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self._ssl = ssl
         self.retry = retry or RetryPolicy()
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._connections = connections
@@ -94,7 +97,7 @@ class HttpClient:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 headers=self._headers,
-                connector=aiohttp.TCPConnector(limit=self._connections),
+                connector=aiohttp.TCPConnector(limit=self._connections, ssl=self._ssl or True),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120),
                 auto_decompress=False,
             )
@@ -161,6 +164,8 @@ class HttpClient:
             except (*TRANSIENT, ServerError) as e:
                 if isinstance(e.__cause__, AsyncartError):  # the body failed, not the network
                     raise e.__cause__ from None
+                if isinstance(e, aiohttp.ClientSSLError):  # would fail the same way again
+                    raise tls_failed(self.url, e) from e
                 if attempt + 1 == self.retry.attempts:
                     raise unavailable(self.url, e, attempt + 1) from e
                 retried = True
@@ -172,13 +177,15 @@ class HttpClient:
         self, path: str, headers: dict[str, str] | None = None
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """GET with the body left to read (one attempt: the caller resumes with ``Range``)."""
-        async with (
-            self.held() as session,
-            session.get(self.url + PREFIX + path, headers=headers) as response,
-        ):
-            if response.status not in (200, 206):
-                raise_for(response.status, await response.read(), self.url)
-            yield response
+        async with self.held() as session:
+            try:
+                response = await session.get(self.url + PREFIX + path, headers=headers)
+            except aiohttp.ClientSSLError as e:
+                raise tls_failed(self.url, e) from e
+            async with response:
+                if response.status not in (200, 206):
+                    raise_for(response.status, await response.read(), self.url)
+                yield response
 
 
 async def _asks(done: Callable[[], Awaitable[bool]]) -> bool:
@@ -195,6 +202,14 @@ def unavailable(url: str, error: BaseException, attempts: int) -> BackendUnavail
     return BackendUnavailableError(
         f"the asyncart server at {url} failed {attempts} times ({what}); "
         "check that it is running and reachable, then retry"
+    )
+
+
+def tls_failed(url: str, error: BaseException) -> BackendUnavailableError:
+    """The error for a TLS handshake that failed (retrying would fail the same way)."""
+    return BackendUnavailableError(
+        f"TLS with {url} failed ({error}); for a private CA pass HttpStore(ssl=...) "
+        "or set SSL_CERT_FILE"
     )
 
 

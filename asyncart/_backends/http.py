@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
+from ssl import SSLContext
 from urllib.parse import quote
 
 from .._errors import ConflictError
@@ -86,6 +87,9 @@ class HttpStore:
         retry: attempts and backoff for connection errors, 5xx and 429.
         part_size: files of ``part_threshold`` bytes or more are uploaded in parts this large,
             in parallel; a dropped upload resumes without resending finished parts.
+        ssl: the TLS context for an ``https`` server whose certificate the system does not
+            trust (a private CA: ``ssl.create_default_context(cafile=...)``); or set
+            ``SSL_CERT_FILE`` before the first ``HttpStore`` is made.
     """
 
     def __init__(
@@ -97,6 +101,7 @@ class HttpStore:
         retry: RetryPolicy | None = None,
         part_size: int = PART_SIZE,
         part_threshold: int = PART_THRESHOLD,
+        ssl: SSLContext | None = None,
     ) -> None:
         self.location = url.rstrip("/")
         self._client = HttpClient(
@@ -104,6 +109,7 @@ class HttpStore:
             token or os.environ.get(TOKEN_ENV),
             connections=connections,
             retry=retry,
+            ssl=ssl,
         )
         self.log = HttpEventLog(self._client)
         self.blobs = HttpBlobStore(self._client, part_size, part_threshold)

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -39,12 +40,14 @@ async def serve(
     *,
     limits: Limits | None = None,
     upload_expiry: float = UPLOAD_EXPIRY,
+    tls: ssl.SSLContext | None = None,
     ready: asyncio.Event | None = None,
 ) -> None:
     """Serve the local store in directory ``store`` until SIGINT or SIGTERM, then drain.
 
-    Prints ``listening on http://HOST:PORT`` once bound (``port=0`` picks a free port). The
-    parts of multipart uploads nobody continued for ``upload_expiry`` seconds are removed.
+    Prints ``listening on http://HOST:PORT`` (``https`` with ``tls``) once bound (``port=0``
+    picks a free port). The parts of multipart uploads nobody continued for ``upload_expiry``
+    seconds are removed. Serve with ``tls`` anywhere but loopback: tokens travel in headers.
     """
     root = Path(store).expanduser().absolute()  # noqa: ASYNC240 - no I/O, just $HOME and cwd
     spool = root / "spool"
@@ -62,10 +65,10 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=tls)
         await site.start()
         bound = runner.addresses[0][1]
-        print(f"listening on http://{host}:{bound}", flush=True)
+        print(f"listening on {'https' if tls else 'http'}://{host}:{bound}", flush=True)
         if ready is not None:
             ready.set()
         await stop.wait()
@@ -79,7 +82,7 @@ async def serve(
 
 def serve_main(argv: Sequence[str] | None = None) -> int:
     """``asyncart serve --store DIR [--host H] [--port P] [--max-blob-bytes N]
-    [--max-request-bytes N] [--upload-expiry SECONDS]``."""
+    [--max-request-bytes N] [--upload-expiry SECONDS] [--tls-cert PEM --tls-key PEM]``."""
     parser = argparse.ArgumentParser(prog="asyncart serve", description=serve.__doc__)
     add_serve_arguments(parser)
     return run_serve(parser.parse_args(argv))
@@ -100,6 +103,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="remove the parts of a multipart upload nobody continued, listed or completed for "
         "this long (default: %(default).0f, 24 hours); its client then sends them again",
     )
+    parser.add_argument(
+        "--tls-cert", metavar="PEM", help="serve https with this certificate (chain) file"
+    )
+    parser.add_argument("--tls-key", metavar="PEM", help="the certificate's private key file")
 
 
 def _seconds(text: str) -> float:
@@ -116,9 +123,25 @@ def run_serve(args: argparse.Namespace) -> int:
     """Run ``serve`` with parsed arguments; log access as JSON lines on stderr."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     limits = Limits(max_blob=args.max_blob_bytes, max_request=args.max_request_bytes)
-    expiry = args.upload_expiry
-    asyncio.run(serve(args.store, args.host, args.port, limits=limits, upload_expiry=expiry))
+    expiry, tls = args.upload_expiry, _tls(args.tls_cert, args.tls_key)
+    asyncio.run(
+        serve(args.store, args.host, args.port, limits=limits, upload_expiry=expiry, tls=tls)
+    )
     return 0
+
+
+def _tls(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """The server's TLS context from ``--tls-cert`` and ``--tls-key`` (None: plain HTTP)."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise SystemExit("asyncart serve: --tls-cert and --tls-key go together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        raise SystemExit(f"asyncart serve: cannot load {cert} and {key}: {e}") from None
+    return context
 
 
 def token_main(argv: Sequence[str] | None = None) -> int:
