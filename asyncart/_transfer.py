@@ -24,7 +24,9 @@ from ._domain.manifest import Manifest
 from ._errors import InvalidInputError, NotFoundError
 from ._threads import HEAVY, maybe_thread
 
-DEFAULT_CONCURRENCY = 4  # transfer workers; writes overlap well up to about this many
+DEFAULT_CONCURRENCY = min(4, os.cpu_count() or 1)
+"""Transfer workers: writes overlap well up to about 4, but more threads than cores only
+contend (on 2 cores, 2 workers stored 20,000 small files 15% faster than 4)."""
 HASH_CONCURRENCY = 1  # hashing small files is GIL-bound: 20k files hash in 0.28 s on one
 # thread, 0.5-0.6 s on four (GIL hand-offs around every short syscall); BLAKE3 itself uses every
 # core for large files
@@ -220,9 +222,9 @@ def _hash_batch(batch: list[tuple[int, tuple[str, str, int]]]) -> list[tuple[int
 def hash_file(path: str, size_hint: int = 0) -> tuple[str, int]:
     """BLAKE3 digest and size of a local file, read in bounded chunks (blocking)."""
     try:
-        if size_hint <= SMALL:
-            data = read_small(path, SMALL + 1)
-            if len(data) <= SMALL:
+        if size_hint <= SMALL:  # read whole; a limit near the size, not SMALL: a 1 MiB buffer
+            data = read_small(path, size_hint + 1)  # per 4 KiB file cost more than its read
+            if len(data) <= size_hint:  # all of it (a file that grew takes the path below)
                 return blake3.blake3(data).hexdigest(), len(data)
         with open(path, "rb", buffering=0) as f:
             size = os.fstat(f.fileno()).st_size
