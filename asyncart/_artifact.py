@@ -493,13 +493,15 @@ def _walk(root: str, prefix: str) -> list[tuple[str, str]]:
     if not os.path.isdir(root):
         raise NotFoundError(f"no such directory: {root}")
     out = []
-    for dirpath, _, filenames in os.walk(root):
-        rel = os.path.relpath(dirpath, root)
-        base = prefix if rel == "." else f"{prefix}{rel.replace(os.sep, '/')}/"
-        for filename in filenames:
-            src = os.path.join(dirpath, filename)
-            if os.path.isfile(src):
-                out.append((check_entry_path(base + filename), src))
+    folders = [(root, prefix)]
+    while folders:  # scandir's file types need no stat per file (os.walk + isfile did one)
+        folder, base = folders.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append((entry.path, f"{base}{entry.name}/"))
+                elif entry.is_file():  # a symlink to a file counts, as with os.walk
+                    out.append((check_entry_path(base + entry.name), entry.path))
     return sorted(out)
 
 
