@@ -21,9 +21,10 @@ Plus raw BLAKE3 hashing speed of the large files, for context.
 
 How: every asyncart ingest runs in a fresh child process (this script with ``--worker``) that
 times itself. asyncart and cp trials are interleaved (large writes on this disk are bimodal),
-and every measurement is preceded by an untimed ``sync``. Nothing is ever deleted: each trial
-writes to fresh folders (deleting tens of thousands of files makes file creation slow for
-minutes on this disk). The data directory is printed at the end; delete it when done.
+and every measurement is preceded by an untimed ``sync``. Each trial writes to fresh folders,
+and only its copies of the large files are deleted after it (a few files; deleting tens of
+thousands makes file creation slow for minutes on this disk, and a nearly full disk slows
+writes too). The data directory is printed at the end; delete it when done.
 
 ``--quick`` uses tiny sizes and one trial, so that a test can run the whole script in seconds.
 MB = 10^6 bytes; MiB = 2^20 bytes.
@@ -376,6 +377,14 @@ def run_trial(trial: int, root: Path, data: dict[str, Path], sizes: Sizes, out: 
     files, memory = blake3_speeds(data["large"])
     out.blake3_files.append(files)
     out.blake3_memory.append(memory)
+    drop_large_copies(here)
+
+
+def drop_large_copies(folder: Path) -> None:
+    """Delete the trial's copies of the large files (2 GB a trial), not the many small ones."""
+    for path in folder.rglob("*"):
+        if path.is_file() and path.stat().st_size > MIB:
+            path.unlink()
 
 
 def run_chain(root: Path, data: dict[str, Path], sizes: Sizes, out: Results) -> None:
@@ -514,7 +523,8 @@ def report(out: Results, root: Path, elapsed: float, load: tuple[float, float]) 
         "shows as noise and as loop stalls in the baseline too)."
     )
     lines.append(
-        f"The benchmark data is in {root} ({du_mb(root):,.0f} MB); nothing was deleted. "
+        f"The benchmark data is in {root} ({du_mb(root):,.0f} MB; each trial's copies of the "
+        "large files were deleted). "
         f"Delete it when done: rm -rf {root}"
     )
     return "\n".join(lines)
