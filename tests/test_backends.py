@@ -6,11 +6,13 @@ backend subclasses them with its own ``make_store`` fixture.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 import anyio
 import anyio.lowlevel
+import blake3
 import pytest
 
 from asyncart import ConflictError, FileChangedError, IntegrityError, LocalStore, NotFoundError
@@ -87,14 +89,23 @@ class BlobStoreContract:
         await store.blobs.get_files([(a.digest, str(dest))])
         assert dest.read_bytes() == b"alpha" * 1000
 
+    @pytest.mark.parametrize("size", [8, 3 << 20], ids=["small", "large"])
+    @pytest.mark.parametrize("change", ["same size", "grew"])
     async def test_changed_file_is_refused_and_nothing_stored(
-        self, store: Store, tmp_path: Path
+        self, store: Store, tmp_path: Path, size: int, change: str
     ) -> None:
-        item = await self._file(tmp_path, "f", b"original")
-        Path(item.source).write_bytes(b"tampered")
+        item = await self._file(tmp_path, "f", os.urandom(size))
+        Path(item.source).write_bytes(os.urandom(size + (change == "grew")))
         with pytest.raises(FileChangedError, match="changed after it was added"):
             await store.blobs.put_files([item])
         assert await store.blobs.missing([item.digest]) == {item.digest}
+
+    async def test_a_large_blob_round_trips(self, store: Store, tmp_path: Path) -> None:
+        data = os.urandom(3 << 20)  # past the whole-file reads: copied in parts or streamed
+        item = await self._file(tmp_path, "big", data)
+        assert await store.blobs.put_files([item]) == len(data)
+        await store.blobs.get_files([(item.digest, str(tmp_path / "out"))])
+        assert (tmp_path / "out").read_bytes() == data
 
     async def test_put_bytes_is_content_addressed(self, store: Store) -> None:
         digest = await store.blobs.put_bytes(b"snapshot")
@@ -200,3 +211,27 @@ async def test_corrupt_blob_is_detected_on_read(tmp_path: Path) -> None:
         await store.blobs.get_files([(digest, str(tmp_path / "out"))])
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.glob("out*"))  # no temp file left behind
+
+
+@pytest.mark.parametrize("error", [errno.EXDEV, errno.EOPNOTSUPP])
+async def test_without_kernel_copies_blobs_are_copied_through_a_buffer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: int
+) -> None:
+    """Filesystems that refuse ``copy_file_range`` (another mount, FUSE) take the buffer path,
+    from the start even when the kernel had copied part of the file already."""
+    kernel_copy, calls = os.copy_file_range, []
+
+    def refuse_after_a_part(src: int, dst: int, count: int) -> int:
+        calls.append(count)
+        if len(calls) == 1:
+            return kernel_copy(src, dst, 1 << 20)
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(os, "copy_file_range", refuse_after_a_part)
+    store = LocalStore(tmp_path / "store")
+    data = os.urandom(3 << 20)
+    (tmp_path / "big").write_bytes(data)
+    item = UploadItem(str(tmp_path / "big"), blake3.blake3(data).hexdigest(), len(data))
+    assert await store.blobs.put_files([item]) == len(data)
+    await store.blobs.get_files([(item.digest, str(tmp_path / "out"))])
+    assert (tmp_path / "out").read_bytes() == data
