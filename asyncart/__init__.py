@@ -21,6 +21,7 @@ from ._audit import audit as audit
 from ._backends.base import BlobStore as BlobStore
 from ._backends.base import EventLog as EventLog
 from ._backends.base import Store as Store
+from ._backends.base import UploadItem as UploadItem
 from ._backends.local import LocalStore as LocalStore
 from ._diff import ManifestDiff as ManifestDiff
 from ._domain.events import Entry as Entry
@@ -44,23 +45,22 @@ from ._transfer import Progress as Progress
 
 __version__ = "0.1.0"
 
-if _TYPE_CHECKING:
+if _TYPE_CHECKING:  # type checkers see the import, so they still catch misspelled names
     from ._backends.http import HttpStore as HttpStore
+else:
 
+    def __getattr__(name: str) -> object:
+        """``HttpStore`` is imported on first use: aiohttp would double the objects the garbage
+        collector walks (and add 0.1 s to start-up) for every program, most of which use only
+        the local store."""
+        if name == "HttpStore":
+            from ._backends.http import HttpStore
 
-def __getattr__(name: str) -> object:
-    """``HttpStore`` is imported on first use: aiohttp would double the objects the garbage
-    collector walks (and add 0.1 s to start-up) for every program, most of which use only the
-    local store."""
-    if name == "HttpStore":
-        from ._backends.http import HttpStore
+            return HttpStore
+        raise AttributeError(f"module 'asyncart' has no attribute {name!r}")
 
-        return HttpStore
-    raise AttributeError(f"module 'asyncart' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), "HttpStore"})
+    def __dir__() -> list[str]:
+        return sorted({*globals(), "HttpStore"})
 
 
 __all__ = (
@@ -91,6 +91,7 @@ __all__ = (
     "STORE_ENV",
     "SealedError",
     "Store",
+    "UploadItem",
     "audit",
     "init",
 )

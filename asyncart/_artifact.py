@@ -167,6 +167,10 @@ class Artifact:
     ) -> list[Entry]:
         """Add every file under a directory, as ``name/relative/path`` (default: no prefix).
 
+        Files are regular files and symlinks to them; symlinked directories, broken links and
+        special files are left out. A directory that cannot be listed is an
+        ``InvalidInputError`` (a version silently missing files would be worse).
+
         ``progress`` is called with a :class:`Progress` of the hashing, first with the totals,
         then after each batch of files.
         """
@@ -496,13 +500,24 @@ def _walk(root: str, prefix: str) -> list[tuple[str, str]]:
     folders = [(root, prefix)]
     while folders:  # scandir's file types need no stat per file (os.walk + isfile did one)
         folder, base = folders.pop()
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    folders.append((entry.path, f"{base}{entry.name}/"))
-                elif entry.is_file():  # a symlink to a file counts, as with os.walk
-                    out.append((check_entry_path(base + entry.name), entry.path))
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        folders.append((entry.path, f"{base}{entry.name}/"))
+                    elif _is_file(entry):
+                        out.append((check_entry_path(base + entry.name), entry.path))
+        except OSError as e:  # a folder left out would be a version missing files
+            raise InvalidInputError(f"cannot list {folder}: {e.strerror}") from None
     return sorted(out)
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    """A regular file, or a symlink to one; not a broken or looping link, nor a device."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 def _verify_batch(root: Path, entries: list[Entry]) -> list[str]:

@@ -135,7 +135,8 @@ class Repository:
         while base is None and chain[-1].parent is not None:
             chain.append(state.versions[chain[-1].parent])
             base = self._manifests.get((state.stream, chain[-1].number))  # verified already
-            base = base or await self._snapshot(chain[-1])
+            if base is None:
+                base = await self._snapshot(chain[-1])
         replayed = chain[:-1] if base is not None else chain  # a snapshot includes its own changes
         changes = [c for v in reversed(replayed) for c in v.draft.changes]
         heavy = _count(changes) + len(base or ()) > HEAVY

@@ -24,9 +24,10 @@ from ._domain.manifest import Manifest
 from ._errors import InvalidInputError, NotFoundError
 from ._threads import HEAVY, maybe_thread
 
-DEFAULT_CONCURRENCY = min(4, os.cpu_count() or 1)
+DEFAULT_CONCURRENCY = min(4, max(2, os.cpu_count() or 1))
 """Transfer workers: writes overlap well up to about 4, but more threads than cores only
-contend (on 2 cores, 2 workers stored 20,000 small files 15% faster than 4)."""
+contend (on 2 cores, 2 workers stored 20,000 small files 15% faster than 4); at least 2, so
+that a server store's requests still overlap on one core."""
 HASH_CONCURRENCY = 1  # hashing small files is GIL-bound: 20k files hash in 0.28 s on one
 # thread, 0.5-0.6 s on four (GIL hand-offs around every short syscall); BLAKE3 itself uses every
 # core for large files
@@ -222,14 +223,15 @@ def _hash_batch(batch: list[tuple[int, tuple[str, str, int]]]) -> list[tuple[int
 def hash_file(path: str, size_hint: int = 0) -> tuple[str, int]:
     """BLAKE3 digest and size of a local file, read in bounded chunks (blocking)."""
     try:
-        if size_hint <= SMALL:  # read whole; a limit near the size, not SMALL: a 1 MiB buffer
-            data = read_small(path, size_hint + 1)  # per 4 KiB file cost more than its read
-            if len(data) <= size_hint:  # all of it (a file that grew takes the path below)
+        if size_hint <= SMALL:  # read whole, with a limit near the size: a 1 MiB buffer per
+            limit = min(max(size_hint, 64 << 10), SMALL) + 1  # 4 KiB file cost more than a read
+            data = read_small(path, limit)
+            if len(data) < limit:  # all of it (a file that grew takes the path below)
                 return blake3.blake3(data).hexdigest(), len(data)
         with open(path, "rb", buffering=0) as f:
             size = os.fstat(f.fileno()).st_size
             hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if size > _CHUNK else 1)
-            buf = bytearray(min(size + 1, _CHUNK))
+            buf = bytearray(min(max(size, 64 << 10) + 1, _CHUNK))
             view = memoryview(buf)
             total = 0
             while n := f.readinto(buf):

@@ -381,7 +381,8 @@ def run_trial(trial: int, root: Path, data: dict[str, Path], sizes: Sizes, out: 
 
 
 def drop_large_copies(folder: Path) -> None:
-    """Delete the trial's copies of the large files (2 GB a trial), not the many small ones."""
+    """Delete the trial's files over 1 MiB (its 2 GB of copies of the large files; the small
+    files' stores hold no such file), not the many small ones."""
     for path in folder.rglob("*"):
         if path.is_file() and path.stat().st_size > MIB:
             path.unlink()

@@ -6,6 +6,7 @@ loop, so "the loop is never blocked" is checked by every async test, not just pr
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,3 +51,14 @@ def files(tmp_path: Path) -> Path:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "allow_blocking: the test may block the loop on purpose")
+
+
+@pytest.fixture
+def links(files: Path, tmp_path: Path) -> Path:
+    """``files`` plus links of every kind, and a FIFO."""
+    (files / "to-a").symlink_to(files / "a.txt")  # a link to a file: added, as the file
+    (files / "to-images").symlink_to(files / "images")  # a linked directory: not followed
+    (files / "broken").symlink_to(tmp_path / "nowhere")
+    (files / "loop").symlink_to(files / "loop")
+    os.mkfifo(files / "fifo")
+    return files

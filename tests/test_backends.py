@@ -213,21 +213,24 @@ async def test_corrupt_blob_is_detected_on_read(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("out*"))  # no temp file left behind
 
 
-@pytest.mark.parametrize("error", [errno.EXDEV, errno.EOPNOTSUPP])
-async def test_without_kernel_copies_blobs_are_copied_through_a_buffer(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: int
+@pytest.mark.parametrize("fault", ["EXDEV midway", "EOPNOTSUPP midway", "wrong bytes"])
+async def test_a_kernel_copy_that_fails_is_redone_through_a_buffer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str
 ) -> None:
-    """Filesystems that refuse ``copy_file_range`` (another mount, FUSE) take the buffer path,
-    from the start even when the kernel had copied part of the file already."""
+    """Filesystems that refuse ``copy_file_range`` (another mount, FUSE) after copying part of
+    a file, or whose copy is wrong (a filesystem bug), take the buffer path from the start."""
     kernel_copy, calls = os.copy_file_range, []
 
-    def refuse_after_a_part(src: int, dst: int, count: int) -> int:
+    def faulty(src: int, dst: int, count: int) -> int:
         calls.append(count)
+        if fault == "wrong bytes":
+            return os.write(dst, bytes(min(count, 1 << 20)))  # zeros, not the file's bytes
         if len(calls) == 1:
             return kernel_copy(src, dst, 1 << 20)
+        error = getattr(errno, fault.split()[0])
         raise OSError(error, os.strerror(error))
 
-    monkeypatch.setattr(os, "copy_file_range", refuse_after_a_part)
+    monkeypatch.setattr(os, "copy_file_range", faulty)
     store = LocalStore(tmp_path / "store")
     data = os.urandom(3 << 20)
     (tmp_path / "big").write_bytes(data)

@@ -86,6 +86,21 @@ async def test_progress_callback_sees_every_byte(store, files):
     assert last.bytes_done == last.bytes_total == 6 + 100 + 200 + 300
 
 
+async def test_add_dir_takes_files_and_links_to_files_only(links):
+    artifact = asyncart.Artifact("ds", "dataset")
+    await artifact.add_dir(links)
+    assert sorted(artifact.manifest.entries) == [
+        "a.txt",
+        "b.txt",
+        "images/1.png",
+        "images/2.png",
+        "images/3.png",
+        "nested/deep/x.bin",
+        "to-a",
+    ]
+    assert artifact.manifest.entries["to-a"].digest == artifact.manifest.entries["a.txt"].digest
+
+
 async def test_add_dir_reports_hashing_progress(files):
     seen = []
     artifact = asyncart.Artifact("ds", "dataset")

@@ -164,7 +164,7 @@ class HttpClient:
             except (*TRANSIENT, ServerError) as e:
                 if isinstance(e.__cause__, AsyncartError):  # the body failed, not the network
                     raise e.__cause__ from None
-                if isinstance(e, aiohttp.ClientSSLError):  # would fail the same way again
+                if isinstance(e, aiohttp.ClientConnectorCertificateError):  # fails every time
                     raise tls_failed(self.url, e) from e
                 if attempt + 1 == self.retry.attempts:
                     raise unavailable(self.url, e, attempt + 1) from e
@@ -180,7 +180,7 @@ class HttpClient:
         async with self.held() as session:
             try:
                 response = await session.get(self.url + PREFIX + path, headers=headers)
-            except aiohttp.ClientSSLError as e:
+            except aiohttp.ClientConnectorCertificateError as e:
                 raise tls_failed(self.url, e) from e
             async with response:
                 if response.status not in (200, 206):
@@ -206,10 +206,10 @@ def unavailable(url: str, error: BaseException, attempts: int) -> BackendUnavail
 
 
 def tls_failed(url: str, error: BaseException) -> BackendUnavailableError:
-    """The error for a TLS handshake that failed (retrying would fail the same way)."""
+    """The error for a certificate the client does not trust (a retry would fail the same)."""
     return BackendUnavailableError(
         f"TLS with {url} failed ({error}); for a private CA pass HttpStore(ssl=...) "
-        "or set SSL_CERT_FILE"
+        "or start the program with SSL_CERT_FILE set"
     )
 
 

@@ -88,8 +88,8 @@ class HttpStore:
         part_size: files of ``part_threshold`` bytes or more are uploaded in parts this large,
             in parallel; a dropped upload resumes without resending finished parts.
         ssl: the TLS context for an ``https`` server whose certificate the system does not
-            trust (a private CA: ``ssl.create_default_context(cafile=...)``); or set
-            ``SSL_CERT_FILE`` before the first ``HttpStore`` is made.
+            trust (a private CA: ``ssl.create_default_context(cafile=...)``); or start the
+            program with ``SSL_CERT_FILE`` in its environment (aiohttp reads it once).
     """
 
     def __init__(

@@ -1,11 +1,12 @@
 """The local blob store: ``blobs/<2 hex>/<digest>``, written through a temp file and a rename.
 
-Each write hashes the bytes it copies, so a blob can never be stored under a wrong digest; a
-present blob is never rewritten (dedup across files and versions). Durability is batched: one
-``syncfs`` per :meth:`LocalBlobStore.flush` instead of an ``fsync`` per file, the same cost as
-``cp -r && sync``, and always before the events that reference the blobs are appended. ``flush``
-syncs even when this process wrote nothing: a present blob may come from a process that was
-killed before its own sync.
+Each write checks the digest of what it wrote (the copy is read back, or hashed as it passes),
+so a blob can never be stored under a wrong digest; a present blob is never rewritten (dedup
+across files and versions). Durability is batched: one ``syncfs`` per
+:meth:`LocalBlobStore.flush` instead of an ``fsync`` per file, the same cost as
+``cp -r && sync``, and always before the events that reference the blobs are appended.
+``flush`` syncs even when this process wrote nothing: a present blob may come from a process
+that was killed before its own sync.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import errno
 import os
 import re
 import secrets
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from io import FileIO
 from pathlib import Path
 
@@ -87,16 +88,16 @@ class LocalBlobStore:
         tmp = f"{final}.{secrets.token_hex(4)}.tmp"  # same directory: the cheapest rename
         try:
             try:
-                out = open(tmp, "xb", buffering=0)  # noqa: SIM115 - closed just below
+                out = open(tmp, "xb+", buffering=0)  # noqa: SIM115 - closed just below
             except FileNotFoundError:
                 os.makedirs(os.path.dirname(final), exist_ok=True)
-                out = open(tmp, "xb", buffering=0)  # noqa: SIM115
+                out = open(tmp, "xb+", buffering=0)  # noqa: SIM115
             with out:
                 if isinstance(src, bytes):
                     out.write(src)
                     digest, copied = blake3.blake3(src).hexdigest(), len(src)
                 else:
-                    digest, copied = _copy_verified(src, out, tmp, size)
+                    digest, copied = _copy_verified(src, out, size, expected)
             if (digest, copied) != (expected, size):
                 raise FileChangedError(
                     f"{name} changed after it was added: expected {size} bytes with digest "
@@ -139,8 +140,13 @@ class LocalBlobStore:
         tmp = f"{dest}.asyncart-{secrets.token_hex(6)}.tmp"
         fd = self._open(digest)
         try:
-            with open(fd, "rb", buffering=0) as src, open(tmp, "xb", buffering=0) as out:
-                got, size = _copy_verified(src, out, tmp, os.fstat(fd).st_size)
+            with open(fd, "rb", buffering=0) as src, open(tmp, "xb+", buffering=0) as out:
+                size = os.fstat(fd).st_size
+                if size <= SMALL:  # one read and one write
+                    data = src.read()
+                    got, size = blake3.blake3(data).hexdigest(), out.write(data)
+                else:
+                    got, size = _copy_verified(src, out, size, digest)
             _check(digest, got)
             os.replace(tmp, dest)
         except BaseException:
@@ -161,36 +167,48 @@ class LocalBlobStore:
             os.close(fd)
 
 
-def _copy_verified(src: FileIO, out: FileIO, out_path: str, size: int) -> tuple[str, int]:
-    """Copy ``src`` to ``out``; return the digest and size of what ``out`` now holds.
+def _copy_verified(src: FileIO, out: FileIO, size: int, expected: str) -> tuple[str, int]:
+    """Copy ``src`` (``size`` bytes, digest ``expected``) to ``out``, opened for reading and
+    writing; return the digest and size of what ``out`` now holds.
 
-    In the kernel when the filesystems allow (``copy_file_range``: no bytes through Python, and
-    a reflink on btrfs or XFS), then ``out`` is hashed from the page cache; else through a
-    buffer, hashing what passes.
+    In the kernel first, when it can (``copy_file_range``: no bytes through Python; a reflink on
+    btrfs or XFS), then ``out`` is read back and hashed. Anything but the expected result (a
+    refusal, a file that changed, a filesystem's copy bug) is redone from the start through a
+    buffer, hashing what passes, so that a real change is reported by that copy.
     """
-    try:
-        copied = _kernel_copy(src.fileno(), out.fileno())
-    except OSError as e:
-        if e.errno not in _NO_KERNEL_COPY:
-            raise
+    kernel = getattr(os, "copy_file_range", None)  # Linux only
+    if kernel is not None:
+        try:
+            got = _kernel_copy(kernel, src.fileno(), out.fileno(), size)
+        except OSError as e:
+            if e.errno not in _NO_KERNEL_COPY:
+                raise
+        else:
+            if got == (expected, size):
+                return got
         src.seek(0)
         out.seek(0)
         out.truncate()
-        return _copy_hashing(src, out, size)
-    hasher = blake3.blake3()
-    if copied:
-        hasher.update_mmap(out_path)
-    return hasher.hexdigest(), copied
+    return _copy_hashing(src, out, size)
 
 
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM}
 
 
-def _kernel_copy(src: int, out: int) -> int:
+def _kernel_copy(
+    copy_file_range: Callable[[int, int, int], int], src: int, out: int, size: int
+) -> tuple[str, int]:
+    """Copy up to ``size + 1`` bytes (one more shows a file that grew); hash the copy."""
     copied = 0
-    while n := os.copy_file_range(src, out, 1 << 30):
+    while copied <= size and (n := copy_file_range(src, out, size + 1 - copied)):
         copied += n
-    return copied
+    hasher = blake3.blake3()
+    buf = bytearray(min(max(copied, 1), CHUNK))
+    view, offset = memoryview(buf), 0
+    while offset < copied and (n := os.preadv(out, [buf], offset)):
+        hasher.update(view[:n])
+        offset += n
+    return hasher.hexdigest(), copied
 
 
 def _copy_hashing(src: object, out: object, size: int) -> tuple[str, int]:

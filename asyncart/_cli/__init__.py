@@ -92,10 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``asyncart`` with ``argv`` (default: the command line); return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in _SERVER_COMMANDS:  # they run their own event loop: not async commands
-        from .._server import _main  # aiohttp's server, only for these
+    if argv and argv[0] in ("serve", "token"):  # they run their own event loop
+        from .._server._main import serve_main, token_main  # aiohttp's server: only for these
 
-        return int(getattr(_main, _SERVER_COMMANDS[argv[0]])(argv[1:]))
+        return (serve_main if argv[0] == "serve" else token_main)(argv[1:])
     args = build_parser().parse_args(argv)
     console = Console.from_args(args)
     cmd = COMMANDS[args.command]
@@ -112,9 +112,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         console.error(_one_line(e))
         return 1
-
-
-_SERVER_COMMANDS = {"serve": "serve_main", "token": "token_main"}
 
 
 def _one_line(error: BaseException) -> str:
