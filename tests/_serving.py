@@ -14,6 +14,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from asyncart._server import create_token
@@ -78,7 +79,13 @@ class Server:
         self.start()
 
     def access(self, since: int = 0) -> list[dict[str, object]]:
-        """The access log's entries, from byte ``since`` of the log file on."""
+        """The access log's entries, from byte ``since`` of the log file on, once the log has
+        been still for 0.1 s (the server writes a request's line after sending its response,
+        so a client can be a step ahead of the log)."""
+        size, deadline = -1, time.monotonic() + 5
+        while (now := self.log_size()) != size and time.monotonic() < deadline:
+            size = now
+            time.sleep(0.1)
         text = self.log.read_bytes()[since:].decode()
         return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
