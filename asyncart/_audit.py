@@ -20,7 +20,7 @@ from ._domain.manifest import Manifest
 from ._errors import AsyncartError, IntegrityError, InvalidInputError, NotFoundError
 from ._history import ArtifactCollection, collection_summary
 from ._names import check_name
-from ._store import open_store
+from ._store import load_backend, open_store
 from ._transfer import DEFAULT_CONCURRENCY, ProgressCallback, _Tracker, batches, run_pool
 
 _IN_MEMORY = 64 << 20  # larger blobs are read through a scratch file: memory stays bounded
@@ -120,6 +120,7 @@ async def audit(
     fraction = _fraction(read_data)
     if isinstance(as_of, int) and as_of < 0:
         raise InvalidInputError(f"as_of must be a seq >= 0 or a datetime, got {as_of}")
+    await load_backend(store)
     opened = open_store(store, token)
     prefix = f"{check_name(project, 'project')}/" if project else ""
     async with opened.held():

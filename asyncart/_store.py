@@ -4,10 +4,14 @@ holding it for the length of a call."""
 from __future__ import annotations
 
 import functools
+import importlib
 import os
+import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+
+import anyio.to_thread
 
 from ._backends.base import Store
 from ._backends.local import LocalStore
@@ -34,11 +38,26 @@ def open_store(
     if not isinstance(store, str | os.PathLike):
         return store
     location = os.fspath(store)
-    if location.startswith(("http://", "https://")):
+    if _is_url(location):
         from ._backends.http import HttpStore  # aiohttp, only for a server store
 
         return HttpStore(location, token)
     return LocalStore(location)
+
+
+async def load_backend(store: object) -> None:
+    """Import the HTTP backend (aiohttp: 0.1 s) in a worker thread, not on the event loop,
+    when ``store`` is the first URL this process opens."""
+    is_url = isinstance(store, str | os.PathLike) and _is_url(os.fspath(store))
+    if is_url and _HTTP_BACKEND not in sys.modules:
+        await anyio.to_thread.run_sync(importlib.import_module, _HTTP_BACKEND)
+
+
+_HTTP_BACKEND = "asyncart._backends.http"
+
+
+def _is_url(location: str | bytes) -> bool:
+    return isinstance(location, str) and location.startswith(("http://", "https://"))
 
 
 class _UsesStore(Protocol):

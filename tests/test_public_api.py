@@ -32,3 +32,30 @@ def test_importing_asyncart_leaves_aiohttp_for_server_stores():
         "assert HttpStore is asyncart.HttpStore and 'HttpStore' in dir(asyncart)"
     )
     subprocess.run([sys.executable, "-c", check], check=True)
+
+
+def test_the_http_backend_is_imported_off_the_event_loop():
+    """The first server store of a process imports aiohttp (0.1 s) in a worker thread."""
+    check = """
+import asyncio, sys, threading
+import asyncart
+
+imported_on = []
+
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "aiohttp":
+            imported_on.append(threading.current_thread().name)
+
+sys.meta_path.insert(0, Watch())
+
+async def main():
+    try:
+        await asyncart.audit(store="http://127.0.0.1:9")  # nothing listens there
+    except asyncart.BackendUnavailableError:
+        pass
+
+asyncio.run(main())
+assert imported_on and "MainThread" not in imported_on, imported_on
+"""
+    subprocess.run([sys.executable, "-c", check], check=True, timeout=60)
