@@ -93,7 +93,7 @@ class HttpBlobStore:
         reply = await self._client.request(
             "PUT",
             f"/blobs/{item.digest}",
-            body=lambda: _file_chunks(item.source, 0, item.size),
+            body=lambda: _file_chunks(item, 0, item.size),
             headers={**_OCTETS, "Content-Length": str(item.size)},
             ok=(201, 422),
         )
@@ -124,7 +124,7 @@ class HttpBlobStore:
                     "PUT",
                     f"{where}/{index}",
                     params={**size, "offset": start},
-                    body=lambda: _file_chunks(item.source, start, length),
+                    body=lambda: _file_chunks(item, start, length),
                     headers={**_OCTETS, "Content-Length": str(length)},
                     done=arrived,
                 )
@@ -343,21 +343,18 @@ def _leaves(error: BaseException) -> list[BaseException]:
     return [error]
 
 
-async def _file_chunks(path: str, start: int, length: int) -> AsyncIterator[bytes]:
+async def _file_chunks(item: UploadItem, start: int, length: int) -> AsyncIterator[bytes]:
     """``length`` bytes of a file from ``start``, read in a worker thread chunk by chunk."""
     end = start + length
     while start < end:
         try:
-            data = await anyio.to_thread.run_sync(_read, path, start, min(_CHUNK, end - start))
-        except OSError as e:  # raised as is, aiohttp would call it a connection error
-            raise FileChangedError(
-                f"{path} changed after it was added: it can no longer be read ({e}); add it again"
-            ) from e
-        if not data:  # a short body would leave the server waiting for the rest
-            raise FileChangedError(
-                f"{path} changed after it was added: it ends at byte {start}, before the "
-                f"{end} bytes expected; add it again"
+            data = await anyio.to_thread.run_sync(
+                _read, item.source, start, min(_CHUNK, end - start)
             )
+        except OSError as e:  # raised as is, aiohttp would call it a connection error
+            raise _changed(item, f"it can no longer be read: {e}") from e
+        if not data:  # a short body would leave the server waiting for the rest
+            raise _changed(item, f"it ends at byte {start}, before the {end} bytes expected")
         yield data
         start += len(data)
 
