@@ -18,6 +18,7 @@ import anyio.to_thread
 
 from .._errors import ConflictError
 from .._names import check_entry_path
+from ._durable import fsync_dir
 from ._framing import frames, scan
 
 
@@ -91,7 +92,7 @@ class LocalEventLog:
                 os.ftruncate(fd, index.end)
             self._write(fd, index, head, payloads)
             if fresh:
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
             return head + len(payloads)
         finally:
             os.close(fd)  # also releases the flock
@@ -124,11 +125,3 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
     while view:
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

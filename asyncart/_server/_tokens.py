@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .._backends._durable import atomic_write
 from .._errors import InvalidInputError, NotFoundError
 from .._names import check_name
 
@@ -191,13 +192,7 @@ def _read(path: Path) -> dict[str, Grant]:
 
 def _write(path: Path, entries: dict[str, Grant]) -> None:
     body = {"tokens": [{"sha256": h, **asdict(g)} for h, g in entries.items()]}
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(body, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(body, indent=1).encode(), mode=0o600)
 
 
 @contextlib.contextmanager

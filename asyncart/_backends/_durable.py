@@ -1,0 +1,48 @@
+"""The one place for durable file writes: fsync a directory, and write a file atomically.
+
+A rename or a new file is durable only once its directory is synced: without that, a power cut
+can leave the old name (or no name) even though the file's bytes reached the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make the entries of directory ``path`` durable (new names, renames, removals).
+
+    Raises:
+        OSError: the directory cannot be opened or synced (callers must not go on as if durable).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data``: a temp file beside it, fsynced, renamed into place, and
+    the directory fsynced. Readers see the old bytes or the new ones, never a mix, before and
+    after a power cut."""
+    path = os.fspath(path)
+    folder = os.path.dirname(path) or "."
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(folder)
