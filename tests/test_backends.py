@@ -158,9 +158,17 @@ async def test_torn_tail_is_ignored_then_truncated(tmp_path: Path, tail: bytes) 
     assert path.stat().st_size > good
 
 
+async def _append_unacknowledged(store: LocalStore, payloads: list[bytes], seq: int) -> None:
+    """Append as a writer that died before its head write: the records lie past the head."""
+    head = _log_file(store, "p/artifacts/a").with_suffix(".head")
+    before = head.read_bytes()
+    await store.log.append("p/artifacts/a", payloads, seq)
+    head.write_bytes(before)
+
+
 async def test_torn_last_frame_body_is_truncated(tmp_path: Path) -> None:
     store, path = await _fresh_store_with(tmp_path, [b"one"])
-    await store.log.append("p/artifacts/a", [b"two" * 100], 1)
+    await _append_unacknowledged(store, [b"two" * 100], 1)
     os.truncate(path, path.stat().st_size - 10)  # the crash cut the last frame short
     assert await LocalStore(store.root).log.read("p/artifacts/a") == [b"one"]
     await LocalStore(store.root).log.append("p/artifacts/a", [b"again"], 1)
@@ -170,7 +178,7 @@ async def test_torn_last_frame_body_is_truncated(tmp_path: Path) -> None:
 async def test_a_partly_persisted_append_is_dropped_as_a_whole(tmp_path: Path) -> None:
     store, path = await _fresh_store_with(tmp_path, [b"zero"])
     good = path.stat().st_size
-    await store.log.append("p/artifacts/a", [b"one", b"two", b"three" * 50], 1)
+    await _append_unacknowledged(store, [b"one", b"two", b"three" * 50], 1)
     os.truncate(path, path.stat().st_size - 20)  # "one" and "two" survived, "three" did not
     assert await LocalStore(store.root).log.read("p/artifacts/a") == [b"zero"]
     assert await LocalStore(store.root).log.append("p/artifacts/a", [b"retry"], 1) == 2

@@ -493,6 +493,8 @@ async def test_a_torn_multi_record_append_is_ignored_as_a_whole(tmp_path: Path, 
         await run.upsert_artifact(part)
     path = stream_log(store, name)
     before = path.stat().st_size
+    head = path.with_suffix(".head")
+    acknowledged = head.read_bytes()  # the head before the second upsert
 
     # A part big enough to need two FilesAdded records (one per ENTRIES_PER_EVENT entries).
     from asyncart._repository import ENTRIES_PER_EVENT
@@ -507,6 +509,7 @@ async def test_a_torn_multi_record_append_is_ignored_as_a_whole(tmp_path: Path, 
     batch = [offset for offset in frames.offsets if offset >= before]
     assert len(batch) >= 2, "the second upsert should be one batch of several records"
     os.truncate(path, batch[1] + 7)  # the crash: the batch's first frame written, the rest torn
+    head.write_bytes(acknowledged)  # ... and the append never returned (its head not written)
 
     result = await run_worker(mode="finish", name=name, store=store, group=group)
     assert result["version"] == "v0"

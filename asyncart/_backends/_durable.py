@@ -46,3 +46,19 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -
             os.unlink(tmp)
         raise
     fsync_dir(folder)
+
+
+def make_dirs(path: str | os.PathLike[str]) -> None:
+    """Create directory ``path`` and its missing parents, each made durable in its parent.
+
+    Raises:
+        OSError: a directory cannot be created or synced.
+    """
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    make_dirs(parent)
+    with contextlib.suppress(FileExistsError):  # another process made it: sync it all the same
+        os.mkdir(path)
+    fsync_dir(parent)

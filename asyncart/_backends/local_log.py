@@ -1,8 +1,22 @@
-"""The local event log: one append-only file of framed records per stream.
+"""The local event log: one append-only file of framed records per stream, and its head.
 
-Appends take an exclusive ``flock`` on the stream's file, so any number of threads and processes
-can write safely; readers take no lock (a frame still being written looks like a torn tail and
-is ignored). A torn tail left by a crash is truncated by the next append, under the lock.
+``NAME.log`` holds the framed records; ``NAME.head`` (see ``_framing.Head``) says how many of
+them were acknowledged and where they end. An append takes an exclusive ``flock`` on the log,
+writes its records past the head, ``fdatasync``s them, then writes and ``fdatasync``s the head;
+it returns after both. So:
+
+- readers take no lock and read only up to the head: they see durable records only;
+- every record up to the head was acknowledged to a caller: a bad checksum, a missing byte or a
+  missing record there is damage (``IntegrityError`` naming stream and seq), never truncated,
+  and the next append refuses to write over it;
+- bytes past the head are an append that never returned. The next append rolls complete ones
+  forward (they may already be durable, and a reader may have seen them if a power cut took a
+  head write that had reached the page cache) and truncates the rest.
+
+``log/.format`` marks a store whose every stream has a head. A store written by the previous
+release has no marker: its streams are read as before (to the end of the file, a torn last
+append ignored) until their next append gives them a head. In a marked store a non-empty log
+without a head is damage (the head file was lost).
 """
 
 from __future__ import annotations
@@ -18,14 +32,17 @@ import anyio.to_thread
 
 from .._errors import ConflictError
 from .._names import check_entry_path
-from ._durable import fsync_dir
-from ._framing import frames, scan
+from ._durable import atomic_write, fsync_dir, make_dirs
+from ._framing import SLOT_SIZE, Head, LogDamage, Mode, decode_head, encode_head, frames, scan
+
+_MARKER = ".format"  # not a valid project name, so never a stream's directory
+_FORMAT = b"asyncart log 2: every stream has a head file\n"
 
 
 @dataclass
 class _Index:
     offsets: list[int] = field(default_factory=list)  # offsets[seq] = where record seq starts
-    end: int = 0  # just past the last complete frame seen
+    end: int = 0  # just past the last record checked
 
 
 class LocalEventLog:
@@ -35,6 +52,7 @@ class LocalEventLog:
         self.root = root
         self._indexes: dict[str, _Index] = {}
         self._lock = threading.Lock()
+        self._marked = False  # seen the format marker (once there, it stays)
 
     async def read(self, stream: str, from_seq: int = 0) -> list[bytes]:
         return await anyio.to_thread.run_sync(self._read, stream, from_seq)
@@ -53,22 +71,69 @@ class LocalEventLog:
         with self._lock:
             return self._indexes.setdefault(stream, _Index())
 
-    def _read(self, stream: str, from_seq: int) -> list[bytes]:
-        try:
-            with open(self._path(stream), "rb") as f:
-                return self._catch_up(f.fileno(), stream, from_seq)[0]
-        except FileNotFoundError:
-            return []
+    def _is_marked(self) -> bool:
+        self._marked = self._marked or (self.root / _MARKER).exists()
+        return self._marked
 
-    def _catch_up(self, fd: int, stream: str, from_seq: int) -> tuple[list[bytes], bool]:
-        """Read from ``from_seq`` to EOF, extending the index; also say if the tail is torn."""
+    # -- reading --------------------------------------------------------------------------
+
+    def _read(self, stream: str, from_seq: int) -> list[bytes]:
+        path = self._path(stream)
+        head = _load_head(path, stream)  # before the log: the log never ends before its head
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            if head is not None and head.records:
+                raise LogDamage(
+                    stream,
+                    None,
+                    f"its log file {path} is missing, but its head records "
+                    f"{head.records} records (restore it from a backup)",
+                ) from None
+            return []
+        try:
+            if head is None:
+                head = self._headless(fd, stream, path)
+            return self._catch_up(fd, stream, from_seq, head)[0]
+        finally:
+            os.close(fd)
+
+    def _headless(self, fd: int, stream: str, path: Path) -> Head | None:
+        """The head of a log found without one: None if it is empty or a previous release's."""
+        if not os.fstat(fd).st_size:
+            return None
+        head = _load_head(path, stream)  # a first append may have created both meanwhile
+        if head is None:
+            self._refuse_headless(stream, path)
+        return head
+
+    def _refuse_headless(self, stream: str, path: Path) -> None:
+        if self._is_marked():
+            raise LogDamage(
+                stream,
+                None,
+                f"its head file {_head_path(path)} is missing (the log cannot "
+                "tell which of its records were acknowledged; restore it from a backup)",
+            )
+
+    def _catch_up(
+        self, fd: int, stream: str, from_seq: int, head: Head | None
+    ) -> tuple[list[bytes], bool]:
+        """Read from ``from_seq`` to the head (to EOF, old rules, for a log without a head),
+        extending the index; also say if a legacy log's tail is torn."""
         index = self._index(stream)
         with self._lock:
+            if head is not None and head.end < index.end:  # the files were replaced: start over
+                index.offsets.clear()
+                index.end = 0
             known = len(index.offsets)
             start = index.offsets[from_seq] if from_seq < known else index.end
             first = min(from_seq, known)
-        data = os.pread(fd, os.fstat(fd).st_size - start, start)
-        found = scan(data, start, first, stream)
+        end = os.fstat(fd).st_size if head is None else head.end
+        mode: Mode = "legacy" if head is None else "acknowledged"
+        found = scan(os.pread(fd, max(end - start, 0), start), start, first, stream, mode)
+        if head is not None:
+            _check_complete(stream, head, first + len(found.payloads), found.end)
         with self._lock:
             for seq, offset in enumerate(found.offsets, first):
                 if seq == len(index.offsets):
@@ -76,48 +141,161 @@ class LocalEventLog:
             index.end = max(index.end, found.end)
         return found.payloads[from_seq - first :], found.torn
 
+    # -- appending ------------------------------------------------------------------------
+
     def _append(self, stream: str, payloads: list[bytes], expected_seq: int) -> int:
         path = self._path(stream)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._make_dirs(path.parent)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            fresh = os.fstat(fd).st_size == 0
-            index = self._index(stream)
-            _, torn = self._catch_up(fd, stream, len(index.offsets))
-            head = len(index.offsets)
-            if expected_seq != head:
-                raise ConflictError(stream, expected_seq, head)
-            if torn:
-                os.ftruncate(fd, index.end)
-            self._write(fd, index, head, payloads)
-            if fresh:
-                fsync_dir(path.parent)
-            return head + len(payloads)
+            head_fd, head = self._open_head(fd, stream, path)
+            try:
+                head = self._recover(fd, head_fd, stream, head)
+                if expected_seq != head.records:
+                    raise ConflictError(stream, expected_seq, head.records)
+                return self._write(fd, head_fd, stream, head, payloads)
+            finally:
+                os.close(head_fd)
         finally:
             os.close(fd)  # also releases the flock
 
-    def _write(self, fd: int, index: _Index, head: int, payloads: list[bytes]) -> None:
+    def _make_dirs(self, folder: Path) -> None:
+        """Create the stream's folders durably; a new store gets the format marker first."""
+        if folder.is_dir():
+            return
+        if not self._is_marked() and not _holds_streams(self.root):
+            make_dirs(self.root)
+            atomic_write(self.root / _MARKER, _FORMAT)
+            self._marked = True
+        make_dirs(folder)
+
+    def _open_head(self, fd: int, stream: str, path: Path) -> tuple[int, Head]:
+        """Open the stream's head under the log's lock, creating it for a new or old stream."""
+        head_path = _head_path(path)
+        try:
+            head_fd = os.open(head_path, os.O_RDWR)
+        except FileNotFoundError:
+            return self._create_head(fd, stream, path)
+        try:
+            return head_fd, decode_head(os.pread(head_fd, 2 * SLOT_SIZE, 0), stream)
+        except BaseException:
+            os.close(head_fd)
+            raise
+
+    def _create_head(self, fd: int, stream: str, path: Path) -> tuple[int, Head]:
+        """A new stream's head (count 0), or the first head of a previous release's stream.
+
+        Made durable, with its directory entry and the log's, before any record is written: a
+        crash can then never leave records without a head in a marked store.
+        """
+        if os.fstat(fd).st_size:
+            self._refuse_headless(stream, path)
+        index = self._index(stream)
+        _, torn = self._catch_up(fd, stream, len(index.offsets), None)
+        if torn:  # the old rules: a torn last append of an old log never returned
+            os.ftruncate(fd, index.end)
+        os.fdatasync(fd)
+        head = Head(0, len(index.offsets), index.end)
+        head_fd = os.open(_head_path(path), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _write_head(head_fd, head)
+            fsync_dir(path.parent)
+        except BaseException:
+            os.close(head_fd)
+            raise
+        return head_fd, head
+
+    def _recover(self, fd: int, head_fd: int, stream: str, head: Head) -> Head:
+        """Check the acknowledged records, then settle what lies past the head: complete
+        appends are rolled forward, anything else is truncated. Returns the head to write at."""
+        self._catch_up(fd, stream, head.records, head)
+        size = os.fstat(fd).st_size
+        if size == head.end:
+            return head
+        tail = scan(os.pread(fd, size - head.end, head.end), head.end, head.records, stream,
+                    "unacknowledged")  # fmt: skip
+        if tail.torn:
+            os.ftruncate(fd, tail.end)
+        if not tail.payloads:
+            return head
+        os.fdatasync(fd)  # a writer may have died before its own fdatasync
+        rolled = head.advanced(head.records + len(tail.payloads), tail.end)
+        _write_head(head_fd, rolled)
+        return rolled
+
+    def _write(self, fd: int, head_fd: int, stream: str, head: Head, payloads: list[bytes]) -> int:
         framed = frames(payloads)
-        offsets, pos = [], index.end
+        offsets, pos = [], head.end
         for f in framed:
             offsets.append(pos)
             pos += len(f)
         try:
-            _write_all(fd, b"".join(framed), index.end)
+            _write_all(fd, b"".join(framed), head.end)
             os.fdatasync(fd)
         except BaseException:
-            os.ftruncate(fd, index.end)  # leave no half-written batch behind
+            os.ftruncate(fd, head.end)  # leave no half-written batch behind
             raise
-        with self._lock:  # a reader may have indexed these frames already: set, don't extend
-            index.offsets[head:] = offsets
-            index.end = pos
+        # Only now may readers see the records. If this fails, they lie past the head: the
+        # next append rolls them forward (the append raised, as when a reply is lost).
+        _write_head(head_fd, head.advanced(head.records + len(payloads), pos))
+        index = self._index(stream)
+        with self._lock:  # extend the index only if it reached the old head (else catch up later)
+            if index.end == head.end and len(index.offsets) == head.records:
+                index.offsets.extend(offsets)
+                index.end = pos
+        return head.records + len(payloads)
 
     def _streams(self, prefix: str) -> list[str]:
         if not self.root.is_dir():
             return []
-        names = (p.relative_to(self.root).as_posix()[:-4] for p in self.root.rglob("*.log"))
+        names = {  # a head without its log is a stream too: reading it reports the loss
+            p.relative_to(self.root).as_posix().rpartition(".")[0]
+            for p in self.root.rglob("*")
+            if p.suffix in (".log", ".head") and not p.name.startswith(".")
+        }
         return sorted(n for n in names if n.startswith(prefix))
+
+
+def _head_path(log: Path) -> Path:
+    return log.with_suffix(".head")
+
+
+def _load_head(log: Path, stream: str) -> Head | None:
+    """The stream's head, or None if it has no head file."""
+    try:
+        fd = os.open(_head_path(log), os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        return decode_head(os.pread(fd, 2 * SLOT_SIZE, 0), stream)
+    finally:
+        os.close(fd)
+
+
+def _write_head(fd: int, head: Head) -> None:
+    offset, data = encode_head(head)
+    _write_all(fd, data, offset)
+    os.fdatasync(fd)
+
+
+def _check_complete(stream: str, head: Head, count: int, end: int) -> None:
+    """The log holds exactly the records its head acknowledges (none cut off at a boundary)."""
+    if (count, end) != (head.records, head.end):
+        raise LogDamage(
+            stream,
+            count,
+            f"missing: the head acknowledges {head.records} records ending at byte "
+            f"{head.end}, the log holds {count} ending at byte {end} (the log was cut short)",
+        )
+
+
+def _holds_streams(root: Path) -> bool:
+    """Whether ``root`` holds anything but dot files (a previous release's streams)."""
+    try:
+        return any(not name.startswith(".") for name in os.listdir(root))
+    except FileNotFoundError:
+        return False
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:

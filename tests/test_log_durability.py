@@ -1,0 +1,265 @@
+"""The local log keeps every acknowledged version: damage is reported, never read as a torn write.
+
+Each stream has a durable head (``NAME.head``: how many records were acknowledged and where
+they end). These tests damage real store files with plain file I/O, or stop and kill real
+writer processes between their writes, and check what readers, ``audit`` and the next append do.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+import asyncart
+from asyncart._backends._framing import frames, scan
+
+STREAM = "demo/artifacts/ds"
+
+
+def _log(store: str) -> Path:
+    return Path(store) / "log" / f"{STREAM}.log"
+
+
+def _tree(root: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+async def _save(store: str, folder: Path) -> asyncart.Artifact:
+    artifact = asyncart.Artifact("ds", "dataset")
+    await artifact.add_dir(folder)
+    return await artifact.save("demo", store)
+
+
+async def _two_versions(store: str, tmp_path: Path) -> int:
+    """v0 and v1 of demo/ds; return where v1's append starts in the log."""
+    await _save(store, _tree(tmp_path / "v0", {"a.txt": b"first\n"}))
+    v1_starts = _log(store).stat().st_size
+    await _save(store, _tree(tmp_path / "v1", {"b.txt": b"second\n"}))
+    return v1_starts
+
+
+async def _assert_damage_is_kept(store: str, tmp_path: Path, seq: int, what: str) -> None:
+    """Reads raise naming stream and seq, audit names it, a save refuses, nothing is rewritten."""
+    evidence = _log(store).read_bytes()
+    api = asyncart.Api("demo", store=store)
+    with pytest.raises(asyncart.IntegrityError, match=f"{STREAM}' seq {seq}\\b.*{what}"):
+        await api.artifact("ds")
+    with pytest.raises(asyncart.IntegrityError, match=f"seq {seq}\\b"):
+        await api.artifact("ds:v0")  # the stream as a whole is untrusted until repaired
+    report = await asyncart.audit("demo", store=store)
+    [problem] = report.problems
+    assert problem.stream == STREAM, str(report)
+    assert f"seq {seq}" in problem.message and what in problem.message, str(report)
+    with pytest.raises(asyncart.IntegrityError, match=f"seq {seq}\\b"):
+        await _save(store, _tree(tmp_path / "v2", {"c.txt": b"third\n"}))
+    assert _log(store).read_bytes() == evidence  # not truncated, nothing written over it
+
+
+async def test_a_bit_flip_in_the_last_record_is_damage_not_a_torn_write(
+    store: str, tmp_path: Path
+) -> None:
+    await _two_versions(store, tmp_path)
+    data = bytearray(_log(store).read_bytes())
+    last = len(scan(bytes(data), 0, 0, STREAM).offsets) - 1
+    data[-3] ^= 0x04  # inside the payload of the last record (v1's version.committed)
+    _log(store).write_bytes(bytes(data))
+    await _assert_damage_is_kept(store, tmp_path, last, "checksum mismatch")
+
+
+async def test_a_log_cut_at_a_frame_boundary_is_damage(store: str, tmp_path: Path) -> None:
+    v1_starts = await _two_versions(store, tmp_path)
+    good = _log(store).read_bytes()[:v1_starts]
+    os.truncate(_log(store), v1_starts)  # v1's whole append is gone: only v0 is left
+    first_missing = len(scan(good, 0, 0, STREAM).offsets)
+    await _assert_damage_is_kept(store, tmp_path, first_missing, "cut short")
+
+
+async def test_a_lost_head_file_is_damage_in_a_store_that_has_heads(
+    store: str, tmp_path: Path
+) -> None:
+    await _two_versions(store, tmp_path)
+    _log(store).with_suffix(".head").unlink()
+    evidence = _log(store).read_bytes()
+    with pytest.raises(asyncart.IntegrityError, match="head file .* is missing"):
+        await asyncart.Api("demo", store=store).artifact("ds")
+    [problem] = (await asyncart.audit("demo", store=store)).problems
+    assert problem.stream == STREAM and "head file" in problem.message
+    with pytest.raises(asyncart.IntegrityError, match="head file"):
+        await _save(store, _tree(tmp_path / "v2", {"c.txt": b"third\n"}))
+    assert _log(store).read_bytes() == evidence
+
+
+async def test_a_lost_log_file_is_damage(store: str, tmp_path: Path) -> None:
+    await _two_versions(store, tmp_path)
+    _log(store).unlink()
+    with pytest.raises(asyncart.IntegrityError, match="log file .* is missing"):
+        await asyncart.Api("demo", store=store).artifact("ds")
+    [problem] = (await asyncart.audit("demo", store=store)).problems
+    assert problem.stream == STREAM and "missing" in problem.message
+
+
+async def test_records_past_the_head_are_unseen_then_rolled_forward_and_garbage_dropped(
+    store: str, tmp_path: Path
+) -> None:
+    """Bytes past the head are an append that never returned: whole ones are kept by the next
+    append (they may already be durable), a torn rest is truncated; readers see neither."""
+    await _save(store, _tree(tmp_path / "v0", {"a.txt": b"first\n"}))
+    before = await asyncart.Api("demo", store=store).artifact("ds")
+    records = await asyncart.LocalStore(store).log.read(STREAM)
+    head_bytes = _log(store).with_suffix(".head").read_bytes()
+    await _save(store, _tree(tmp_path / "v1", {"b.txt": b"second\n"}))
+    v1_records = (await asyncart.LocalStore(store).log.read(STREAM))[len(records) :]
+    _log(store).with_suffix(".head").write_bytes(head_bytes)  # v1's head write never happened
+    with _log(store).open("ab") as f:
+        f.write(frames([b"a torn append"])[0][:-4])  # ... and another append was cut short
+
+    assert (await asyncart.Api("demo", store=store).artifact("ds")).version == before.version
+    assert await asyncart.LocalStore(store).log.read(STREAM) == records
+    assert (await asyncart.audit("demo", store=store)).ok
+
+    v2 = await _save(store, _tree(tmp_path / "v2", {"c.txt": b"third\n"}))
+    assert v2.version == "v2"  # v1 was rolled forward: its number is not taken by another
+    after = await asyncart.LocalStore(store).log.read(STREAM)
+    assert after[: len(records) + len(v1_records)] == records + v1_records
+    assert b"a torn append" not in _log(store).read_bytes()
+    v1 = await asyncart.Api("demo", store=store).artifact("ds:v1")
+    assert list(v1.manifest.entries) == ["b.txt"]
+    assert (await asyncart.audit("demo", store=store)).ok
+
+
+async def test_an_old_store_without_head_files_still_reads_and_appends(
+    store: str, tmp_path: Path
+) -> None:
+    """A store of the previous release: the same log files, no heads and no format marker."""
+    await _two_versions(store, tmp_path)
+    for head in Path(store, "log").rglob("*.head"):
+        head.unlink()
+    Path(store, "log", ".format").unlink()
+    with _log(store).open("ab") as f:
+        f.write(b"\x05\x00")  # the old rules still hold: a torn last append is ignored
+    api = asyncart.Api("demo", store=store)
+    assert (await api.artifact("ds")).version == "v1"
+    assert (await asyncart.audit("demo", store=store)).ok
+
+    v2 = await _save(store, _tree(tmp_path / "v2", {"c.txt": b"third\n"}))
+    assert v2.version == "v2"
+    assert _log(store).with_suffix(".head").exists()  # upgraded by its first append
+    assert (await asyncart.audit("demo", store=store)).ok
+    os.truncate(_log(store), _log(store).stat().st_size - 1)  # now a cut is caught
+    with pytest.raises(asyncart.IntegrityError, match="seq"):
+        await asyncart.Api("demo", store=store).artifact("ds")
+
+
+# -- real writer processes, stopped or killed between their writes ----------------------------
+
+WRITER = r"""
+import asyncio, os, signal, sys
+import asyncart
+from asyncart._backends import local_log
+
+store, folder, how = sys.argv[1:4]
+if how == "stop-before-fdatasync":  # stopped after writing its records, before syncing them
+    real = os.fdatasync
+
+    def fdatasync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("ds.log"):
+            os.fdatasync = real
+            os.kill(os.getpid(), signal.SIGSTOP)
+        real(fd)
+
+    os.fdatasync = fdatasync
+elif how == "kill-before-head":  # records written and synced, then killed before the head
+    def die(fd, head):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    local_log._write_head = die
+
+
+async def main():
+    artifact = asyncart.Artifact("ds", "dataset")
+    await artifact.add_dir(folder)
+    print((await artifact.save("demo", store)).version)
+
+
+asyncio.run(main())
+"""
+
+
+async def _stopped(pid: int) -> None:
+    """Wait until process ``pid`` has stopped itself (SIGSTOP)."""
+    with anyio.fail_after(60):
+        for _ in iter(int, 1):  # forever, until the timeout
+            if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "T":
+                return
+            await anyio.sleep(0.01)
+
+
+async def test_readers_do_not_see_records_a_writer_has_not_synced(
+    store: str, tmp_path: Path
+) -> None:
+    await _save(store, _tree(tmp_path / "v0", {"a.txt": b"first\n"}))
+    folder = _tree(tmp_path / "v1", {"b.txt": b"second\n"})
+    writer = await anyio.open_process(
+        [sys.executable, "-c", WRITER, store, str(folder), "stop-before-fdatasync"]
+    )
+    async with writer:
+        try:
+            await _stopped(writer.pid)  # between its write and its fdatasync
+            size = _log(store).stat().st_size
+            assert size > 0 and b"b.txt" in _log(store).read_bytes()  # v1's records are there
+            api = asyncart.Api("demo", store=store)
+            assert (await api.artifact("ds")).version == "v0"  # ... but not durable: unseen
+            with pytest.raises(asyncart.NotFoundError):
+                await api.artifact("ds:v1")
+        finally:
+            writer.send_signal(signal.SIGCONT)
+        assert await writer.wait() == 0
+    assert (await asyncart.Api("demo", store=store).artifact("ds")).version == "v1"
+
+
+async def test_a_writer_killed_before_its_head_write_loses_nothing_and_renumbers_nothing(
+    store: str, tmp_path: Path
+) -> None:
+    await _save(store, _tree(tmp_path / "v0", {"a.txt": b"first\n"}))
+    folder = _tree(tmp_path / "v1", {"b.txt": b"second\n"})
+    with anyio.fail_after(60):
+        done = await anyio.run_process(
+            [sys.executable, "-c", WRITER, store, str(folder), "kill-before-head"], check=False
+        )
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()
+    api = asyncart.Api("demo", store=store)
+    assert (await api.artifact("ds")).version == "v0"  # its append never returned: unseen
+    v2 = await _save(store, _tree(tmp_path / "v2", {"c.txt": b"third\n"}))
+    assert v2.version == "v2"  # the dead writer's complete records were rolled forward as v1
+    assert list((await api.artifact("ds:v1")).manifest.entries) == ["b.txt"]
+    assert (await asyncart.audit("demo", store=store)).ok
+
+
+# -- new directories are durable in their parents --------------------------------------------
+
+
+@pytest.mark.allow_blocking
+def test_each_new_log_directory_is_synced_in_its_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:  # a spy: the real fsync runs, and which directory is noted
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    root = tmp_path / "store"
+    anyio.run(asyncart.LocalStore(root).log.append, "p/artifacts/a", [b"one"], 0)
+    for new in (root, root / "log", root / "log/p", root / "log/p/artifacts"):
+        assert str(new.parent) in synced, f"{new} was created but {new.parent} never synced"
+    assert str(root / "log/p/artifacts") in synced  # the new log and head files' entries
