@@ -74,7 +74,7 @@ def scan(data: bytes, base: int, first_seq: int, stream: str, mode: Mode = "lega
     def torn(why: str) -> Scan:
         if mode == "acknowledged":  # name the first record that is not whole
             seq = first_seq + len(payloads) + len(pending)
-            raise LogDamage(stream, seq, f"{why} in an acknowledged record (the log is damaged)")
+            raise LogDamage(stream, seq, f"{why}, but it was acknowledged (the log is damaged)")
         start = pending[0][0] - base if pending else pos
         return Scan(offsets, payloads, base + start, True)
 
@@ -87,14 +87,14 @@ def scan(data: bytes, base: int, first_seq: int, stream: str, mode: Mode = "lega
     while pos < len(data):
         rest = len(data) - pos
         if rest < HEADER_SIZE or not any(view[pos:]):
-            return torn("the record ends early")
+            return torn("the record is incomplete")
         length, crc, head_crc = _HEADER.unpack_from(data, pos)
         if zlib.crc32(view[pos : pos + 8]) != head_crc:
             return damaged("frame header checksum mismatch")
         more, length = bool(length & _MORE), length & ~_MORE
         end = pos + HEADER_SIZE + length
         if end > len(data):
-            return torn("the record ends early")
+            return torn("the record is incomplete")
         payload = bytes(view[pos + HEADER_SIZE : end])
         if zlib.crc32(payload) != crc:
             if end == len(data):
@@ -106,7 +106,7 @@ def scan(data: bytes, base: int, first_seq: int, stream: str, mode: Mode = "lega
             offsets.extend(offset for offset, _ in pending)
             payloads.extend(payload for _, payload in pending)
             pending.clear()
-    return torn("the append ends early") if pending else Scan(offsets, payloads, base + pos, False)
+    return torn("the record is missing") if pending else Scan(offsets, payloads, base + pos, False)
 
 
 # -- the head: how many records a stream has acknowledged, and where they end ----------------

@@ -28,8 +28,11 @@ class EventLog(Protocol):
     async def read(self, stream: str, from_seq: int = 0) -> list[bytes]:
         """Return the payloads of ``stream`` from ``from_seq`` on ([] for an unknown stream).
 
+        Only durable records are returned: those of appends that returned (or will return).
+
         Raises:
-            IntegrityError: a record fails its checksum (the log is damaged, not torn).
+            IntegrityError: a record fails its checksum, or an acknowledged record is missing
+                (the log is damaged, not torn); the message names the stream and seq.
         """
         ...
 

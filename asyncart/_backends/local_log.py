@@ -184,7 +184,7 @@ class LocalEventLog:
             raise
 
     def _create_head(self, fd: int, stream: str, path: Path) -> tuple[int, Head]:
-        """A new stream's head (count 0), or the first head of a previous release's stream.
+        """A new stream's head (no records), or the first head of a previous release's stream.
 
         Made durable, with its directory entry and the log's, before any record is written: a
         crash can then never leave records without a head in a marked store.
@@ -194,8 +194,7 @@ class LocalEventLog:
         index = self._index(stream)
         _, torn = self._catch_up(fd, stream, len(index.offsets), None)
         if torn:  # the old rules: a torn last append of an old log never returned
-            os.ftruncate(fd, index.end)
-        os.fdatasync(fd)
+            os.ftruncate(fd, index.end)  # (if a crash undoes this, the next append redoes it)
         head = Head(0, len(index.offsets), index.end)
         head_fd = os.open(_head_path(path), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -213,8 +212,8 @@ class LocalEventLog:
         size = os.fstat(fd).st_size
         if size == head.end:
             return head
-        tail = scan(os.pread(fd, size - head.end, head.end), head.end, head.records, stream,
-                    "unacknowledged")  # fmt: skip
+        past = os.pread(fd, size - head.end, head.end)
+        tail = scan(past, head.end, head.records, stream, "unacknowledged")
         if tail.torn:
             os.ftruncate(fd, tail.end)
         if not tail.payloads:
