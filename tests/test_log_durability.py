@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 import asyncart
-from asyncart._backends._framing import frames, scan
+from asyncart._backends._framing import SLOT_SIZE, decode_head, frames, scan
 
 STREAM = "demo/artifacts/ds"
 
@@ -80,6 +80,23 @@ async def test_a_log_cut_at_a_frame_boundary_is_damage(store: str, tmp_path: Pat
     os.truncate(_log(store), v1_starts)  # v1's whole append is gone: only v0 is left
     first_missing = len(scan(good, 0, 0, STREAM).offsets)
     await _assert_damage_is_kept(store, tmp_path, first_missing, "cut short")
+
+
+async def test_a_cut_is_caught_by_a_process_that_has_read_the_stream_before(
+    tmp_path: Path,
+) -> None:
+    """A long-lived process (a server) keeps an index of what it checked: a cut still shows."""
+    store = asyncart.LocalStore(tmp_path / "store")
+    await store.log.append("p/artifacts/a", [b"one"], 0)
+    boundary = (tmp_path / "store/log/p/artifacts/a.log").stat().st_size
+    await store.log.append("p/artifacts/a", [b"two", b"three"], 1)
+    assert await store.log.read("p/artifacts/a") == [b"one", b"two", b"three"]
+    os.truncate(tmp_path / "store/log/p/artifacts/a.log", boundary)
+    with pytest.raises(asyncart.IntegrityError, match="'p/artifacts/a' seq 1: missing"):
+        await store.log.read("p/artifacts/a")
+    with pytest.raises(asyncart.IntegrityError, match="seq 1: missing"):
+        await store.log.append("p/artifacts/a", [b"other"], 1)
+    assert (tmp_path / "store/log/p/artifacts/a.log").stat().st_size == boundary
 
 
 async def test_a_lost_head_file_is_damage_in_a_store_that_has_heads(
@@ -156,6 +173,27 @@ async def test_an_old_store_without_head_files_still_reads_and_appends(
     os.truncate(_log(store), _log(store).stat().st_size - 1)  # now a cut is caught
     with pytest.raises(asyncart.IntegrityError, match="seq"):
         await asyncart.Api("demo", store=store).artifact("ds")
+
+
+async def test_a_torn_head_write_falls_back_to_the_previous_slot(
+    store: str, tmp_path: Path
+) -> None:
+    await _two_versions(store, tmp_path)
+    path = _log(store).with_suffix(".head")
+    data = bytearray(path.read_bytes())
+    at = decode_head(bytes(data), STREAM).generation % 2 * SLOT_SIZE  # the slot v1 wrote
+    data[at + SLOT_SIZE - 6 : at + SLOT_SIZE] = bytes(6)  # a power cut tore that write
+    path.write_bytes(bytes(data))
+    api = asyncart.Api("demo", store=store)
+    assert (await api.artifact("ds")).version == "v0"  # v1's records now lie past the head
+    assert (await asyncart.audit("demo", store=store)).ok
+    v2 = await _save(store, _tree(tmp_path / "v2", {"c.txt": b"third\n"}))
+    assert v2.version == "v2"  # ... and were rolled forward, not overwritten
+    assert list((await api.artifact("ds:v1")).manifest.entries) == ["b.txt"]
+
+    path.write_bytes(bytes(2 * SLOT_SIZE))  # both slots lost
+    with pytest.raises(asyncart.IntegrityError, match="head file is damaged"):
+        await api.artifact("ds")
 
 
 # -- real writer processes, stopped or killed between their writes ----------------------------

@@ -21,6 +21,7 @@ without a head is damage (the head file was lost).
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import os
 import threading
@@ -129,7 +130,10 @@ class LocalEventLog:
             known = len(index.offsets)
             start = index.offsets[from_seq] if from_seq < known else index.end
             first = min(from_seq, known)
-        end = os.fstat(fd).st_size if head is None else head.end
+            size = os.fstat(fd).st_size
+            if head is not None and size < start:  # cut inside records checked earlier
+                raise _cut_short(stream, index, size)
+        end = size if head is None else head.end
         mode: Mode = "legacy" if head is None else "acknowledged"
         found = scan(os.pread(fd, max(end - start, 0), start), start, first, stream, mode)
         if head is not None:
@@ -210,7 +214,7 @@ class LocalEventLog:
         appends are rolled forward, anything else is truncated. Returns the head to write at."""
         self._catch_up(fd, stream, head.records, head)
         size = os.fstat(fd).st_size
-        if size == head.end:
+        if size <= head.end:
             return head
         past = os.pread(fd, size - head.end, head.end)
         tail = scan(past, head.end, head.records, stream, "unacknowledged")
@@ -287,6 +291,16 @@ def _check_complete(stream: str, head: Head, count: int, end: int) -> None:
             f"missing: the head acknowledges {head.records} records ending at byte "
             f"{head.end}, the log holds {count} ending at byte {end} (the log was cut short)",
         )
+
+
+def _cut_short(stream: str, index: _Index, size: int) -> LogDamage:
+    ends = [*index.offsets[1:], index.end]  # where each record checked so far ends
+    return LogDamage(
+        stream,
+        bisect.bisect_right(ends, size),  # the first record that is not whole any more
+        f"missing: the log now ends at byte {size}, inside records it acknowledged "
+        "(the log was cut short)",
+    )
 
 
 def _holds_streams(root: Path) -> bool:
