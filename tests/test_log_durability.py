@@ -301,3 +301,10 @@ def test_each_new_log_directory_is_synced_in_its_parent(
     for new in (root, root / "log", root / "log/p", root / "log/p/artifacts"):
         assert str(new.parent) in synced, f"{new} was created but {new.parent} never synced"
     assert str(root / "log/p/artifacts") in synced  # the new log and head files' entries
+
+
+async def test_streams_are_files_not_project_directories_named_like_them(tmp_path: Path) -> None:
+    store = asyncart.LocalStore(tmp_path / "store")
+    for project in ("x.log", "y.head"):
+        await store.log.append(f"{project}/artifacts/a", [b"one"], 0)
+    assert await store.log.streams() == ["x.log/artifacts/a", "y.head/artifacts/a"]

@@ -252,11 +252,13 @@ class LocalEventLog:
     def _streams(self, prefix: str) -> list[str]:
         if not self.root.is_dir():
             return []
-        names = {  # a head without its log is a stream too: reading it reports the loss
-            p.relative_to(self.root).as_posix().rpartition(".")[0]
-            for p in self.root.rglob("*")
-            if p.suffix in (".log", ".head") and not p.name.startswith(".")
-        }
+        names = set()
+        for folder, _, files in os.walk(self.root):  # files only: a project may be "x.log"
+            where = Path(folder).relative_to(self.root)
+            for name in files:  # a head without its log is a stream too: reading it says so
+                stream, dot, suffix = name.rpartition(".")
+                if dot and suffix in ("log", "head") and not name.startswith("."):
+                    names.add((where / stream).as_posix())
         return sorted(n for n in names if n.startswith(prefix))
 
 
