@@ -56,6 +56,11 @@ class Artifact:
     ``save``. Logging returns a committed artifact (``version`` like ``"v0"``), which never changes;
     ``new_draft()`` starts the next version from it, without re-reading unchanged files.
 
+    ``metadata`` is a JSON-compatible dict with str keys (NaN is stored as null, infinities are
+    refused; see ``asyncart._values`` for the depth and size limits) and ``description`` a str.
+    Both are checked and copied now, and checked again when the artifact is logged (so
+    ``artifact.metadata["key"] = value`` works); a bad value is an ``InvalidInputError``.
+
     Example::
 
         artifact = asyncart.Artifact("mnist", "dataset", metadata={"source": "lecun"})
