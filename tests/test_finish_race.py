@@ -160,3 +160,18 @@ async def test_a_late_finisher_gets_the_version_and_a_new_round_still_works(stor
         await more.add_file(tmp, "more.txt")
         v1 = await run.finish_artifact(more, DID)
     assert v1.version == "v1" and files_of(v1) == {"more.txt"}
+
+
+async def test_a_finisher_without_metadata_keeps_what_the_upserts_set(
+    store: str, tmp_path: Path
+) -> None:
+    part_file = tmp_path / "part.txt"
+    await anyio.Path(part_file).write_text("part\n")
+    async with asyncart.init(project=PROJECT, store=store) as run:
+        part = asyncart.Artifact(NAME, "dataset", description="shards", metadata={"rows": 3})
+        await part.add_file(part_file)
+        await run.upsert_artifact(part, DID)
+        final = await run.finish_artifact(asyncart.Artifact(NAME, "dataset"), DID)
+    loaded = await asyncart.Api(PROJECT, store=store).artifact(NAME)
+    for artifact in (final, loaded):
+        assert (artifact.metadata, artifact.description) == ({"rows": 3}, "shards")

@@ -170,7 +170,7 @@ def _apply(state: CollectionState, record: Record) -> None:
             _draft(state, record, body.draft).changes.append(body)
         case MetadataSet():
             draft = _draft(state, record, body.draft)
-            if body.metadata is not None:
+            if body.metadata:  # {} sets nothing: a finisher without metadata keeps the upserts'
                 draft.metadata = body.metadata
             if body.description is not None:
                 draft.description = body.description
