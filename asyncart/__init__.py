@@ -27,6 +27,7 @@ from ._diff import ManifestDiff as ManifestDiff
 from ._domain.events import Entry as Entry
 from ._domain.manifest import Manifest as Manifest
 from ._errors import AccessDeniedError as AccessDeniedError
+from ._errors import AlreadyFinishedError as AlreadyFinishedError
 from ._errors import AsyncartError as AsyncartError
 from ._errors import BackendUnavailableError as BackendUnavailableError
 from ._errors import ConflictError as ConflictError
@@ -65,6 +66,7 @@ else:
 
 __all__ = (
     "AccessDeniedError",
+    "AlreadyFinishedError",
     "Api",
     "Artifact",
     "ArtifactCollection",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import getpass
 import os
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from ._transfer import (
     hash_files,
     run_pool,
 )
+from ._values import check_description, check_mapping
 
 DEFAULT_PROJECT = "uncategorized"
 
@@ -54,6 +56,11 @@ class Artifact:
     ``save``. Logging returns a committed artifact (``version`` like ``"v0"``), which never changes;
     ``new_draft()`` starts the next version from it, without re-reading unchanged files.
 
+    ``metadata`` is a JSON-compatible dict with str keys (NaN is stored as null, infinities are
+    refused; see ``asyncart._values`` for the depth and size limits) and ``description`` a str.
+    Both are checked and copied now, and checked again when the artifact is logged (so
+    ``artifact.metadata["key"] = value`` works); a bad value is an ``InvalidInputError``.
+
     Example::
 
         artifact = asyncart.Artifact("mnist", "dataset", metadata={"source": "lecun"})
@@ -71,8 +78,8 @@ class Artifact:
     ) -> None:
         self.name = check_name(name, "artifact name")
         self.type = check_name(type, "artifact type")
-        self.description = description
-        self.metadata: dict[str, Any] = dict(metadata or {})
+        self.description = check_description(description)
+        self.metadata: dict[str, Any] = check_mapping(metadata, "metadata") or {}  # a deep copy
         self._entries: dict[str, Entry] = {}
         self._sources: dict[str, str] = {}  # entry path -> local file, for files added here
         self._changes: list[tuple[str, list[Any]]] = []  # ("add", entries) | ("remove", paths)
@@ -252,8 +259,8 @@ class Artifact:
             changes,
             Manifest(self._entries),
             uploads,
-            self.metadata,
-            self.description,
+            check_mapping(self.metadata, "metadata"),  # again: it may have changed since
+            check_description(self.description),
         )
 
     def _target(
@@ -445,7 +452,9 @@ async def load_version(
 ) -> Artifact:
     manifest = await repo.manifest(state, version)
     draft = version.draft
-    artifact = Artifact(state.name, state.type, draft.description, draft.metadata)
+    artifact = Artifact(state.name, state.type)
+    # as stored (not checked again: a read never fails on what was once accepted), but a copy
+    artifact.description, artifact.metadata = draft.description, copy.deepcopy(draft.metadata or {})
     artifact._saved = _Saved(repo, project, state, version, manifest)
     return artifact
 

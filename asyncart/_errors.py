@@ -5,6 +5,7 @@ Every error derives from :class:`AsyncartError`::
     AsyncartError
     ├── NotFoundError            an artifact, version, alias, blob or run does not exist
     ├── ConflictError            a stream moved on while we wrote to it (re-read, then retry)
+    │   └── AlreadyFinishedError a distributed draft was committed by another finisher first
     ├── IntegrityError           bytes or records do not match their digest, checksum or hash chain
     │   └── FileChangedError     a file changed between ``add_file`` and its upload
     ├── InvalidInputError        a bad name, path or argument (also a ``ValueError``)
@@ -33,12 +34,40 @@ class ConflictError(AsyncartError):
         head: the stream's actual next sequence number.
     """
 
-    def __init__(self, stream: str, expected: int, head: int) -> None:
+    def __init__(self, stream: str, expected: int, head: int, message: str | None = None) -> None:
         super().__init__(
-            f"stream {stream!r} moved: expected to append at seq {expected}, head is {head}; "
+            message
+            or f"stream {stream!r} moved: expected to append at seq {expected}, head is {head}; "
             "re-read the stream and retry"
         )
         self.stream, self.expected, self.head = stream, expected, head
+
+
+class AlreadyFinishedError(ConflictError):
+    """Raised by ``finish_artifact`` when another finisher committed the same pending draft
+    while this one worked, and this one brings files or metadata that version does not hold.
+
+    Nothing was written for this finish (no version holding only its own files). Retrying the
+    same call cannot help: upsert the files to a new pending draft and finish it, or log them.
+
+    Attributes:
+        distributed_id: the distributed id both finishers finished.
+        version: the version the other finisher committed (None if it closed the draft
+            without naming one).
+    """
+
+    def __init__(self, stream: str, distributed_id: str, version: int | None, head: int) -> None:
+        what = f"v{version}" if version is not None else "no version"
+        super().__init__(
+            stream,
+            head,
+            head,
+            f"{stream}: the pending draft of distributed_id {distributed_id!r} was already "
+            f"finished by another finisher (as {what}), which does not hold every file and "
+            "metadata value of this finish; nothing was written for it: upsert them to a new "
+            "draft and finish that, or log them as a new version",
+        )
+        self.distributed_id, self.version = distributed_id, version
 
 
 class IntegrityError(AsyncartError):

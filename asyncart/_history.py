@@ -16,16 +16,17 @@ from ._domain.events import (
     AliasesMoved,
     ArtifactLogged,
     ArtifactUsed,
+    Body,
     CollectionCreated,
     DraftDiscarded,
     DraftOpened,
-    Event,
     FilesAdded,
     FilesRemoved,
     MetadataSet,
     Record,
     RunFinished,
     RunStarted,
+    UnknownEvent,
     VersionCommitted,
 )
 from ._domain.fold import CollectionState
@@ -97,21 +98,27 @@ class LogEntry:
 
 def log_entry(record: Record) -> LogEntry:
     """Describe one record."""
-    data = msgspec.to_builtins(record.body)
+    if isinstance(record.body, UnknownEvent):
+        kind, data = record.body.of, dict(record.body.data)
+    else:
+        data = msgspec.to_builtins(record.body)
+        kind = data.pop("kind")
     return LogEntry(
         record.stream,
         record.seq,
         datetime.fromtimestamp(record.time, UTC),
         record.actor,
-        data.pop("kind"),
+        kind,
         describe(record.body),
         data,
     )
 
 
-def describe(body: Event) -> str:
+def describe(body: Body) -> str:
     """What an event did, in one line."""
     match body:
+        case UnknownEvent(of=kind):
+            return f"an event of kind {kind!r} that this release does not know (skipped)"
         case CollectionCreated(name=name, type=type_):
             return f"created artifact {name} of type {type_}"
         case DraftOpened(draft=draft, parent=parent, distributed_id=did):

@@ -35,9 +35,15 @@ from ._domain.events import (
     encode,
     record_hash,
 )
-from ._domain.fold import CollectionState, RunState, Version, fold, fold_run, replay
+from ._domain.fold import Closed, CollectionState, RunState, Version, fold, fold_run, replay
 from ._domain.manifest import Manifest
-from ._errors import ConflictError, IntegrityError, InvalidInputError, NotFoundError
+from ._errors import (
+    AlreadyFinishedError,
+    ConflictError,
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+)
 from ._threads import HEAVY, maybe_thread
 from ._transfer import DEFAULT_CONCURRENCY, ProgressCallback, upload
 
@@ -162,7 +168,11 @@ class Repository:
             data = await self.store.blobs.get_bytes(version.commit.snapshot)
         except (NotFoundError, IntegrityError):
             return None  # the events are the truth; audit reports the snapshot
-        return await maybe_thread(len(data) > 100 << 10, Manifest.from_snapshot, data)
+        where = f"snapshot {version.commit.snapshot} of v{version.number} (seq {version.seq})"
+        try:
+            return await maybe_thread(len(data) > 100 << 10, Manifest.from_snapshot, data, where)
+        except IntegrityError:
+            return None  # as above: replay from the events instead
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -197,6 +207,8 @@ class Repository:
             state = await self.collection(project, name)
             try:
                 return await step(state)
+            except AlreadyFinishedError:
+                raise  # not a moved head: a retry would find the same
             except ConflictError as conflict:
                 if attempt == _MAX_ATTEMPTS - 1:
                     raise conflict  # still contended after every retry: let the caller decide
@@ -244,17 +256,19 @@ class Repository:
 
     async def upsert(
         self, project: str, spec: DraftSpec, distributed_id: str, actor: str, transfer: Transfer
-    ) -> None:
-        """Distributed flow: add files to the pending draft of ``distributed_id``."""
+    ) -> str:
+        """Distributed flow: add files to the pending draft of ``distributed_id``; return its id."""
         await self._store_files(spec.uploads, transfer)
 
-        async def step(state: CollectionState) -> None:
+        async def step(state: CollectionState) -> str:
             _check_type(state, spec)
             bodies, draft = _open_distributed(state, spec, distributed_id)
             bodies += [_with_draft(c, draft) for c in spec.changes] + _metadata(draft, spec)
             await self.append(state, bodies, actor)
+            return draft
 
-        await self._retrying(project, spec.name, step)
+        draft: str = await self._retrying(project, spec.name, step)
+        return draft
 
     async def finish(
         self,
@@ -264,12 +278,28 @@ class Repository:
         aliases: list[str],
         actor: str,
         transfer: Transfer,
+        upserted: str | None = None,
     ) -> tuple[CollectionState, Version]:
-        """Distributed flow: add the last files and commit the pending draft as a version."""
+        """Distributed flow: add the last files and commit the pending draft as a version.
+
+        The draft to finish is the one this caller ``upserted`` to, else the one pending when
+        the call began. If another finisher commits it meanwhile, no second version is made:
+        that version is returned if it holds everything this finish brings, else
+        AlreadyFinishedError is raised.
+        """
+        begun = await self.collection(project, spec.name)
+        since, mine = begun.head, upserted or begun.pending.get(distributed_id)
         await self._store_files(spec.uploads, transfer)
 
         async def step(state: CollectionState) -> tuple[CollectionState, Version]:
             _check_type(state, spec)
+            closed = state.closed.get(mine) if mine else None
+            if mine is None and (closes := state.closes(distributed_id, since)):
+                closed = closes[0]  # the draft opened and finished by another while we worked
+            if closed is None and distributed_id not in state.pending and not spec.changes:
+                closed = next(reversed(state.closes(distributed_id)), None)  # finished already
+            if closed is not None:
+                return await self._finished_elsewhere(project, state, spec, closed, aliases, actor)
             bodies, draft = _open_distributed(state, spec, distributed_id)
             if draft not in state.drafts and not spec.changes:
                 raise NotFoundError(
@@ -294,6 +324,30 @@ class Repository:
 
         result: tuple[CollectionState, Version] = await self._retrying(project, spec.name, step)
         return result
+
+    async def _finished_elsewhere(
+        self,
+        project: str,
+        state: CollectionState,
+        spec: DraftSpec,
+        closed: Closed,
+        aliases: list[str],
+        actor: str,
+    ) -> tuple[CollectionState, Version]:
+        """The draft was finished by another: return its version if this finish adds nothing."""
+        if closed.version is None:
+            raise AlreadyFinishedError(state.stream, closed.distributed_id, None, state.head)
+        version = state.versions[closed.version]
+        held = await self.manifest(state, version)
+        heavy = _count(spec.changes) + len(held) > HEAVY
+        brought = await maybe_thread(heavy, _replay_digest, held, spec.changes)
+        if brought.digest != held.digest or _new_metadata(spec, version):
+            raise AlreadyFinishedError(
+                state.stream, closed.distributed_id, version.number, state.head
+            )
+        if moved := _aliases_moved(state, version, aliases):
+            await self.append(state, moved, actor)
+        return await self.version(project, spec.name, version.number, None)
 
     async def move_aliases(
         self, project: str, name: str, number: int, add: list[str], remove: list[str], actor: str
@@ -332,7 +386,7 @@ def _decode_chain(
     """Decode records, checking that each one continues the stream's hash chain."""
     records = []
     for seq, payload in enumerate(payloads, head):
-        record = decode(payload)
+        record = decode(payload, stream, seq)
         if record.seq != seq or record.stream != stream or record.prev != prev:
             raise IntegrityError(
                 f"stream {stream!r} seq {seq}: record does not continue the hash chain "
@@ -388,6 +442,13 @@ def _open_distributed(
         return [], draft
     draft = uuid.uuid4().hex
     return [*_created(state, spec), DraftOpened(draft, None, distributed_id)], draft
+
+
+def _new_metadata(spec: DraftSpec, version: Version) -> bool:
+    """Whether ``spec`` sets metadata or a description that ``version`` does not have."""
+    metadata = bool(spec.metadata) and spec.metadata != version.draft.metadata
+    described = spec.description is not None and spec.description != version.draft.description
+    return metadata or described
 
 
 def _with_draft(change: Change, draft: str) -> Change:

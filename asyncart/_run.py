@@ -17,6 +17,7 @@ from ._names import check_name
 from ._repository import Repository, Transfer
 from ._store import load_backend, open_store
 from ._transfer import DEFAULT_CONCURRENCY, ProgressCallback
+from ._values import check_mapping
 
 
 def init(
@@ -36,7 +37,9 @@ def init(
         group: groups runs; also the default ``distributed_id`` of upserted artifacts.
         job_type: what the run does (``train``, ``eval`` ...), recorded for lineage.
         id: the run id (default: a new random id).
-        config: any msgpack-able settings, recorded in the run's stream.
+        config: settings recorded in the run's stream: a JSON-compatible dict with str keys
+            (copied now; NaN is stored as null, infinities are refused; at most
+            ``MAX_DEPTH`` levels and ``MAX_BYTES`` encoded, see ``asyncart._values``).
         store: a directory (the embedded store) or Store; default ``$ASYNCART_STORE`` or
             ``~/.local/share/asyncart``; or the URL of an ``asyncart serve`` server.
         token: the server's bearer token (default ``$ASYNCART_TOKEN``); unused for local stores.
@@ -67,10 +70,11 @@ class Run:
     ) -> None:
         self.project = check_name(project, "project")
         self.group = check_name(group, "group") if group is not None else None
-        self.job_type = job_type
+        self.job_type = check_name(job_type, "job_type") if job_type is not None else None
         self.id = check_name(id, "run id")
-        self.config = config
+        self.config = check_mapping(config, "config")  # a copy: later changes are not recorded
         self._store, self._token = store, token
+        self._upserted: dict[tuple[str, str], str] = {}  # (artifact, distributed_id) -> draft
         self._repo: Repository | None = None
         self._exits = AsyncExitStack()
 
@@ -149,9 +153,10 @@ class Run:
         """
         did = self._distributed_id(distributed_id)
         spec = await artifact._prepare()
-        await self._require().upsert(
+        draft = await self._require().upsert(
             self.project, spec, did, self.actor, Transfer(concurrency, progress)
         )
+        self._upserted[(artifact.name, did)] = draft  # what a finish of this run must finish
         artifact._sealed = True
 
     async def finish_artifact(
@@ -163,13 +168,30 @@ class Run:
         progress: ProgressCallback | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
     ) -> Artifact:
-        """Add the artifact's files (maybe none) and commit the pending version; return it."""
+        """Add the artifact's files (maybe none) and commit the pending version; return it.
+
+        The pending version is the one this run upserted to, else the one pending when the
+        call begins. If another finisher commits it meanwhile, that version is returned when
+        it already holds this artifact's files (identically) and metadata.
+
+        Raises:
+            AlreadyFinishedError: another finisher committed it, without some of this
+                artifact's files or metadata; nothing was written.
+            NotFoundError: nothing is pending and the artifact has no files.
+        """
         did = self._distributed_id(distributed_id)
         spec = await artifact._prepare()
         repo = self._require()
         state, version = await repo.finish(
-            self.project, spec, did, list(aliases), self.actor, Transfer(concurrency, progress)
+            self.project,
+            spec,
+            did,
+            list(aliases),
+            self.actor,
+            Transfer(concurrency, progress),
+            upserted=self._upserted.get((artifact.name, did)),
         )
+        self._upserted.pop((artifact.name, did), None)
         artifact._sealed = True
         committed = await load_version(repo, self.project, state, version)
         await self._record(ArtifactLogged(committed.name, version.number))

@@ -60,7 +60,7 @@ bodies = st.one_of(
 @given(bodies, st.integers(0, 2**31), st.floats(0, 2e9), digests)
 def test_records_round_trip(body, seq, time, prev):
     record = Record("demo/artifacts/x", seq, time, "run:abc", prev, body)
-    assert decode(encode(record)) == record
+    assert decode(encode(record), "s", 0) == record
 
 
 @given(changes, st.integers(0, 12))
@@ -139,6 +139,6 @@ def test_records_written_before_a_field_existed_still_decode():
             },
         }
     )
-    body = decode(old).body
+    body = decode(old, "s", 0).body
     assert isinstance(body, VersionCommitted)
     assert (body.snapshot, body.aliases) == (None, [])

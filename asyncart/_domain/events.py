@@ -6,10 +6,12 @@ defaults, so records written by older versions still decode (schema evolution, m
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import blake3
 import msgspec
+
+from .._errors import IntegrityError
 
 
 class Entry(msgspec.Struct, array_like=True, frozen=True):
@@ -120,6 +122,24 @@ Change = FilesAdded | FilesRemoved
 """The events that change a draft's files."""
 
 
+class UnknownEvent(_Event, tag="asyncart.unknown", frozen=True):
+    """A body whose kind this release does not know (written by a newer release).
+
+    It is never written: :func:`decode` makes one from such a record, so that folding can skip
+    it (and report it) while the rest of the stream stays readable.
+    """
+
+    of: str = ""  # the record's kind
+    data: dict[str, Any] = {}  # its other fields, as decoded
+
+
+Body = Event | UnknownEvent
+"""What a decoded record may hold."""
+
+KNOWN_KINDS = frozenset(str(t.__struct_config__.tag) for t in get_args(Event))
+"""The kinds of event this release writes and folds."""
+
+
 class Record(msgspec.Struct, frozen=True):
     """The envelope of every event in the log.
 
@@ -132,7 +152,7 @@ class Record(msgspec.Struct, frozen=True):
     time: float
     actor: str
     prev: str
-    body: Event
+    body: Body
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -140,12 +160,47 @@ _decoder = msgspec.msgpack.Decoder(Record)
 _snapshot_decoder = msgspec.msgpack.Decoder(list[Entry])
 
 
+class _Envelope(msgspec.Struct, frozen=True):
+    """A record whose body is left undecoded: the fallback when its kind is unknown."""
+
+    stream: str
+    seq: int
+    time: float
+    actor: str
+    prev: str
+    body: dict[str, Any]
+
+
+_envelope_decoder = msgspec.msgpack.Decoder(_Envelope)
+
+
 def encode(record: Record) -> bytes:
     return _encoder.encode(record)
 
 
-def decode(payload: bytes) -> Record:
-    return _decoder.decode(payload)
+def decode(payload: bytes, stream: str, seq: int) -> Record:
+    """Decode the record at ``seq`` of ``stream``; its body may be an :class:`UnknownEvent`.
+
+    Raises:
+        IntegrityError: the bytes are not a record of a known shape (naming stream and seq).
+    """
+    try:
+        return _decoder.decode(payload)
+    except (msgspec.DecodeError, RecursionError) as e:
+        failure = e  # maybe only the kind is unknown: try the envelope
+    try:
+        envelope = _envelope_decoder.decode(payload)
+    except (msgspec.DecodeError, RecursionError):
+        envelope = None
+    kind = envelope.body.get("kind") if envelope is not None else None
+    if envelope is None or not isinstance(kind, str) or kind in KNOWN_KINDS:
+        raise IntegrityError(
+            f"stream {stream!r} seq {seq}: the record does not decode ({failure}); "
+            "run asyncart.audit for details"
+        ) from None
+    data = {k: v for k, v in envelope.body.items() if k != "kind"}
+    fields = msgspec.structs.asdict(envelope)
+    return Record(**{**fields, "body": UnknownEvent(kind, data)})
 
 
 def record_hash(payload: bytes) -> str:
@@ -157,5 +212,9 @@ def encode_entries(entries: list[Entry]) -> bytes:
     return _encoder.encode(entries)
 
 
-def decode_entries(data: bytes) -> list[Entry]:
-    return _snapshot_decoder.decode(data)
+def decode_entries(data: bytes, where: str) -> list[Entry]:
+    """Decode a snapshot (``where`` names it in the IntegrityError raised for bad bytes)."""
+    try:
+        return _snapshot_decoder.decode(data)
+    except (msgspec.DecodeError, RecursionError) as e:
+        raise IntegrityError(f"{where} does not decode: {e}") from None

@@ -22,6 +22,7 @@ from .events import (
     Record,
     RunFinished,
     RunStarted,
+    UnknownEvent,
     VersionCommitted,
 )
 from .manifest import Manifest
@@ -57,6 +58,24 @@ class Version:
         return self.draft.parent
 
 
+@dataclass(frozen=True)
+class Closed:
+    """How a distributed draft was closed: at ``seq``, as (or as equal to) ``version``."""
+
+    draft: str
+    distributed_id: str
+    seq: int
+    version: int | None  # None: closed without naming a version
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """A record of a kind this release does not know (skipped by fold; audit reports it)."""
+
+    seq: int
+    kind: str
+
+
 @dataclass
 class CollectionState:
     """Everything the log says about one artifact collection, as of ``head``."""
@@ -70,6 +89,14 @@ class CollectionState:
     drafts: dict[str, Draft] = field(default_factory=dict)  # open drafts by id
     aliases: dict[str, int] = field(default_factory=dict)
     pending: dict[str, str] = field(default_factory=dict)  # distributed_id -> open draft id
+    closed: dict[str, Closed] = field(default_factory=dict)  # closed distributed drafts, by id
+    unknown: list[Unknown] = field(default_factory=list)
+
+    def closes(self, distributed_id: str, since: int = 0) -> list[Closed]:
+        """The drafts of ``distributed_id`` closed at ``since`` or later, oldest first."""
+        return [
+            c for c in self.closed.values() if c.distributed_id == distributed_id and c.seq >= since
+        ]
 
     @property
     def latest(self) -> Version | None:
@@ -143,23 +170,25 @@ def _apply(state: CollectionState, record: Record) -> None:
             _draft(state, record, body.draft).changes.append(body)
         case MetadataSet():
             draft = _draft(state, record, body.draft)
-            if body.metadata is not None:
+            if body.metadata:  # {} sets nothing: a finisher without metadata keeps the upserts'
                 draft.metadata = body.metadata
             if body.description is not None:
                 draft.description = body.description
         case VersionCommitted():
-            draft = _close(state, record, body.draft)
             if body.version != len(state.versions):
                 _broken(state, record, f"commits v{body.version}, expected v{len(state.versions)}")
+            draft = _close(state, record, body.draft, body.version)
             version = Version(body.version, draft, body, record.actor, record.time, record.seq)
             state.versions.append(version)
             _move_aliases(state, version.number, add=["latest", *body.aliases], remove=[])
         case DraftDiscarded():
-            _close(state, record, body.draft)
+            _close(state, record, body.draft, body.same_as)
         case AliasesMoved():
             if body.version >= len(state.versions):
                 _broken(state, record, f"moves aliases to missing v{body.version}")
             _move_aliases(state, body.version, add=body.add, remove=body.remove)
+        case UnknownEvent(of=kind):  # a newer release wrote it: what it means is not ours to say
+            state.unknown.append(Unknown(record.seq, kind))
         case _:
             _broken(state, record, f"unexpected event {type(body).__name__}")
 
@@ -171,11 +200,14 @@ def _draft(state: CollectionState, record: Record, draft_id: str) -> Draft:
     return draft
 
 
-def _close(state: CollectionState, record: Record, draft_id: str) -> Draft:
+def _close(state: CollectionState, record: Record, draft_id: str, version: int | None) -> Draft:
     draft = _draft(state, record, draft_id)
     del state.drafts[draft_id]
-    if draft.distributed_id is not None and state.pending.get(draft.distributed_id) == draft_id:
-        del state.pending[draft.distributed_id]
+    if draft.distributed_id is not None:
+        if state.pending.get(draft.distributed_id) == draft_id:
+            del state.pending[draft.distributed_id]
+        # remembered so that a racing finisher of the same draft can tell (Repository.finish)
+        state.closed[draft_id] = Closed(draft_id, draft.distributed_id, record.seq, version)
     return draft
 
 
@@ -207,6 +239,7 @@ class RunState:
     used: list[tuple[str, str, int]] = field(default_factory=list)  # project, name, version
     logged: list[tuple[str, int]] = field(default_factory=list)
     finished: RunFinished | None = None
+    unknown: list[Unknown] = field(default_factory=list)
 
 
 def fold_run(state: RunState, records: Iterable[Record]) -> RunState:
@@ -221,5 +254,7 @@ def fold_run(state: RunState, records: Iterable[Record]) -> RunState:
                 state.logged.append((name, version))
             case RunFinished() as finished:
                 state.finished = finished
+            case UnknownEvent(of=kind):
+                state.unknown.append(Unknown(record.seq, kind))
         state.head += 1
     return state

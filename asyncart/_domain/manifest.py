@@ -29,8 +29,9 @@ class Manifest:
         self._digest: str | None = None
 
     @classmethod
-    def from_snapshot(cls, data: bytes) -> Manifest:
-        return cls({e.path: e for e in decode_entries(data)})
+    def from_snapshot(cls, data: bytes, where: str = "snapshot") -> Manifest:
+        """The manifest a snapshot holds; IntegrityError (naming ``where``) if it is damaged."""
+        return cls({e.path: e for e in decode_entries(data, where)})
 
     def to_snapshot(self) -> bytes:
         return encode_entries(sorted(self._entries.values(), key=lambda e: e.path))
