@@ -20,7 +20,7 @@ from ._domain.manifest import Manifest
 from ._errors import AsyncartError, IntegrityError, InvalidInputError, NotFoundError
 from ._history import ArtifactCollection, collection_summary
 from ._names import check_name
-from ._store import load_backend, open_store
+from ._store import load_backend, open_store, prepare_store
 from ._transfer import DEFAULT_CONCURRENCY, ProgressCallback, _Tracker, batches, run_pool
 
 _IN_MEMORY = 64 << 20  # larger blobs are read through a scratch file: memory stays bounded
@@ -123,6 +123,7 @@ async def audit(
     await load_backend(store)
     opened = open_store(store, token)
     prefix = f"{check_name(project, 'project')}/" if project else ""
+    await prepare_store(opened, create=False)
     async with opened.held():
         return await _audit(opened, prefix, fraction, as_of, progress)
 
