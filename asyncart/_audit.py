@@ -116,6 +116,7 @@ async def audit(
 
     Raises:
         InvalidInputError: a bad ``project``, ``read_data`` fraction or ``as_of``.
+        NotFoundError: the location holds no store (nothing to audit; nothing is created).
     """
     fraction = _fraction(read_data)
     if isinstance(as_of, int) and as_of < 0:
