@@ -312,8 +312,8 @@ def make_read_only(store: Path) -> None:
                 path.chmod(0o555)
 
 
-async def save(store: Path, source: Path) -> str:
-    artifact = asyncart.Artifact("ds", "data")
+async def save(store: Path, source: Path, name: str = "ds") -> str:
+    artifact = asyncart.Artifact(name, "data")
     await artifact.add_file(source)
     return (await artifact.save(store=store)).qualified_name
 
@@ -352,6 +352,28 @@ def test_an_existing_store_another_user_owns_is_readable_but_not_writable(
     assert f"the store at {store} is not writable" in stderr
     assert listed == (0, "")  # reading needs no write access
     assert sorted(p.stat().st_size for p in store.rglob("*.log")) == log_before
+
+
+def test_a_directory_inside_the_store_another_user_owns_is_not_writable_either(
+    shared_dir: Path,
+) -> None:
+    """A store shared by several users whose top directories all may write: a directory that
+    one user's writes made below them can still refuse another's."""
+    store, source = shared_dir / "store", shared_dir / "f.txt"
+    source.write_text("x\n")
+    source.chmod(0o644)
+    assert asyncio.run(save(store, source)) == "uncategorized/ds:v0"  # imports before the fork
+    for top in (store, store / "log", store / "blobs"):
+        top.chmod(0o777)
+    make_read_only(store / "log" / "uncategorized")
+
+    # The same bytes (already stored: no blob to write) as a new artifact, whose stream would
+    # be a new file in log/uncategorized/artifacts/.
+    error = as_other_user(lambda: asyncio.run(save(store, source, "other")))
+
+    assert isinstance(error, asyncart.BackendUnavailableError), error
+    assert f"the store at {store} is not writable" in str(error)
+    assert f"{store}/log/uncategorized/artifacts/other.log" in str(error)
 
 
 def test_a_store_another_user_cannot_read_says_so(shared_dir: Path) -> None:

@@ -15,6 +15,7 @@ import errno
 import os
 import re
 import stat
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import anyio.to_thread
 
 from .._errors import BackendUnavailableError, InvalidInputError, NotFoundError
 from ._durable import fsync_dir
+from .base import UploadItem
 from .local_blobs import LocalBlobStore
 from .local_log import LocalEventLog
 
@@ -48,8 +50,8 @@ class LocalStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(_checked_location(root)).expanduser().absolute()
         self.location = str(self.root)
-        self.log = LocalEventLog(self.root / "log")
-        self.blobs = LocalBlobStore(self.root / "blobs")
+        self.log = _StoreLog(self.root)
+        self.blobs = _StoreBlobs(self.root)
         self._exists = False  # a store, once seen, stays one: checked once
         self._writable = False
 
@@ -137,15 +139,11 @@ class LocalStore:
         return BackendUnavailableError(f"{self.location} cannot be a store: {why}; {_WHERE}")
 
     def _write_error(self, e: OSError) -> BackendUnavailableError:
-        where = f" ({e.filename}: {e.strerror})" if e.filename else f" ({e.strerror or e})"
         if e.errno in _NOT_WRITABLE:
-            return BackendUnavailableError(
-                f"the store at {self.location} is not writable{where}: use a directory you may "
-                "write to, or change its permissions"
-            )
+            return _not_writable(self.root, e)
         if e.errno in (errno.ENOTDIR, errno.EEXIST):
             return self._in_the_way("a file is in the way")
-        return BackendUnavailableError(f"cannot create the store at {self.location}{where}")
+        return BackendUnavailableError(f"cannot create the store at {self.location}{_where(e)}")
 
     def held(self) -> AbstractAsyncContextManager[object]:
         """Nothing to keep open."""
@@ -156,6 +154,60 @@ class LocalStore:
 
     def __repr__(self) -> str:
         return f"LocalStore({self.location!r})"
+
+
+class _StoreLog(LocalEventLog):
+    """The store's log; an append the filesystem refuses says the store is not writable."""
+
+    def __init__(self, store_root: Path) -> None:
+        super().__init__(store_root / "log")
+        self._store_root = store_root
+
+    async def append(self, stream: str, payloads: Sequence[bytes], expected_seq: int) -> int:
+        with _writing(self._store_root):
+            return await super().append(stream, payloads, expected_seq)
+
+
+class _StoreBlobs(LocalBlobStore):
+    """The store's blobs; a write the filesystem refuses says the store is not writable (a
+    source file that cannot be read is not the store's fault: its error passes as it is)."""
+
+    def __init__(self, store_root: Path) -> None:
+        super().__init__(store_root / "blobs")
+        self._store_root = store_root
+
+    async def put_files(self, items: Sequence[UploadItem]) -> int:
+        with _writing(self._store_root):
+            return await super().put_files(items)
+
+    async def put_bytes(self, data: bytes) -> str:
+        with _writing(self._store_root):
+            return await super().put_bytes(data)
+
+
+@contextlib.contextmanager
+def _writing(root: Path) -> Iterator[None]:
+    """Turn a refused write inside the store (a directory another user made, a read-only
+    mount) into a BackendUnavailableError that names the path; :meth:`LocalStore.create`
+    checks the top directories before, this covers the ones below."""
+    try:
+        yield
+    except OSError as e:
+        inside = isinstance(e.filename, str) and e.filename.startswith(f"{root}{os.sep}")
+        if e.errno in _NOT_WRITABLE and inside:
+            raise _not_writable(root, e) from None
+        raise
+
+
+def _not_writable(root: Path, e: OSError) -> BackendUnavailableError:
+    return BackendUnavailableError(
+        f"the store at {root} is not writable{_where(e)}: use a directory you may write to, "
+        "or change its permissions"
+    )
+
+
+def _where(e: OSError) -> str:
+    return f" ({e.filename}: {e.strerror})" if e.filename else f" ({e.strerror or e})"
 
 
 def _checked_location(root: str | os.PathLike[str]) -> str | os.PathLike[str]:
