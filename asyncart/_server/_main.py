@@ -101,7 +101,7 @@ def _cannot_listen(host: str, port: int, e: OSError) -> str:
             "(0 picks a free one)"
         )
     if e.errno == errno.EACCES:
-        return f"{where}: permission denied (ports below 1024 need privileges); choose another"
+        return f"{where}: permission denied (ports below 1024 need privileges); choose another port"
     if e.errno == errno.EADDRNOTAVAIL:
         return f"{where}: this machine has no such address; give one of its own with --host"
     return f"{where}: {e.strerror or e}"
@@ -193,6 +193,7 @@ def token_main(argv: Sequence[str] | None = None) -> int:
             store.create_blocking()
         else:
             store.require_blocking()
+        args.store = store.location  # ~ expanded, as the check saw it
         result: int = args.run(args)
     except (AsyncartError, OSError) as e:
         print(f"asyncart token {args.command}: {_one_line(e)}", file=sys.stderr)
