@@ -367,6 +367,9 @@ def test_every_command_has_help_with_an_example(name, capsys):
     assert f"usage: asyncart {name}" in shown
     assert f"example:\n  asyncart {name} " in shown
     assert "--store" in shown
+    # the default store, each step of it (argparse wraps the help: compare without breaks)
+    words = " ".join(shown.split())
+    assert "$ASYNCART_STORE, else $XDG_DATA_HOME/asyncart, else ~/.local/share/asyncart" in words
 
 
 def test_ctrl_c_during_put_commits_nothing_and_says_so(store, data, monkeypatch, capsys):
