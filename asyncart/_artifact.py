@@ -22,7 +22,7 @@ from ._errors import IntegrityError, InvalidInputError, NotFoundError, SealedErr
 from ._lineage import RunInfo, actor_run_id, run_info, runs
 from ._names import check_alias, check_entry_path, check_name, check_prefix, parse_ref
 from ._repository import ENTRIES_PER_EVENT, DraftSpec, Repository, Transfer, chunk_entries
-from ._store import holding_store, load_backend, open_store
+from ._store import holding_store, load_backend, open_store, prepare_store
 from ._threads import HEAVY, maybe_thread
 from ._transfer import (
     DEFAULT_CONCURRENCY,
@@ -295,6 +295,7 @@ class Artifact:
         """
         await load_backend(store)
         repo, project = self._target(project, store, token)
+        await prepare_store(repo.store, create=True)
         async with repo.store.held():
             return await self._commit(
                 repo, project, aliases, _user_actor(), Transfer(concurrency, progress)

@@ -19,7 +19,7 @@ from ._domain.manifest import Manifest
 from ._errors import AsyncartError, IntegrityError, InvalidInputError, NotFoundError
 from ._history import ArtifactCollection, collection_summary
 from ._names import check_name
-from ._store import load_backend, open_store
+from ._store import load_backend, open_store, prepare_store
 from ._transfer import DEFAULT_CONCURRENCY, ProgressCallback, _Tracker, batches, run_pool
 
 _IN_MEMORY = 64 << 20  # larger blobs are read through a scratch file: memory stays bounded
@@ -115,6 +115,7 @@ async def audit(
 
     Raises:
         InvalidInputError: a bad ``project``, ``read_data`` fraction or ``as_of``.
+        NotFoundError: the location holds no store (nothing to audit; nothing is created).
     """
     fraction = _fraction(read_data)
     if isinstance(as_of, int) and as_of < 0:
@@ -122,6 +123,7 @@ async def audit(
     await load_backend(store)
     opened = open_store(store, token)
     prefix = f"{check_name(project, 'project')}/" if project else ""
+    await prepare_store(opened, create=False)
     async with opened.held():
         return await _audit(opened, prefix, fraction, as_of, progress)
 

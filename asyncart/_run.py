@@ -15,7 +15,7 @@ from ._domain.events import ArtifactLogged, ArtifactUsed, RunFinished, RunStarte
 from ._errors import InvalidInputError
 from ._names import check_name
 from ._repository import Repository, Transfer
-from ._store import load_backend, open_store
+from ._store import load_backend, open_store, prepare_store
 from ._transfer import DEFAULT_CONCURRENCY, ProgressCallback
 from ._values import check_mapping
 
@@ -85,6 +85,7 @@ class Run:
     async def __aenter__(self) -> Run:
         await load_backend(self._store)
         repo = Repository(open_store(self._store, self._token))
+        await prepare_store(repo.store, create=True)
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(repo.store.held())  # connections live as the run
             self._repo = repo

@@ -32,6 +32,11 @@ def open_store(
 ) -> Store:
     """Open ``store``: a Store as is, an ``http(s)://`` URL as an :class:`HttpStore` (with
     ``token``, default ``$ASYNCART_TOKEN``), a path as a :class:`LocalStore`, None as the default.
+
+    Nothing is read or created yet: see :func:`prepare_store`.
+
+    Raises:
+        InvalidInputError: an empty location, or a URL of another scheme (``ftp://``...).
     """
     if store is None:
         store = default_store_location()
@@ -43,6 +48,21 @@ def open_store(
 
         return HttpStore(location, token)
     return LocalStore(location)
+
+
+async def prepare_store(store: Store, *, create: bool) -> None:
+    """Before the first call on ``store``: a writer (``create``) makes a local store that is not
+    there yet; a reader needs one to be there.
+
+    Only a local store can be missing: a server makes its store when it starts serving.
+
+    Raises:
+        NotFoundError: (reading) the location holds no store.
+        BackendUnavailableError: a file is where the store should be, or (writing) the store
+            is not writable; the message names the path.
+    """
+    if isinstance(store, LocalStore):
+        await (store.create() if create else store.require())
 
 
 async def load_backend(store: object) -> None:
@@ -73,11 +93,14 @@ def holding_store(
     method: Callable[Concatenate[S, P], Coroutine[Any, Any, R]],
 ) -> Callable[Concatenate[S, P], Coroutine[Any, Any, R]]:
     """Run the method with ``self._store_in_use()`` held: its requests share one connection
-    pool, closed when it returns unless something else holds the store."""
+    pool, closed when it returns unless something else holds the store. The store must exist
+    (these methods read it; see :func:`prepare_store`)."""
 
     @functools.wraps(method)
     async def held(obj: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        async with obj._store_in_use().held():
+        store = obj._store_in_use()
+        await prepare_store(store, create=False)
+        async with store.held():
             return await method(obj, *args, **kwargs)
 
     return held

@@ -42,9 +42,11 @@ def _common_options(parser: argparse.ArgumentParser, default: Any) -> None:
     flag: dict[str, Any] = {"action": "store_true", "default": default}
     parser.add_argument(
         "--store",
-        metavar="DIR",
+        metavar="DIR|URL",
         default=default,
-        help=f"a directory or URL (default: ${asyncart.STORE_ENV}, else ~/.local/share/asyncart)",
+        help=f"a store directory or http(s):// URL (default: ${asyncart.STORE_ENV}, else "
+        "$XDG_DATA_HOME/asyncart, else ~/.local/share/asyncart); only commands that write "
+        "create a store",
     )
     parser.add_argument(
         "--token",
@@ -121,6 +123,6 @@ def _one_line(error: BaseException) -> str:
         text += " (`asyncart ls` lists artifacts, `asyncart versions NAME` their versions)"
     elif isinstance(error, asyncart.IntegrityError) and "audit" not in text:
         text += " (run `asyncart audit` to see what is damaged)"
-    elif isinstance(error, asyncart.BackendUnavailableError):
+    elif isinstance(error, asyncart.BackendUnavailableError) and "--store" not in text:
         text += f" (check --store or ${asyncart.STORE_ENV})"
     return text

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import signal
@@ -22,7 +23,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .._backends.local import LocalStore
-from .._errors import AsyncartError
+from .._errors import AsyncartError, BackendUnavailableError
 from ._app import make_app
 from ._blob_routes import Limits
 from ._http import DRAIN, AccessLogger
@@ -48,10 +49,18 @@ async def serve(
     Prints ``listening on http://HOST:PORT`` (``https`` with ``tls``) once bound (``port=0``
     picks a free port). The parts of multipart uploads nobody continued for ``upload_expiry``
     seconds are removed. Serve with ``tls`` anywhere but loopback: tokens travel in headers.
+    A directory that holds no store yet becomes one.
+
+    Raises:
+        InvalidInputError: ``store`` is empty or a URL.
+        BackendUnavailableError: the store cannot be created or written, or ``host:port``
+            cannot be bound (the port is taken); the message says which and what to do.
     """
-    root = Path(store).expanduser().absolute()  # noqa: ASYNC240 - no I/O, just $HOME and cwd
+    local = LocalStore(store)
+    await local.create()
+    root = local.root
     spool = root / "spool"
-    app = make_app(LocalStore(root), tokens_path(root), spool, limits, upload_expiry=upload_expiry)
+    app = make_app(local, tokens_path(root), spool, limits, upload_expiry=upload_expiry)
     runner = web.AppRunner(
         app,
         access_log_class=AccessLogger,
@@ -66,7 +75,10 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     try:
         site = web.TCPSite(runner, host, port, ssl_context=tls)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:
+            raise BackendUnavailableError(_cannot_listen(host, port, e)) from None
         bound = runner.addresses[0][1]
         print(f"listening on {'https' if tls else 'http'}://{host}:{bound}", flush=True)
         if ready is not None:
@@ -80,6 +92,21 @@ async def serve(
         await runner.cleanup()
 
 
+def _cannot_listen(host: str, port: int, e: OSError) -> str:
+    """Why ``host:port`` cannot be bound, and what to do, in one line."""
+    where = f"cannot listen on {host}:{port}"
+    if e.errno == errno.EADDRINUSE:
+        return (
+            f"{where}: the port is in use (another server?); stop it or choose another port "
+            "(0 picks a free one)"
+        )
+    if e.errno == errno.EACCES:
+        return f"{where}: permission denied (ports below 1024 need privileges); choose another port"
+    if e.errno == errno.EADDRNOTAVAIL:
+        return f"{where}: this machine has no such address; give one of its own with --host"
+    return f"{where}: {e.strerror or e}"
+
+
 def serve_main(argv: Sequence[str] | None = None) -> int:
     """``asyncart serve --store DIR [--host H] [--port P] [--max-blob-bytes N]
     [--max-request-bytes N] [--upload-expiry SECONDS] [--tls-cert PEM --tls-key PEM]``."""
@@ -90,7 +117,9 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``serve`` options, for a CLI that has subcommands."""
-    parser.add_argument("--store", required=True, help="the local store directory to serve")
+    parser.add_argument(
+        "--store", required=True, help="the local store directory to serve (made if not there)"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     parser.add_argument("--max-blob-bytes", type=int, default=Limits.max_blob)
@@ -120,14 +149,24 @@ def _seconds(text: str) -> float:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """Run ``serve`` with parsed arguments; log access as JSON lines on stderr."""
+    """Run ``serve`` with parsed arguments; log access as JSON lines on stderr. An error that
+    stops the server (a busy port, a store that is not writable) is one line on stderr, exit 1.
+    """
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     limits = Limits(max_blob=args.max_blob_bytes, max_request=args.max_request_bytes)
     expiry, tls = args.upload_expiry, _tls(args.tls_cert, args.tls_key)
-    asyncio.run(
-        serve(args.store, args.host, args.port, limits=limits, upload_expiry=expiry, tls=tls)
-    )
+    try:
+        asyncio.run(
+            serve(args.store, args.host, args.port, limits=limits, upload_expiry=expiry, tls=tls)
+        )
+    except (AsyncartError, OSError) as e:
+        print(f"asyncart serve: {_one_line(e)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _tls(cert: str | None, key: str | None) -> ssl.SSLContext | None:
@@ -145,12 +184,19 @@ def _tls(cert: str | None, key: str | None) -> ssl.SSLContext | None:
 
 
 def token_main(argv: Sequence[str] | None = None) -> int:
-    """``asyncart token create|list|revoke --store DIR ...``; errors go to stderr, exit 1."""
+    """``asyncart token create|list|revoke --store DIR ...``; errors are one line on stderr,
+    exit 1. Only ``create`` makes a store; ``list`` and ``revoke`` need one."""
     args = token_parser().parse_args(argv)
     try:
+        store = LocalStore(args.store)
+        if args.command == "create":
+            store.create_blocking()
+        else:
+            store.require_blocking()
+        args.store = store.location  # ~ expanded, as the check saw it
         result: int = args.run(args)
-    except AsyncartError as e:
-        print(f"asyncart token {args.command}: {e}", file=sys.stderr)
+    except (AsyncartError, OSError) as e:
+        print(f"asyncart token {args.command}: {_one_line(e)}", file=sys.stderr)
         return 1
     return result
 

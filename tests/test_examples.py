@@ -1,0 +1,33 @@
+"""The examples run as the README says."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def test_served_example_serves_the_store_given_and_revokes_its_token(tmp_path: Path) -> None:
+    store = tmp_path / "served"
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "served.py"), "--store", str(store), "--workers", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"serving {store} at http://127.0.0.1:" in done.stdout
+    assert "audit through the server: ok" in done.stdout
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "asyncart", "ls", "demo", "--json", "--store", str(store)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert json.loads(listed.stdout)["name"] == "shards"  # the version went into that store
+    tokens = json.loads((store / "tokens.json").read_text())
+    assert tokens == {"tokens": []}  # the token it minted is revoked
