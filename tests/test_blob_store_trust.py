@@ -19,6 +19,7 @@ import pytest
 
 import asyncart
 from asyncart._backends import local_blobs
+from asyncart._backends.base import UploadItem
 from asyncart._errors import NotDurableError
 
 NOBODY = 65534
@@ -89,9 +90,7 @@ async def test_a_stored_blob_is_never_replaced(store: str, tmp_path: Path) -> No
     over it (whoever wrote the replacement could still hold it open)."""
     source = tmp_path / "f"
     source.write_bytes(b"x" * 5000)
-    item = asyncart._backends.base.UploadItem(
-        str(source), blake3.blake3(source.read_bytes()).hexdigest(), 5000
-    )
+    item = UploadItem(str(source), blake3.blake3(source.read_bytes()).hexdigest(), 5000)
     blobs = asyncart.LocalStore(store).blobs
     await blobs.put_files([item])
     before = os.stat(_blob(store, item.digest)).st_ino
