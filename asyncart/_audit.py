@@ -47,7 +47,7 @@ class AuditReport:
         streams: streams read.
         records: records whose checksum and hash chain link were checked.
         versions: versions re-derived by replay.
-        blobs: distinct blobs the versions refer to (each checked to exist).
+        blobs: distinct blobs the versions refer to (each checked to exist with its size).
         blobs_read: blobs whose bytes were read and hashed (``read_data``).
         collections: every artifact's versions and aliases as of the end of the log, or as of
             ``as_of``.
