@@ -173,7 +173,7 @@ class LocalBlobStore:
         """Copy ``src`` (bytes or a file) to a temp file beside the blob, hashing what is written,
         then link it into place (see :meth:`_place`)."""
         final = self.path(expected)
-        tmp = f"{final}.{secrets.token_hex(4)}.tmp"  # same directory: the cheapest rename
+        tmp = f"{final}.{secrets.token_hex(4)}.tmp"  # same directory: the cheapest link
         try:
             try:
                 out = open(tmp, "xb+", buffering=0)  # noqa: SIM115 - closed just below
@@ -296,7 +296,9 @@ def _link_new(src: str, final: str) -> None:
     except OSError as e:
         if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
             raise
-        if os.path.exists(final):  # no hard links on this filesystem: a rename, checked first
+        # No hard links on this filesystem: a rename, checked first (a blob stored between the
+        # check and the rename would be replaced, by the same verified bytes).
+        if os.path.exists(final):
             raise FileExistsError(errno.EEXIST, "blob exists", final) from None
         os.rename(src, final)
 
