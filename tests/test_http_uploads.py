@@ -21,8 +21,8 @@ from asyncart._backends._wire import pack, unpack
 from asyncart._backends.base import UploadItem
 from asyncart._backends.http import HttpStore
 
-PART = 256 << 10
-SIZE = 4 * PART  # over 1 MiB: sent in parts
+PART = 5 << 20  # more than the server gathers before a write: a part's first bytes show
+SIZE = 4 * PART
 
 
 @pytest.fixture
@@ -89,6 +89,11 @@ async def _complete(session: aiohttp.ClientSession, item: UploadItem, upload: st
         return reply.status
 
 
+def _starts_with(path: Path, prefix: bytes) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(prefix)) == prefix
+
+
 def _part(item: UploadItem, index: int) -> bytes:
     return Path(item.source).read_bytes()[index * PART : (index + 1) * PART]
 
@@ -104,10 +109,12 @@ async def test_a_slow_part_of_another_upload_cannot_corrupt_a_stored_blob(
         assert await _put(attacker, item, upload, index, _part(item, index)) == 201
     release = anyio.Event()
 
+    first = PART - (512 << 10)  # the server writes these before the rest arrives
+
     async def slow_body() -> AsyncIterator[bytes]:
-        yield _part(item, 0)[: PART // 2]  # the right bytes first ...
+        yield _part(item, 0)[:first]  # the right bytes first ...
         await release.wait()
-        yield os.urandom(PART // 2)  # ... garbage once the victim's blob is stored
+        yield os.urandom(PART - first)  # ... garbage once the victim's blob is stored
 
     statuses: list[int] = []
 
@@ -116,9 +123,11 @@ async def test_a_slow_part_of_another_upload_cannot_corrupt_a_stored_blob(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(slow_part)
-        with anyio.fail_after(10):  # the part's request is in the server once complete waits
-            while (status := await _complete(attacker, item, upload)) == 400:  # noqa: ASYNC110
-                await anyio.sleep(0.02)  # 400: the part's request has not reached the server
+        data = server.root / "spool" / "parts" / f"{item.digest}-{SIZE}-{upload}" / "data"
+        with anyio.fail_after(30):  # until the part's request writes into the upload's file
+            while not _starts_with(data, _part(item, 0)[:64]):  # noqa: ASYNC110
+                await anyio.sleep(0.02)  # another process's file
+        status = await _complete(attacker, item, upload)
         assert status == 429, "complete does not hash a file that a request still writes"
         async with victim:
             assert await victim.blobs.put_files([item]) == SIZE
