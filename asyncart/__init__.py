@@ -34,6 +34,7 @@ from ._errors import ConflictError as ConflictError
 from ._errors import FileChangedError as FileChangedError
 from ._errors import IntegrityError as IntegrityError
 from ._errors import InvalidInputError as InvalidInputError
+from ._errors import NotDurableError as NotDurableError
 from ._errors import NotFoundError as NotFoundError
 from ._errors import SealedError as SealedError
 from ._history import ArtifactCollection as ArtifactCollection
@@ -86,6 +87,7 @@ __all__ = (
     "LogEntry",
     "Manifest",
     "ManifestDiff",
+    "NotDurableError",
     "NotFoundError",
     "Progress",
     "Run",

@@ -46,7 +46,7 @@ class AuditReport:
         streams: streams read.
         records: records whose checksum and hash chain link were checked.
         versions: versions re-derived by replay.
-        blobs: distinct blobs the versions refer to (each checked to exist).
+        blobs: distinct blobs the versions refer to (each checked to exist with its size).
         blobs_read: blobs whose bytes were read and hashed (``read_data``).
         collections: every artifact's versions and aliases as of the end of the log, or as of
             ``as_of``.
@@ -97,7 +97,8 @@ async def audit(
 
     Checks each record's checksum and its link in the stream's hash chain, re-derives every
     version's manifest by replaying its events (ignoring snapshots), compares it with the digest,
-    file count and size the log recorded, checks each snapshot, and that every blob exists.
+    file count and size the log recorded, checks each snapshot, and that every blob exists with
+    the size the log recorded (``read_data`` also checks its bytes).
 
     Args:
         project: the project to audit; None audits every project in the store.
@@ -262,11 +263,18 @@ async def _check_snapshot(
 async def _check_blobs_exist(
     store: Store, blobs: dict[str, _BlobUse], report: AuditReport
 ) -> set[str]:
-    missing = await store.blobs.missing(list(blobs))
+    """Every blob must be stored with its size (a stat each; ``missing`` moves a stored file
+    of another size aside, so the next upload of that content repairs it)."""
+    missing = await store.blobs.missing({digest: use.size for digest, use in blobs.items()})
     for digest in sorted(missing):
         use = blobs[digest]
         report.problems.append(
-            AuditProblem(use.stream, use.seq, f"blob {digest} of {use.where} is missing")
+            AuditProblem(
+                use.stream,
+                use.seq,
+                f"blob {digest} of {use.where} is missing or damaged (not {use.size} bytes); "
+                "a damaged copy is kept aside, and logging the file again repairs it",
+            )
         )
     return missing
 

@@ -11,7 +11,8 @@ Every error derives from :class:`AsyncartError`::
     ├── InvalidInputError        a bad name, path or argument (also a ``ValueError``)
     ├── SealedError              a committed artifact or finished draft was modified
     └── BackendUnavailableError  the store cannot be reached or opened
-        └── AccessDeniedError    the server refused the token (missing, unknown, out of scope)
+        ├── AccessDeniedError    the server refused the token (missing, unknown, out of scope)
+        └── NotDurableError      stored blobs could not be made durable (nothing was committed)
 """
 
 from __future__ import annotations
@@ -92,3 +93,8 @@ class BackendUnavailableError(AsyncartError):
 
 class AccessDeniedError(BackendUnavailableError):
     """Raised when a server refuses the request's token: none, unknown, or out of its scope."""
+
+
+class NotDurableError(BackendUnavailableError):
+    """Raised when the store could not make its blobs durable (a failed ``syncfs`` or
+    ``fsync``): the commit that needed them appended nothing."""

@@ -145,8 +145,8 @@ async def upload(
 ) -> int:
     """Store each file as its digest, skipping blobs already present; return bytes written."""
     items = list(items)
-    unique = await maybe_thread(len(items) > HEAVY, _by_digest, items)
-    missing = await blobs.missing(unique.keys())
+    unique, sizes = await maybe_thread(len(items) > HEAVY, _by_digest, items)
+    missing = await blobs.missing(sizes)
     work, files, total = await maybe_thread(len(missing) > HEAVY, _plan_upload, unique, missing)
     tracker = _Tracker(files, total, progress)
     written = await run_pool(
@@ -175,8 +175,10 @@ async def hash_files(
     return await maybe_thread(len(paths) > HEAVY, _in_input_order, results)
 
 
-def _by_digest(items: list[UploadItem]) -> dict[str, UploadItem]:
-    return {item.digest: item for item in items}
+def _by_digest(items: list[UploadItem]) -> tuple[dict[str, UploadItem], dict[str, int]]:
+    """One item per digest, and each digest's size (what ``missing`` checks)."""
+    unique = {item.digest: item for item in items}
+    return unique, {digest: item.size for digest, item in unique.items()}
 
 
 def _item_size(item: UploadItem) -> int:

@@ -80,10 +80,11 @@ class BlobStoreContract:
     async def test_put_dedups_and_reads_back(self, store: Store, tmp_path: Path) -> None:
         a = await self._file(tmp_path, "a", b"alpha" * 1000)
         same = await self._file(tmp_path, "same", b"alpha" * 1000)
-        assert await store.blobs.missing([a.digest]) == {a.digest}
+        assert await store.blobs.missing({a.digest: a.size}) == {a.digest}
         assert await store.blobs.put_files([a]) == a.size
-        assert await store.blobs.missing([a.digest, same.digest]) == set()  # dedup by content
-        await store.blobs.put_files([same])  # storing it again is harmless
+        both = {a.digest: a.size, same.digest: same.size}
+        assert await store.blobs.missing(both) == set()  # dedup by content
+        await store.blobs.put_files([same])  # storing it again is harmless: the blob is kept
         assert await store.blobs.get_bytes(a.digest) == b"alpha" * 1000
         dest = tmp_path / "out"
         await store.blobs.get_files([(a.digest, str(dest))])
@@ -98,7 +99,7 @@ class BlobStoreContract:
         Path(item.source).write_bytes(os.urandom(size + (change == "grew")))
         with pytest.raises(FileChangedError, match="changed after it was added"):
             await store.blobs.put_files([item])
-        assert await store.blobs.missing([item.digest]) == {item.digest}
+        assert await store.blobs.missing({item.digest: item.size}) == {item.digest}
 
     async def test_a_large_blob_round_trips(self, store: Store, tmp_path: Path) -> None:
         data = os.urandom(3 << 20)  # past the whole-file reads: copied in parts or streamed

@@ -294,7 +294,8 @@ def test_audit_names_a_deleted_blob(store, two_versions):
     assert problem == {
         "stream": "uncategorized/artifacts/ds",
         "seq": 8,
-        "message": f"blob {digest} of ds:v1/c.txt is missing",
+        "message": f"blob {digest} of ds:v1/c.txt is missing or damaged (not 6 bytes); "
+        "a damaged copy is kept aside, and logging the file again repairs it",
     }
 
 

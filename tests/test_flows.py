@@ -167,7 +167,8 @@ async def test_file_changed_before_upload_commits_nothing(store, files):
         await artifact.save(project="demo", store=store)
     with pytest.raises(NotFoundError):
         await asyncart.Api("demo", store=store).artifact("ds")
-    assert await asyncart.LocalStore(store).blobs.missing([entry.digest]) == {entry.digest}
+    blobs = asyncart.LocalStore(store).blobs
+    assert await blobs.missing({entry.digest: entry.size}) == {entry.digest}
 
 
 async def test_download_refuses_to_follow_a_symlink_out_of_root(store, files, tmp_path):

@@ -21,15 +21,17 @@ PRESENT = b"a blob that is stored"
 NEW = b"a blob that is not"
 D, D_NEW = blake3.blake3(PRESENT).hexdigest(), blake3.blake3(NEW).hexdigest()
 
-# (method, path, body, what it needs): "read" a project, "write" it, write "any"where, "admin"
+# (method, path, body, what it needs): "read" a project, "write" it, write "any"where, "admin";
+# UPLOAD stands for the id of an upload the admin started (an upload's id is all it takes)
 ENDPOINTS = [
-    ("POST", "/v1/blobs/missing", pack([D, D_NEW]), "token"),
+    ("POST", "/v1/blobs/missing", pack([[D, len(PRESENT)], [D_NEW, len(NEW)]]), "token"),
     ("GET", f"/v1/blobs/{D}", None, "token"),
     ("PUT", f"/v1/blobs/{D_NEW}", NEW, "any"),
     ("POST", "/v1/blobs/flush", None, "any"),
-    ("GET", f"/v1/uploads/{D_NEW}?size={len(NEW)}", None, "any"),
-    ("PUT", f"/v1/uploads/{D_NEW}/0?size={len(NEW)}&offset=0", NEW, "any"),
-    ("POST", f"/v1/uploads/{D_NEW}/complete?size={len(NEW)}", None, "any"),
+    ("POST", f"/v1/uploads/{D_NEW}?size={len(NEW)}", None, "any"),
+    ("GET", f"/v1/uploads/{D_NEW}/UPLOAD?size={len(NEW)}", None, "any"),
+    ("PUT", f"/v1/uploads/{D_NEW}/UPLOAD/0?size={len(NEW)}&offset=0", NEW, "any"),
+    ("POST", f"/v1/uploads/{D_NEW}/UPLOAD/complete?size={len(NEW)}", None, "any"),
     ("POST", f"/v1/log/{STREAM}?expected_seq=1", pack([b"second"]), "write"),
     ("GET", f"/v1/log/{STREAM}", None, "read"),
     ("POST", "/v1/tokens", pack({"projects": ["demo"], "write": True}), "admin"),
@@ -76,7 +78,7 @@ async def _call(server: Server, token: str | None, method: str, path: str, body:
 async def _state(server: Server, admin: str) -> tuple[list[bytes], list[str], int]:
     async with HttpStore(server.url, admin) as store:
         records = await store.log.read(STREAM)
-        missing = sorted(await store.blobs.missing([D, D_NEW]))
+        missing = sorted(await store.blobs.missing({D: len(PRESENT), D_NEW: len(NEW)}))
     return records, missing, len((server.root / "tokens.json").read_text())
 
 
@@ -98,7 +100,11 @@ async def test_refused_requests_change_nothing(
     server: Server, tokens: dict[str, str | None], seeded: None, kind: str
 ) -> None:
     before = await _state(server, tokens["admin"])  # type: ignore[arg-type]
-    for method, path, body, needs in ENDPOINTS:
+    start = f"/v1/uploads/{D_NEW}?size={len(NEW)}"
+    started = await _call(server, tokens["admin"], "POST", start, None)
+    upload = unpack(started[1])["upload"]
+    for method, template, body, needs in ENDPOINTS:
+        path = template.replace("UPLOAD", upload)
         status, text = await _call(server, tokens[kind], method, path, body)
         if needs in ALLOWED[kind]:
             assert status < 400 or status == 409, (method, path, status, text)

@@ -76,7 +76,7 @@ async def test_large_files_go_in_parts_and_a_changed_one_is_refused(
         Path(changed.source).write_bytes(os.urandom(300_000))  # same size, other bytes
         with pytest.raises(FileChangedError, match="changed after it was added"):
             await store.blobs.put_files([changed])
-        assert await store.blobs.missing([changed.digest]) == {changed.digest}
+        assert await store.blobs.missing({changed.digest: changed.size}) == {changed.digest}
     assert spool_files(server.root) == []  # the refused parts are gone too
 
 
@@ -92,7 +92,7 @@ async def test_a_file_that_shrank_fails_at_once_and_stores_nothing(
         with anyio.fail_after(10):
             with pytest.raises(FileChangedError, match=r"ends at byte \d+, before"):
                 await store.blobs.put_files([item])
-        assert await store.blobs.missing([item.digest]) == {item.digest}
+        assert await store.blobs.missing({item.digest: item.size}) == {item.digest}
     assert blob_count(server.root) == 0
 
 

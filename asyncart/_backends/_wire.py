@@ -4,15 +4,16 @@ Bodies are msgpack (records are raw bytes; JSON would need base64); errors are J
 human with ``curl`` can read them::
 
     GET  /v1/health                               -> {"ok": true}            (no token)
-    POST /v1/blobs/missing      [digest, ...]     -> [digest, ...]           (read)
+    POST /v1/blobs/missing  [[digest, size], ...] -> [digest, ...]           (read)
     PUT  /v1/blobs/{digest}     raw bytes          -> {"size": n}             (write)
     GET  /v1/blobs/{digest}     Range supported    -> raw bytes               (read)
     POST /v1/blobs/batch   [[digest, bytes], ...] -> {"size": n}             (write)
     POST /v1/blobs/fetch   [digest, ...]          -> [bytes | None, ...]     (read)
     POST /v1/blobs/flush                          -> {}                      (write)
-    GET  /v1/uploads/{digest}?size=N              -> {"parts": {index: size}} (write)
-    PUT  /v1/uploads/{digest}/{index}?size=N&offset=O -> {"size": n}         (write)
-    POST /v1/uploads/{digest}/complete?size=N     -> {"size": n}             (write)
+    POST /v1/uploads/{digest}?size=N              -> {"upload": id}          (write)
+    GET  /v1/uploads/{digest}/{id}?size=N         -> {index: size}           (write)
+    PUT  /v1/uploads/{digest}/{id}/{index}?size=N&offset=O -> {"size": n}    (write)
+    POST /v1/uploads/{digest}/{id}/complete?size=N -> {"size": n}            (write)
     POST /v1/log/{stream}?expected_seq=N [bytes..] -> {"head": n}            (write project)
     GET  /v1/log/{stream}?from_seq=N              -> {"records": [...], "more": bool}
     GET  /v1/streams?prefix=P                     -> [stream, ...]           (readable ones)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
@@ -52,15 +52,21 @@ class EventLog(Protocol):
 class BlobStore(Protocol):
     """Content-addressed blobs (BLAKE3 hex digests); writes are idempotent, reads verified."""
 
-    async def missing(self, digests: Collection[str]) -> set[str]:
-        """The subset of ``digests`` not stored yet."""
+    async def missing(self, sizes: Mapping[str, int]) -> set[str]:
+        """The digests of ``sizes`` (digest -> size in bytes) that are not stored yet.
+
+        A stored blob whose size differs counts as missing (a power cut can leave a short or
+        empty file under its final name): the store moves that file aside, never deleting it,
+        so that the upload that follows stores a good copy. A stored file of another size that
+        still hashes to its digest is good (the caller's size is wrong) and stays.
+        """
         ...
 
     async def put_files(self, items: Sequence[UploadItem]) -> int:
         """Store each file as its digest; return the bytes written.
 
-        Callers ask :meth:`missing` first (that is where dedup happens); storing a blob that is
-        already present again is harmless, since its bytes are the same.
+        Callers ask :meth:`missing` first (that is where dedup happens). A blob that is present
+        already is kept as it is, never replaced.
 
         Raises:
             FileChangedError: a file's bytes no longer match its digest; nothing is stored for it.
@@ -68,7 +74,7 @@ class BlobStore(Protocol):
         ...
 
     async def put_bytes(self, data: bytes) -> str:
-        """Store ``data``; return its digest."""
+        """Store ``data`` unless a good copy (of its size) is present; return its digest."""
         ...
 
     async def get_bytes(self, digest: str) -> bytes:
@@ -85,18 +91,29 @@ class BlobStore(Protocol):
         ...
 
     async def flush(self) -> None:
-        """Make every blob stored so far durable (called before the events that reference them)."""
+        """Make every blob stored so far durable (called before the events that reference them).
+
+        Raises:
+            NotDurableError: the store could not make them durable; the caller must not
+                append events that reference them.
+        """
         ...
 
 
 @runtime_checkable
 class BlobPaths(Protocol):
     """An optional capability of a :class:`BlobStore` whose blobs are files on this machine (the
-    local one). The server uses it to hand uploads over with a rename and to send blobs with
+    local one). The server uses it to hand uploads over without a copy and to send blobs with
     ``sendfile``; for any other blob store it goes through the :class:`BlobStore` methods."""
 
     def path(self, digest: str) -> str:
         """The file that holds (or would hold) blob ``digest``."""
+        ...
+
+    def adopt(self, path: str, digest: str, size: int) -> None:
+        """Store the verified file ``path`` (on the store's filesystem, written by nobody any
+        more) as blob ``digest`` without copying it; a good blob already there is kept, never
+        replaced. The caller removes ``path`` afterwards (blocking)."""
         ...
 
 

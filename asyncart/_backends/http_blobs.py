@@ -12,7 +12,7 @@ import contextlib
 import functools
 import os
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import BinaryIO, TypeVar
 
 import anyio
@@ -20,7 +20,7 @@ import anyio.abc
 import anyio.to_thread
 import blake3
 
-from .._errors import BackendUnavailableError, FileChangedError, IntegrityError
+from .._errors import BackendUnavailableError, FileChangedError, IntegrityError, NotFoundError
 from ._http_client import TRANSIENT, HttpClient, Reply, ServerError, error_detail, unavailable
 from ._wire import MSGPACK, unpack
 from ._wire import pack as _pack
@@ -52,11 +52,11 @@ class HttpBlobStore:
         self._client = client
         self.part_size, self.part_threshold = part_size, part_threshold
 
-    async def missing(self, digests: Collection[str]) -> set[str]:
-        digests = list(digests)
+    async def missing(self, sizes: Mapping[str, int]) -> set[str]:
+        pairs = [[digest, size] for digest, size in sizes.items()]
         out: set[str] = set()
-        for start in range(0, len(digests), MISSING_BATCH):
-            body = _pack(digests[start : start + MISSING_BATCH])
+        for start in range(0, len(pairs), MISSING_BATCH):
+            body = _pack(pairs[start : start + MISSING_BATCH])
             reply = await self._client.request(
                 "POST", "/blobs/missing", body=_const(body), headers={"Content-Type": MSGPACK}
             )
@@ -101,49 +101,53 @@ class HttpBlobStore:
         return item.size
 
     async def _put_parts(self, item: UploadItem) -> int:
-        """Upload the parts the server lacks (it keeps finished ones), then join them."""
-        where, size = f"/uploads/{item.digest}", {"size": item.size}
+        """Upload the file in parts into an upload of its own, then join them.
+
+        The server keeps finished parts: after a dropped connection only the parts it lacks
+        are sent again. If it expired the upload meanwhile, a second one starts afresh.
+        """
+        size = {"size": item.size}
         part = self.part_size
         count = -(-item.size // part)
 
-        async def finished() -> dict[int, int]:
-            parts: dict[int, int] = unpack(
-                (await self._client.request("GET", where, params=size)).body
-            )
-            return parts
-
-        async def put(index: int) -> int:
+        async def put(where: str, index: int) -> int:
             start = index * part
             length = min(part, item.size - start)
 
             async def arrived() -> bool:  # after a dropped connection: did it land anyway?
-                return (await finished()).get(index) == length
+                listing = await self._client.request("GET", where, params=size)
+                return bool(unpack(listing.body).get(index) == length)
 
-            if have.get(index) != length:
-                await self._client.request(
-                    "PUT",
-                    f"{where}/{index}",
-                    params={**size, "offset": start},
-                    body=lambda: _file_chunks(item, start, length),
-                    headers={**_OCTETS, "Content-Length": str(length)},
-                    done=arrived,
-                )
+            await self._client.request(
+                "PUT",
+                f"{where}/{index}",
+                params={**size, "offset": start},
+                body=lambda: _file_chunks(item, start, length),
+                headers={**_OCTETS, "Content-Length": str(length)},
+                done=arrived,
+            )
             return length
 
-        for _ in range(2):  # a second round if the server expired the parts meanwhile
-            have = await finished()
-            await _gather(range(count), put)
-            reply = await self._client.request(
-                "POST", f"{where}/complete", params=size, ok=(201, 400, 422)
-            )
-            if reply.status != 400:
-                _check_stored(item, reply)
+        for _ in range(2):  # a second upload if the server expired the first one meanwhile
+            started = await self._client.request("POST", f"/uploads/{item.digest}", params=size)
+            where = f"/uploads/{item.digest}/{unpack(started.body)['upload']}"
+            try:
+                await _gather(range(count), functools.partial(put, where))
+            except NotFoundError:  # the upload expired under its parts
+                reply = None
+            else:
+                reply = await self._client.request(
+                    "POST", f"{where}/complete", params=size, ok=(201, 400, 422)
+                )
+                if reply.status != 400:
+                    _check_stored(item, reply)
+                    return item.size
+            if not await self.missing({item.digest: item.size}):  # another client stored it
                 return item.size
-            if not await self.missing([item.digest]):  # another client completed it first
-                return item.size
+        why = error_detail(reply.body)["message"] if reply is not None else "upload gone"
         raise BackendUnavailableError(
             f"the server at {self._client.url} lost the parts of {item.source} twice while "
-            f"they were uploaded ({error_detail(reply.body)['message']}); retry"
+            f"they were uploaded ({why}); retry"
         )
 
     async def put_bytes(self, data: bytes) -> str:

@@ -1,12 +1,18 @@
-"""The local blob store: ``blobs/<2 hex>/<digest>``, written through a temp file and a rename.
+"""The local blob store: ``blobs/<2 hex>/<digest>``, written through a temp file and a link.
 
 Each write checks the digest of what it wrote (the copy is read back, or hashed as it passes),
-so a blob can never be stored under a wrong digest; a present blob is never rewritten (dedup
-across files and versions). Durability is batched: one ``syncfs`` per
-:meth:`LocalBlobStore.flush` instead of an ``fsync`` per file, the same cost as
-``cp -r && sync``, and always before the events that reference the blobs are appended.
-``flush`` syncs even when this process wrote nothing: a present blob may come from a process
-that was killed before its own sync.
+so a blob can never be stored under a wrong digest. A blob is named with a hard link that fails
+when the name exists: a stored blob is never replaced (not even by the same bytes, whose writer
+might still hold the file open). A stored blob counts as present only with the size the caller
+expects: a short or empty file (a power cut after its rename) is moved aside into
+``blobs/damaged/``, kept as evidence, and stored anew.
+
+Durability is batched: one ``syncfs`` per :meth:`LocalBlobStore.flush` instead of an ``fsync``
+per file, the same cost as ``cp -r && sync``, and always before the events that reference the
+blobs are appended. ``flush`` syncs even when this process wrote nothing: a present blob may come
+from a process that was killed before its own sync. A failed sync raises
+:class:`~asyncart.NotDurableError`. Where ``syncfs`` does not exist (not Linux), ``flush``
+fsyncs each blob this store wrote or found present since the last flush, and their directories.
 """
 
 from __future__ import annotations
@@ -17,21 +23,35 @@ import errno
 import os
 import re
 import secrets
-from collections.abc import Callable, Collection, Sequence
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from io import FileIO
 from pathlib import Path
 
 import anyio.to_thread
 import blake3
 
-from .._errors import FileChangedError, IntegrityError, NotFoundError
+from .._errors import FileChangedError, IntegrityError, NotDurableError, NotFoundError
+from ._durable import fsync_dir
 from .base import UploadItem
 from .fileio import SMALL, read_small
 
 CHUNK = 8 << 20  # large files stream through a buffer of this size: memory stays bounded
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
-_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _find_syncfs() -> Callable[[int], int] | None:
+    """libc's ``syncfs`` (Linux), or None where there is none."""
+    try:
+        syncfs: Callable[[int], int] = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    return syncfs
+
+
+_syncfs = _find_syncfs()
 
 
 class LocalBlobStore:
@@ -40,6 +60,9 @@ class LocalBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._prefix = str(root) + os.sep
+        self._flushing = threading.Lock()  # one flush at a time: a second one waits for it
+        self._unsynced: set[str] = set()  # without syncfs: the blobs the next flush fsyncs
+        self._unsynced_lock = threading.Lock()
 
     def path(self, digest: str) -> str:
         """Where a blob lives (plain strings: this runs once per file on the hot path)."""
@@ -47,8 +70,8 @@ class LocalBlobStore:
             raise IntegrityError(f"malformed blob digest {digest!r}")
         return f"{self._prefix}{digest[:2]}/{digest}"
 
-    async def missing(self, digests: Collection[str]) -> set[str]:
-        return await anyio.to_thread.run_sync(self._missing, digests)
+    async def missing(self, sizes: Mapping[str, int]) -> set[str]:
+        return await anyio.to_thread.run_sync(self._missing, sizes)
 
     async def put_files(self, items: Sequence[UploadItem]) -> int:
         return await anyio.to_thread.run_sync(self._put_files, items)
@@ -65,12 +88,77 @@ class LocalBlobStore:
     async def flush(self) -> None:
         await anyio.to_thread.run_sync(self._sync)
 
-    def _missing(self, digests: Collection[str]) -> set[str]:
-        exists = os.path.exists
-        return {d for d in digests if not exists(self.path(d))}
+    def adopt(self, path: str, digest: str, size: int) -> None:
+        """Store the verified file ``path`` as blob ``digest`` by linking it in (no copy),
+        unless a good copy is there already. The caller removes ``path`` afterwards."""
+        self._place(path, digest, size)
+
+    def _missing(self, sizes: Mapping[str, int]) -> set[str]:
+        return {digest for digest, size in sizes.items() if not self._present(digest, size)}
+
+    def _present(self, digest: str, size: int) -> bool:
+        """Whether a good blob ``digest`` of ``size`` bytes is stored (a stat; a hash only when
+        the size differs). A stored file that is not the blob is moved aside."""
+        final = self.path(digest)
+        try:
+            stored = os.stat(final)
+        except FileNotFoundError:
+            return False
+        if stored.st_size != size and self._set_aside_if_bad(digest, final):
+            return False
+        if _syncfs is None:  # another process may have stored it and died before its sync
+            self._remember(final)
+        return True
+
+    def _set_aside_if_bad(self, digest: str, final: str) -> bool:
+        """Move ``final`` into ``damaged/`` unless it hashes to ``digest``; True if moved.
+
+        Hashed first: a caller that claims a wrong size must not take a good blob away from
+        everyone. Then renamed, and checked to be the inode that was hashed: if another
+        process set the same bad file aside first and a good copy took its name meanwhile,
+        that good copy is linked back.
+        """
+        try:
+            fd = os.open(final, os.O_RDONLY)
+        except FileNotFoundError:
+            return True  # set aside by another process meanwhile
+        with open(fd, "rb", buffering=0) as f:
+            hashed = os.fstat(fd)
+            if _copy_hashing(f, None, hashed.st_size)[0] == digest:
+                return False
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = os.path.join(self.root, "damaged", f"{digest}.{stamp}.{secrets.token_hex(4)}")
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        try:
+            os.rename(final, aside)
+        except FileNotFoundError:
+            return True
+        if os.stat(aside).st_ino != hashed.st_ino:  # not the file hashed: a good copy
+            with contextlib.suppress(FileExistsError):
+                _link_new(aside, final)
+            os.unlink(aside)
+        return True
+
+    def _place(self, verified: str, digest: str, size: int) -> None:
+        """Name the verified file ``verified`` as blob ``digest``, never replacing a good blob
+        (a bad one is set aside first)."""
+        final = self.path(digest)
+        try:
+            _link_new(verified, final)
+        except FileExistsError:
+            if self._present(digest, size):
+                return
+            with contextlib.suppress(FileExistsError):  # stored by another process meanwhile
+                _link_new(verified, final)
+        if _syncfs is None:
+            self._remember(final)
+
+    def _remember(self, final: str) -> None:
+        with self._unsynced_lock:
+            self._unsynced.add(final)
 
     def _put_files(self, items: Sequence[UploadItem]) -> int:
-        # No existence check: callers ask ``missing`` first, and rewriting a blob is harmless.
+        # No existence check: callers ask ``missing`` first; a present blob is kept as it is.
         written = 0
         for item in items:
             if item.size <= SMALL:  # one read, no buffer to manage: most of an ingest's files
@@ -83,9 +171,9 @@ class LocalBlobStore:
 
     def _store(self, expected: str, size: int, src: bytes | FileIO, name: str) -> int:
         """Copy ``src`` (bytes or a file) to a temp file beside the blob, hashing what is written,
-        then rename it into place."""
+        then link it into place (see :meth:`_place`)."""
         final = self.path(expected)
-        tmp = f"{final}.{secrets.token_hex(4)}.tmp"  # same directory: the cheapest rename
+        tmp = f"{final}.{secrets.token_hex(4)}.tmp"  # same directory: the cheapest link
         try:
             try:
                 out = open(tmp, "xb+", buffering=0)  # noqa: SIM115 - closed just below
@@ -104,16 +192,15 @@ class LocalBlobStore:
                     f"{expected[:16]}..., read {copied} bytes with digest {digest[:16]}...; "
                     "add it again"
                 )
-            os.replace(tmp, final)
-        except BaseException:
+            self._place(tmp, expected, size)
+        finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            raise
         return size
 
     def _put_bytes(self, data: bytes) -> str:
         digest = blake3.blake3(data).hexdigest()
-        if not os.path.exists(self.path(digest)):
+        if not self._present(digest, len(data)):
             self._store(digest, len(data), data, f"blob {digest}")
         return digest
 
@@ -156,15 +243,64 @@ class LocalBlobStore:
         return size
 
     def _sync(self) -> None:
+        with self._flushing:
+            if _syncfs is None:
+                self._fsync_each()
+                return
+            try:
+                fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:
+                return  # no blob was ever stored here
+            except OSError as e:
+                raise self._not_durable(e) from e
+            try:  # whole filesystem, like `sync`: one call for all blobs
+                if _syncfs(fd) != 0:
+                    code = ctypes.get_errno()
+                    raise self._not_durable(OSError(code, os.strerror(code)))
+            finally:
+                os.close(fd)
+
+    def _fsync_each(self) -> None:
+        """Without ``syncfs``: fsync every blob written or found since the last flush, then
+        their directories. What fails stays listed for the next flush."""
+        with self._unsynced_lock:
+            paths, self._unsynced = self._unsynced, set()
         try:
-            fd = os.open(self.root, os.O_RDONLY)
-        except FileNotFoundError:
-            return  # no blob was ever stored here
-        try:
-            if _libc.syncfs(fd) != 0:  # whole filesystem, like `sync`: one call for all blobs
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+            for path in sorted(paths):
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            for folder in sorted({os.path.dirname(path) for path in paths}):
+                fsync_dir(folder)
+        except OSError as e:
+            with self._unsynced_lock:
+                self._unsynced |= paths
+            raise self._not_durable(e) from e
+
+    def _not_durable(self, error: OSError) -> NotDurableError:
+        return NotDurableError(
+            f"the blobs in {self.root} could not be made durable ({error.strerror or error}); "
+            "nothing that needs them may be committed: check that disk and retry"
+        )
+
+
+def _link_new(src: str, final: str) -> None:
+    """Give ``src`` the name ``final``, which must not exist (FileExistsError otherwise)."""
+    try:
+        os.link(src, final)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        os.link(src, final)
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise
+        # No hard links on this filesystem: a rename, checked first (a blob stored between the
+        # check and the rename would be replaced, by the same verified bytes).
+        if os.path.exists(final):
+            raise FileExistsError(errno.EEXIST, "blob exists", final) from None
+        os.rename(src, final)
 
 
 def _copy_verified(src: FileIO, out: FileIO, size: int, expected: str) -> tuple[str, int]:
@@ -211,9 +347,11 @@ def _kernel_copy(
     return hasher.hexdigest(), copied
 
 
-def _copy_hashing(src: object, out: object, size: int) -> tuple[str, int]:
-    """Copy ``src`` to ``out`` (unbuffered files), hashing what passes; return (digest, bytes)."""
-    read, write = src.readinto, out.write  # type: ignore[attr-defined]
+def _copy_hashing(src: object, out: object | None, size: int) -> tuple[str, int]:
+    """Copy ``src`` to ``out`` (unbuffered files; None: only hash), hashing what passes;
+    return (digest, bytes)."""
+    read = src.readinto  # type: ignore[attr-defined]
+    write = out.write if out is not None else len  # type: ignore[attr-defined]
     # One core: one core hashes several GB/s, faster than the disk, and copies run several at
     # once; BLAKE3's own threads on top left the event loop's thread waiting for a CPU.
     hasher = blake3.blake3()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ import blake3
 from aiohttp import web
 
 from .._backends._wire import DIGEST, MAX_DIGESTS
-from .._backends.base import BlobPaths, Store, UploadItem
+from .._backends.base import BlobPaths, BlobStore, Store, UploadItem
+from .._errors import NotFoundError
 from ._http import HttpError, grant_of, int_query, msgpack_body, msgpack_response, require
 from ._spool import hash_file, receive, receive_at
 from ._uploads import UPLOADS
@@ -61,14 +63,29 @@ def _digest(request: web.Request) -> str:
 
 
 async def missing(request: web.Request) -> web.Response:
-    """POST /v1/blobs/missing: the subset of the posted digests the store lacks."""
+    """POST /v1/blobs/missing [[digest, size], ...]: the digests the store lacks, or holds
+    with another size (the store moves such a damaged file aside)."""
     await grant_of(request)
-    digests = await msgpack_body(request)
-    if not isinstance(digests, list) or len(digests) > MAX_DIGESTS:
-        raise HttpError(400, "invalid", f"post a list of at most {MAX_DIGESTS} digests")
-    if not all(isinstance(d, str) and DIGEST.fullmatch(d) for d in digests):
-        raise HttpError(400, "invalid", "every digest must be 64 lowercase hex characters")
-    return msgpack_response(sorted(await request.app[STORE].blobs.missing(digests)))
+    pairs = await msgpack_body(request)
+    if not isinstance(pairs, list) or len(pairs) > MAX_DIGESTS:
+        raise HttpError(400, "invalid", f"post a list of at most {MAX_DIGESTS} [digest, size]")
+    if not all(_is_sized(p) for p in pairs):
+        raise HttpError(
+            400, "invalid", "post [digest, size] pairs: 64 lowercase hex characters, bytes >= 0"
+        )
+    sizes = {digest: size for digest, size in pairs}
+    return msgpack_response(sorted(await request.app[STORE].blobs.missing(sizes)))
+
+
+def _is_sized(pair: object) -> bool:
+    return (
+        isinstance(pair, list)
+        and len(pair) == 2
+        and isinstance(pair[0], str)
+        and DIGEST.fullmatch(pair[0]) is not None
+        and type(pair[1]) is int
+        and pair[1] >= 0
+    )
 
 
 async def upload(request: web.Request) -> web.Response:
@@ -85,7 +102,8 @@ async def upload(request: web.Request) -> web.Response:
 
 
 async def _store(store: Store, spool: str, digest: str, got: str, size: int) -> None:
-    """Hand a verified spool file to the store: renamed into place when blobs are files."""
+    """Hand a verified spool file (written by nobody any more) to the store: linked in, with
+    no copy, when blobs are files; a good blob already stored is never replaced."""
     if got != digest:
         raise HttpError(
             422,
@@ -94,17 +112,9 @@ async def _store(store: Store, spool: str, digest: str, got: str, size: int) -> 
             got=got,
         )
     if isinstance(store.blobs, BlobPaths):  # same filesystem: no second copy, no second hash
-        await anyio.to_thread.run_sync(_adopt, spool, store.blobs.path(digest))
+        await anyio.to_thread.run_sync(store.blobs.adopt, spool, digest, size)
     else:
         await store.blobs.put_files([UploadItem(spool, digest, size)])
-
-
-def _adopt(spool: str, final: str) -> None:
-    try:
-        os.replace(spool, final)
-    except FileNotFoundError:
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        os.replace(spool, final)
 
 
 async def upload_batch(request: web.Request) -> web.Response:
@@ -128,8 +138,7 @@ async def upload_batch(request: web.Request) -> web.Response:
     files = await anyio.to_thread.run_sync(_spool_all, spool, pairs)
     try:
         if isinstance(blobs, BlobPaths):
-            targets = [blobs.path(digest) for digest, _ in pairs]
-            await anyio.to_thread.run_sync(_adopt_all, files, targets)
+            await anyio.to_thread.run_sync(_adopt_all, blobs, files, pairs)
         else:
             items = [UploadItem(f, d, len(b)) for f, (d, b) in zip(files, pairs, strict=True)]
             await blobs.put_files(items)
@@ -138,9 +147,9 @@ async def upload_batch(request: web.Request) -> web.Response:
     return msgpack_response({"size": sum(len(b) for _, b in pairs)}, 201)
 
 
-def _adopt_all(files: list[str], targets: list[str]) -> None:
-    for spool, final in zip(files, targets, strict=True):
-        _adopt(spool, final)
+def _adopt_all(blobs: BlobPaths, files: list[str], pairs: list[list[Any]]) -> None:
+    for spool, (digest, data) in zip(files, pairs, strict=True):
+        blobs.adopt(spool, digest, len(data))
 
 
 def _unlink_all(files: list[str]) -> None:
@@ -182,20 +191,33 @@ async def download_batch(request: web.Request) -> web.Response:
     ):
         raise HttpError(400, "invalid", "post a msgpack list of digests")
     blobs = request.app[STORE].blobs
-    if missing := await blobs.missing(digests):
-        raise HttpError(404, "not_found", f"blob {min(missing)} is missing from the store")
     if isinstance(blobs, BlobPaths):
-        found = await anyio.to_thread.run_sync(_read_small, [blobs.path(d) for d in digests])
+        found = await anyio.to_thread.run_sync(_read_small, blobs, digests)
     else:
-        found = [await blobs.get_bytes(d) for d in digests]
+        found = [await _get_bytes(blobs, d) for d in digests]
     return msgpack_response(found)
 
 
-def _read_small(paths: list[str]) -> list[bytes | None]:
+def _not_found(digest: str) -> HttpError:
+    return HttpError(404, "not_found", f"blob {digest} is missing from the store")
+
+
+async def _get_bytes(blobs: BlobStore, digest: str) -> bytes:
+    try:
+        return await blobs.get_bytes(digest)
+    except NotFoundError:
+        raise _not_found(digest) from None
+
+
+def _read_small(blobs: BlobPaths, digests: list[str]) -> list[bytes | None]:
     out: list[bytes | None] = []
     budget = BATCH_BYTES
-    for path in paths:
-        with open(path, "rb", buffering=0) as f:
+    for digest in digests:
+        try:
+            f = open(blobs.path(digest), "rb", buffering=0)  # noqa: SIM115 - closed just below
+        except FileNotFoundError:
+            raise _not_found(digest) from None
+        with f:
             size = os.fstat(f.fileno()).st_size
             if size > min(budget, SMALL_BLOB):
                 out.append(None)
@@ -210,15 +232,17 @@ async def download(request: web.Request) -> web.StreamResponse:
     await grant_of(request)
     digest = _digest(request)
     blobs = request.app[STORE].blobs
-    if await blobs.missing([digest]):
-        raise HttpError(404, "not_found", f"blob {digest} is missing from the store")
     if isinstance(blobs, BlobPaths):
-        return web.FileResponse(
-            blobs.path(digest), headers={"Content-Type": "application/octet-stream"}
-        )
+        path = blobs.path(digest)
+        if not await anyio.to_thread.run_sync(os.path.isfile, path):
+            raise _not_found(digest)
+        return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
     spool = str(request.app[SPOOL] / f"{digest}.{secrets.token_hex(6)}.out")
     try:
-        await blobs.get_files([(digest, spool)])  # verified by the backend
+        try:
+            await blobs.get_files([(digest, spool)])  # verified by the backend
+        except NotFoundError:
+            raise _not_found(digest) from None
         response = web.FileResponse(spool)
         await response.prepare(request)
         await response.write_eof()
@@ -234,25 +258,55 @@ async def flush(request: web.Request) -> web.Response:
     return msgpack_response({})
 
 
-# -- multipart uploads: parts land in place in one file, and stay until `complete` --------
+# -- multipart uploads: each upload has its own parts, in one file, until `complete` ----------
 #
-# spool/parts/DIGEST-SIZE/data   the blob being assembled (parts pwrite at their offsets)
-# spool/parts/DIGEST-SIZE/N      "OFFSET LENGTH": part N arrived whole (a client resumes from these)
+# POST /uploads/DIGEST?size=N gives out an upload id (random: only its client knows it).
+# spool/parts/DIGEST-SIZE-ID/data   the blob being assembled (parts pwrite at their offsets)
+# spool/parts/DIGEST-SIZE-ID/N      "OFFSET LENGTH": part N arrived whole (a client resumes)
 #
 # A directory no request used for the upload expiry is removed (see _uploads.py): every route
-# below works inside `UPLOADS.using(where)`, which keeps it while the request runs.
+# below works inside `UPLOADS.using(where)`, which keeps it while the request runs. `complete`
+# seals the upload (no part request in flight, none taken later), hashes the closed file and
+# links it into the store: the verified bytes are the stored bytes, and nobody can write them.
+
+_UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 
 
-def _parts_dir(request: web.Request, digest: str) -> Path:
+def _size(request: web.Request) -> int:
     size = int_query(request, "size")
     if size > request.app[LIMITS].max_blob:
         limit = request.app[LIMITS].max_blob
         raise HttpError(413, "too_large", f"{size} bytes exceed this server's {limit} limit")
-    return request.app[UPLOADS].root / f"{digest}-{size}"
+    return size
+
+
+def _parts_dir(request: web.Request, digest: str) -> Path:
+    """The directory of the upload named in the path (``{upload}``)."""
+    upload = request.match_info["upload"]
+    if not _UPLOAD_ID.fullmatch(upload):
+        raise HttpError(400, "invalid", f"{upload!r} is not an upload id")
+    return request.app[UPLOADS].root / f"{digest}-{_size(request)}-{upload}"
+
+
+async def start_upload(request: web.Request) -> web.Response:
+    """POST /v1/uploads/{digest}?size=N: a new multipart upload, as {"upload": id}."""
+    require((await grant_of(request)).writes_somewhere, "upload blobs")
+    digest, size = _digest(request), _size(request)
+    upload = secrets.token_hex(16)
+    where = request.app[UPLOADS].root / f"{digest}-{size}-{upload}"
+    async with request.app[UPLOADS].using(where):
+        await anyio.to_thread.run_sync(_create, where)
+    return msgpack_response({"upload": upload}, 201)
+
+
+def _create(where: Path) -> None:
+    where.mkdir(parents=True)
+    (where / "data").touch()
 
 
 async def parts(request: web.Request) -> web.Response:
-    """GET /v1/uploads/{digest}?size=N: the parts received so far, as {index: size}."""
+    """GET /v1/uploads/{digest}/{upload}?size=N: the parts received so far, as {index: size}
+    ({} once the upload expired or completed)."""
     require((await grant_of(request)).writes_somewhere, "upload blobs")
     where = _parts_dir(request, _digest(request))
     async with request.app[UPLOADS].using(where):
@@ -274,7 +328,7 @@ def _list_parts(where: Path) -> dict[int, tuple[int, int]]:
 
 
 async def put_part(request: web.Request) -> web.Response:
-    """PUT /v1/uploads/{digest}/{index}?size=N&offset=O: one part, written at its offset."""
+    """PUT /v1/uploads/{digest}/{upload}/{index}?size=N&offset=O: one part, at its offset."""
     require((await grant_of(request)).writes_somewhere, "upload blobs")
     where = _parts_dir(request, _digest(request))
     index, offset = int(request.match_info["index"]), int_query(request, "offset")
@@ -283,9 +337,15 @@ async def put_part(request: web.Request) -> web.Response:
         raise HttpError(413, "too_large", f"at most {limits.max_parts} parts")
     size = int_query(request, "size")
     limit = min(limits.max_part, max(size - offset, 0))
-    async with request.app[UPLOADS].using(where):
-        await anyio.to_thread.run_sync(lambda: where.mkdir(parents=True, exist_ok=True))
-        length = await receive_at(request, str(where / "data"), offset, limit)
+    uploads = request.app[UPLOADS]
+    async with uploads.using(where):
+        with uploads.writing(where):
+            try:
+                length = await receive_at(request, str(where / "data"), offset, limit)
+            except FileNotFoundError:
+                raise HttpError(
+                    404, "upload_gone", "this upload expired or was completed: start another"
+                ) from None
         await anyio.to_thread.run_sync(_mark, where, index, offset, length)
     return msgpack_response({"size": length}, 201)
 
@@ -297,13 +357,16 @@ def _mark(where: Path, index: int, offset: int, length: int) -> None:
 
 
 async def complete(request: web.Request) -> web.Response:
-    """POST /v1/uploads/{digest}/complete?size=N: verify the assembled blob and store it."""
+    """POST /v1/uploads/{digest}/{upload}/complete?size=N: verify the assembled blob and store
+    it (400 when parts are missing, as after an expiry; 429 while a part still arrives)."""
     require((await grant_of(request)).writes_somewhere, "upload blobs")
     digest = _digest(request)
     where = _parts_dir(request, digest)
     size = int_query(request, "size")
-    async with request.app[UPLOADS].using(where):
-        await _complete(request.app[STORE], where, digest, size)
+    uploads = request.app[UPLOADS]
+    async with uploads.using(where):
+        with uploads.sealed(where):
+            await _complete(request.app[STORE], where, digest, size)
     return msgpack_response({"size": size}, 201)
 
 
@@ -312,8 +375,10 @@ async def _complete(store: Store, where: Path, digest: str, size: int) -> None:
     if covered != size:
         raise HttpError(400, "incomplete", f"the parts hold {covered} of {size} bytes: resend")
     data = str(where / "data")
-    got, _ = await anyio.to_thread.run_sync(hash_file, data)
+    got, held = await anyio.to_thread.run_sync(hash_file, data)
     try:
+        if held != size:  # a part past the end: the file is longer than the blob
+            raise HttpError(400, "invalid", f"the parts hold {held} bytes, not {size}")
         await _store(store, data, digest, got, size)
     finally:  # stored, or wrong (the parts are bad, not missing): start over either way
         await anyio.to_thread.run_sync(shutil.rmtree, where, True)

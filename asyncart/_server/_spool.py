@@ -1,5 +1,5 @@
 """Receiving request bodies into files, off the event loop: whole blobs (hashed on the way)
-and parts of multipart uploads (written in place, at their offset, in one shared file)."""
+and parts of multipart uploads (written in place, at their offset, in their upload's file)."""
 
 from __future__ import annotations
 
@@ -48,9 +48,15 @@ async def receive(request: web.Request, dest: str, limit: int) -> tuple[str, int
 
 
 async def receive_at(request: web.Request, path: str, offset: int, limit: int) -> int:
-    """Stream the body into the existing or new file ``path`` at ``offset``; return its size."""
+    """Stream the body into the existing file ``path`` at ``offset``; return its size.
+
+    The file is closed when this returns (or raises): no write to it is left in flight.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (it is never created here).
+    """
     expected = _length(request, limit)
-    fd = await anyio.to_thread.run_sync(os.open, path, os.O_WRONLY | os.O_CREAT, 0o644)
+    fd = await anyio.to_thread.run_sync(os.open, path, os.O_WRONLY)
     position = offset
 
     def write(data: bytes) -> None:

@@ -6,6 +6,10 @@ Requests in flight are counted here, in memory, so a part that takes longer than
 arrive is never removed under its request; a request for a directory being removed waits until
 it is gone, then starts afresh (an empty listing: the client resends every part). The count is
 per process, like the spool itself: one server process per spool.
+
+The part requests writing into an upload are counted too: ``complete`` seals the upload only
+when none is in flight (and no part is taken after that), so the bytes it verifies are the
+bytes it stores, and no request can write them afterwards.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
 from aiohttp import web
+
+from ._http import HttpError
 
 UPLOAD_EXPIRY = 24 * 3600.0
 """Seconds after which the parts of an upload nobody continues or completes are removed."""
@@ -42,6 +48,35 @@ class Uploads:
         self.interval = min(expiry / 4, SWEEP_INTERVAL)
         self._users: dict[Path, int] = {}
         self._removing: dict[Path, anyio.Event] = {}
+        self._writers: dict[Path, int] = {}  # part requests writing into an upload
+        self._sealed: set[Path] = set()  # uploads being completed: they take no more parts
+
+    @contextlib.contextmanager
+    def writing(self, where: Path) -> Iterator[None]:
+        """Count a part request that writes into ``where`` (inside :meth:`using`), until its
+        file is closed. Raises HttpError 404 when the upload is being completed."""
+        if where in self._sealed:
+            raise HttpError(404, "upload_closed", "this upload is being completed: start another")
+        self._writers[where] = self._writers.get(where, 0) + 1
+        try:
+            yield
+        finally:
+            if (writers := self._writers.pop(where) - 1) > 0:
+                self._writers[where] = writers
+
+    @contextlib.contextmanager
+    def sealed(self, where: Path) -> Iterator[None]:
+        """Take no more parts for ``where`` during the block. Raises HttpError 429 (the client
+        retries) while a part request still writes into it."""
+        if self._writers.get(where) or where in self._sealed:
+            raise HttpError(
+                429, "parts_in_flight", "parts of this upload are still arriving: retry later"
+            )
+        self._sealed.add(where)
+        try:
+            yield
+        finally:
+            self._sealed.discard(where)
 
     @contextlib.asynccontextmanager
     async def using(self, where: Path) -> AsyncIterator[None]:
