@@ -11,6 +11,9 @@ Every error derives from :class:`AsyncartError`::
     ├── SealedError              a committed artifact or finished draft was modified
     └── BackendUnavailableError  the store cannot be reached or opened
         └── AccessDeniedError    the server refused the token (missing, unknown, out of scope)
+
+Warnings (``warnings.warn``) are ``AsyncartWarning``: ``add_dir`` reports the paths it
+skipped with one.
 """
 
 from __future__ import annotations
@@ -63,3 +66,8 @@ class BackendUnavailableError(AsyncartError):
 
 class AccessDeniedError(BackendUnavailableError):
     """Raised when a server refuses the request's token: none, unknown, or out of its scope."""
+
+
+class AsyncartWarning(UserWarning):
+    """Warned when asyncart leaves something out and goes on: the FIFOs, devices, sockets,
+    symlinked directories and broken links ``add_dir`` skipped."""
