@@ -276,12 +276,30 @@ async def download(
     entries = list(manifest.entries.values())
     work = await anyio.to_thread.run_sync(_plan_download, root, entries)
     tracker = _Tracker(len(entries), manifest.size, progress)
+
+    async def fetch(batch: list[tuple[str, str]]) -> int:
+        try:
+            return await blobs.get_files(batch)
+        except OSError as e:
+            if not _under(e, batch):
+                raise  # not about the files written here (a network error is an OSError)
+            raise InvalidInputError(
+                f"cannot download into {root}: writing {e.filename} failed: "
+                f"{e.strerror or e}; choose a root this user can write"
+            ) from None
+
     await run_pool(
-        work,
-        blobs.get_files,
-        concurrency,
-        lambda batch, nbytes: tracker.advance(len(batch), nbytes),
+        work, fetch, concurrency, lambda batch, nbytes: tracker.advance(len(batch), nbytes)
     )
+
+
+def _under(error: OSError, batch: list[tuple[str, str]]) -> bool:
+    """Whether ``error`` is about a file in the directory of one of ``batch``'s destinations
+    (a destination, or its temporary file)."""
+    where = error.filename
+    return isinstance(where, str) and os.path.dirname(where) in {
+        os.path.dirname(dest) for _, dest in batch
+    }
 
 
 def _plan_download(root: Path, entries: list[Entry]) -> list[list[tuple[str, str]]]:

@@ -13,6 +13,7 @@ import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -70,6 +71,16 @@ def _run_child(script: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         env=env,
     )
+
+
+def _nobody() -> Any:
+    """The ``pwd`` entry of user ``nobody`` (tests that need it skip without one)."""
+    try:
+        import pwd
+
+        return pwd.getpwnam("nobody")
+    except (ImportError, KeyError):
+        pytest.skip("no user 'nobody'")
 
 
 def _file(path: Path, data: bytes = b"data\n") -> Path:
@@ -281,12 +292,7 @@ async def test_a_source_under_a_file_is_not_found(tmp_path):
 @pytest.mark.allow_blocking
 def test_an_unreadable_source_is_an_invalid_input(tmp_path):
     """Root reads any file, so the check runs in a child that drops to ``nobody``."""
-    try:
-        import pwd
-
-        nobody = pwd.getpwnam("nobody")
-    except (ImportError, KeyError):
-        pytest.skip("no user 'nobody'")
+    nobody = _nobody()
     folder = Path(tempfile.mkdtemp(prefix="asyncart-unreadable-"))  # outside root's 0700 dirs
     try:
         folder.chmod(0o755)
@@ -330,6 +336,38 @@ async def test_download_into_an_existing_file_is_refused(store, tmp_path):
     with pytest.raises(InvalidInputError, match="cannot download 'd/a.txt' under"):
         await saved.download(root)
     assert occupied.read_bytes() == b"keep"
+
+
+@pytest.mark.skipif(not hasattr(os, "setuid") or os.geteuid() != 0, reason="needs root")
+@pytest.mark.allow_blocking
+def test_a_download_root_that_cannot_be_written_is_an_invalid_input(tmp_path):
+    """As ``nobody``, into a directory that root owns (root itself writes anywhere)."""
+    nobody = _nobody()
+    folder = Path(tempfile.mkdtemp(prefix="asyncart-unwritable-"))  # outside root's 0700 dirs
+    try:
+        folder.chmod(0o755)
+        _file(folder / "a.txt")
+        (folder / "out" / "d").mkdir(parents=True)  # exists, so only the file write fails
+        done = _run_child(f"""
+            import asyncio, os
+            import asyncart
+            async def main():
+                artifact = asyncart.Artifact("ds", "dataset")
+                await artifact.add_file({str(folder / "a.txt")!r}, name="d/a.txt")
+                saved = await artifact.save(project="p", store={str(folder / "store")!r})
+                await saved.download({str(folder / "warm-up")!r})  # imports, as root
+                os.setgid({nobody.pw_gid}); os.setuid({nobody.pw_uid})
+                try:
+                    await saved.download({str(folder / "out")!r})
+                except asyncart.InvalidInputError as e:
+                    print("refused:", e)
+            asyncio.run(main())
+        """)
+    finally:
+        shutil.rmtree(folder)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"refused: cannot download into {folder / 'out'}: writing ")
+    assert "Permission denied; choose a root this user can write" in done.stdout
 
 
 async def test_download_makes_no_directory_outside_its_root(store, tmp_path):
