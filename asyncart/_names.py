@@ -64,7 +64,8 @@ def check_entry_path(path: str) -> str:
     else:
         problem = _segment_problem(path, size)
     if problem:
-        raise InvalidInputError(f"invalid entry path {path!r}: {problem}")
+        shown = path if len(path) <= 240 else f"{path[:120]}...{path[-120:]}"  # 4 KB is no help
+        raise InvalidInputError(f"invalid entry path {shown!r}: {problem}")
     return path
 
 

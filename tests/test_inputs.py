@@ -139,7 +139,7 @@ async def test_add_dir_refuses_a_too_long_path_inside_it(tmp_path):
     artifact = asyncart.Artifact("ds", "dataset")
     with pytest.raises(InvalidInputError, match="over the 255"):
         await artifact.add_dir(folder, name="r" * 256)
-    with pytest.raises(InvalidInputError, match="'s{250}/.*f.txt': it is 4222 bytes long"):
+    with pytest.raises(InvalidInputError, match=r"'s{120}\.\.\..*/f\.txt': it is 4222 bytes long"):
         await artifact.add_dir(folder, name="/".join(["s" * 250] * 16))  # 4,015 bytes + 207
     assert len(artifact.manifest) == 0
     await artifact.add_dir(folder, name="/".join(["s" * 250] * 15))  # 3,764 + 207: fits

@@ -355,7 +355,7 @@ async def _file_chunks(item: UploadItem, start: int, length: int) -> AsyncIterat
                 _read, item.source, start, min(_CHUNK, end - start)
             )
         except OSError as e:  # raised as is, aiohttp would call it a connection error
-            raise _changed(item, f"it can no longer be read: {e}") from e
+            raise _changed(item, f"it can no longer be read: {why_unreadable(e)}") from e
         if not data:  # a short body would leave the server waiting for the rest
             raise _changed(item, f"it ends at byte {start}, before the {end} bytes expected")
         yield data
