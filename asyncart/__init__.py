@@ -29,6 +29,7 @@ from ._domain.manifest import Manifest as Manifest
 from ._errors import AccessDeniedError as AccessDeniedError
 from ._errors import AlreadyFinishedError as AlreadyFinishedError
 from ._errors import AsyncartError as AsyncartError
+from ._errors import AsyncartWarning as AsyncartWarning
 from ._errors import BackendUnavailableError as BackendUnavailableError
 from ._errors import ConflictError as ConflictError
 from ._errors import FileChangedError as FileChangedError
@@ -72,6 +73,7 @@ __all__ = (
     "Artifact",
     "ArtifactCollection",
     "AsyncartError",
+    "AsyncartWarning",
     "AuditProblem",
     "AuditReport",
     "BackendUnavailableError",

@@ -25,7 +25,7 @@ class Api:
         store: str | os.PathLike[str] | Store | None = None,
         token: str | None = None,
     ) -> None:
-        self.project = check_name(project or DEFAULT_PROJECT, "project")
+        self.project = check_name(DEFAULT_PROJECT if project is None else project, "project")
         self._repo = Repository(open_store(store, token))
         self._exits = AsyncExitStack()
 
@@ -41,7 +41,7 @@ class Api:
     @holding_store
     async def artifact_versions(self, name: str, project: str | None = None) -> list[Artifact]:
         """Every committed version of an artifact, oldest first."""
-        project = check_name(project or self.project, "project")
+        project = check_name(self.project if project is None else project, "project")
         state = await self._repo.collection(project, check_name(name, "artifact name"))
         return [await load_version(self._repo, project, state, v) for v in state.versions]
 
@@ -60,7 +60,7 @@ class Api:
             for collection in await api.artifact_collections("demo"):
                 print(collection.name, collection.type, collection.versions, collection.aliases)
         """
-        project = check_name(project or self.project, "project")
+        project = check_name(self.project if project is None else project, "project")
         out = []
         for name in await self._names(project):
             out.append(collection_summary(project, await self._repo.collection(project, name)))
@@ -79,7 +79,7 @@ class Api:
             NotFoundError: ``name`` has no records in the project.
             IntegrityError: a stream's hash chain is broken (``audit`` tells more).
         """
-        project = check_name(project or self.project, "project")
+        project = check_name(self.project if project is None else project, "project")
         if name is None:
             streams = await self._repo.store.log.streams(f"{project}/")
         else:
@@ -97,7 +97,7 @@ class Api:
     @holding_store
     async def run(self, run_id: str, project: str | None = None) -> RunInfo:
         """What a run's stream records: group, job type, artifacts used and logged."""
-        project = check_name(project or self.project, "project")
+        project = check_name(self.project if project is None else project, "project")
         return run_info(
             project, run_id, await self._repo.run(project, check_name(run_id, "run id"))
         )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import getpass
 import os
+import stat
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,13 +16,28 @@ from typing import Any
 import anyio.to_thread
 
 from ._backends.base import Store, UploadItem
+from ._backends.fileio import kind
 from ._diff import ManifestDiff, diff_manifests
 from ._domain.events import Change, Entry, FilesAdded, FilesRemoved
 from ._domain.fold import CollectionState, Version, matching_paths
 from ._domain.manifest import Manifest
-from ._errors import IntegrityError, InvalidInputError, NotFoundError, SealedError
+from ._errors import (
+    AsyncartWarning,
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+    SealedError,
+)
 from ._lineage import RunInfo, actor_run_id, run_info, runs
-from ._names import check_alias, check_entry_path, check_name, check_prefix, parse_ref
+from ._names import (
+    PathTree,
+    check_alias,
+    check_entry_path,
+    check_file_or_dir,
+    check_name,
+    check_prefix,
+    parse_ref,
+)
 from ._repository import ENTRIES_PER_EVENT, DraftSpec, Repository, Transfer, chunk_entries
 from ._store import holding_store, load_backend, open_store, prepare_store
 from ._threads import HEAVY, maybe_thread
@@ -68,6 +85,8 @@ class Artifact:
         saved = await artifact.save(project="demo")
         print(saved.version, saved.digest)
     """
+
+    _tree: PathTree | None = None  # the directories of the draft's entries, built on first add
 
     def __init__(
         self,
@@ -152,16 +171,21 @@ class Artifact:
     ) -> Entry:
         """Add one file as ``name`` (default: the file's own name); hashes it now.
 
+        Only a regular file (or a symbolic link to one) can be added: a FIFO, a device like
+        ``/dev/zero`` or a directory is refused without being opened.
+
         Raises:
-            InvalidInputError: ``name`` is not a safe relative path, or the path holds other
-                content and ``overwrite`` is False.
+            InvalidInputError: ``name`` is not a safe relative path (see ``check_entry_path``:
+                also a name no filesystem can hold), it would be both a file and a directory
+                (``x`` beside ``x/y``), the path holds other content and ``overwrite`` is
+                False; or the file is not a regular file, or cannot be read.
             NotFoundError: the file does not exist.
         """
         self._check_open()
         local = os.fspath(local_path)
         path = check_entry_path(name if name is not None else os.path.basename(local))
         [entry] = await hash_files([(path, local)])
-        self._add([entry], [(path, local)], overwrite)
+        await self._add([entry], [(path, local)], overwrite)
         return entry
 
     async def add_dir(
@@ -174,9 +198,14 @@ class Artifact:
     ) -> list[Entry]:
         """Add every file under a directory, as ``name/relative/path`` (default: no prefix).
 
-        Files are regular files and symlinks to them; symlinked directories, broken links and
-        special files are left out. A directory that cannot be listed is an
-        ``InvalidInputError`` (a version silently missing files would be worse).
+        Files are regular files and symlinks to them. Anything else is skipped: FIFOs,
+        devices and sockets (reading them would block or never end), symlinked directories
+        (not followed), broken or looping links. Skipped paths are reported in one
+        :class:`~asyncart.AsyncartWarning` per call (turn it into an error with
+        ``warnings.simplefilter("error", asyncart.AsyncartWarning)``). A directory that cannot
+        be listed, or a file name that is not UTF-8 or too long for an entry path, is an
+        ``InvalidInputError`` naming it, and nothing is added (a version silently missing files
+        would be worse).
 
         ``progress`` is called with a :class:`Progress` of the hashing, first with the totals,
         then after each batch of files.
@@ -184,18 +213,24 @@ class Artifact:
         self._check_open()
         local = os.fspath(local_path)
         prefix = check_entry_path(name.rstrip("/")) + "/" if name else ""
-        pairs = await anyio.to_thread.run_sync(_walk, local, prefix)
+        pairs, skipped = await anyio.to_thread.run_sync(_walk, local, prefix)
+        if skipped:
+            warnings.warn(_skipped_warning(local, skipped), stacklevel=2)
         entries = await hash_files(pairs, progress=progress)
-        await maybe_thread(len(entries) > HEAVY, self._add, entries, pairs, overwrite)
+        await self._add(entries, pairs, overwrite)
         return entries
 
-    def remove(self, path: str) -> None:
+    def remove(self, path: str | os.PathLike[str] | Entry) -> None:
         """Remove a file, or with ``dir/`` (or a directory's name) everything under it.
+
+        ``path`` is an entry path (a ``str`` or ``os.PathLike``), or an :class:`Entry` of
+        the draft's manifest.
 
         Raises:
             NotFoundError: nothing in the draft matches ``path``.
         """
         self._check_open()
+        path = path.path if isinstance(path, Entry) else os.fspath(path)
         check_prefix(path)
         keys = matching_paths(self._entries, path)
         if not keys:
@@ -203,15 +238,31 @@ class Artifact:
         for key in keys:
             del self._entries[key]
             self._sources.pop(key, None)
+            if self._tree is not None:
+                self._tree.discard(key)
         self._record("remove", [path])
 
-    def _add(
+    async def _add(
         self, entries: list[Entry], sources: Sequence[tuple[str, str]], overwrite: bool
     ) -> None:
-        """Add ``entries`` read from ``sources`` (entry path, local path), in one step."""
-        for entry in entries:  # check all first: a failed add changes nothing
+        """Add ``entries`` read from ``sources`` (entry path, local path), in one step; in a
+        thread when there are many, or when a large parent's tree is still to be built."""
+        heavy = len(entries) > HEAVY or (self._tree is None and len(self._entries) > HEAVY)
+        await maybe_thread(heavy, self._add_now, entries, sources, overwrite)
+
+    def _add_now(
+        self, entries: list[Entry], sources: Sequence[tuple[str, str]], overwrite: bool
+    ) -> None:
+        if self._tree is None:
+            self._tree = PathTree(self._entries)
+        tree = self._tree
+        # Check all first: a failed add changes nothing. The entries of one call cannot clash
+        # with each other (one file, or one directory tree read from a filesystem).
+        for entry in entries:
             old = self._entries.get(entry.path)
-            if old is not None and old.digest != entry.digest and not overwrite:
+            if old is None:
+                check_file_or_dir(entry.path, self._entries, tree, self.name)
+            elif old.digest != entry.digest and not overwrite:
                 raise InvalidInputError(
                     f"{entry.path!r} is already in {self.name} with other content; "
                     "pass overwrite=True or remove() it first"
@@ -219,6 +270,8 @@ class Artifact:
         new = [e for e in entries if self._entries.get(e.path) != e]
         local = dict(sources)
         for entry in new:
+            if entry.path not in self._entries:
+                tree.add(entry.path)
             self._entries[entry.path] = entry
             self._sources[entry.path] = local[entry.path]
         if new:
@@ -276,7 +329,7 @@ class Artifact:
                 )
             return self._parent.repo, self._parent.project
         repo = Repository(open_store(store, token))
-        return repo, check_name(project or DEFAULT_PROJECT, "project")
+        return repo, check_name(DEFAULT_PROJECT if project is None else project, "project")
 
     async def save(
         self,
@@ -503,11 +556,12 @@ def _user_actor() -> str:
         return "user:unknown"
 
 
-def _walk(root: str, prefix: str) -> list[tuple[str, str]]:
-    """(``prefix`` + relative POSIX path, local path) of every file under ``root``, sorted."""
+def _walk(root: str, prefix: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """(``prefix`` + relative POSIX path, local path) of every file under ``root``, sorted; and
+    the paths skipped (not a regular file, a directory or a link to a file), with why."""
     if not os.path.isdir(root):
         raise NotFoundError(f"no such directory: {root}")
-    out = []
+    out, skipped = [], []
     folders = [(root, prefix)]
     while folders:  # scandir's file types need no stat per file (os.walk + isfile did one)
         folder, base = folders.pop()
@@ -518,9 +572,12 @@ def _walk(root: str, prefix: str) -> list[tuple[str, str]]:
                         folders.append((entry.path, f"{base}{entry.name}/"))
                     elif _is_file(entry):
                         out.append((check_entry_path(base + entry.name), entry.path))
+                    else:
+                        inside = (base + entry.name)[len(prefix) :]
+                        skipped.append(f"{inside!r} ({_what(entry)})")
         except OSError as e:  # a folder left out would be a version missing files
             raise InvalidInputError(f"cannot list {folder}: {e.strerror}") from None
-    return sorted(out)
+    return sorted(out), sorted(skipped)
 
 
 def _is_file(entry: os.DirEntry[str]) -> bool:
@@ -531,6 +588,25 @@ def _is_file(entry: os.DirEntry[str]) -> bool:
         return False
 
 
+def _what(entry: os.DirEntry[str]) -> str:
+    """What a skipped directory entry is, for the warning."""
+    try:
+        own = entry.stat(follow_symlinks=False).st_mode
+        if not stat.S_ISLNK(own):
+            return kind(own)
+        return f"a link to {kind(os.stat(entry.path).st_mode)}"
+    except OSError:
+        return "a broken or looping link"
+
+
+def _skipped_warning(root: str, skipped: list[str]) -> AsyncartWarning:
+    shown = "; ".join(skipped[:20]) + (" ..." if len(skipped) > 20 else "")
+    return AsyncartWarning(
+        f"add_dir({root!r}) skipped {len(skipped)} paths that are neither regular files nor "
+        f"directories: {shown}"
+    )
+
+
 def _verify_batch(root: Path, entries: list[Entry]) -> list[str]:
     problems = []
     for entry in entries:
@@ -538,6 +614,9 @@ def _verify_batch(root: Path, entries: list[Entry]) -> list[str]:
             digest, size = hash_file(str(root / entry.path), entry.size)
         except NotFoundError:
             problems.append(f"missing {entry.path}")
+            continue
+        except InvalidInputError:  # a directory, FIFO ... in its place, or not readable
+            problems.append(f"unreadable {entry.path}")
             continue
         if (digest, size) != (entry.digest, entry.size):
             problems.append(f"changed {entry.path}")

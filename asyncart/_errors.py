@@ -13,6 +13,9 @@ Every error derives from :class:`AsyncartError`::
     └── BackendUnavailableError  the store cannot be reached or opened
         ├── AccessDeniedError    the server refused the token (missing, unknown, out of scope)
         └── NotDurableError      stored blobs could not be made durable (nothing was committed)
+
+Warnings (``warnings.warn``) are ``AsyncartWarning``: ``add_dir`` reports the paths it
+skipped with one.
 """
 
 from __future__ import annotations
@@ -98,3 +101,8 @@ class AccessDeniedError(BackendUnavailableError):
 class NotDurableError(BackendUnavailableError):
     """Raised when the store could not make its blobs durable (a failed ``syncfs`` or
     ``fsync``): the commit that needed them appended nothing."""
+
+
+class AsyncartWarning(UserWarning):
+    """Warned when asyncart leaves something out and goes on: the FIFOs, devices, sockets,
+    symlinked directories and broken links ``add_dir`` skipped."""

@@ -44,11 +44,11 @@ def init(
             ``~/.local/share/asyncart``; or the URL of an ``asyncart serve`` server.
         token: the server's bearer token (default ``$ASYNCART_TOKEN``); unused for local stores.
     """
-    return Run(
-        project or DEFAULT_PROJECT,
+    return Run(  # only None means "the default": an empty name is refused, not replaced
+        DEFAULT_PROJECT if project is None else project,
         group,
         job_type,
-        id or uuid.uuid4().hex[:12],
+        uuid.uuid4().hex[:12] if id is None else id,
         config,
         store,
         token,
@@ -132,7 +132,7 @@ class Run:
         return committed
 
     def _distributed_id(self, distributed_id: str | None) -> str:
-        chosen = distributed_id or self.group
+        chosen = self.group if distributed_id is None else distributed_id
         if chosen is None:
             raise InvalidInputError(
                 "a distributed artifact needs distributed_id=..., or a run started with group=..."

@@ -8,6 +8,7 @@ blocking call (open, read, hash, write) runs in a worker thread, never on the ev
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import anyio.to_thread
 import blake3
 
 from ._backends.base import BlobStore, UploadItem
-from ._backends.fileio import SMALL, read_small
+from ._backends.fileio import SMALL, kind, open_regular, read_small, why_unreadable
 from ._domain.events import Entry
 from ._domain.manifest import Manifest
 from ._errors import InvalidInputError, NotFoundError
@@ -208,10 +209,25 @@ def _in_input_order(results: list[list[tuple[int, Entry]]]) -> list[Entry]:
 
 
 def _size(path: str) -> int:
+    """The size of a file to add, after checking that it is a regular file (or a link to one):
+    a FIFO or device would block the read, or never end."""
     try:
-        return os.stat(path).st_size
-    except FileNotFoundError:
-        raise NotFoundError(f"no such file: {path}") from None
+        st = os.stat(path)
+    except OSError as e:
+        raise _unreadable(path, e) from None
+    if not stat.S_ISREG(st.st_mode):
+        hint = "; use add_dir" if stat.S_ISDIR(st.st_mode) else ""
+        raise InvalidInputError(
+            f"cannot add {path}: it is {kind(st.st_mode)}, not a regular file{hint}"
+        )
+    return st.st_size
+
+
+def _unreadable(path: str, error: OSError) -> NotFoundError | InvalidInputError:
+    """The error for a local file that cannot be read, naming it and why."""
+    if isinstance(error, FileNotFoundError | NotADirectoryError):
+        return NotFoundError(f"no such file: {path} ({why_unreadable(error)})")
+    return InvalidInputError(f"cannot read {path}: {why_unreadable(error)}")
 
 
 def _hash_batch(batch: list[tuple[int, tuple[str, str, int]]]) -> list[tuple[int, Entry]]:
@@ -223,14 +239,20 @@ def _hash_batch(batch: list[tuple[int, tuple[str, str, int]]]) -> list[tuple[int
 
 
 def hash_file(path: str, size_hint: int = 0) -> tuple[str, int]:
-    """BLAKE3 digest and size of a local file, read in bounded chunks (blocking)."""
+    """BLAKE3 digest and size of a local file, read in bounded chunks (blocking).
+
+    Raises:
+        NotFoundError: there is no file at ``path``.
+        InvalidInputError: it is not a regular file (never read: a FIFO would block), or it
+            cannot be read.
+    """
     try:
         if size_hint <= SMALL:  # read whole, with a limit near the size: a 1 MiB buffer per
             limit = min(max(size_hint, 64 << 10), SMALL) + 1  # 4 KiB file cost more than a read
             data = read_small(path, limit)
             if len(data) < limit:  # all of it (a file that grew takes the path below)
                 return blake3.blake3(data).hexdigest(), len(data)
-        with open(path, "rb", buffering=0) as f:
+        with open(open_regular(path), "rb", buffering=0) as f:
             size = os.fstat(f.fileno()).st_size
             hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if size > _CHUNK else 1)
             buf = bytearray(min(max(size, 64 << 10) + 1, _CHUNK))
@@ -240,10 +262,8 @@ def hash_file(path: str, size_hint: int = 0) -> tuple[str, int]:
                 hasher.update(view[:n])
                 total += n
             return hasher.hexdigest(), total
-    except FileNotFoundError:
-        raise NotFoundError(f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise InvalidInputError(f"{path} is a directory: use add_dir") from None
+    except OSError as e:
+        raise _unreadable(path, e) from None
 
 
 async def download(
@@ -258,12 +278,30 @@ async def download(
     entries = list(manifest.entries.values())
     work = await anyio.to_thread.run_sync(_plan_download, root, entries)
     tracker = _Tracker(len(entries), manifest.size, progress)
+
+    async def fetch(batch: list[tuple[str, str]]) -> int:
+        try:
+            return await blobs.get_files(batch)
+        except OSError as e:
+            if not _under(e, batch):
+                raise  # not about the files written here (a network error is an OSError)
+            raise InvalidInputError(
+                f"cannot download into {root}: writing {e.filename} failed: "
+                f"{e.strerror or e}; choose a root this user can write"
+            ) from None
+
     await run_pool(
-        work,
-        blobs.get_files,
-        concurrency,
-        lambda batch, nbytes: tracker.advance(len(batch), nbytes),
+        work, fetch, concurrency, lambda batch, nbytes: tracker.advance(len(batch), nbytes)
     )
+
+
+def _under(error: OSError, batch: list[tuple[str, str]]) -> bool:
+    """Whether ``error`` is about a file in the directory of one of ``batch``'s destinations
+    (a destination, or its temporary file)."""
+    where = error.filename
+    return isinstance(where, str) and os.path.dirname(where) in {
+        os.path.dirname(dest) for _, dest in batch
+    }
 
 
 def _plan_download(root: Path, entries: list[Entry]) -> list[list[tuple[str, str]]]:
@@ -277,8 +315,12 @@ def _plan_download(root: Path, entries: list[Entry]) -> list[list[tuple[str, str
 
 
 def _prepare_dirs(root: Path, entries: list[Entry]) -> list[str]:
-    """Create the directories the entries need; refuse any that resolves outside ``root``."""
-    root.mkdir(parents=True, exist_ok=True)
+    """Create the directories the entries need; refuse any that resolves outside ``root``.
+
+    Each directory's whole path is resolved before anything is created: a symbolic link inside
+    the root must not lead ``mkdir`` to make directories elsewhere before it is refused.
+    """
+    _make_dir(root, root, "")
     real_root = root.resolve()
     checked: dict[str, Path] = {}
     targets = []
@@ -286,15 +328,40 @@ def _prepare_dirs(root: Path, entries: list[Entry]) -> list[str]:
         parent, _, name = entry.path.rpartition("/")
         if parent not in checked:
             where = (real_root / parent) if parent else real_root
-            where.mkdir(parents=True, exist_ok=True)
-            if not where.resolve().is_relative_to(real_root):
-                raise InvalidInputError(
-                    f"refusing to download {entry.path!r}: {where} leads outside {root} "
-                    "(through a symbolic link)"
-                )
+            _check_inside(where, real_root, root, entry)
+            _make_dir(where, root, entry.path)
+            _check_inside(where, real_root, root, entry)  # again: a link swapped in meanwhile
             checked[parent] = where
         target = checked[parent] / name
         if target.is_symlink() or target.is_dir():
             raise InvalidInputError(f"refusing to overwrite {target}: not a regular file")
+        if len(os.fsencode(target)) >= _PATH_MAX:
+            raise InvalidInputError(
+                f"cannot download {entry.path!r} under {root}: the whole path would be over "
+                f"{_PATH_MAX} bytes, more than the system allows; choose a shorter root"
+            )
         targets.append(str(target))
     return targets
+
+
+_PATH_MAX = 4096
+
+
+def _check_inside(where: Path, real_root: Path, root: Path, entry: Entry) -> None:
+    if not where.resolve().is_relative_to(real_root):
+        raise InvalidInputError(
+            f"refusing to download {entry.path!r}: {where} leads outside {root} "
+            "(through a symbolic link)"
+        )
+
+
+def _make_dir(where: Path, root: Path, path: str) -> None:
+    """``mkdir -p``, with a clear error when a file (or anything else) is in the way."""
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        what = f"{path!r} under {root}" if path else f"into {root}"
+        blocked = isinstance(e, FileExistsError | NotADirectoryError)
+        why = f"{e.filename or where} is not a directory" if blocked else e.strerror or str(e)
+        hint = "; choose another root" if not path else ""
+        raise InvalidInputError(f"cannot download {what}: {why}{hint}") from None

@@ -88,7 +88,10 @@ async def test_progress_callback_sees_every_byte(store, files):
 
 async def test_add_dir_takes_files_and_links_to_files_only(links):
     artifact = asyncart.Artifact("ds", "dataset")
-    await artifact.add_dir(links)
+    with pytest.warns(asyncart.AsyncartWarning, match="skipped 4 paths") as warned:
+        await artifact.add_dir(links)
+    for skipped in ["'fifo' (a FIFO)", "'to-images' (a link to a directory)", "'broken'", "'loop'"]:
+        assert skipped in str(warned[0].message)
     assert sorted(artifact.manifest.entries) == [
         "a.txt",
         "b.txt",

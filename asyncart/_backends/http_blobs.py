@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import functools
 import os
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import BinaryIO, TypeVar
 
@@ -25,6 +24,7 @@ from ._http_client import TRANSIENT, HttpClient, Reply, ServerError, error_detai
 from ._wire import MSGPACK, unpack
 from ._wire import pack as _pack
 from .base import UploadItem
+from .fileio import open_regular, temp_beside, why_unreadable
 
 PART_THRESHOLD = 128 << 20
 """Files at least this large are uploaded in parts, in parallel, resumably."""
@@ -184,7 +184,7 @@ class HttpBlobStore:
         Receiving and writing overlap: a writer task writes (and hashes) one 4 MiB batch in a
         worker thread while the next one arrives.
         """
-        sink = _Sink(f"{dest}.asyncart-{secrets.token_hex(6)}.tmp")
+        sink = _Sink(temp_beside(dest))
         send, receive = anyio.create_memory_object_stream[_Batch](1)
 
         async def writer() -> None:
@@ -288,7 +288,10 @@ def _pack_files(items: list[UploadItem]) -> bytes:
     """The msgpack body of a batch upload (blocking: reads the files)."""
     pairs = []
     for item in items:
-        data = _read(item.source, 0, item.size + 1)
+        try:
+            data = _read(item.source, 0, item.size + 1)
+        except OSError as e:  # deleted, now a directory or FIFO ... since add_file
+            raise _changed(item, why_unreadable(e)) from None
         if len(data) != item.size:
             raise _changed(item, f"it now has {len(data)} bytes")
         pairs.append([item.digest, data])
@@ -300,7 +303,7 @@ def _write_verified(blobs: list[tuple[str, str, bytes]]) -> int:
     written = 0
     for digest, dest, data in blobs:
         _verify(digest, blake3.blake3(data).hexdigest())
-        tmp = f"{dest}.asyncart-{secrets.token_hex(6)}.tmp"
+        tmp = temp_beside(dest)
         with open(tmp, "xb", buffering=0) as f:
             f.write(data)
         os.replace(tmp, dest)
@@ -356,7 +359,7 @@ async def _file_chunks(item: UploadItem, start: int, length: int) -> AsyncIterat
                 _read, item.source, start, min(_CHUNK, end - start)
             )
         except OSError as e:  # raised as is, aiohttp would call it a connection error
-            raise _changed(item, f"it can no longer be read: {e}") from e
+            raise _changed(item, f"it can no longer be read: {why_unreadable(e)}") from e
         if not data:  # a short body would leave the server waiting for the rest
             raise _changed(item, f"it ends at byte {start}, before the {end} bytes expected")
         yield data
@@ -364,7 +367,7 @@ async def _file_chunks(item: UploadItem, start: int, length: int) -> AsyncIterat
 
 
 def _read(path: str, offset: int, limit: int) -> bytes:
-    with open(path, "rb", buffering=0) as f:
+    with open(open_regular(path), "rb", buffering=0) as f:  # never blocks on a FIFO
         return os.pread(f.fileno(), limit, offset)
 
 

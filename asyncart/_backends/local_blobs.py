@@ -35,7 +35,7 @@ import blake3
 from .._errors import FileChangedError, IntegrityError, NotDurableError, NotFoundError
 from ._durable import fsync_dir
 from .base import UploadItem
-from .fileio import SMALL, read_small
+from .fileio import SMALL, open_regular, read_small, temp_beside, why_unreadable
 
 CHUNK = 8 << 20  # large files stream through a buffer of this size: memory stays bounded
 
@@ -161,11 +161,11 @@ class LocalBlobStore:
         # No existence check: callers ask ``missing`` first; a present blob is kept as it is.
         written = 0
         for item in items:
-            if item.size <= SMALL:  # one read, no buffer to manage: most of an ingest's files
-                data = read_small(item.source, item.size + 1)  # +1: a file that grew shows
-                written += self._store(item.digest, item.size, data, item.source)
+            src = _read_source(item)
+            if isinstance(src, bytes):
+                written += self._store(item.digest, item.size, src, item.source)
                 continue
-            with open(item.source, "rb", buffering=0) as src:
+            with src:
                 written += self._store(item.digest, item.size, src, item.source)
         return written
 
@@ -224,7 +224,7 @@ class LocalBlobStore:
         return sum(self._get_file(digest, dest) for digest, dest in items)
 
     def _get_file(self, digest: str, dest: str) -> int:
-        tmp = f"{dest}.asyncart-{secrets.token_hex(6)}.tmp"
+        tmp = temp_beside(dest)
         fd = self._open(digest)
         try:
             with open(fd, "rb", buffering=0) as src, open(tmp, "xb+", buffering=0) as out:
@@ -301,6 +301,19 @@ def _link_new(src: str, final: str) -> None:
         if os.path.exists(final):
             raise FileExistsError(errno.EEXIST, "blob exists", final) from None
         os.rename(src, final)
+
+
+def _read_source(item: UploadItem) -> bytes | FileIO:
+    """A small file's bytes (one read, no buffer to manage: most of an ingest's files), or a
+    large file opened; a file deleted or replaced since ``add_file`` is a FileChangedError."""
+    try:
+        if item.size <= SMALL:
+            return read_small(item.source, item.size + 1)  # +1: a file that grew shows
+        return open(open_regular(item.source), "rb", buffering=0)
+    except OSError as e:
+        raise FileChangedError(
+            f"{item.source} changed after it was added: {why_unreadable(e)}; add it again"
+        ) from None
 
 
 def _copy_verified(src: FileIO, out: FileIO, size: int, expected: str) -> tuple[str, int]:
