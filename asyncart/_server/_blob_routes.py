@@ -1,8 +1,8 @@
 """Blob routes: which digests are missing, streamed upload (whole or in parts), download.
 
-Blobs are content-addressed and shared by every project (that is where dedup comes from), so
-any valid token may read them and any token that may write somewhere may upload them; a blob is
-only reachable through a project's log records if the token may read that project.
+Blobs are content-addressed and stored once for every project (that is where dedup comes from),
+but a token sees only the blobs its projects reference or that it uploaded (``_scope.py``): to
+any other token a blob is missing. Any token that may write somewhere may upload blobs.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from aiohttp import web
 from .._backends._wire import DIGEST, MAX_DIGESTS
 from .._backends.base import BlobPaths, Store, UploadItem
 from ._http import HttpError, grant_of, int_query, msgpack_body, msgpack_response, require
+from ._scope import hidden, uploaded
 from ._spool import hash_file, receive, receive_at
 from ._uploads import UPLOADS
 
@@ -68,7 +69,8 @@ async def missing(request: web.Request) -> web.Response:
         raise HttpError(400, "invalid", f"post a list of at most {MAX_DIGESTS} digests")
     if not all(isinstance(d, str) and DIGEST.fullmatch(d) for d in digests):
         raise HttpError(400, "invalid", "every digest must be 64 lowercase hex characters")
-    return msgpack_response(sorted(await request.app[STORE].blobs.missing(digests)))
+    absent = await request.app[STORE].blobs.missing(digests) | await hidden(request, digests)
+    return msgpack_response(sorted(absent))
 
 
 async def upload(request: web.Request) -> web.Response:
@@ -79,6 +81,7 @@ async def upload(request: web.Request) -> web.Response:
     try:
         got, size = await receive(request, spool, request.app[LIMITS].max_blob)
         await _store(request.app[STORE], spool, digest, got, size)
+        await uploaded(request, [digest])
     finally:
         await anyio.to_thread.run_sync(_unlink, spool)
     return msgpack_response({"size": size}, 201)
@@ -135,6 +138,7 @@ async def upload_batch(request: web.Request) -> web.Response:
             await blobs.put_files(items)
     finally:
         await anyio.to_thread.run_sync(_unlink_all, files)
+    await uploaded(request, [digest for digest, _ in pairs])
     return msgpack_response({"size": sum(len(b) for _, b in pairs)}, 201)
 
 
@@ -182,7 +186,7 @@ async def download_batch(request: web.Request) -> web.Response:
     ):
         raise HttpError(400, "invalid", "post a msgpack list of digests")
     blobs = request.app[STORE].blobs
-    if missing := await blobs.missing(digests):
+    if missing := await blobs.missing(digests) | await hidden(request, digests):
         raise HttpError(404, "not_found", f"blob {min(missing)} is missing from the store")
     if isinstance(blobs, BlobPaths):
         found = await anyio.to_thread.run_sync(_read_small, [blobs.path(d) for d in digests])
@@ -210,7 +214,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     await grant_of(request)
     digest = _digest(request)
     blobs = request.app[STORE].blobs
-    if await blobs.missing([digest]):
+    if await blobs.missing([digest]) or await hidden(request, [digest]):
         raise HttpError(404, "not_found", f"blob {digest} is missing from the store")
     if isinstance(blobs, BlobPaths):
         return web.FileResponse(
@@ -304,6 +308,7 @@ async def complete(request: web.Request) -> web.Response:
     size = int_query(request, "size")
     async with request.app[UPLOADS].using(where):
         await _complete(request.app[STORE], where, digest, size)
+    await uploaded(request, [digest])
     return msgpack_response({"size": size}, 201)
 
 
