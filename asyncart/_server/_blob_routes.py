@@ -69,7 +69,8 @@ async def missing(request: web.Request) -> web.Response:
         raise HttpError(400, "invalid", f"post a list of at most {MAX_DIGESTS} digests")
     if not all(isinstance(d, str) and DIGEST.fullmatch(d) for d in digests):
         raise HttpError(400, "invalid", "every digest must be 64 lowercase hex characters")
-    absent = await request.app[STORE].blobs.missing(digests) | await hidden(request, digests)
+    absent = await request.app[STORE].blobs.missing(digests)
+    absent |= await hidden(request, [d for d in digests if d not in absent])
     return msgpack_response(sorted(absent))
 
 
