@@ -90,6 +90,7 @@ async def test_garbage_from_a_write_token_is_refused_and_not_stored(
         "a record that is not msgpack": (head, pack([b"\xc1 nope"])),
         "a record of no known shape": (head, pack([pack({"hello": "world"})])),
         "no records": (head, pack([])),
+        "no records, at a stale seq": (0, pack([])),
         "another stream": (head, pack(_next(stored, [files], "demo/artifacts/b"))),
         "a seq that skips": (head, pack(chain(STREAM, [files], head + 1, record_hash(stored[-1])))),
         "a broken chain": (head, pack(chain(STREAM, [files], head, "0" * 64))),

@@ -125,8 +125,11 @@ class Streams:
         Raises:
             InvalidInputError: a bad stream name, record, chain or event (nothing is stored).
             ConflictError: the stream's head is not ``expected`` (nothing is stored).
+            IntegrityError: the stream's stored records are damaged.
         """
         _, kind, _ = check_stream(stream)
+        if not payloads:
+            raise InvalidInputError(f"refused append to {stream!r}: no records")
         lock = self._locks.get(stream)
         if lock is None:  # held only while some append to the stream runs or waits
             lock = self._locks[stream] = asyncio.Lock()
@@ -208,8 +211,6 @@ def _stamped(
 ) -> tuple[list[Record], list[bytes], str]:
     """Decode and check the posted records and restamp them: the records, their encoding and
     the chain hash of the last one."""
-    if not payloads:
-        raise InvalidInputError(f"refused append to {stream!r}: no records")
     allowed = _COLLECTION_EVENTS if kind == "artifacts" else _RUN_EVENTS
     client_prev, prev, out, encoded = state.last_hash, state.last_hash, [], []
     for seq, payload in enumerate(payloads, state.head):
