@@ -17,6 +17,7 @@ from _serving import Server, blob_count
 import asyncart
 from asyncart import NotFoundError
 from asyncart._backends._wire import pack
+from asyncart._backends.base import UploadItem
 from asyncart._backends.http import HttpStore
 
 SECRET = b"project A's weights, which project B must not learn about\n"
@@ -117,3 +118,19 @@ async def test_a_commit_through_another_server_process_is_seen(
     finally:
         other.stop()
     assert await _sees(server, tokens["a"]) == (True, 200, 200)
+
+
+@pytest.mark.parametrize("size", [100, 3 << 19, 3 << 20], ids=["batch", "put", "multipart"])
+async def test_each_upload_route_shows_the_blob_to_its_token_only(
+    server: Server, tokens: dict[str, str], tmp_path: Path, size: int
+) -> None:
+    data = bytes(range(256)) * (size // 256) + b"x"
+    (tmp_path / "f").write_bytes(data)
+    digest = blake3.blake3(data).hexdigest()
+    item = UploadItem(str(tmp_path / "f"), digest, len(data))
+    async with HttpStore(server.url, tokens["b"], part_size=1 << 20, part_threshold=2 << 20) as b:
+        await b.blobs.put_files([item])
+        assert await b.blobs.missing([digest]) == set()
+        assert await b.blobs.get_bytes(digest) == data
+    async with HttpStore(server.url, tokens["b-read"]) as reader:
+        assert await reader.blobs.missing([digest]) == {digest}

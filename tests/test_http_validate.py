@@ -213,3 +213,12 @@ async def test_a_second_server_process_on_the_store_is_caught_up(
         ] == 409
     finally:
         other.stop()
+
+
+@pytest.mark.allow_blocking  # breaks the store's directory under the server
+async def test_a_500_does_not_carry_server_paths(server: Server, token: str) -> None:
+    (server.root / "log").mkdir(exist_ok=True)
+    (server.root / "log" / "demo").write_text("a file where the project's directory belongs")
+    status, text = await _post(server, token, STREAM, 0, pack(chain(STREAM, [created(STREAM)])))
+    assert status == 500
+    assert str(server.root).encode() not in text and b"demo" not in text
