@@ -148,7 +148,8 @@ class Artifact:
 
     @property
     def committed_by(self) -> str | None:
-        """Who committed this version: ``run:ID`` or ``user:LOGIN``; None for a draft."""
+        """Who committed this version: ``run:ID`` or ``user:LOGIN``, followed by
+        ``@token:TOKEN_ID`` when a server recorded it; None for a draft."""
         return self._saved.version.actor if self._saved else None
 
     @property

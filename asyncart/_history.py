@@ -81,7 +81,7 @@ class LogEntry:
         stream: ``PROJECT/artifacts/NAME`` or ``PROJECT/runs/RUN_ID``.
         seq: its position in the stream, from 0.
         time: when it was appended (UTC).
-        actor: who wrote it: ``run:ID`` or ``user:LOGIN``.
+        actor: who wrote it: ``run:ID`` or ``user:LOGIN`` (a server adds ``@token:TOKEN_ID``).
         kind: the event's stable tag, such as ``version.committed``.
         summary: what happened, in one line.
         data: the event's fields (JSON-compatible).

@@ -35,8 +35,10 @@ def run_info(project: str, run_id: str, state: RunState) -> RunInfo:
 
 
 def actor_run_id(actor: str) -> str | None:
-    """The run id in an actor like ``run:ab12cd34``; None for a user outside any run."""
-    return actor.removeprefix("run:") if actor.startswith("run:") else None
+    """The run id in an actor like ``run:ab12cd34``, or ``run:ab12cd34@token:3f9a1c2b4d5e`` as a
+    server records it (with the id of the token it came with); None for a user outside any run."""
+    claimed = actor.partition("@token:")[0]
+    return claimed.removeprefix("run:") if claimed.startswith("run:") else None
 
 
 async def runs(repo: Repository, project: str) -> list[RunInfo]:

@@ -9,12 +9,14 @@ from pathlib import Path
 import aiohttp
 import blake3
 import pytest
+from _records import append, created
 from _serving import Server
 
 import asyncart
 from asyncart import AccessDeniedError
 from asyncart._backends._wire import pack, unpack
 from asyncart._backends.http import HttpStore
+from asyncart._domain.events import CollectionCreated, DraftOpened, Entry, FilesAdded, decode
 
 STREAM = "demo/artifacts/a"
 PRESENT = b"a blob that is stored"
@@ -25,14 +27,14 @@ D, D_NEW = blake3.blake3(PRESENT).hexdigest(), blake3.blake3(NEW).hexdigest()
 # UPLOAD stands for the id of an upload the admin started (an upload's id is all it takes)
 ENDPOINTS = [
     ("POST", "/v1/blobs/missing", pack([[D, len(PRESENT)], [D_NEW, len(NEW)]]), "token"),
-    ("GET", f"/v1/blobs/{D}", None, "token"),
+    ("GET", f"/v1/blobs/{D}", None, "sees"),  # a project it may read refers to the blob
     ("PUT", f"/v1/blobs/{D_NEW}", NEW, "any"),
     ("POST", "/v1/blobs/flush", None, "any"),
     ("POST", f"/v1/uploads/{D_NEW}?size={len(NEW)}", None, "any"),
     ("GET", f"/v1/uploads/{D_NEW}/UPLOAD?size={len(NEW)}", None, "any"),
     ("PUT", f"/v1/uploads/{D_NEW}/UPLOAD/0?size={len(NEW)}&offset=0", NEW, "any"),
     ("POST", f"/v1/uploads/{D_NEW}/UPLOAD/complete?size={len(NEW)}", None, "any"),
-    ("POST", f"/v1/log/{STREAM}?expected_seq=1", pack([b"second"]), "write"),
+    ("POST", f"/v1/log/{STREAM}?expected_seq=0", pack([b"second"]), "write"),  # 409 if allowed
     ("GET", f"/v1/log/{STREAM}", None, "read"),
     ("POST", "/v1/tokens", pack({"projects": ["demo"], "write": True}), "admin"),
 ]
@@ -41,9 +43,9 @@ ENDPOINTS = [
 ALLOWED = {
     "none": set(),
     "unknown": set(),
-    "read": {"token", "read"},
-    "other": {"token", "any"},  # writes project "other": may upload shared blobs, not log demo
-    "write": {"token", "any", "read", "write"},
+    "read": {"token", "read", "sees"},
+    "other": {"token", "any"},  # writes project "other": may upload blobs, not log or see demo's
+    "write": {"token", "any", "read", "write", "sees"},
 }
 
 
@@ -88,7 +90,8 @@ def seeded(server: Server, tokens: dict[str, str | None]) -> None:
 
     async def seed() -> None:
         async with HttpStore(server.url, tokens["admin"]) as store:
-            await store.log.append(STREAM, [b"first"], 0)
+            files = FilesAdded("d", [Entry("f", D, len(PRESENT))])
+            await append(store.log, STREAM, [created(STREAM), DraftOpened("d"), files], 0)
             await store.blobs.put_bytes(PRESENT)
 
     asyncio.run(seed())
@@ -109,7 +112,7 @@ async def test_refused_requests_change_nothing(
         if needs in ALLOWED[kind]:
             assert status < 400 or status == 409, (method, path, status, text)
             continue
-        expected = 401 if kind in ("none", "unknown") else 403
+        expected = 401 if kind in ("none", "unknown") else 404 if needs == "sees" else 403
         assert status == expected, (kind, method, path, status, text)
         assert b'"error"' in text
         if method != "GET" and needs != "token":  # a refused write: nothing changed
@@ -126,14 +129,15 @@ async def test_write_token_appends_and_uploads_admin_mints(
     assert status == 201
     minted = unpack(body)["token"]
     status, body = await _call(server, minted, "GET", f"/v1/log/{STREAM}", None)
-    assert status == 200 and unpack(body)["records"][0] == b"first"
+    assert status == 200
+    assert decode(unpack(body)["records"][0], STREAM, 0).body == CollectionCreated("a", "dataset")
 
 
 async def test_listing_shows_only_readable_projects(
     server: Server, tokens: dict[str, str | None], seeded: None
 ) -> None:
     async with HttpStore(server.url, tokens["other"]) as store:
-        await store.log.append("other/artifacts/b", [b"x"], 0)
+        await append(store.log, "other/artifacts/b", [created("other/artifacts/b")], 0)
         assert await store.log.streams() == ["other/artifacts/b"]
     async with HttpStore(server.url, tokens["read"]) as store:
         assert await store.log.streams() == [STREAM]

@@ -153,8 +153,9 @@ async def test_no_part_is_taken_once_an_upload_completed(
     inode = stored.stat().st_ino
     assert await _put(attacker, item, upload, 0, os.urandom(PART)) == 404
     async with victim:
-        assert await victim.blobs.missing({item.digest: SIZE}) == set()
-        assert await victim.blobs.put_files([item]) == SIZE  # uploaded anyway: kept, not replaced
+        # another project's upload is invisible to the victim's token (it learns nothing) ...
+        assert await victim.blobs.missing({item.digest: SIZE}) == {item.digest}
+        assert await victim.blobs.put_files([item]) == SIZE  # ... uploaded: kept, not replaced
     assert stored.read_bytes() == Path(item.source).read_bytes()
     assert stored.stat().st_ino == inode
     assert list((server.root / "spool" / "parts").iterdir()) == []
@@ -190,11 +191,13 @@ async def test_a_short_blob_on_the_server_is_missing_and_a_wrong_size_takes_noth
         assert await victim.blobs.missing({item.digest: item.size}) == {item.digest}
         await victim.blobs.put_files([item])
         assert stored.read_bytes() == data
-    # a client that claims another size for a good blob gets it reported present, and the
-    # blob stays where it is for everyone else
+    # a client that claims another size for a good blob gets it reported present (it still
+    # hashes to its digest), and the blob stays where it is for everyone else
+    async with victim:
+        assert await victim.blobs.missing({item.digest: 1}) == set()
     body = pack([[item.digest, 1], [item.digest, item.size + 1]])
-    async with attacker.post("/v1/blobs/missing", data=body) as reply:
-        assert reply.status == 200 and unpack(await reply.read()) == []
+    async with attacker.post("/v1/blobs/missing", data=body) as reply:  # another project's
+        assert reply.status == 200 and unpack(await reply.read()) == [item.digest]
     assert stored.read_bytes() == data
     damaged = server.root / "blobs" / "damaged"
     assert [p.read_bytes() for p in damaged.iterdir()] == [data[:100]]

@@ -1,7 +1,9 @@
 """The aiohttp application: any :class:`~asyncart._backends.base.Store` over HTTP.
 
-The server does no artifact logic: it moves opaque records and verified blobs, checks tokens
-and sizes, and leaves validation and replay to the library in the client.
+The server moves records and verified blobs and checks tokens and sizes. It validates every
+append (``_validate.py``: a writer cannot store garbage, nor forge who wrote a record or when)
+and shows a token only the blobs its projects reference (``_scope.py``); reading artifacts,
+replay and downloads are the library's work, in the client.
 """
 
 from __future__ import annotations
@@ -28,8 +30,12 @@ from ._http import (
     msgpack_response,
     require,
 )
+from ._scope import SCOPE, Scope
 from ._tokens import Grants, create_token
 from ._uploads import UPLOAD_EXPIRY, UPLOADS, Uploads, expire_uploads
+from ._validate import Streams, check_stream
+
+STREAMS = web.AppKey("streams", Streams)
 
 
 def make_app(
@@ -56,6 +62,7 @@ def make_app(
     app[STORE], app[SPOOL], app[LIMITS] = store, Path(spool), limits
     app[GRANTS] = Grants(Path(tokens))
     app[UPLOADS] = Uploads(Path(spool) / "parts", upload_expiry)
+    app[STREAMS], app[SCOPE] = Streams(store), Scope(store)
     app.cleanup_ctx.append(expire_uploads)
     app.on_startup.append(_prepare)
     app.on_cleanup.append(_close)
@@ -97,21 +104,26 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def append(request: web.Request) -> web.Response:
-    """POST /v1/log/{stream}?expected_seq=N: append the posted records atomically."""
+    """POST /v1/log/{stream}?expected_seq=N: validate the posted records, stamp them with the
+    token and the server's time, and append them atomically (400: refused, nothing stored)."""
     stream = request.match_info["stream"]
-    require((await grant_of(request)).can_write(project_of(stream)), f"write to {stream!r}")
+    grant = await grant_of(request)
+    require(grant.can_write(project_of(stream)), f"write to {stream!r}")
+    check_stream(stream)
     expected = int_query(request, "expected_seq")
     payloads = await msgpack_body(request)
     if not isinstance(payloads, list) or not all(isinstance(p, bytes) for p in payloads):
         raise HttpError(400, "invalid", "post a msgpack list of binary records")
-    head = await request.app[STORE].log.append(stream, payloads, expected)
-    return msgpack_response({"head": head})
+    done = await request.app[STREAMS].append(stream, payloads, expected, grant.id)
+    request.app[SCOPE].appended(stream, expected, done.records, done.last_hash)
+    return msgpack_response({"head": done.head})
 
 
 async def read(request: web.Request) -> web.Response:
     """GET /v1/log/{stream}?from_seq=N: records from N on, a page of about 8 MiB at a time."""
     stream = request.match_info["stream"]
     require((await grant_of(request)).can_read(project_of(stream)), f"read {stream!r}")
+    check_stream(stream)
     records = await request.app[STORE].log.read(stream, int_query(request, "from_seq", 0))
     page: list[bytes] = []
     size = 0

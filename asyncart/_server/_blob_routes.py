@@ -1,8 +1,8 @@
 """Blob routes: which digests are missing, streamed upload (whole or in parts), download.
 
-Blobs are content-addressed and shared by every project (that is where dedup comes from), so
-any valid token may read them and any token that may write somewhere may upload them; a blob is
-only reachable through a project's log records if the token may read that project.
+Blobs are content-addressed and stored once for every project (that is where dedup comes from),
+but a token sees only the blobs its projects reference or that it uploaded (``_scope.py``): to
+any other token a blob is missing. Any token that may write somewhere may upload blobs.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .._backends._wire import DIGEST, MAX_DIGESTS
 from .._backends.base import BlobPaths, BlobStore, Store, UploadItem
 from .._errors import NotFoundError
 from ._http import HttpError, grant_of, int_query, msgpack_body, msgpack_response, require
+from ._scope import hidden, uploaded
 from ._spool import hash_file, receive, receive_at
 from ._uploads import UPLOADS
 
@@ -74,7 +75,9 @@ async def missing(request: web.Request) -> web.Response:
             400, "invalid", "post [digest, size] pairs: 64 lowercase hex characters, bytes >= 0"
         )
     sizes = {digest: size for digest, size in pairs}
-    return msgpack_response(sorted(await request.app[STORE].blobs.missing(sizes)))
+    absent = await request.app[STORE].blobs.missing(sizes)
+    absent |= await hidden(request, [d for d in sizes if d not in absent])
+    return msgpack_response(sorted(absent))
 
 
 def _is_sized(pair: object) -> bool:
@@ -96,6 +99,7 @@ async def upload(request: web.Request) -> web.Response:
     try:
         got, size = await receive(request, spool, request.app[LIMITS].max_blob)
         await _store(request.app[STORE], spool, digest, got, size)
+        await uploaded(request, [digest])
     finally:
         await anyio.to_thread.run_sync(_unlink, spool)
     return msgpack_response({"size": size}, 201)
@@ -144,6 +148,7 @@ async def upload_batch(request: web.Request) -> web.Response:
             await blobs.put_files(items)
     finally:
         await anyio.to_thread.run_sync(_unlink_all, files)
+    await uploaded(request, [digest for digest, _ in pairs])
     return msgpack_response({"size": sum(len(b) for _, b in pairs)}, 201)
 
 
@@ -191,6 +196,8 @@ async def download_batch(request: web.Request) -> web.Response:
     ):
         raise HttpError(400, "invalid", "post a msgpack list of digests")
     blobs = request.app[STORE].blobs
+    if invisible := await hidden(request, digests):
+        raise _not_found(min(invisible))
     if isinstance(blobs, BlobPaths):
         found = await anyio.to_thread.run_sync(_read_small, blobs, digests)
     else:
@@ -232,6 +239,8 @@ async def download(request: web.Request) -> web.StreamResponse:
     await grant_of(request)
     digest = _digest(request)
     blobs = request.app[STORE].blobs
+    if await hidden(request, [digest]):
+        raise _not_found(digest)
     if isinstance(blobs, BlobPaths):
         path = blobs.path(digest)
         if not await anyio.to_thread.run_sync(os.path.isfile, path):
@@ -367,6 +376,7 @@ async def complete(request: web.Request) -> web.Response:
     async with uploads.using(where):
         with uploads.sealed(where):
             await _complete(request.app[STORE], where, digest, size)
+    await uploaded(request, [digest])
     return msgpack_response({"size": size}, 201)
 
 

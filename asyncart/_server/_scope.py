@@ -1,0 +1,136 @@
+"""Which blobs a token may see: those its projects' logs reference, and those it uploaded.
+
+Blobs are stored once for every project (dedup), but a token learns of a blob only through a
+project it may read: ``missing`` calls a blob it may not see missing, and a read of it is a 404,
+the same as for a blob that is not stored at all. A token that uploads such a blob again gets a
+normal answer while the store keeps the bytes it has; from then on the token sees the blob, so
+its own commit flow (missing, upload, flush, append) works.
+
+The index is built per project, lazily (on the first question about it), from the project's
+collection streams: every file entry of any version or draft, and every snapshot. Appends
+through this server add to it as they go; a digest not found is looked for again after catching
+up with the log, so appends by another server process on the same store are seen. Digests are
+kept as 32 raw bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import msgspec
+from aiohttp import web
+
+from .._backends.base import Store
+from .._domain.events import FilesAdded, Record, VersionCommitted
+from .._errors import AsyncartError
+from .._repository import _decode_chain
+from .._threads import maybe_thread
+from ._http import grant_of
+from ._tokens import ALL, Grant
+
+_BIG = 256 << 10  # bytes of records above which decoding leaves the loop
+
+
+@dataclass
+class _Project:
+    """The digests a project's collection streams reference, as of each stream's head."""
+
+    heads: dict[str, tuple[int, str]] = field(default_factory=dict)  # stream -> (head, last hash)
+    digests: set[bytes] = field(default_factory=set)
+
+
+class Scope:
+    """The blob visibility index of one server process (see the module docstring)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._projects: dict[str, _Project] = {}
+        self._uploaded: dict[str, set[bytes]] = {}  # token id -> digests it uploaded
+
+    async def hidden(self, grant: Grant, digests: Iterable[str]) -> set[str]:
+        """The ``digests`` (hex, well formed) that ``grant`` may not see."""
+        if grant.admin or ALL in grant.projects:
+            return set()
+        mine = self._uploaded.get(grant.id, set())
+        wanted = {raw: d for d in digests if (raw := bytes.fromhex(d)) not in mine}
+        readable = [p for p in grant.projects if grant.can_read(p)]
+        for catch_up in (False, True):  # what is indexed first; then catch up and look again
+            for project in readable:
+                if not wanted:
+                    return set()
+                index = await self._index(project, catch_up)
+                wanted = {raw: d for raw, d in wanted.items() if raw not in index.digests}
+        return set(wanted.values())
+
+    def uploaded(self, grant: Grant, digests: Iterable[str]) -> None:
+        """Note that ``grant``'s token stored ``digests`` (verified): it may see them now."""
+        if not (grant.admin or ALL in grant.projects):
+            self._uploaded.setdefault(grant.id, set()).update(bytes.fromhex(d) for d in digests)
+
+    def appended(self, stream: str, first_seq: int, records: list[Record], last: str) -> None:
+        """Index an append this server made to a collection stream (if its project is indexed)."""
+        project, kind, _ = stream.split("/")
+        index = self._projects.get(project)
+        if kind != "artifacts" or index is None or not records:
+            return
+        if index.heads.get(stream, (0, ""))[0] == first_seq:
+            index.digests.update(_referenced(records))
+            index.heads[stream] = (first_seq + len(records), last)
+
+    async def _index(self, project: str, catch_up: bool) -> _Project:
+        index = self._projects.get(project)
+        if index is None:
+            index = self._projects[project] = _Project()
+            catch_up = True
+        if catch_up:
+            for stream in await self.store.log.streams(f"{project}/artifacts/"):
+                await self._catch_up(index, stream)
+        return index
+
+    async def _catch_up(self, index: _Project, stream: str) -> None:
+        head, last = index.heads.get(stream, (0, ""))
+        payloads = await self.store.log.read(stream, head)
+        if not payloads:
+            return
+        big = sum(map(len, payloads)) > _BIG
+        try:
+            records, last = await maybe_thread(big, _decode_chain, stream, head, last, payloads)
+        except (AsyncartError, msgspec.MsgspecError):
+            return  # a damaged stream (audit names it) shows nothing past what is indexed
+        index.digests.update(_referenced(records))
+        if index.heads.get(stream, (0, ""))[0] == head:  # nobody caught up meanwhile
+            index.heads[stream] = (head + len(records), last)
+
+
+def _referenced(records: list[Record]) -> set[bytes]:
+    found: list[str] = []
+    for record in records:
+        match record.body:
+            case FilesAdded(entries=entries):
+                found += (e.digest for e in entries)
+            case VersionCommitted(snapshot=str(snapshot)):
+                found.append(snapshot)
+    return {raw for d in found if (raw := _raw(d)) is not None}
+
+
+def _raw(digest: str) -> bytes | None:
+    """32 bytes; None for a malformed digest (in a record older than the server's checks)."""
+    try:
+        raw = bytes.fromhex(digest)
+    except ValueError:
+        return None
+    return raw if len(raw) == 32 else None
+
+
+SCOPE = web.AppKey("scope", Scope)
+
+
+async def hidden(request: web.Request, digests: Iterable[str]) -> set[str]:
+    """The ``digests`` the request's token may not see (it is told they are missing)."""
+    return await request.app[SCOPE].hidden(await grant_of(request), digests)
+
+
+async def uploaded(request: web.Request, digests: Iterable[str]) -> None:
+    """Note that the request's token uploaded ``digests`` (verified, stored)."""
+    request.app[SCOPE].uploaded(await grant_of(request), digests)
