@@ -396,6 +396,7 @@ async def test_verify_reports_a_directory_in_place_of_a_file(store, tmp_path):
 
 
 async def test_a_huge_version_number_is_an_invalid_reference(store):
+    await asyncart.LocalStore(store).create()
     api = asyncart.Api(project="p", store=store)
     with pytest.raises(InvalidInputError, match="at most 18 digits"):
         await api.artifact("b:v" + "9" * 5000)

@@ -18,7 +18,7 @@ def test_all_is_the_contract():
 
 def test_every_error_derives_from_the_root():
     errors = [getattr(asyncart, n) for n in asyncart.__all__ if n.endswith("Error")]
-    assert len(errors) == 10
+    assert len(errors) == 11
     assert all(issubclass(e, asyncart.AsyncartError) for e in errors)
     assert issubclass(asyncart.InvalidInputError, ValueError)
 
