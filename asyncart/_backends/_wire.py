@@ -25,7 +25,7 @@ Error bodies: ``{"error": CODE, "message": text, ...}``; a conflict adds ``"head
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -36,6 +36,26 @@ TOKEN_ENV = "ASYNCART_TOKEN"
 
 MAX_DIGESTS = 50_000
 """Digests per ``missing`` request (64 hex characters each: ~3.3 MB)."""
+
+DIGESTS_BYTES = 5 + MAX_DIGESTS * 66
+"""The largest msgpack body of ``MAX_DIGESTS`` digests (array header, then 2 + 64 bytes each)."""
+
+Digest = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+Digests = list[Digest]
+"""The body of ``/blobs/fetch``; ``/blobs/missing`` takes at most ``MAX_DIGESTS`` of them."""
+Batch = list[tuple[Digest, bytes]]
+"""The body of ``/blobs/batch``: ``[[digest, bytes], ...]``."""
+Records = list[bytes]
+"""The body of a log append: the records, as opaque bytes."""
+
+
+class MintBody(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of ``POST /tokens``."""
+
+    projects: list[str]
+    write: bool = False
+    note: str = ""
+
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder()

@@ -13,13 +13,14 @@ import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
 import anyio.to_thread
 import blake3
+import msgspec
 from aiohttp import web
 
-from .._backends._wire import DIGEST, MAX_DIGESTS
+from .._backends._wire import DIGEST, DIGESTS_BYTES, MAX_DIGESTS, Batch, Digest, Digests
 from .._backends.base import BlobPaths, Store, UploadItem
 from ._http import HttpError, grant_of, int_query, msgpack_body, msgpack_response, require
 from ._spool import hash_file, receive, receive_at
@@ -36,16 +37,28 @@ class Limits:
     """Bytes of one part of a multipart upload."""
     max_parts: int = 10_000
     """Parts of one multipart upload."""
-    max_batch: int = 64 << 20
-    """Bytes of a batch of small blobs (clients send up to 8 MiB)."""
     max_request: int = 64 << 20
-    """Bytes of any other request body (log appends, digest lists)."""
+    """Bytes of any request body the server buffers: a batch of small blobs (clients send up
+    to 8 MiB), a log append, a digest list."""
     page_bytes: int = 8 << 20
     """About how many record bytes one log page carries."""
+    max_in_flight: int = 256 << 20
+    """Bytes of buffered request bodies held at once, by all requests together (the rest wait)."""
+    idle_timeout: float = 30.0
+    """Seconds a connection may take to send a whole request header (from when it opens, or
+    from its last response), or pause in a body, before it is dropped."""
+    max_connections: int = 1024
+    """Open connections; past it the longest-open idle one is closed (at most the process's
+    file limit less a reserve for files)."""
 
 
 BATCH_BYTES = 16 << 20  # at most this much in one /blobs/fetch response
 SMALL_BLOB = 1 << 20  # larger blobs are left out of a batch response
+
+# typed decoders: a body of another shape fails at its first wrong value, before it is built
+_MISSING = msgspec.msgpack.Decoder(Annotated[list[Digest], msgspec.Meta(max_length=MAX_DIGESTS)])
+_DIGESTS = msgspec.msgpack.Decoder(Digests)
+_BATCH = msgspec.msgpack.Decoder(Batch)
 
 STORE = web.AppKey("store", Store)
 _OCTETS = "application/octet-stream"
@@ -63,11 +76,7 @@ def _digest(request: web.Request) -> str:
 async def missing(request: web.Request) -> web.Response:
     """POST /v1/blobs/missing: the subset of the posted digests the store lacks."""
     await grant_of(request)
-    digests = await msgpack_body(request)
-    if not isinstance(digests, list) or len(digests) > MAX_DIGESTS:
-        raise HttpError(400, "invalid", f"post a list of at most {MAX_DIGESTS} digests")
-    if not all(isinstance(d, str) and DIGEST.fullmatch(d) for d in digests):
-        raise HttpError(400, "invalid", "every digest must be 64 lowercase hex characters")
+    digests = await msgpack_body(request, _MISSING, DIGESTS_BYTES)
     return msgpack_response(sorted(await request.app[STORE].blobs.missing(digests)))
 
 
@@ -113,9 +122,7 @@ async def upload_batch(request: web.Request) -> web.Response:
     Every blob is verified before any is stored: one wrong digest refuses the whole batch.
     """
     require((await grant_of(request)).writes_somewhere, "upload blobs")
-    pairs = await msgpack_body(request, request.app[LIMITS].max_batch)
-    if not isinstance(pairs, list) or not all(_is_pair(p) for p in pairs):
-        raise HttpError(400, "invalid", "post a msgpack list of [digest, bytes] pairs")
+    pairs = await msgpack_body(request, _BATCH)
     bad = await anyio.to_thread.run_sync(_mismatches, pairs)
     if bad:
         raise HttpError(
@@ -148,27 +155,23 @@ def _unlink_all(files: list[str]) -> None:
         _unlink(path)
 
 
-def _is_pair(pair: object) -> bool:
-    return (
-        isinstance(pair, list)
-        and len(pair) == 2
-        and isinstance(pair[0], str)
-        and DIGEST.fullmatch(pair[0]) is not None
-        and isinstance(pair[1], bytes)
-    )
-
-
-def _mismatches(pairs: list[list[Any]]) -> list[str]:
+def _mismatches(pairs: Batch) -> list[str]:
     return [d for d, data in pairs if blake3.blake3(data).hexdigest() != d]
 
 
-def _spool_all(spool: Path, pairs: list[list[Any]]) -> list[str]:
-    files = []
-    for digest, data in pairs:
-        path = str(spool / f"{digest}.{secrets.token_hex(6)}.body")
-        with open(path, "xb", buffering=0) as f:
-            f.write(data)
-        files.append(path)
+def _spool_all(spool: Path, pairs: Batch) -> list[str]:
+    """Write each blob to a new spool file; on any failure (a full disk) remove them all."""
+    files: list[str] = []
+    try:
+        for digest, data in pairs:
+            files.append(str(spool / f"{digest}.{secrets.token_hex(6)}.body"))
+            with open(files[-1], "xb", buffering=0) as f:
+                view = memoryview(data)
+                while view:  # a short write (the disk filled up) is retried, and then raises
+                    view = view[f.write(view) :]
+    except BaseException:
+        _unlink_all(files)
+        raise
     return files
 
 
@@ -176,11 +179,7 @@ async def download_batch(request: web.Request) -> web.Response:
     """POST /v1/blobs/fetch [digest, ...]: small blobs in one response; ``None`` for a blob
     too large for a batch (GET it alone). The client verifies every one."""
     await grant_of(request)
-    digests = await msgpack_body(request)
-    if not isinstance(digests, list) or not all(
-        isinstance(d, str) and DIGEST.fullmatch(d) for d in digests
-    ):
-        raise HttpError(400, "invalid", "post a msgpack list of digests")
+    digests = await msgpack_body(request, _DIGESTS)
     blobs = request.app[STORE].blobs
     if missing := await blobs.missing(digests):
         raise HttpError(404, "not_found", f"blob {min(missing)} is missing from the store")

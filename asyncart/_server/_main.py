@@ -25,6 +25,7 @@ from .._backends.local import LocalStore
 from .._errors import AsyncartError
 from ._app import make_app
 from ._blob_routes import Limits
+from ._connections import Listener, connection_cap
 from ._http import DRAIN, AccessLogger
 from ._tokens import Grant, create_token, list_tokens, revoke_token, tokens_path
 from ._uploads import UPLOAD_EXPIRY
@@ -51,6 +52,7 @@ async def serve(
     """
     root = Path(store).expanduser().absolute()  # noqa: ASYNC240 - no I/O, just $HOME and cwd
     spool = root / "spool"
+    limits = limits or Limits()
     app = make_app(LocalStore(root), tokens_path(root), spool, limits, upload_expiry=upload_expiry)
     runner = web.AppRunner(
         app,
@@ -58,6 +60,7 @@ async def serve(
         access_log=logging.getLogger("asyncart.server.access"),
         shutdown_timeout=SHUTDOWN_TIMEOUT,
         handle_signals=False,
+        keepalive_timeout=limits.idle_timeout,  # also the header read timeout: see _connections
     )
     await runner.setup()
     stop = asyncio.Event()
@@ -65,9 +68,8 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=tls)
-        await site.start()
-        bound = runner.addresses[0][1]
+        site = Listener(runner, host, port, connection_cap(limits.max_connections), tls)
+        bound = await site.start()
         print(f"listening on {'https' if tls else 'http'}://{host}:{bound}", flush=True)
         if ready is not None:
             ready.set()
@@ -82,7 +84,8 @@ async def serve(
 
 def serve_main(argv: Sequence[str] | None = None) -> int:
     """``asyncart serve --store DIR [--host H] [--port P] [--max-blob-bytes N]
-    [--max-request-bytes N] [--upload-expiry SECONDS] [--tls-cert PEM --tls-key PEM]``."""
+    [--max-request-bytes N] [--max-bytes-in-flight N] [--max-connections N]
+    [--idle-timeout SECONDS] [--upload-expiry SECONDS] [--tls-cert PEM --tls-key PEM]``."""
     parser = argparse.ArgumentParser(prog="asyncart serve", description=serve.__doc__)
     add_serve_arguments(parser)
     return run_serve(parser.parse_args(argv))
@@ -94,7 +97,35 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     parser.add_argument("--max-blob-bytes", type=int, default=Limits.max_blob)
-    parser.add_argument("--max-request-bytes", type=int, default=Limits.max_request)
+    parser.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=Limits.max_request,
+        help="the largest body the server buffers: a batch of small blobs, a log append, a "
+        "digest list (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-bytes-in-flight",
+        type=int,
+        default=Limits.max_in_flight,
+        help="buffered body bytes all requests together may hold; the rest wait their turn "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=Limits.max_connections,
+        help="open connections; past it the longest-open idle one is closed (default: "
+        "%(default)s, less where the file limit is lower)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=_seconds,
+        default=Limits.idle_timeout,
+        metavar="SECONDS",
+        help="drop a connection that takes this long to send a request header, or pauses "
+        "this long in a body (default: %(default).0f)",
+    )
     parser.add_argument(
         "--upload-expiry",
         type=_seconds,
@@ -122,7 +153,13 @@ def _seconds(text: str) -> float:
 def run_serve(args: argparse.Namespace) -> int:
     """Run ``serve`` with parsed arguments; log access as JSON lines on stderr."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    limits = Limits(max_blob=args.max_blob_bytes, max_request=args.max_request_bytes)
+    limits = Limits(
+        max_blob=args.max_blob_bytes,
+        max_request=args.max_request_bytes,
+        max_in_flight=args.max_bytes_in_flight,
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout,
+    )
     expiry, tls = args.upload_expiry, _tls(args.tls_cert, args.tls_key)
     asyncio.run(
         serve(args.store, args.host, args.port, limits=limits, upload_expiry=expiry, tls=tls)
