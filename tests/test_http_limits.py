@@ -145,9 +145,13 @@ def test_hostile_bodies_are_refused_cheaply_while_health_answers(server: Server)
     assert _peak_rss(server.pid) - before < 200 * MiB
 
 
+def _digest(data: bytes) -> str:
+    return blake3.blake3(data).hexdigest()
+
+
 def _batch(size: int) -> bytes:
     data = os.urandom(size)
-    return pack([[blake3.blake3(data).hexdigest(), data]])
+    return pack([[_digest(data), data]])
 
 
 def test_body_bytes_in_flight_are_capped(tmp_path: Path) -> None:
@@ -155,6 +159,7 @@ def test_body_bytes_in_flight_are_capped(tmp_path: Path) -> None:
     and gets a 503 (which clients retry) when it waited too long; once the first is done,
     the second goes through."""
     budget = ("--max-bytes-in-flight", str(MiB), "--max-request-bytes", str(MiB))
+    budget += ("--idle-timeout", "600")  # the holder pauses mid-body while others wait
     served = Server(tmp_path / "served", *budget).start()
     try:
         write = served.token("demo", write=True)
@@ -172,10 +177,35 @@ def test_body_bytes_in_flight_are_capped(tmp_path: Path) -> None:
                 if statuses[-1] == 503:
                     break
             assert statuses[-1] == 503, statuses
+            streamed = os.urandom(900 << 10)  # a streamed upload holds up to 12 MiB: 900 KiB
+            status, _ = _request(
+                served.port, "PUT", f"/v1/blobs/{_digest(streamed)}", streamed, write
+            )
+            assert status == 503
             assert _request(served.port, "POST", "/v1/blobs/batch", _batch(1000), write)[0] == 201
             holder.sendall(first[len(first) // 2 :])
             assert _status_of(holder) == 201
         assert _request(served.port, "POST", "/v1/blobs/batch", _batch(800 << 10), write)[0] == 201
+    finally:
+        served.stop()
+
+
+def test_a_stalled_body_is_dropped(tmp_path: Path) -> None:
+    """A client that stops sending mid-body gets a 408 and gives its budget back."""
+    served = Server(tmp_path / "served", "--idle-timeout", "1").start()
+    try:
+        write = served.token("demo", write=True)
+        body = _batch(1000)
+        data = os.urandom(1000)
+        for method, path in [
+            ("POST", "/v1/blobs/batch"),  # buffered
+            ("PUT", f"/v1/blobs/{_digest(data)}"),  # streamed to the spool
+        ]:
+            with socket.create_connection(("127.0.0.1", served.port), timeout=60) as sock:
+                sock.sendall(_head(method, path, len(body), write) + body[:500])
+                assert _status_of(sock) == 408, path
+        assert not spool_files(served.root)
+        assert _request(served.port, "POST", "/v1/blobs/batch", body, write)[0] == 201
     finally:
         served.stop()
 

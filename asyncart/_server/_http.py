@@ -114,15 +114,17 @@ class Bodies:
         self.free += size
         while self._waiting and self._waiting[0][0] <= self.free:
             size, granted = self._waiting.popleft()
-            self.free -= size
-            granted.set_result(None)
+            if not granted.done():  # not given up by its request
+                self.free -= size
+                granted.set_result(None)
 
     def _withdraw(self, size: int, granted: asyncio.Future[None]) -> None:
-        if granted.done():  # granted just as the wait ended: the bytes were taken for us
+        if granted.done() and not granted.cancelled():  # granted just as the wait ended
             self.give_back(size)
-        else:
+            return
+        with contextlib.suppress(ValueError):
             self._waiting.remove((size, granted))
-            self.give_back(0)  # the request at the head may have been the one blocking others
+        self.give_back(0)  # it may have been the head that kept smaller ones waiting
 
 
 BODIES = web.AppKey("bodies", Bodies)
@@ -195,6 +197,9 @@ def _as_json(request: web.Request, e: Exception) -> web.Response | None:
             f"{message}; nothing was stored: free space on the server's disk (or raise its "
             "quota), then retry",
         )
+    if isinstance(e, ExceptionGroup):  # raised in a task group (e.g. while a body streams in)
+        found = (_as_json(request, inner) for inner in e.exceptions)
+        return next((response for response in found if response is not None), None)
     if isinstance(e, HttpError):
         return error_response(e.status, e.code, str(e), **e.extra)
     if isinstance(e, ConflictError):
@@ -276,7 +281,7 @@ async def msgpack_body(
     if length > limit:
         raise HttpError(413, "too_large", f"the body exceeds this server's {limit} byte limit")
     await bodies.take(request, length)
-    body = await _read_body(request, length, bodies.idle_timeout)
+    body = await _read_body(request, length)
     try:
         if length <= SMALL_BODY:
             return decoder.decode(body)
@@ -287,20 +292,27 @@ async def msgpack_body(
         raise HttpError(400, "invalid", "the body is not msgpack") from None
 
 
-async def _read_body(request: web.Request, length: int, idle: float) -> bytes:
-    """Exactly ``length`` bytes of body; a client silent for ``idle`` seconds gets a 408."""
+async def _read_body(request: web.Request, length: int) -> bytes:
+    """Exactly ``length`` bytes of body (aiohttp stops at the ``Content-Length``)."""
     chunks, got = [], 0
     while got < length:
-        try:
-            async with asyncio.timeout(idle):
-                chunk = await request.content.readany()
-        except TimeoutError:
-            raise HttpError(408, "timeout", f"no body bytes for {idle:g} s") from None
+        chunk = await next_chunk(request)
         if not chunk:
             raise HttpError(400, "incomplete", f"the body ended after {got} of {length} bytes")
         chunks.append(chunk)
         got += len(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def next_chunk(request: web.Request) -> bytes:
+    """The next bytes of the body (``b""`` at its end). Raises HttpError 408 when the client
+    sends nothing for the idle timeout: a stalled body must not hold its budget forever."""
+    idle = request.app[BODIES].idle_timeout
+    try:
+        async with asyncio.timeout(idle):
+            return await request.content.readany()
+    except TimeoutError:
+        raise HttpError(408, "timeout", f"no body bytes for {idle:g} s; send again") from None
 
 
 def int_query(request: web.Request, name: str, default: int | None = None) -> int:
