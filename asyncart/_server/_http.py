@@ -282,26 +282,42 @@ async def msgpack_body(
         raise HttpError(413, "too_large", f"the body exceeds this server's {limit} byte limit")
     await bodies.take(request, length)
     body = await _read_body(request, length)
+    if length <= SMALL_BODY:
+        value = _decode(decoder, body)
+    else:
+        value = await anyio.to_thread.run_sync(_decode, decoder, body)
+    if isinstance(value, _Problem):
+        raise HttpError(400, "invalid", value)
+    return value
+
+
+class _Problem(str):
+    """What is wrong with a body."""
+
+
+def _decode(decoder: msgspec.msgpack.Decoder[T], body: bytearray) -> T | _Problem:
+    """The value, or what is wrong with the body. Returned, not raised: a traceback would keep
+    the body alive (in a reference cycle) until the garbage collector runs."""
     try:
-        if length <= SMALL_BODY:
-            return decoder.decode(body)
-        return await anyio.to_thread.run_sync(decoder.decode, body)
+        return decoder.decode(body)
     except msgspec.ValidationError as e:
-        raise HttpError(400, "invalid", f"the body has the wrong shape: {e}") from None
+        return _Problem(f"the body has the wrong shape: {e}")
     except msgspec.DecodeError:
-        raise HttpError(400, "invalid", "the body is not msgpack") from None
+        return _Problem("the body is not msgpack")
 
 
-async def _read_body(request: web.Request, length: int) -> bytes:
-    """Exactly ``length`` bytes of body (aiohttp stops at the ``Content-Length``)."""
-    chunks, got = [], 0
+async def _read_body(request: web.Request, length: int) -> bytearray:
+    """Exactly ``length`` bytes of body (aiohttp stops at the ``Content-Length``), in one
+    buffer: the chunks are not held twice."""
+    body = bytearray(length)
+    got = 0
     while got < length:
         chunk = await next_chunk(request)
         if not chunk:
             raise HttpError(400, "incomplete", f"the body ended after {got} of {length} bytes")
-        chunks.append(chunk)
+        body[got : got + len(chunk)] = chunk
         got += len(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return body
 
 
 async def next_chunk(request: web.Request) -> bytes:
