@@ -19,7 +19,10 @@ human with ``curl`` can read them::
     GET  /v1/projects                             -> [project, ...]          (readable ones)
     POST /v1/tokens   {"projects", "write"}       -> {"token": ...}          (admin)
 
-Error bodies: ``{"error": CODE, "message": text, ...}``; a conflict adds ``"head"``.
+Error bodies: ``{"error": CODE, "message": text, ...}``; a conflict adds ``"head"``. A body of
+the wrong shape is a 400, one over the server's limit a 413 (checked on ``Content-Length``,
+before it is read), a client that stalls a 408, a server busy with other bodies or connections
+a 503 (retried), a full disk on the server a 507 (``insufficient_storage``: not retried).
 """
 
 from __future__ import annotations

@@ -49,6 +49,8 @@ async def serve(
     Prints ``listening on http://HOST:PORT`` (``https`` with ``tls``) once bound (``port=0``
     picks a free port). The parts of multipart uploads nobody continued for ``upload_expiry``
     seconds are removed. Serve with ``tls`` anywhere but loopback: tokens travel in headers.
+    ``limits`` bounds bodies, the bytes of bodies held at once, idle and slow connections and
+    their number (see :class:`Limits`).
     """
     root = Path(store).expanduser().absolute()  # noqa: ASYNC240 - no I/O, just $HOME and cwd
     spool = root / "spool"
