@@ -358,3 +358,37 @@ async def test_a_full_disk_is_reported_not_retried_and_nothing_is_half_stored(
             assert await store.blobs.put_files([small, large]) == small.size + large.size
             assert await multipart.blobs.put_files([parts]) == parts.size
             assert await store.log.append(STREAM, [b"a record"], 0) == 1
+
+
+def _in_progress(port: int, body: bytes, token: str) -> socket.socket:
+    """A batch upload the server is handling (it answered ``100 Continue``), half sent."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    head = _head("POST", "/v1/blobs/batch", len(body), token)
+    sock.sendall(head[:-2] + b"Expect: 100-continue\r\n\r\n")
+    interim = b""
+    while not interim.endswith(b"\r\n\r\n"):
+        interim += sock.recv(1)
+    assert interim.startswith(b"HTTP/1.1 100"), interim
+    sock.sendall(body[:500])
+    return sock
+
+
+def test_past_the_connection_cap_idle_ones_go_first_and_busy_ones_stay(tmp_path: Path) -> None:
+    served = Server(tmp_path / "served", "--max-connections", "3", "--idle-timeout", "600").start()
+    try:
+        write = served.token("demo", write=True)
+        bodies = [_batch(1000) for _ in range(3)]
+        busy = [_in_progress(served.port, body, write) for body in bodies[:2]]
+        with socket.create_connection(("127.0.0.1", served.port), timeout=60) as idle:
+            assert _request(served.port, "GET", "/v1/health")[0] == 200  # the idle one went
+            assert _closed(idle)
+        busy.append(_in_progress(served.port, bodies[2], write))
+        status, answer = _request(served.port, "GET", "/v1/health")
+        assert status == 503 and b"too many connections" in answer  # all three are working
+        for sock, body in zip(busy, bodies, strict=True):  # and none of them was cut
+            sock.sendall(body[500:])
+            assert _status_of(sock) == 201
+            sock.close()
+        assert _request(served.port, "GET", "/v1/health")[0] == 200
+    finally:
+        served.stop()
