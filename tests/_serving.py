@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import select
 import signal
 import subprocess
@@ -25,9 +26,10 @@ START_TIMEOUT = 15.0
 class Server:
     """``python -m asyncart._server serve`` over a store directory; restartable on one port."""
 
-    def __init__(self, root: Path, *extra: str) -> None:
+    def __init__(self, root: Path, *extra: str, files: int | None = None) -> None:
         self.root = root
         self.extra = extra
+        self.files = files  # a file-descriptor limit (soft and hard) for the server process
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = root.parent / f"{root.name}-server.log"
@@ -45,6 +47,7 @@ class Server:
                 stdout=subprocess.PIPE,
                 stderr=log,
                 start_new_session=True,  # its own process group: `timeout` and the server
+                preexec_fn=None if self.files is None else self._limit_files,
             )
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT)
@@ -54,6 +57,17 @@ class Server:
             raise RuntimeError(f"server did not start: {line!r}\n{self.log.read_text()[-2000:]}")
         self.port = int(line.rsplit(":", 1)[1])
         return self
+
+    def _limit_files(self) -> None:
+        assert self.files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.files, self.files))
+
+    @property
+    def pid(self) -> int:
+        """The server's own process (the child of its `timeout` guard)."""
+        assert self.proc is not None
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        return int(children.split()[0])
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is None:

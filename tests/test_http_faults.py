@@ -30,7 +30,7 @@ MiB = 1 << 20
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    limits = ("--max-request-bytes", "65536", "--max-blob-bytes", str(2 * MiB))
+    limits = ("--max-request-bytes", str(MiB), "--max-blob-bytes", str(2 * MiB))
     served = Server(tmp_path / "served", *limits).start()
     served.rw = served.token("*", write=True)  # type: ignore[attr-defined]
     yield served
@@ -214,7 +214,7 @@ async def test_a_body_with_the_wrong_digest_is_refused_and_not_stored(server: Se
 async def test_oversize_requests_are_refused(server: Server, tmp_path: Path) -> None:
     async with HttpStore(server.url, server.rw) as store:  # type: ignore[attr-defined]
         with pytest.raises(InvalidInputError, match="413"):
-            await store.log.append("demo/artifacts/x", [b"x" * 70_000], 0)
+            await store.log.append("demo/artifacts/x", [b"x" * (MiB + 1)], 0)
         assert await store.log.read("demo/artifacts/x") == []
         item = _file(tmp_path / "big", 3 * MiB)
         with pytest.raises(InvalidInputError, match="exceed this server's 2097152 limit"):

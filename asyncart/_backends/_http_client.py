@@ -2,7 +2,8 @@
 bounded, with retries and backoff, errors translated.
 
 Connection errors, 5xx and 429 are retried with exponential backoff and full jitter; any other
-4xx is the caller's mistake and is raised at once, as the asyncart error the server named.
+4xx is the caller's mistake and is raised at once, as the asyncart error the server named. So is
+507 (the server's disk is full): a :class:`BackendUnavailableError` that says so, not retried.
 """
 
 from __future__ import annotations
@@ -217,6 +218,8 @@ def raise_for(status: int, body: bytes, url: str) -> None:
     """Raise the error a non-success response stands for (ServerError when worth a retry)."""
     detail = error_detail(body)
     code, message = detail.get("error", ""), detail["message"]
+    if status == 507:  # a retry would fail the same way until someone frees space
+        raise BackendUnavailableError(f"the server at {url} is out of disk space: {message}")
     if (status >= 500 and code != "integrity") or status == 429:
         raise ServerError(status, message)
     where = f"server {url}: {message}"

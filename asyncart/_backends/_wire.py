@@ -20,13 +20,16 @@ human with ``curl`` can read them::
     GET  /v1/projects                             -> [project, ...]          (readable ones)
     POST /v1/tokens   {"projects", "write"}       -> {"token": ...}          (admin)
 
-Error bodies: ``{"error": CODE, "message": text, ...}``; a conflict adds ``"head"``.
+Error bodies: ``{"error": CODE, "message": text, ...}``; a conflict adds ``"head"``. A body of
+the wrong shape is a 400, one over the server's limit a 413 (checked on ``Content-Length``,
+before it is read), a client that stalls a 408, a server busy with other bodies or connections
+a 503 (retried), a full disk on the server a 507 (``insufficient_storage``: not retried).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -36,7 +39,32 @@ DIGEST = re.compile(r"[0-9a-f]{64}")
 TOKEN_ENV = "ASYNCART_TOKEN"
 
 MAX_DIGESTS = 50_000
-"""Digests per ``missing`` request (64 hex characters each: ~3.3 MB)."""
+"""Digests per ``missing`` request (64 hex characters and a size each: ~3.8 MB)."""
+
+SIZED_BYTES = 5 + MAX_DIGESTS * 76
+"""The largest msgpack body of ``MAX_DIGESTS`` [digest, size] pairs (array header, then per
+pair a 1-byte pair header, 2 + 64 bytes of digest and at most 9 of size)."""
+
+Digest = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+Digests = list[Digest]
+"""The body of ``/blobs/fetch``."""
+Sized = Annotated[
+    list[tuple[Digest, Annotated[int, msgspec.Meta(ge=0)]]], msgspec.Meta(max_length=MAX_DIGESTS)
+]
+"""The body of ``/blobs/missing``: at most ``MAX_DIGESTS`` ``[digest, size]`` pairs."""
+Batch = list[tuple[Digest, bytes]]
+"""The body of ``/blobs/batch``: ``[[digest, bytes], ...]``."""
+Records = list[bytes]
+"""The body of a log append: the records, as opaque bytes."""
+
+
+class MintBody(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of ``POST /tokens``."""
+
+    projects: list[str]
+    write: bool = False
+    note: str = ""
+
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder()

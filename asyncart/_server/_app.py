@@ -11,17 +11,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import anyio.to_thread
+import msgspec
 from aiohttp import web
 
-from .._backends._wire import PREFIX, project_of
+from .._backends._wire import PREFIX, MintBody, Records, project_of
 from .._backends.base import Store
 from . import _blob_routes as blobs
 from ._blob_routes import LIMITS, SPOOL, STORE, Limits, clean_spool
 from ._http import (
+    BODIES,
     DRAIN,
     GRANTS,
+    Bodies,
     Drain,
-    HttpError,
     drained,
     errors_as_json,
     grant_of,
@@ -59,6 +61,7 @@ def make_app(
     limits = limits or Limits()
     app = web.Application(middlewares=[drained, errors_as_json], client_max_size=limits.max_request)
     app[DRAIN] = Drain()
+    app[BODIES] = Bodies(limits.max_request, limits.max_in_flight, limits.idle_timeout)
     app[STORE], app[SPOOL], app[LIMITS] = store, Path(spool), limits
     app[GRANTS] = Grants(Path(tokens))
     app[UPLOADS] = Uploads(Path(spool) / "parts", upload_expiry)
@@ -89,6 +92,11 @@ def make_app(
     return app
 
 
+_RECORDS = msgspec.msgpack.Decoder(Records)
+_MINT = msgspec.msgpack.Decoder(MintBody)
+_MINT_BYTES = 64 << 10
+
+
 async def _prepare(app: web.Application) -> None:
     await anyio.to_thread.run_sync(clean_spool, app[SPOOL])
     await anyio.to_thread.run_sync(app[GRANTS].refresh)
@@ -111,9 +119,7 @@ async def append(request: web.Request) -> web.Response:
     require(grant.can_write(project_of(stream)), f"write to {stream!r}")
     check_stream(stream)
     expected = int_query(request, "expected_seq")
-    payloads = await msgpack_body(request)
-    if not isinstance(payloads, list) or not all(isinstance(p, bytes) for p in payloads):
-        raise HttpError(400, "invalid", "post a msgpack list of binary records")
+    payloads = await msgpack_body(request, _RECORDS)
     done = await request.app[STREAMS].append(stream, payloads, expected, grant.id)
     request.app[SCOPE].appended(stream, expected, done.records, done.last_hash)
     return msgpack_response({"head": done.head})
@@ -152,17 +158,10 @@ async def projects(request: web.Request) -> web.Response:
 async def mint(request: web.Request) -> web.Response:
     """POST /v1/tokens {"projects": [...], "write": bool, "note": str}: a new token (admin)."""
     require((await grant_of(request)).admin, "mint tokens")
-    body = await msgpack_body(request)
-    if not isinstance(body, dict) or not isinstance(body.get("projects"), list):
-        raise HttpError(400, "invalid", 'post {"projects": [...], "write": bool}')
+    body = await msgpack_body(request, _MINT, _MINT_BYTES)
     grants = request.app[GRANTS]
     token = await anyio.to_thread.run_sync(
-        lambda: create_token(
-            grants.path.parent,
-            body["projects"],
-            write=bool(body.get("write")),
-            note=str(body.get("note", "")),
-        )
+        lambda: create_token(grants.path.parent, body.projects, write=body.write, note=body.note)
     )
     await anyio.to_thread.run_sync(grants.refresh)
     return msgpack_response({"token": token}, 201)

@@ -14,13 +14,13 @@ import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import anyio.to_thread
 import blake3
+import msgspec
 from aiohttp import web
 
-from .._backends._wire import DIGEST, MAX_DIGESTS
+from .._backends._wire import DIGEST, SIZED_BYTES, Batch, Digests, Sized
 from .._backends.base import BlobPaths, BlobStore, Store, UploadItem
 from .._errors import NotFoundError
 from ._http import HttpError, grant_of, int_query, msgpack_body, msgpack_response, require
@@ -39,16 +39,28 @@ class Limits:
     """Bytes of one part of a multipart upload."""
     max_parts: int = 10_000
     """Parts of one multipart upload."""
-    max_batch: int = 64 << 20
-    """Bytes of a batch of small blobs (clients send up to 8 MiB)."""
     max_request: int = 64 << 20
-    """Bytes of any other request body (log appends, digest lists)."""
+    """Bytes of any request body the server buffers: a batch of small blobs (clients send up
+    to 8 MiB), a log append, a digest list."""
     page_bytes: int = 8 << 20
     """About how many record bytes one log page carries."""
+    max_in_flight: int = 256 << 20
+    """Bytes of buffered request bodies held at once, by all requests together (the rest wait)."""
+    idle_timeout: float = 30.0
+    """Seconds a connection may take to send a whole request header (from when it opens, or
+    from its last response), or pause in a body, before it is dropped."""
+    max_connections: int = 1024
+    """Open connections; past it the longest-open idle one is closed (at most the process's
+    file limit less a reserve for files)."""
 
 
 BATCH_BYTES = 16 << 20  # at most this much in one /blobs/fetch response
 SMALL_BLOB = 1 << 20  # larger blobs are left out of a batch response
+
+# typed decoders: a body of another shape fails at its first wrong value, before it is built
+_MISSING = msgspec.msgpack.Decoder(Sized)
+_DIGESTS = msgspec.msgpack.Decoder(Digests)
+_BATCH = msgspec.msgpack.Decoder(Batch)
 
 STORE = web.AppKey("store", Store)
 _OCTETS = "application/octet-stream"
@@ -67,28 +79,11 @@ async def missing(request: web.Request) -> web.Response:
     """POST /v1/blobs/missing [[digest, size], ...]: the digests the store lacks, or holds
     with another size (the store moves such a damaged file aside)."""
     await grant_of(request)
-    pairs = await msgpack_body(request)
-    if not isinstance(pairs, list) or len(pairs) > MAX_DIGESTS:
-        raise HttpError(400, "invalid", f"post a list of at most {MAX_DIGESTS} [digest, size]")
-    if not all(_is_sized(p) for p in pairs):
-        raise HttpError(
-            400, "invalid", "post [digest, size] pairs: 64 lowercase hex characters, bytes >= 0"
-        )
-    sizes = {digest: size for digest, size in pairs}
+    pairs = await msgpack_body(request, _MISSING, SIZED_BYTES)
+    sizes = dict(pairs)
     absent = await request.app[STORE].blobs.missing(sizes)
     absent |= await hidden(request, [d for d in sizes if d not in absent])
     return msgpack_response(sorted(absent))
-
-
-def _is_sized(pair: object) -> bool:
-    return (
-        isinstance(pair, list)
-        and len(pair) == 2
-        and isinstance(pair[0], str)
-        and DIGEST.fullmatch(pair[0]) is not None
-        and type(pair[1]) is int
-        and pair[1] >= 0
-    )
 
 
 async def upload(request: web.Request) -> web.Response:
@@ -127,9 +122,7 @@ async def upload_batch(request: web.Request) -> web.Response:
     Every blob is verified before any is stored: one wrong digest refuses the whole batch.
     """
     require((await grant_of(request)).writes_somewhere, "upload blobs")
-    pairs = await msgpack_body(request, request.app[LIMITS].max_batch)
-    if not isinstance(pairs, list) or not all(_is_pair(p) for p in pairs):
-        raise HttpError(400, "invalid", "post a msgpack list of [digest, bytes] pairs")
+    pairs = await msgpack_body(request, _BATCH)
     bad = await anyio.to_thread.run_sync(_mismatches, pairs)
     if bad:
         raise HttpError(
@@ -152,7 +145,7 @@ async def upload_batch(request: web.Request) -> web.Response:
     return msgpack_response({"size": sum(len(b) for _, b in pairs)}, 201)
 
 
-def _adopt_all(blobs: BlobPaths, files: list[str], pairs: list[list[Any]]) -> None:
+def _adopt_all(blobs: BlobPaths, files: list[str], pairs: Batch) -> None:
     for spool, (digest, data) in zip(files, pairs, strict=True):
         blobs.adopt(spool, digest, len(data))
 
@@ -162,27 +155,23 @@ def _unlink_all(files: list[str]) -> None:
         _unlink(path)
 
 
-def _is_pair(pair: object) -> bool:
-    return (
-        isinstance(pair, list)
-        and len(pair) == 2
-        and isinstance(pair[0], str)
-        and DIGEST.fullmatch(pair[0]) is not None
-        and isinstance(pair[1], bytes)
-    )
-
-
-def _mismatches(pairs: list[list[Any]]) -> list[str]:
+def _mismatches(pairs: Batch) -> list[str]:
     return [d for d, data in pairs if blake3.blake3(data).hexdigest() != d]
 
 
-def _spool_all(spool: Path, pairs: list[list[Any]]) -> list[str]:
-    files = []
-    for digest, data in pairs:
-        path = str(spool / f"{digest}.{secrets.token_hex(6)}.body")
-        with open(path, "xb", buffering=0) as f:
-            f.write(data)
-        files.append(path)
+def _spool_all(spool: Path, pairs: Batch) -> list[str]:
+    """Write each blob to a new spool file; on any failure (a full disk) remove them all."""
+    files: list[str] = []
+    try:
+        for digest, data in pairs:
+            files.append(str(spool / f"{digest}.{secrets.token_hex(6)}.body"))
+            with open(files[-1], "xb", buffering=0) as f:
+                view = memoryview(data)
+                while view:  # a short write (the disk filled up) is retried, and then raises
+                    view = view[f.write(view) :]
+    except BaseException:
+        _unlink_all(files)
+        raise
     return files
 
 
@@ -190,11 +179,7 @@ async def download_batch(request: web.Request) -> web.Response:
     """POST /v1/blobs/fetch [digest, ...]: small blobs in one response; ``None`` for a blob
     too large for a batch (GET it alone). The client verifies every one."""
     await grant_of(request)
-    digests = await msgpack_body(request)
-    if not isinstance(digests, list) or not all(
-        isinstance(d, str) and DIGEST.fullmatch(d) for d in digests
-    ):
-        raise HttpError(400, "invalid", "post a msgpack list of digests")
+    digests = await msgpack_body(request, _DIGESTS)
     blobs = request.app[STORE].blobs
     if invisible := await hidden(request, digests):
         raise _not_found(min(invisible))

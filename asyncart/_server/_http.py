@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import errno
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio.to_thread
 import msgspec
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from .._backends._wire import MSGPACK, pack, unpack
+from .._backends._wire import MSGPACK, pack
 from .._errors import (
     AsyncartError,
     BackendUnavailableError,
@@ -25,6 +28,8 @@ from .._errors import (
     NotFoundError,
 )
 from ._tokens import Grant, Grants
+
+T = TypeVar("T")
 
 GRANTS = web.AppKey("grants", Grants)
 GRANT_ID = web.RequestKey("grant", str)
@@ -65,10 +70,71 @@ class Drain:
 
 DRAIN = web.AppKey("drain", Drain)
 
+SMALL_BODY = 64 << 10
+"""Bodies up to this size are decoded on the event loop (a thread hop costs more)."""
+BODY_WAIT = 10.0
+"""Seconds a request waits for room in the body budget before it gets a 503 (clients retry)."""
+
+
+class Bodies:
+    """How buffered request bodies are received: their size limit, the budget of body bytes
+    all requests together may hold in memory at once, and how long a client may pause.
+
+    A request that would go over the budget waits its turn (in order of arrival, up to
+    ``BODY_WAIT`` seconds), so many large bodies at once cannot take all the server's memory.
+    Its bytes are given back when the request ends (see :func:`drained`).
+    """
+
+    def __init__(self, max_request: int, in_flight: int, idle_timeout: float) -> None:
+        self.max_request, self.total, self.idle_timeout = max_request, in_flight, idle_timeout
+        self.free = in_flight
+        self._waiting: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    async def take(self, request: web.Request, size: int) -> None:
+        """Hold ``size`` bytes (at most the whole budget) until ``request`` ends."""
+        size = min(size, self.total)
+        if not self._waiting and size <= self.free:
+            self.free -= size
+        else:
+            granted = asyncio.get_running_loop().create_future()
+            self._waiting.append((size, granted))
+            try:
+                async with asyncio.timeout(BODY_WAIT):
+                    await granted
+            except BaseException as e:
+                self._withdraw(size, granted)
+                if isinstance(e, TimeoutError):
+                    busy = "the server is busy receiving other bodies; retry"
+                    raise HttpError(503, "busy", busy) from None
+                raise
+        request[HELD_BYTES] = request.get(HELD_BYTES, 0) + size
+
+    def give_back(self, size: int) -> None:
+        """Return bytes held by a request that ended; grant waiting requests that now fit."""
+        self.free += size
+        while self._waiting and self._waiting[0][0] <= self.free:
+            size, granted = self._waiting.popleft()
+            if not granted.done():  # not given up by its request
+                self.free -= size
+                granted.set_result(None)
+
+    def _withdraw(self, size: int, granted: asyncio.Future[None]) -> None:
+        if granted.done() and not granted.cancelled():  # granted just as the wait ended
+            self.give_back(size)
+            return
+        with contextlib.suppress(ValueError):
+            self._waiting.remove((size, granted))
+        self.give_back(0)  # it may have been the head that kept smaller ones waiting
+
+
+BODIES = web.AppKey("bodies", Bodies)
+HELD_BYTES = web.RequestKey("held_bytes", int)
+
 
 @web.middleware
 async def drained(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Track requests in flight; refuse new ones while the server drains."""
+    """Track requests in flight (and give back their body bytes); refuse new ones while the
+    server drains."""
     drain = request.app[DRAIN]
     if drain.draining:
         response = error_response(503, "shutting_down", "the server is shutting down; retry")
@@ -79,6 +145,7 @@ async def drained(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     finally:
         drain.leave()
+        request.app[BODIES].give_back(request.get(HELD_BYTES, 0))
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -110,20 +177,58 @@ _STATUS: list[tuple[type[AsyncartError], int, str]] = [
 
 @web.middleware
 async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Translate our errors (and aiohttp's own 4xx/5xx) into JSON error bodies."""
+    """Translate our errors (and aiohttp's own 4xx/5xx) into JSON error bodies; a full disk
+    (however wrapped) into a 507."""
     try:
         return await handler(request)
-    except HttpError as e:
+    except Exception as e:
+        if (response := _as_json(request, e)) is None:
+            raise
+        return response
+
+
+def _as_json(request: web.Request, e: Exception) -> web.Response | None:
+    if (full := out_of_space(e)) is not None:
+        _log.error("%s %s: the store is out of space: %s", request.method, request.path, full)
+        message = os.strerror(full.errno or errno.ENOSPC)  # no server paths in the message
+        return error_response(
+            507,
+            "insufficient_storage",
+            f"{message}; nothing was stored: free space on the server's disk (or raise its "
+            "quota), then retry",
+        )
+    if isinstance(e, ExceptionGroup):  # raised in a task group (e.g. while a body streams in)
+        found = (_as_json(request, inner) for inner in e.exceptions)
+        return next((response for response in found if response is not None), None)
+    if isinstance(e, HttpError):
         return error_response(e.status, e.code, str(e), **e.extra)
-    except ConflictError as e:
+    if isinstance(e, ConflictError):
         return error_response(409, "conflict", str(e), head=e.head)
-    except AsyncartError as e:
+    if isinstance(e, AsyncartError):
         status, code = next(((s, c) for t, s, c in _STATUS if isinstance(e, t)), (500, "error"))
         return error_response(status, code, str(e))
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
+    if isinstance(e, web.HTTPException) and e.status >= 400:
         return error_response(e.status, e.reason.lower().replace(" ", "_"), e.text or e.reason)
+    return None
+
+
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+"""A full disk, a full quota, a file larger than the filesystem (or RLIMIT_FSIZE) allows."""
+
+
+def out_of_space(error: BaseException | None) -> OSError | None:
+    """The OSError saying the disk (or quota) is full, in ``error``'s causes and groups."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _NO_ROOM:
+            return error
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                if (found := out_of_space(inner)) is not None:
+                    return found
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return None
 
 
 async def grant_of(request: web.Request) -> Grant:
@@ -156,25 +261,74 @@ def msgpack_response(value: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=pack(value), content_type=MSGPACK)
 
 
-async def msgpack_body(request: web.Request, limit: int | None = None) -> Any:
-    """The request's msgpack body, of at most ``limit`` bytes (default: the app's
-    ``client_max_size``). Raises HttpError 413 for a larger one, 400 for garbage."""
-    if limit is None:
-        body = await request.read()  # aiohttp enforces client_max_size
+async def msgpack_body(
+    request: web.Request, decoder: msgspec.msgpack.Decoder[T], limit: int | None = None
+) -> T:
+    """The request's msgpack body as ``decoder``'s type, of at most ``limit`` bytes (default:
+    the app's ``max_request``).
+
+    The size is checked on ``Content-Length`` before a byte is read, the bytes are held only
+    within the app's :class:`Bodies` budget, and a body over ``SMALL_BODY`` is decoded in a worker
+    thread. Raises HttpError 411 without a length, 413 for a larger body, 400 for garbage or
+    a body of the wrong shape, 408 for a client that stops sending, 503 when the budget stays
+    full.
+    """
+    bodies = request.app[BODIES]
+    limit = bodies.max_request if limit is None else limit
+    length = request.content_length
+    if length is None:
+        raise HttpError(411, "length_required", "send the body with a Content-Length")
+    if length > limit:
+        raise HttpError(413, "too_large", f"the body exceeds this server's {limit} byte limit")
+    await bodies.take(request, length)
+    body = await _read_body(request, length)
+    if length <= SMALL_BODY:
+        value = _decode(decoder, body)
     else:
-        length = request.content_length
-        if length is None:
-            raise HttpError(411, "length_required", "send the body with a Content-Length")
-        if length > limit:
-            raise HttpError(413, "too_large", f"the body exceeds this server's {limit} limit")
-        try:
-            body = await request.content.readexactly(length)
-        except asyncio.IncompleteReadError:
-            raise HttpError(400, "incomplete", "the body ended early") from None
+        value = await anyio.to_thread.run_sync(_decode, decoder, body)
+    if isinstance(value, _Problem):
+        raise HttpError(400, "invalid", value)
+    return value
+
+
+class _Problem(str):
+    """What is wrong with a body."""
+
+
+def _decode(decoder: msgspec.msgpack.Decoder[T], body: bytearray) -> T | _Problem:
+    """The value, or what is wrong with the body. Returned, not raised: a traceback would keep
+    the body alive (in a reference cycle) until the garbage collector runs."""
     try:
-        return unpack(body)
+        return decoder.decode(body)
+    except msgspec.ValidationError as e:
+        return _Problem(f"the body has the wrong shape: {e}")
     except msgspec.DecodeError:
-        raise HttpError(400, "invalid", "the body is not msgpack") from None
+        return _Problem("the body is not msgpack")
+
+
+async def _read_body(request: web.Request, length: int) -> bytearray:
+    """Exactly ``length`` bytes of body (aiohttp stops at the ``Content-Length``), in one
+    buffer: the chunks are not held twice."""
+    body = bytearray(length)
+    got = 0
+    while got < length:
+        chunk = await next_chunk(request)
+        if not chunk:
+            raise HttpError(400, "incomplete", f"the body ended after {got} of {length} bytes")
+        body[got : got + len(chunk)] = chunk
+        got += len(chunk)
+    return body
+
+
+async def next_chunk(request: web.Request) -> bytes:
+    """The next bytes of the body (``b""`` at its end). Raises HttpError 408 when the client
+    sends nothing for the idle timeout: a stalled body must not hold its budget forever."""
+    idle = request.app[BODIES].idle_timeout
+    try:
+        async with asyncio.timeout(idle):
+            return await request.content.readany()
+    except TimeoutError:
+        raise HttpError(408, "timeout", f"no body bytes for {idle:g} s; send again") from None
 
 
 def int_query(request: web.Request, name: str, default: int | None = None) -> int:
@@ -211,3 +365,4 @@ class AccessLogger(AbstractAccessLogger):
 
 
 access_logger = logging.getLogger("asyncart.server.access")
+_log = logging.getLogger("asyncart.server")

@@ -26,6 +26,7 @@ from .._backends.local import LocalStore
 from .._errors import AsyncartError, BackendUnavailableError
 from ._app import make_app
 from ._blob_routes import Limits
+from ._connections import Listener, connection_cap
 from ._http import DRAIN, AccessLogger
 from ._tokens import Grant, create_token, list_tokens, revoke_token, tokens_path
 from ._uploads import UPLOAD_EXPIRY
@@ -49,6 +50,8 @@ async def serve(
     Prints ``listening on http://HOST:PORT`` (``https`` with ``tls``) once bound (``port=0``
     picks a free port). The parts of multipart uploads nobody continued for ``upload_expiry``
     seconds are removed. Serve with ``tls`` anywhere but loopback: tokens travel in headers.
+    ``limits`` bounds bodies, the bytes of bodies held at once, idle and slow connections and
+    their number (see :class:`Limits`).
     A directory that holds no store yet becomes one.
 
     Raises:
@@ -60,6 +63,7 @@ async def serve(
     await local.create()
     root = local.root
     spool = root / "spool"
+    limits = limits or Limits()
     app = make_app(local, tokens_path(root), spool, limits, upload_expiry=upload_expiry)
     runner = web.AppRunner(
         app,
@@ -67,6 +71,7 @@ async def serve(
         access_log=logging.getLogger("asyncart.server.access"),
         shutdown_timeout=SHUTDOWN_TIMEOUT,
         handle_signals=False,
+        keepalive_timeout=limits.idle_timeout,  # also the header read timeout: see _connections
     )
     await runner.setup()
     stop = asyncio.Event()
@@ -74,12 +79,11 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=tls)
+        site = Listener(runner, host, port, connection_cap(limits.max_connections), tls)
         try:
-            await site.start()
+            bound = await site.start()
         except OSError as e:
             raise BackendUnavailableError(_cannot_listen(host, port, e)) from None
-        bound = runner.addresses[0][1]
         print(f"listening on {'https' if tls else 'http'}://{host}:{bound}", flush=True)
         if ready is not None:
             ready.set()
@@ -109,7 +113,8 @@ def _cannot_listen(host: str, port: int, e: OSError) -> str:
 
 def serve_main(argv: Sequence[str] | None = None) -> int:
     """``asyncart serve --store DIR [--host H] [--port P] [--max-blob-bytes N]
-    [--max-request-bytes N] [--upload-expiry SECONDS] [--tls-cert PEM --tls-key PEM]``."""
+    [--max-request-bytes N] [--max-bytes-in-flight N] [--max-connections N]
+    [--idle-timeout SECONDS] [--upload-expiry SECONDS] [--tls-cert PEM --tls-key PEM]``."""
     parser = argparse.ArgumentParser(prog="asyncart serve", description=serve.__doc__)
     add_serve_arguments(parser)
     return run_serve(parser.parse_args(argv))
@@ -123,7 +128,35 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     parser.add_argument("--max-blob-bytes", type=int, default=Limits.max_blob)
-    parser.add_argument("--max-request-bytes", type=int, default=Limits.max_request)
+    parser.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=Limits.max_request,
+        help="the largest body the server buffers: a batch of small blobs, a log append, a "
+        "digest list (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-bytes-in-flight",
+        type=int,
+        default=Limits.max_in_flight,
+        help="buffered body bytes all requests together may hold; the rest wait their turn "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=Limits.max_connections,
+        help="open connections; past it the longest-open idle one is closed (default: "
+        "%(default)s, less where the file limit is lower)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=_seconds,
+        default=Limits.idle_timeout,
+        metavar="SECONDS",
+        help="drop a connection that takes this long to send a request header, or pauses "
+        "this long in a body (default: %(default).0f)",
+    )
     parser.add_argument(
         "--upload-expiry",
         type=_seconds,
@@ -153,7 +186,13 @@ def run_serve(args: argparse.Namespace) -> int:
     stops the server (a busy port, a store that is not writable) is one line on stderr, exit 1.
     """
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    limits = Limits(max_blob=args.max_blob_bytes, max_request=args.max_request_bytes)
+    limits = Limits(
+        max_blob=args.max_blob_bytes,
+        max_request=args.max_request_bytes,
+        max_in_flight=args.max_bytes_in_flight,
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout,
+    )
     expiry, tls = args.upload_expiry, _tls(args.tls_cert, args.tls_key)
     try:
         asyncio.run(

@@ -13,7 +13,7 @@ import anyio.to_thread
 import blake3
 from aiohttp import web
 
-from ._http import HttpError
+from ._http import BODIES, HttpError, next_chunk
 
 _FLUSH = 4 << 20  # bytes gathered on the loop before one write (and hash) in a worker thread
 Batch = list[bytes]
@@ -86,6 +86,8 @@ async def _pump(request: web.Request, expected: int, write: Callable[[bytes], No
     Reading and writing overlap: while one batch is written, the next one is received (one
     batch in flight and one ready, at most: memory stays bounded).
     """
+    # at most three batches are held (gathering, queued, being written): within the budget
+    await request.app[BODIES].take(request, min(expected, 3 * _FLUSH))
     send, receive = anyio.create_memory_object_stream[Batch](1)
 
     async def writer() -> None:
@@ -106,7 +108,7 @@ async def _read_into(
 ) -> int:
     size = flushed = 0
     pending: Batch = []
-    async for chunk in request.content.iter_any():
+    while chunk := await next_chunk(request):
         size += len(chunk)
         if size > expected:
             raise HttpError(400, "invalid", "the body is longer than its Content-Length")
