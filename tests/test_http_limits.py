@@ -14,7 +14,6 @@ import os
 import resource
 import select
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +23,8 @@ import anyio
 import anyio.to_thread
 import blake3
 import pytest
+from _disks import fill
+from _disks import small_disk as mounted_disk
 from _serving import Server, blob_count, spool_files
 
 from asyncart import BackendUnavailableError
@@ -277,36 +278,16 @@ def test_idle_connections_past_the_file_limit_do_not_lock_a_client_out(tmp_path:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 16 MiB tmpfs (this needs root); the test is skipped where mounting is refused."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mount = ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)]
-    mounted = subprocess.run(mount, capture_output=True, text=True, check=False)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
-
-
-def _fill(disk: Path) -> None:
-    """Write a file on ``disk`` until it is full."""
-    with open(disk / "filler", "wb", buffering=0) as f:
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0" * (64 << 10))
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0")
-
-
 def _file(path: Path, size: int) -> UploadItem:
     data = os.urandom(size)
     path.write_bytes(data)
     return UploadItem(str(path), blake3.blake3(data).hexdigest(), size)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    with mounted_disk(tmp_path / "disk") as disk:
+        yield disk
 
 
 @pytest.fixture
@@ -322,43 +303,42 @@ async def test_a_full_disk_is_reported_not_retried_and_nothing_is_half_stored(
     on_small_disk: Server, small_disk: Path, tmp_path: Path
 ) -> None:
     served, write = on_small_disk, on_small_disk.rw  # type: ignore[attr-defined]
-    if True:
-        small, large, parts = (
-            _file(tmp_path / n, s) for n, s in [("s", 1000), ("l", 2 * MiB), ("p", 2 * MiB)]
-        )
-        await anyio.to_thread.run_sync(_fill, small_disk)
-        mark = served.log_size()
-        async with (
-            HttpStore(served.url, write) as store,
-            HttpStore(served.url, write, part_size=MiB, part_threshold=MiB) as multipart,
-        ):
-            attempts = [
-                store.blobs.put_files([small]),  # a batch
-                store.blobs.put_files([large]),  # one streamed body
-                multipart.blobs.put_files([parts]),  # parts
-                store.log.append(STREAM, [b"a record"], 0),
-            ]
-            for attempt in attempts:
-                with pytest.raises(BackendUnavailableError, match="out of disk space"):
-                    await attempt
-            failed = [e for e in served.access(mark) if e["status"] != 200]
-            assert {e["status"] for e in failed} == {507}
-            sent = [(e["method"], e["path"]) for e in failed]  # the two parts go in parallel
-            assert len(sent) == len(set(sent)) >= len(attempts)  # and none was sent again
-            sizes = {item.digest: item.size for item in (small, large, parts)}
-            assert await store.blobs.missing(sizes) == {
-                small.digest,
-                large.digest,
-                parts.digest,
-            }
-            assert await store.log.read(STREAM) == []
-            assert not [f for f in spool_files(served.root) if "/parts/" not in f]
-            assert blob_count(served.root) == 0
+    small, large, parts = (
+        _file(tmp_path / n, s) for n, s in [("s", 1000), ("l", 2 * MiB), ("p", 2 * MiB)]
+    )
+    await anyio.to_thread.run_sync(fill, small_disk)
+    mark = served.log_size()
+    async with (
+        HttpStore(served.url, write) as store,
+        HttpStore(served.url, write, part_size=MiB, part_threshold=MiB) as multipart,
+    ):
+        attempts = [
+            store.blobs.put_files([small]),  # a batch
+            store.blobs.put_files([large]),  # one streamed body
+            multipart.blobs.put_files([parts]),  # parts
+            store.log.append(STREAM, [b"a record"], 0),
+        ]
+        for attempt in attempts:
+            with pytest.raises(BackendUnavailableError, match="out of disk space"):
+                await attempt
+        failed = [e for e in served.access(mark) if e["status"] != 200]
+        assert {e["status"] for e in failed} == {507}
+        sent = [(e["method"], e["path"]) for e in failed]  # the two parts go in parallel
+        assert len(sent) == len(set(sent)) >= len(attempts)  # and none was sent again
+        sizes = {item.digest: item.size for item in (small, large, parts)}
+        assert await store.blobs.missing(sizes) == {
+            small.digest,
+            large.digest,
+            parts.digest,
+        }
+        assert await store.log.read(STREAM) == []
+        assert not [f for f in spool_files(served.root) if "/parts/" not in f]
+        assert blob_count(served.root) == 0
 
-            (small_disk / "filler").unlink()  # room again: the same calls succeed
-            assert await store.blobs.put_files([small, large]) == small.size + large.size
-            assert await multipart.blobs.put_files([parts]) == parts.size
-            assert await store.log.append(STREAM, [b"a record"], 0) == 1
+        (small_disk / "filler").unlink()  # room again: the same calls succeed
+        assert await store.blobs.put_files([small, large]) == small.size + large.size
+        assert await multipart.blobs.put_files([parts]) == parts.size
+        assert await store.log.append(STREAM, [b"a record"], 0) == 1
 
 
 def _in_progress(port: int, body: bytes, token: str) -> socket.socket:

@@ -22,7 +22,7 @@ from pathlib import Path
 import anyio.to_thread
 
 from .._errors import BackendUnavailableError, InvalidInputError, NotFoundError
-from ._durable import fsync_dir
+from ._durable import fsync_dir, make_dirs
 from .base import UploadItem
 from .local_blobs import LocalBlobStore
 from .local_log import LocalEventLog
@@ -31,6 +31,7 @@ _PARTS = ("log", "blobs")  # made by create(); either one marks a store
 _MARKS = (*_PARTS, "tokens.json")
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+_OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _WHERE = "give the location of a store (store=, --store or $ASYNCART_STORE)"
 
 
@@ -39,9 +40,12 @@ class LocalStore:
 
     Layout::
 
+        ROOT/log/.format                      marks a store whose every stream has a head
         ROOT/log/PROJECT/artifacts/NAME.log   one stream of framed records per collection
-        ROOT/log/PROJECT/runs/RUN_ID.log      one stream per run (lineage)
+        ROOT/log/PROJECT/artifacts/NAME.head  how many of them were acknowledged
+        ROOT/log/PROJECT/runs/RUN_ID.log      one stream per run (lineage), and its .head
         ROOT/blobs/ab/ab01...                 content-addressed blobs (files and snapshots)
+        ROOT/blobs/damaged/                   blobs of the wrong size, moved aside as evidence
 
     Raises:
         InvalidInputError: ``root`` is empty, or a URL (a server store is an ``HttpStore``).
@@ -93,7 +97,7 @@ class LocalStore:
         """:meth:`create`, blocking (for a command line or a worker thread)."""
         try:
             if not self._is_store():
-                _make_dirs(self.root)
+                make_dirs(self.root)
                 for part in _PARTS:
                     (self.root / part).mkdir(exist_ok=True)  # another process may race us
                 fsync_dir(self.root)
@@ -188,14 +192,20 @@ class _StoreBlobs(LocalBlobStore):
 @contextlib.contextmanager
 def _writing(root: Path) -> Iterator[None]:
     """Turn a refused write inside the store (a directory another user made, a read-only
-    mount) into a BackendUnavailableError that names the path; :meth:`LocalStore.create`
-    checks the top directories before, this covers the ones below."""
+    mount) into a BackendUnavailableError that names the path, and so a full disk;
+    :meth:`LocalStore.create` checks the top directories before, this covers the ones below.
+    The writes clean up after themselves first (no temp file, no half-written append)."""
     try:
         yield
     except OSError as e:
         inside = isinstance(e.filename, str) and e.filename.startswith(f"{root}{os.sep}")
         if e.errno in _NOT_WRITABLE and inside:
             raise _not_writable(root, e) from None
+        if e.errno in _OUT_OF_SPACE:
+            raise BackendUnavailableError(
+                f"the store at {root} is out of disk space ({e.strerror}): free some space, "
+                "then retry; nothing was committed"
+            ) from e
         raise
 
 
@@ -224,14 +234,3 @@ def _checked_location(root: str | os.PathLike[str]) -> str | os.PathLike[str]:
                 f"at an http:// or https:// URL (not {scheme}://)"
             )
     return root
-
-
-def _make_dirs(path: Path) -> None:
-    """``mkdir -p path``, durably: the parent of each new directory is synced."""
-    new = []
-    while not path.exists():
-        new.append(path)
-        path = path.parent
-    for directory in reversed(new):
-        directory.mkdir(exist_ok=True)
-        fsync_dir(directory.parent)
