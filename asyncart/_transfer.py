@@ -7,6 +7,7 @@ blocking call (open, read, hash, write) runs in a worker thread, never on the ev
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -287,12 +288,20 @@ async def download(
                 raise  # not about the files written here (a network error is an OSError)
             raise InvalidInputError(
                 f"cannot download into {root}: writing {e.filename} failed: "
-                f"{e.strerror or e}; choose a root this user can write"
+                f"{e.strerror or e}; {_DOWNLOAD_ADVICE.get(e.errno or 0, 'choose another root')}"
             ) from None
 
     await run_pool(
         work, fetch, concurrency, lambda batch, nbytes: tracker.advance(len(batch), nbytes)
     )
+
+
+_DOWNLOAD_ADVICE = {
+    **dict.fromkeys((errno.EACCES, errno.EPERM, errno.EROFS), "choose a root this user can write"),
+    **dict.fromkeys(
+        (errno.ENOSPC, errno.EDQUOT), "free some space or choose a root on another disk"
+    ),
+}
 
 
 def _under(error: OSError, batch: list[tuple[str, str]]) -> bool:

@@ -12,13 +12,15 @@ from pathlib import Path
 import aiohttp
 import blake3
 import pytest
+from _records import chain, created
 from _serving import Server, blob_count
 
 import asyncart
-from asyncart import NotFoundError
+from asyncart import InvalidInputError, NotFoundError
 from asyncart._backends._wire import pack
 from asyncart._backends.base import UploadItem
 from asyncart._backends.http import HttpStore
+from asyncart._domain.events import DraftOpened, Entry, FilesAdded
 
 SECRET = b"project A's weights, which project B must not learn about\n"
 D = blake3.blake3(SECRET).hexdigest()
@@ -134,3 +136,38 @@ async def test_each_upload_route_shows_the_blob_to_its_token_only(
         assert await b.blobs.get_bytes(digest) == data
     async with HttpStore(server.url, tokens["b-read"]) as reader:
         assert await reader.blobs.missing({digest: len(data)}) == {digest}
+
+
+async def test_recording_a_digest_does_not_make_its_blob_readable(
+    server: Server, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    """A writer of B who knows the digest of A's blob cannot get it by writing an entry that
+    names it: the append is refused (upload the bytes first), and the blob stays invisible."""
+    (tmp_path / "w.bin").write_bytes(SECRET)
+    await _save(server, tokens["a"], "a", tmp_path / "w.bin")
+    stream = "b/artifacts/stolen"
+    bodies = [created(stream), DraftOpened("d"), FilesAdded("d", [Entry("w.bin", D, len(SECRET))])]
+    async with HttpStore(server.url, tokens["b"]) as store:
+        with pytest.raises(InvalidInputError, match="upload them first"):
+            await store.log.append(stream, chain(stream, bodies), 0)
+        assert await store.log.read(stream) == []
+    assert await _sees(server, tokens["b"]) == (False, 404, 404)
+
+
+@pytest.mark.allow_blocking  # damages and looks at the stored blob file
+async def test_probing_an_invisible_blob_does_not_touch_it(
+    server: Server, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    """``missing`` answers for a blob the token cannot see without asking the store: a
+    damaged blob of A stays where it is (for A's own client to repair), not moved or hashed."""
+    (tmp_path / "w.bin").write_bytes(SECRET)
+    await _save(server, tokens["a"], "a", tmp_path / "w.bin")
+    stored = server.root / "blobs" / D[:2] / D
+    stored.write_bytes(SECRET[:5])  # short, as a power cut can leave it
+    async with HttpStore(server.url, tokens["b-read"]) as store:
+        assert await store.blobs.missing({D: len(SECRET)}) == {D}
+    assert stored.read_bytes() == SECRET[:5]
+    assert not (server.root / "blobs" / "damaged").exists()
+    async with HttpStore(server.url, tokens["a"]) as store:  # A's client finds it missing
+        assert await store.blobs.missing({D: len(SECRET)}) == {D}
+    assert (server.root / "blobs" / "damaged").exists()

@@ -203,3 +203,15 @@ async def test_a_short_blob_on_the_server_is_missing_and_a_wrong_size_takes_noth
     assert [p.read_bytes() for p in damaged.iterdir()] == [data[:100]]
     async with attacker.post("/v1/blobs/missing", data=pack([item.digest])) as reply:
         assert reply.status == 400, "digests without sizes are refused"
+
+
+async def test_a_part_number_too_long_for_an_int_is_refused_not_a_500(
+    attacker: aiohttp.ClientSession, item: UploadItem
+) -> None:
+    upload = await _start(attacker, item)
+    async with attacker.put(
+        f"/v1/uploads/{item.digest}/{upload}/{'9' * 5000}",
+        params={"size": SIZE, "offset": 0},
+        data=b"x",
+    ) as reply:
+        assert reply.status == 413

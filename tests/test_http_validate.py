@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import blake3
 import msgspec
 import pytest
 from _records import chain, created
@@ -20,6 +21,7 @@ import asyncart
 from asyncart._backends._wire import pack, unpack
 from asyncart._backends.http import HttpStore
 from asyncart._domain.events import (
+    DraftDiscarded,
     DraftOpened,
     Entry,
     Event,
@@ -32,7 +34,8 @@ from asyncart._repository import _decode_chain
 from asyncart._server._tokens import hash_token
 
 STREAM = "demo/artifacts/a"
-DIGEST = "ab" * 32
+DATA = b"the bytes of f.txt"
+DIGEST = blake3.blake3(DATA).hexdigest()
 
 
 @pytest.fixture
@@ -68,6 +71,9 @@ def _next(stored: list[bytes], bodies: list[Event], stream: str = STREAM) -> lis
     return chain(stream, bodies, len(stored), prev)
 
 
+Ext, INF = msgspec.msgpack.Ext(1, b"x"), float("inf")
+
+
 def _raw_record(stored: list[bytes], body: dict[str, object]) -> bytes:
     """A record whose body is any map, e.g. an event this version does not know."""
     record = {"stream": STREAM, "seq": len(stored), "time": 0.0, "actor": "user:t"}
@@ -80,6 +86,8 @@ async def test_garbage_from_a_write_token_is_refused_and_not_stored(
     first = chain(STREAM, [created(STREAM), DraftOpened("d", None)])
     status, _ = await _post(server, token, STREAM, 0, pack(first))
     assert status == 200
+    async with HttpStore(server.url, token) as store:
+        await store.blobs.put_bytes(DATA)  # the entries below may refer to it
     stored = await _stored(server, token)
     head = len(stored)
     files = FilesAdded("d", [Entry("f.txt", DIGEST, 3)])
@@ -110,6 +118,44 @@ async def test_garbage_from_a_write_token_is_refused_and_not_stored(
         "a digest that is not one": (
             head,
             pack(_next(stored, [FilesAdded("d", [Entry("x", "nope", 1)])])),
+        ),
+        "a blob this token cannot see": (
+            head,
+            pack(_next(stored, [FilesAdded("d", [Entry("x", "cd" * 32, 1)])])),
+        ),
+        "metadata msgpack can carry but JSON cannot": (
+            head,
+            pack(
+                [
+                    _raw_record(
+                        stored, {"kind": "metadata.set", "draft": "d", "metadata": {"a": Ext}}
+                    )
+                ]
+            ),
+        ),
+        "metadata with a key that is not a string": (
+            head,
+            pack(
+                [
+                    _raw_record(
+                        stored, {"kind": "metadata.set", "draft": "d", "metadata": {"a": {1: 2}}}
+                    )
+                ]
+            ),
+        ),
+        "metadata that is infinite": (
+            head,
+            pack(
+                [
+                    _raw_record(
+                        stored, {"kind": "metadata.set", "draft": "d", "metadata": {"a": INF}}
+                    )
+                ]
+            ),
+        ),
+        "a discard as equal to a version that does not exist": (
+            head,
+            pack(_next(stored, [DraftDiscarded("d", 999)])),
         ),
         "an actor with a token of its own": (
             head,
@@ -220,3 +266,21 @@ async def test_a_500_does_not_carry_server_paths(server: Server, token: str) -> 
     status, text = await _post(server, token, STREAM, 0, pack(chain(STREAM, [created(STREAM)])))
     assert status == 500
     assert str(server.root).encode() not in text and b"demo" not in text
+
+
+@pytest.mark.allow_blocking  # damages the served log on disk
+async def test_errors_about_the_store_do_not_carry_server_paths(server: Server, token: str) -> None:
+    """Our own errors name what is wrong (a damaged log, a missing blob) without the server's
+    directories: a 500 "integrity" for a lost log file."""
+    status, _ = await _post(server, token, STREAM, 0, pack(chain(STREAM, [created(STREAM)])))
+    assert status == 200
+    (server.root / "log" / "demo" / "artifacts" / "a.log").unlink()  # its head says 1 record
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        aiohttp.ClientSession(headers=headers) as session,
+        session.get(f"{server.url}/v1/log/{STREAM}") as reply,
+    ):
+        status, text = reply.status, await reply.read()
+    assert status == 500 and b'"integrity"' in text
+    assert str(server.root).encode() not in text
+    assert b"demo/artifacts/a" in text, "the message still names the stream"

@@ -128,10 +128,10 @@ class LocalBlobStore:
                 return False
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         aside = os.path.join(self.root, "damaged", f"{digest}.{stamp}.{secrets.token_hex(4)}")
-        os.makedirs(os.path.dirname(aside), exist_ok=True)
         try:
+            os.makedirs(os.path.dirname(aside), exist_ok=True)
             os.rename(final, aside)
-        except FileNotFoundError:
+        except OSError:  # gone meanwhile, or a read-only store (audit): missing all the same
             return True
         if os.stat(aside).st_ino != hashed.st_ino:  # not the file hashed: a good copy
             with contextlib.suppress(FileExistsError):

@@ -161,7 +161,7 @@ def _apply(state: CollectionState, record: Record) -> None:
             state.name, state.type = name, type_
         case DraftOpened():
             draft = Draft(body.draft, body.parent, body.distributed_id, record.actor)
-            if body.parent is not None and body.parent >= len(state.versions):
+            if body.parent is not None and not 0 <= body.parent < len(state.versions):
                 _broken(state, record, f"parent v{body.parent} does not exist")
             state.drafts[draft.id] = draft
             if draft.distributed_id is not None:
@@ -182,9 +182,11 @@ def _apply(state: CollectionState, record: Record) -> None:
             state.versions.append(version)
             _move_aliases(state, version.number, add=["latest", *body.aliases], remove=[])
         case DraftDiscarded():
+            if body.same_as is not None and not 0 <= body.same_as < len(state.versions):
+                _broken(state, record, f"discards a draft as equal to missing v{body.same_as}")
             _close(state, record, body.draft, body.same_as)
         case AliasesMoved():
-            if body.version >= len(state.versions):
+            if not 0 <= body.version < len(state.versions):
                 _broken(state, record, f"moves aliases to missing v{body.version}")
             _move_aliases(state, body.version, add=body.add, remove=body.remove)
         case UnknownEvent(of=kind):  # a newer release wrote it: what it means is not ours to say

@@ -8,6 +8,7 @@ replay and downloads are the library's work, in the client.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import anyio.to_thread
@@ -22,6 +23,7 @@ from ._http import (
     BODIES,
     DRAIN,
     GRANTS,
+    SERVER_PATHS,
     Bodies,
     Drain,
     drained,
@@ -66,6 +68,8 @@ def make_app(
     app[GRANTS] = Grants(Path(tokens))
     app[UPLOADS] = Uploads(Path(spool) / "parts", upload_expiry)
     app[STREAMS], app[SCOPE] = Streams(store), Scope(store)
+    own = {store.location, str(Path(spool).absolute()), str(Path(tokens).absolute().parent)}
+    app[SERVER_PATHS] = tuple(sorted(own, key=len, reverse=True))  # longest first
     app.cleanup_ctx.append(expire_uploads)
     app.on_startup.append(_prepare)
     app.on_cleanup.append(_close)
@@ -120,8 +124,11 @@ async def append(request: web.Request) -> web.Response:
     check_stream(stream)
     expected = int_query(request, "expected_seq")
     payloads = await msgpack_body(request, _RECORDS)
-    done = await request.app[STREAMS].append(stream, payloads, expected, grant.id)
-    request.app[SCOPE].appended(stream, expected, done.records, done.last_hash)
+    scope = request.app[SCOPE]
+    done = await request.app[STREAMS].append(
+        stream, payloads, expected, grant.id, functools.partial(scope.refuse_unseen, grant)
+    )
+    scope.appended(stream, expected, done.records, done.last_hash)
     return msgpack_response({"head": done.head})
 
 

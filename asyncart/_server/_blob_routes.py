@@ -81,8 +81,11 @@ async def missing(request: web.Request) -> web.Response:
     await grant_of(request)
     pairs = await msgpack_body(request, _MISSING, SIZED_BYTES)
     sizes = dict(pairs)
-    absent = await request.app[STORE].blobs.missing(sizes)
-    absent |= await hidden(request, [d for d in sizes if d not in absent])
+    # Visibility first: a blob the token may not see is missing to it, and the store is not
+    # asked about it (no timing to learn from, no hashing of a blob claimed at a wrong size).
+    invisible = await hidden(request, sizes)
+    visible = {d: size for d, size in sizes.items() if d not in invisible}
+    absent = invisible | await request.app[STORE].blobs.missing(visible)
     return msgpack_response(sorted(absent))
 
 
@@ -325,10 +328,10 @@ async def put_part(request: web.Request) -> web.Response:
     """PUT /v1/uploads/{digest}/{upload}/{index}?size=N&offset=O: one part, at its offset."""
     require((await grant_of(request)).writes_somewhere, "upload blobs")
     where = _parts_dir(request, _digest(request))
-    index, offset = int(request.match_info["index"]), int_query(request, "offset")
+    digits, offset = request.match_info["index"], int_query(request, "offset")
     limits = request.app[LIMITS]
-    if index >= limits.max_parts:
-        raise HttpError(413, "too_large", f"at most {limits.max_parts} parts")
+    if len(digits) > 9 or (index := int(digits)) >= limits.max_parts:  # (int() of 5,000 digits
+        raise HttpError(413, "too_large", f"at most {limits.max_parts} parts")  # raises)
     size = int_query(request, "size")
     limit = min(limits.max_part, max(size - offset, 0))
     uploads = request.app[UPLOADS]
@@ -336,11 +339,11 @@ async def put_part(request: web.Request) -> web.Response:
         with uploads.writing(where):
             try:
                 length = await receive_at(request, str(where / "data"), offset, limit)
+                await anyio.to_thread.run_sync(_mark, where, index, offset, length)
             except FileNotFoundError:
                 raise HttpError(
                     404, "upload_gone", "this upload expired or was completed: start another"
                 ) from None
-        await anyio.to_thread.run_sync(_mark, where, index, offset, length)
     return msgpack_response({"size": length}, 201)
 
 

@@ -201,15 +201,27 @@ def _as_json(request: web.Request, e: Exception) -> web.Response | None:
         found = (_as_json(request, inner) for inner in e.exceptions)
         return next((response for response in found if response is not None), None)
     if isinstance(e, HttpError):
-        return error_response(e.status, e.code, str(e), **e.extra)
+        return error_response(e.status, e.code, _scrubbed(request, e), **e.extra)
     if isinstance(e, ConflictError):
-        return error_response(409, "conflict", str(e), head=e.head)
+        return error_response(409, "conflict", _scrubbed(request, e), head=e.head)
     if isinstance(e, AsyncartError):
         status, code = next(((s, c) for t, s, c in _STATUS if isinstance(e, t)), (500, "error"))
-        return error_response(status, code, str(e))
+        return error_response(status, code, _scrubbed(request, e))
     if isinstance(e, web.HTTPException) and e.status >= 400:
         return error_response(e.status, e.reason.lower().replace(" ", "_"), e.text or e.reason)
     return None
+
+
+SERVER_PATHS = web.AppKey("server_paths", tuple[str, ...])
+"""The server's own directories (the store's, the spool's): error messages never show them."""
+
+
+def _scrubbed(request: web.Request, error: Exception) -> str:
+    """The error's message, with the server's directories replaced by what they are."""
+    message = str(error)
+    for path in request.app.get(SERVER_PATHS, ()):
+        message = message.replace(path, "<server store>")
+    return message
 
 
 _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from .._backends.base import Store
 from .._domain.events import FilesAdded, Record, VersionCommitted
-from .._errors import AsyncartError
+from .._errors import AsyncartError, InvalidInputError
 from .._repository import _decode_chain
 from .._threads import maybe_thread
 from ._http import grant_of
@@ -52,16 +52,34 @@ class Scope:
         """The ``digests`` (hex, well formed) that ``grant`` may not see."""
         if grant.admin or ALL in grant.projects:
             return set()
-        mine = self._uploaded.get(grant.id, set())
-        wanted = {raw: d for d in digests if (raw := bytes.fromhex(d)) not in mine}
+        return {raw.hex() for raw in await self.unseen(grant, {bytes.fromhex(d) for d in digests})}
+
+    async def unseen(self, grant: Grant, wanted: set[bytes]) -> set[bytes]:
+        """The raw digests of ``wanted`` that ``grant`` may not see."""
+        if grant.admin or ALL in grant.projects:
+            return set()
+        wanted = wanted - self._uploaded.get(grant.id, set())
         readable = [p for p in grant.projects if grant.can_read(p)]
         for catch_up in (False, True):  # what is indexed first; then catch up and look again
             for project in readable:
                 if not wanted:
                     return set()
                 index = await self._index(project, catch_up)
-                wanted = {raw: d for raw, d in wanted.items() if raw not in index.digests}
-        return set(wanted.values())
+                wanted -= index.digests
+        return wanted
+
+    async def refuse_unseen(self, grant: Grant, records: list[Record]) -> None:
+        """Refuse records that reference blobs ``grant`` may not see: recording a digest must
+        not be a way to read (or learn of) another project's blob. Upload it first.
+
+        Raises:
+            InvalidInputError: naming one such digest.
+        """
+        if unseen := await self.unseen(grant, _referenced(records)):
+            raise InvalidInputError(
+                f"the records reference {len(unseen)} blobs this token has not uploaded and "
+                f"its projects do not reference, such as {min(unseen).hex()}: upload them first"
+            )
 
     def uploaded(self, grant: Grant, digests: Iterable[str]) -> None:
         """Note that ``grant``'s token stored ``digests`` (verified): it may see them now."""

@@ -19,7 +19,7 @@ import re
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .._backends._wire import DIGEST
@@ -48,6 +48,7 @@ from .._errors import AsyncartError, ConflictError, IntegrityError, InvalidInput
 from .._names import check_alias, check_entry_path, check_name, check_prefix
 from .._repository import _decode_chain
 from .._threads import HEAVY, maybe_thread
+from .._values import check_description, check_mapping
 
 TOKEN_MARK = "@token:"
 """Joins the actor a client claims and the id of the token the server saw: ``run:ID@token:ID``."""
@@ -116,9 +117,15 @@ class Streams:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     async def append(
-        self, stream: str, payloads: list[bytes], expected: int, token_id: str
+        self,
+        stream: str,
+        payloads: list[bytes],
+        expected: int,
+        token_id: str,
+        check: Callable[[list[Record]], Awaitable[None]] | None = None,
     ) -> Appended:
-        """Validate ``payloads`` for ``stream`` at ``expected``, stamp and append them.
+        """Validate ``payloads`` for ``stream`` at ``expected``, stamp and append them;
+        ``check`` may refuse the decoded records too (raising InvalidInputError).
 
         Raises:
             InvalidInputError: a bad stream name, record, chain or event (nothing is stored).
@@ -132,10 +139,16 @@ class Streams:
         if lock is None:  # held only while some append to the stream runs or waits
             lock = self._locks[stream] = asyncio.Lock()
         async with lock:
-            return await self._append(stream, kind, payloads, expected, token_id)
+            return await self._append(stream, kind, payloads, expected, token_id, check)
 
     async def _append(
-        self, stream: str, kind: str, payloads: list[bytes], expected: int, token_id: str
+        self,
+        stream: str,
+        kind: str,
+        payloads: list[bytes],
+        expected: int,
+        token_id: str,
+        check: Callable[[list[Record]], Awaitable[None]] | None,
     ) -> Appended:
         state = await self._current(stream, kind)
         big = sum(map(len, payloads)) > _BIG or len(payloads) > HEAVY
@@ -146,6 +159,8 @@ class Streams:
         records, encoded, last_hash = await maybe_thread(
             big, _stamped, stream, kind, state, payloads, token_id, time.time()
         )
+        if check is not None:
+            await check(records)
         try:
             await maybe_thread(big, _fold, state, records)
         except AsyncartError as e:  # the state is half-folded: re-read it next time
@@ -268,6 +283,14 @@ def _check_body(stream: str, body: Event) -> None:
             check_name(name, "artifact name")
         case ArtifactLogged(name=name):
             check_name(name, "artifact name")
+        case MetadataSet(metadata=metadata, description=description):  # as the library checks
+            check_mapping(metadata, "metadata")
+            check_description(description)
+        case RunStarted(group=group, job_type=job_type, config=config):
+            for value, what in [(group, "group"), (job_type, "job_type")]:
+                if value is not None:
+                    check_name(value, what)
+            check_mapping(config, "config")
 
 
 def _check_digest(digest: str) -> None:
