@@ -308,3 +308,46 @@ async def test_streams_are_files_not_project_directories_named_like_them(tmp_pat
     for project in ("x.log", "y.head"):
         await store.log.append(f"{project}/artifacts/a", [b"one"], 0)
     assert await store.log.streams() == ["x.log/artifacts/a", "y.head/artifacts/a"]
+
+
+# -- a crash in a stream's first append -------------------------------------------------------
+
+
+@pytest.mark.parametrize("head", [b"", bytes(SLOT_SIZE)], ids=["empty-head", "zeroed-head"])
+@pytest.mark.parametrize("log", [None, b""], ids=["no-log", "empty-log"])
+async def test_a_blank_head_left_by_a_crash_in_a_first_append_holds_no_records(
+    tmp_path: Path, head: bytes, log: bytes | None
+) -> None:
+    """What a power cut in a stream's first append could leave before heads were written whole
+    (the head file created, its slot not yet on disk): nothing was acknowledged, so the stream
+    is empty and appendable, not damaged."""
+    store = asyncart.LocalStore(tmp_path / "store")
+    await store.log.append("p/artifacts/other", [b"x"], 0)  # a store with heads (and a marker)
+    path = tmp_path / "store/log/p/artifacts/new.log"
+    assert (tmp_path / "store/log/.format").exists()
+    path.with_suffix(".head").write_bytes(head)
+    if log is not None:
+        path.write_bytes(log)
+    fresh = asyncart.LocalStore(tmp_path / "store")  # as after a restart
+    assert await fresh.log.read("p/artifacts/new") == []
+    assert await fresh.log.append("p/artifacts/new", [b"one"], 0) == 1
+    assert await fresh.log.read("p/artifacts/new") == [b"one"]
+    assert await asyncart.LocalStore(tmp_path / "store").log.read("p/artifacts/new") == [b"one"]
+    assert decode_head(path.with_suffix(".head").read_bytes(), STREAM).records == 1
+
+
+async def test_a_blank_head_left_by_a_crash_in_an_upgrade_leaves_the_old_rules(
+    store: str, tmp_path: Path
+) -> None:
+    """A previous release's stream whose first head file was created blank: read as before,
+    and upgraded by the next append."""
+    await _two_versions(store, tmp_path)
+    for head in Path(store, "log").rglob("*.head"):
+        head.unlink()
+    Path(store, "log", ".format").unlink()
+    _log(store).with_suffix(".head").write_bytes(b"")
+    assert (await asyncart.Api("demo", store=store).artifact("ds")).version == "v1"
+    v2 = await _save(store, _tree(tmp_path / "v2", {"c.txt": b"third\n"}))
+    assert v2.version == "v2"
+    assert decode_head(_log(store).with_suffix(".head").read_bytes(), STREAM).generation >= 1
+    assert (await asyncart.audit("demo", store=store)).ok

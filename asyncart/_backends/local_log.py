@@ -33,7 +33,7 @@ import anyio.to_thread
 
 from .._errors import ConflictError
 from .._names import check_entry_path
-from ._durable import atomic_write, fsync_dir, make_dirs
+from ._durable import atomic_write, make_dirs
 from ._framing import SLOT_SIZE, Head, LogDamage, Mode, decode_head, encode_head, frames, scan
 
 _MARKER = ".format"  # not a valid project name, so never a stream's directory
@@ -109,13 +109,15 @@ class LocalEventLog:
         return head
 
     def _refuse_headless(self, stream: str, path: Path) -> None:
-        if self._is_marked():
-            raise LogDamage(
-                stream,
-                None,
-                f"its head file {_head_path(path)} is missing (the log cannot "
-                "tell which of its records were acknowledged; restore it from a backup)",
-            )
+        if not self._is_marked():
+            return
+        head_path = _head_path(path)
+        why = "the log cannot tell which of its records were acknowledged"
+        if head_path.exists():  # but blank (see _load_head)
+            detail = f"its head file is damaged ({head_path} is blank: {why}"
+        else:
+            detail = f"its head file {head_path} is missing ({why}"
+        raise LogDamage(stream, None, f"{detail}; restore it from a backup)")
 
     def _catch_up(
         self, fd: int, stream: str, from_seq: int, head: Head | None
@@ -175,19 +177,14 @@ class LocalEventLog:
         make_dirs(folder)
 
     def _open_head(self, fd: int, stream: str, path: Path) -> tuple[int, Head]:
-        """Open the stream's head under the log's lock, creating it for a new or old stream."""
-        head_path = _head_path(path)
-        try:
-            head_fd = os.open(head_path, os.O_RDWR)
-        except FileNotFoundError:
-            return self._create_head(fd, stream, path)
-        try:
-            return head_fd, decode_head(os.pread(head_fd, 2 * SLOT_SIZE, 0), stream)
-        except BaseException:
-            os.close(head_fd)
-            raise
+        """Open the stream's head, creating it for a new or old stream. Under the log's lock:
+        no other append can change or create it meanwhile."""
+        head = _load_head(path, stream)
+        if head is None:
+            head = self._create_head(fd, stream, path)
+        return os.open(_head_path(path), os.O_RDWR), head
 
-    def _create_head(self, fd: int, stream: str, path: Path) -> tuple[int, Head]:
+    def _create_head(self, fd: int, stream: str, path: Path) -> Head:
         """A new stream's head (no records), or the first head of a previous release's stream.
 
         Made durable, with its directory entry and the log's, before any record is written: a
@@ -200,14 +197,14 @@ class LocalEventLog:
         if torn:  # the old rules: a torn last append of an old log never returned
             os.ftruncate(fd, index.end)  # (if a crash undoes this, the next append redoes it)
         head = Head(0, len(index.offsets), index.end)
-        head_fd = os.open(_head_path(path), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            _write_head(head_fd, head)
-            fsync_dir(path.parent)
-        except BaseException:
-            os.close(head_fd)
-            raise
-        return head_fd, head
+        # Written whole to a temp file, synced, renamed into place, the folder synced (the log's
+        # entry too): a head file never exists without its head, not even after a power cut.
+        # A file created in place could reach the disk empty (another stream's fsync_dir of
+        # this folder is enough) and, if it then failed every read, brick a stream that never
+        # acknowledged a record. Renaming (not linking) replaces such a blank file.
+        offset, slot = encode_head(head)
+        atomic_write(_head_path(path), bytes(offset) + slot)
+        return head
 
     def _recover(self, fd: int, head_fd: int, stream: str, head: Head) -> Head:
         """Check the acknowledged records, then settle what lies past the head: complete
@@ -267,15 +264,22 @@ def _head_path(log: Path) -> Path:
 
 
 def _load_head(log: Path, stream: str) -> Head | None:
-    """The stream's head, or None if it has no head file."""
+    """The stream's head, or None if it has no head file or a blank one.
+
+    A blank head file (empty, or zeros) was never written: every written slot starts with its
+    magic. It is what a crash in a stream's first append left before heads were written whole
+    (see ``_create_head``), so it holds no head, as if missing: an empty log then holds no
+    records (nothing was acknowledged), and a non-empty log in a marked store is damage.
+    """
     try:
         fd = os.open(_head_path(log), os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
-        return decode_head(os.pread(fd, 2 * SLOT_SIZE, 0), stream)
+        data = os.pread(fd, 2 * SLOT_SIZE, 0)
     finally:
         os.close(fd)
+    return decode_head(data, stream) if any(data) else None
 
 
 def _write_head(fd: int, head: Head) -> None:
