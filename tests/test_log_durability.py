@@ -8,6 +8,7 @@ writer processes between their writes, and check what readers, ``audit`` and the
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sys
 from pathlib import Path
@@ -308,3 +309,109 @@ async def test_streams_are_files_not_project_directories_named_like_them(tmp_pat
     for project in ("x.log", "y.head"):
         await store.log.append(f"{project}/artifacts/a", [b"one"], 0)
     assert await store.log.streams() == ["x.log/artifacts/a", "y.head/artifacts/a"]
+
+
+# -- a crash in a stream's first append -------------------------------------------------------
+
+
+@pytest.mark.parametrize("head", [b"", bytes(SLOT_SIZE)], ids=["empty-head", "zeroed-head"])
+@pytest.mark.parametrize("log", [None, b""], ids=["no-log", "empty-log"])
+async def test_a_blank_head_left_by_a_crash_in_a_first_append_holds_no_records(
+    tmp_path: Path, head: bytes, log: bytes | None
+) -> None:
+    """What a power cut in a stream's first append could leave before heads were written whole
+    (the head file created, its slot not yet on disk): nothing was acknowledged, so the stream
+    is empty and appendable, not damaged."""
+    store = asyncart.LocalStore(tmp_path / "store")
+    await store.log.append("p/artifacts/other", [b"x"], 0)  # a store with heads (and a marker)
+    path = tmp_path / "store/log/p/artifacts/new.log"
+    assert (tmp_path / "store/log/.format").exists()
+    path.with_suffix(".head").write_bytes(head)
+    if log is not None:
+        path.write_bytes(log)
+    fresh = asyncart.LocalStore(tmp_path / "store")  # as after a restart
+    assert await fresh.log.read("p/artifacts/new") == []
+    assert await fresh.log.append("p/artifacts/new", [b"one"], 0) == 1
+    assert await fresh.log.read("p/artifacts/new") == [b"one"]
+    assert await asyncart.LocalStore(tmp_path / "store").log.read("p/artifacts/new") == [b"one"]
+    assert decode_head(path.with_suffix(".head").read_bytes(), STREAM).records == 1
+
+
+async def test_a_blank_head_left_by_a_crash_in_an_upgrade_leaves_the_old_rules(
+    store: str, tmp_path: Path
+) -> None:
+    """A previous release's stream whose first head file was created blank: read as before,
+    and upgraded by the next append."""
+    await _two_versions(store, tmp_path)
+    for head in Path(store, "log").rglob("*.head"):
+        head.unlink()
+    Path(store, "log", ".format").unlink()
+    _log(store).with_suffix(".head").write_bytes(b"")
+    assert (await asyncart.Api("demo", store=store).artifact("ds")).version == "v1"
+    v2 = await _save(store, _tree(tmp_path / "v2", {"c.txt": b"third\n"}))
+    assert v2.version == "v2"
+    assert decode_head(_log(store).with_suffix(".head").read_bytes(), STREAM).generation >= 1
+    assert (await asyncart.audit("demo", store=store)).ok
+
+
+# -- one long-lived process (a server): many threads share the stream's index ----------------
+
+
+async def test_threads_reading_while_others_append_never_see_false_damage(tmp_path: Path) -> None:
+    """Readers holding an older head while other threads append and scan: every read is a
+    snapshot of some head, never "cut short", and the stream ends with every record in order."""
+    log = asyncart.LocalStore(tmp_path / "store").log
+    stream, writers, appends = "p/artifacts/a", 4, 200
+    latest = 0  # the most records an append has returned so far
+    done = anyio.Event()
+
+    async def writer(w: int) -> None:
+        nonlocal latest
+        seq = 0
+        for i in range(appends):
+            while True:
+                try:
+                    seq = await log.append(stream, [f"{w}-{i}".encode()], seq)
+                    break
+                except asyncart.ConflictError as moved:
+                    seq = moved.head
+            latest = max(latest, seq)
+
+    async def reader(r: int) -> None:
+        rng = random.Random(r)
+        for _ in range(100_000):  # bounded, but in practice ends when the writers are done
+            acknowledged = latest
+            seq = acknowledged - rng.randrange(min(acknowledged, 20) + 1)  # near the head
+            assert len(await log.read(stream, seq)) >= acknowledged - seq  # no less than seen
+            if done.is_set():
+                return
+
+    async with anyio.create_task_group() as readers:
+        for r in range(4):
+            readers.start_soon(reader, r)
+        async with anyio.create_task_group() as tg:
+            for w in range(writers):
+                tg.start_soon(writer, w)
+        done.set()
+    records = await log.read(stream)
+    assert len(records) == writers * appends
+    for w in range(writers):  # each writer's records in the order it appended them
+        mine = [r for r in records if r.startswith(f"{w}-".encode())]
+        assert mine == [f"{w}-{i}".encode() for i in range(appends)]
+
+
+async def test_a_process_reads_a_stream_restored_from_a_backup_under_it(tmp_path: Path) -> None:
+    """Files replaced by an older copy (new files, fewer and other records): the long-lived
+    index is not trusted for them; the backup is read and appended to as it is."""
+    store = asyncart.LocalStore(tmp_path / "store")
+    path = tmp_path / "store/log/p/artifacts/a.log"
+    await store.log.append("p/artifacts/a", [b"one"], 0)
+    backup = {p: p.read_bytes() for p in (path, path.with_suffix(".head"))}
+    await store.log.append("p/artifacts/a", [b"a longer second", b"third"], 1)
+    assert len(await store.log.read("p/artifacts/a")) == 3
+    for name, data in backup.items():  # restored as a tool would: a new file renamed in place
+        name.with_suffix(".restored").write_bytes(data)
+        os.replace(name.with_suffix(".restored"), name)
+    assert await store.log.read("p/artifacts/a") == [b"one"]
+    assert await store.log.append("p/artifacts/a", [b"2nd"], 1) == 2
+    assert await store.log.read("p/artifacts/a", 1) == [b"2nd"]

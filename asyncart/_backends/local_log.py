@@ -21,19 +21,19 @@ without a head is damage (the head file was lost).
 
 from __future__ import annotations
 
-import bisect
 import fcntl
 import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import anyio.to_thread
 
 from .._errors import ConflictError
 from .._names import check_entry_path
-from ._durable import atomic_write, fsync_dir, make_dirs
+from ._durable import atomic_write, make_dirs
 from ._framing import SLOT_SIZE, Head, LogDamage, Mode, decode_head, encode_head, frames, scan
 
 _MARKER = ".format"  # not a valid project name, so never a stream's directory
@@ -42,8 +42,48 @@ _FORMAT = b"asyncart log 2: every stream has a head file\n"
 
 @dataclass
 class _Index:
+    """Where the records of one log file start, as far as they were checked.
+
+    Shared by the threads of a process. It only ever grows, ``offsets`` and ``end`` together
+    (under the log's lock), so ``end`` is always where record ``len(offsets) - 1`` ends. A file
+    that no longer matches it gets a new index; a scan that began on the old one extends that.
+    """
+
+    file: tuple[int, int]  # (st_dev, st_ino) of the log it describes
     offsets: list[int] = field(default_factory=list)  # offsets[seq] = where record seq starts
     end: int = 0  # just past the last record checked
+
+    def describes(self, st: os.stat_result, head: Head | None) -> bool:
+        """Whether the log ``st`` (its stat) and its ``head`` can be read with this index.
+
+        A head older than the index (another thread appended since it was read) is a valid
+        snapshot: it must end at a record boundary the index knows. A different file, a file
+        shorter than what was checked, or a head that ends elsewhere mean the files were
+        replaced or cut: the log is checked again from the start."""
+        if (st.st_dev, st.st_ino) != self.file or st.st_size < self.end:
+            return False
+        if head is None:
+            return True
+        known = len(self.offsets)
+        if head.records > known:
+            return head.end > self.end
+        return (self.offsets[head.records] if head.records < known else self.end) == head.end
+
+    def extend(self, first: int, offsets: list[int], end: int) -> None:
+        """Add the records at ``offsets`` (ending at ``end``), found by a scan from record
+        ``first``, a record this index knew; the records it has already are kept."""
+        if first <= len(self.offsets) < first + len(offsets):
+            self.offsets.extend(offsets[len(self.offsets) - first :])
+            self.end = end
+
+
+class Caught(NamedTuple):
+    """What :meth:`LocalEventLog._catch_up` read."""
+
+    payloads: list[bytes]  # from the seq asked for
+    records: int  # how many records the log holds up to ``end``
+    end: int  # just past the last complete record read
+    torn: bool  # a log without a head ends in a torn append (past ``end``)
 
 
 class LocalEventLog:
@@ -68,10 +108,6 @@ class LocalEventLog:
         check_entry_path(stream)
         return self.root / f"{stream}.log"
 
-    def _index(self, stream: str) -> _Index:
-        with self._lock:
-            return self._indexes.setdefault(stream, _Index())
-
     def _is_marked(self) -> bool:
         self._marked = self._marked or (self.root / _MARKER).exists()
         return self._marked
@@ -95,7 +131,7 @@ class LocalEventLog:
         try:
             if head is None:
                 head = self._headless(fd, stream, path)
-            return self._catch_up(fd, stream, from_seq, head)[0]
+            return self._catch_up(fd, stream, from_seq, head).payloads
         finally:
             os.close(fd)
 
@@ -109,41 +145,38 @@ class LocalEventLog:
         return head
 
     def _refuse_headless(self, stream: str, path: Path) -> None:
-        if self._is_marked():
-            raise LogDamage(
-                stream,
-                None,
-                f"its head file {_head_path(path)} is missing (the log cannot "
-                "tell which of its records were acknowledged; restore it from a backup)",
-            )
+        if not self._is_marked():
+            return
+        head_path = _head_path(path)
+        why = "the log cannot tell which of its records were acknowledged"
+        if head_path.exists():  # but blank (see _load_head)
+            detail = f"its head file is damaged ({head_path} is blank: {why}"
+        else:
+            detail = f"its head file {head_path} is missing ({why}"
+        raise LogDamage(stream, None, f"{detail}; restore it from a backup)")
 
-    def _catch_up(
-        self, fd: int, stream: str, from_seq: int, head: Head | None
-    ) -> tuple[list[bytes], bool]:
+    def _catch_up(self, fd: int, stream: str, from_seq: int, head: Head | None) -> Caught:
         """Read from ``from_seq`` to the head (to EOF, old rules, for a log without a head),
-        extending the index; also say if a legacy log's tail is torn."""
-        index = self._index(stream)
+        extending the index."""
         with self._lock:
-            if head is not None and head.end < index.end:  # the files were replaced: start over
-                index.offsets.clear()
-                index.end = 0
+            st = os.fstat(fd)  # under the lock: the index never covers more than this size
+            index = self._indexes.get(stream)
+            if index is None or not index.describes(st, head):
+                index = self._indexes[stream] = _Index((st.st_dev, st.st_ino))
             known = len(index.offsets)
-            start = index.offsets[from_seq] if from_seq < known else index.end
             first = min(from_seq, known)
-            size = os.fstat(fd).st_size
-            if head is not None and size < start:  # cut inside records checked earlier
-                raise _cut_short(stream, index, size)
-        end = size if head is None else head.end
+            if head is not None:  # it may be older than the index: read up to it only
+                first = min(first, head.records)
+            start = index.offsets[first] if first < known else index.end
+        end = st.st_size if head is None else head.end
         mode: Mode = "legacy" if head is None else "acknowledged"
-        found = scan(os.pread(fd, max(end - start, 0), start), start, first, stream, mode)
+        found = scan(os.pread(fd, end - start, start), start, first, stream, mode)
+        records = first + len(found.offsets)
         if head is not None:
-            _check_complete(stream, head, first + len(found.payloads), found.end)
-        with self._lock:
-            for seq, offset in enumerate(found.offsets, first):
-                if seq == len(index.offsets):
-                    index.offsets.append(offset)
-            index.end = max(index.end, found.end)
-        return found.payloads[from_seq - first :], found.torn
+            _check_complete(stream, head, records, found.end)
+        with self._lock:  # it only grew meanwhile (if it was replaced, this extends the old one)
+            index.extend(first, found.offsets, found.end)
+        return Caught(found.payloads[from_seq - first :], records, found.end, found.torn)
 
     # -- appending ------------------------------------------------------------------------
 
@@ -175,19 +208,14 @@ class LocalEventLog:
         make_dirs(folder)
 
     def _open_head(self, fd: int, stream: str, path: Path) -> tuple[int, Head]:
-        """Open the stream's head under the log's lock, creating it for a new or old stream."""
-        head_path = _head_path(path)
-        try:
-            head_fd = os.open(head_path, os.O_RDWR)
-        except FileNotFoundError:
-            return self._create_head(fd, stream, path)
-        try:
-            return head_fd, decode_head(os.pread(head_fd, 2 * SLOT_SIZE, 0), stream)
-        except BaseException:
-            os.close(head_fd)
-            raise
+        """Open the stream's head, creating it for a new or old stream. Under the log's lock:
+        no other append can change or create it meanwhile."""
+        head = _load_head(path, stream)
+        if head is None:
+            head = self._create_head(fd, stream, path)
+        return os.open(_head_path(path), os.O_RDWR), head
 
-    def _create_head(self, fd: int, stream: str, path: Path) -> tuple[int, Head]:
+    def _create_head(self, fd: int, stream: str, path: Path) -> Head:
         """A new stream's head (no records), or the first head of a previous release's stream.
 
         Made durable, with its directory entry and the log's, before any record is written: a
@@ -195,19 +223,18 @@ class LocalEventLog:
         """
         if os.fstat(fd).st_size:
             self._refuse_headless(stream, path)
-        index = self._index(stream)
-        _, torn = self._catch_up(fd, stream, len(index.offsets), None)
-        if torn:  # the old rules: a torn last append of an old log never returned
-            os.ftruncate(fd, index.end)  # (if a crash undoes this, the next append redoes it)
-        head = Head(0, len(index.offsets), index.end)
-        head_fd = os.open(_head_path(path), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            _write_head(head_fd, head)
-            fsync_dir(path.parent)
-        except BaseException:
-            os.close(head_fd)
-            raise
-        return head_fd, head
+        old = self._catch_up(fd, stream, 0, None)
+        if old.torn:  # the old rules: a torn last append of an old log never returned
+            os.ftruncate(fd, old.end)  # (if a crash undoes this, the next append redoes it)
+        head = Head(0, old.records, old.end)
+        # Written whole to a temp file, synced, renamed into place, the folder synced (the log's
+        # entry too): a head file never exists without its head, not even after a power cut.
+        # A file created in place could reach the disk empty (another stream's fsync_dir of
+        # this folder is enough) and, if it then failed every read, brick a stream that never
+        # acknowledged a record. Renaming (not linking) replaces such a blank file.
+        offset, slot = encode_head(head)
+        atomic_write(_head_path(path), bytes(offset) + slot)
+        return head
 
     def _recover(self, fd: int, head_fd: int, stream: str, head: Head) -> Head:
         """Check the acknowledged records, then settle what lies past the head: complete
@@ -242,11 +269,11 @@ class LocalEventLog:
         # Only now may readers see the records. If this fails, they lie past the head: the
         # next append rolls them forward (the append raised, as when a reply is lost).
         _write_head(head_fd, head.advanced(head.records + len(payloads), pos))
-        index = self._index(stream)
-        with self._lock:  # extend the index only if it reached the old head (else catch up later)
-            if index.end == head.end and len(index.offsets) == head.records:
-                index.offsets.extend(offsets)
-                index.end = pos
+        st = os.fstat(fd)
+        with self._lock:  # extend the index if it reached the old head (else catch up later)
+            index = self._indexes.get(stream)
+            if index is not None and index.file == (st.st_dev, st.st_ino):
+                index.extend(head.records, offsets, pos)
         return head.records + len(payloads)
 
     def _streams(self, prefix: str) -> list[str]:
@@ -267,15 +294,22 @@ def _head_path(log: Path) -> Path:
 
 
 def _load_head(log: Path, stream: str) -> Head | None:
-    """The stream's head, or None if it has no head file."""
+    """The stream's head, or None if it has no head file or a blank one.
+
+    A blank head file (empty, or zeros) was never written: every written slot starts with its
+    magic. It is what a crash in a stream's first append left before heads were written whole
+    (see ``_create_head``), so it holds no head, as if missing: an empty log then holds no
+    records (nothing was acknowledged), and a non-empty log in a marked store is damage.
+    """
     try:
         fd = os.open(_head_path(log), os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
-        return decode_head(os.pread(fd, 2 * SLOT_SIZE, 0), stream)
+        data = os.pread(fd, 2 * SLOT_SIZE, 0)
     finally:
         os.close(fd)
+    return decode_head(data, stream) if any(data) else None
 
 
 def _write_head(fd: int, head: Head) -> None:
@@ -293,16 +327,6 @@ def _check_complete(stream: str, head: Head, count: int, end: int) -> None:
             f"missing: the head acknowledges {head.records} records ending at byte "
             f"{head.end}, the log holds {count} ending at byte {end} (the log was cut short)",
         )
-
-
-def _cut_short(stream: str, index: _Index, size: int) -> LogDamage:
-    ends = [*index.offsets[1:], index.end]  # where each record checked so far ends
-    return LogDamage(
-        stream,
-        bisect.bisect_right(ends, size),  # the first record that is not whole any more
-        f"missing: the log now ends at byte {size}, inside records it acknowledged "
-        "(the log was cut short)",
-    )
 
 
 def _holds_streams(root: Path) -> bool:
