@@ -68,14 +68,17 @@ class Gate:
 
 
 def _idle(handler: RequestHandler) -> bool:
-    """Whether the connection waits for a request header (no request in progress).
+    """Whether the connection waits for a request header: no request is being handled and
+    none is parsed and waiting (also true of a connection accepted a moment ago, before its
+    handler task first ran).
 
-    aiohttp's own keep-alive check closes a connection in exactly this state; the attribute
-    is private, so a version without it counts every connection as busy (then a newcomer past
-    the cap gets a 503, and nothing in progress is cut).
+    The attributes are aiohttp's private ones, so a version without them counts every
+    connection as busy (then a newcomer past the cap gets a 503, and nothing in progress is
+    cut).
     """
-    waiter = getattr(handler, "_waiter", None)
-    return waiter is not None and not waiter.done()
+    in_progress = getattr(handler, "_request_in_progress", True)
+    waiting = getattr(handler, "_messages", True)
+    return not in_progress and not waiting
 
 
 _BUSY_BODY = json.dumps(
