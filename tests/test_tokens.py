@@ -206,3 +206,22 @@ def test_cli_revoke_of_an_unknown_id_exits_1_and_changes_nothing(tmp_path: Path)
     assert done.stderr.startswith("asyncart token revoke: no token has id 'f00ba12'")
     assert "asyncart token list" in done.stderr and "Traceback" not in done.stderr
     assert _snapshot(store) == before
+
+
+def test_the_tokens_file_is_renamed_into_place_durably(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each write of tokens.json (a create, a revoke) syncs the new file and then the
+    directory that holds its name: without the second sync a power cut could bring a revoked
+    token back."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:  # a spy: the real fsync runs, and what it synced is noted
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    create_token(tmp_path, ["demo"])
+    assert synced[-1] == str(tmp_path), "the rename was not made durable in its directory"
+    assert any(".tokens.json." in path for path in synced[:-1]), "the new file was not synced"
