@@ -28,6 +28,7 @@ from _disks import small_disk as mounted_disk
 from _records import chain, created
 from _serving import Server, blob_count, spool_files
 
+import asyncart
 from asyncart import BackendUnavailableError
 from asyncart._backends._wire import pack
 from asyncart._backends.base import UploadItem
@@ -394,5 +395,28 @@ def test_past_the_connection_cap_idle_ones_go_first_and_busy_ones_stay(tmp_path:
             assert _status_of(sock) == 201
             sock.close()
         assert _request(served.port, "GET", "/v1/health")[0] == 200
+    finally:
+        served.stop()
+
+
+@pytest.mark.allow_blocking  # makes its files and starts a server
+async def test_batches_larger_than_the_servers_request_limit_are_split(tmp_path: Path) -> None:
+    """A server started with a small ``--max-request-bytes`` refuses the client's usual 8 MiB
+    batch of small files (413): the client sends it in halves, and a lone file on its own."""
+    served = Server(tmp_path / "served", "--max-request-bytes", str(256 << 10)).start()
+    try:
+        source = tmp_path / "files"
+        source.mkdir()
+        for i in range(24):  # 24 x 100 KiB: one batch of 2.4 MB, and files near the limit
+            (source / f"f{i}.bin").write_bytes(os.urandom(100 << 10))
+        (source / "big.bin").write_bytes(os.urandom(300 << 10))  # alone over the limit too
+        artifact = asyncart.Artifact("ds", "dataset")
+        await artifact.add_dir(source)
+        token = served.token("demo", write=True)
+        saved = await artifact.save(project="demo", store=served.url, token=token)
+        assert len(saved.manifest) == 25
+        out = await saved.download(tmp_path / "out")
+        await saved.verify(out)
+        assert 413 in {e["status"] for e in served.access(0)}, "the limit was not reached"
     finally:
         served.stop()
