@@ -1,4 +1,4 @@
-"""Shared fixtures: a fresh store per test, and blockbuster on every async test.
+"""Shared fixtures: a fresh store (or served store) per test, and blockbuster on every async test.
 
 Blockbuster fails any blocking call (file I/O, sleep, ...) made by asyncart code on the event
 loop, so "the loop is never blocked" is checked by every async test, not just promised.
@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _serving import Server
 from blockbuster import blockbuster_ctx
 
 
@@ -27,6 +28,14 @@ def _is_async(request: pytest.FixtureRequest) -> bool:
     import inspect
 
     return inspect.iscoroutinefunction(getattr(request.node, "function", None))
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    """``asyncart serve`` on a fresh store, in a process of its own, on a free loopback port."""
+    served = Server(tmp_path / "served").start()
+    yield served
+    served.stop()
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ is special to HTTP: ranges, paging, resuming, limits."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -19,13 +19,6 @@ from asyncart import FileChangedError, LocalStore, NotFoundError
 from asyncart._backends._http_client import RetryPolicy
 from asyncart._backends.base import Store, UploadItem
 from asyncart._backends.http import HttpStore
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    served = Server(tmp_path / "served").start()
-    yield served
-    served.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ read alike), its upload of the same bytes succeeds, and the store keeps the one 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -24,13 +23,6 @@ from asyncart._domain.events import DraftOpened, Entry, FilesAdded
 
 SECRET = b"project A's weights, which project B must not learn about\n"
 D = blake3.blake3(SECRET).hexdigest()
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    served = Server(tmp_path / "served").start()
-    yield served
-    served.stop()
 
 
 @pytest.fixture

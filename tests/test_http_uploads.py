@@ -7,7 +7,7 @@ processes on loopback; the attacker is a write token for another project that kn
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -23,13 +23,6 @@ from asyncart._backends.http import HttpStore
 
 PART = 5 << 20  # more than the server gathers before a write: a part's first bytes show
 SIZE = 4 * PART
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    served = Server(tmp_path / "served").start()
-    yield served
-    served.stop()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ writer could send, not only what the library sends.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -36,13 +35,6 @@ from asyncart._server._tokens import hash_token
 STREAM = "demo/artifacts/a"
 DATA = b"the bytes of f.txt"
 DIGEST = blake3.blake3(DATA).hexdigest()
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    served = Server(tmp_path / "served").start()
-    yield served
-    served.stop()
 
 
 @pytest.fixture

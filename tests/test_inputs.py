@@ -83,6 +83,18 @@ def _nobody() -> Any:
         pytest.skip("no user 'nobody'")
 
 
+@contextlib.contextmanager
+def _shared_folder(prefix: str) -> Iterator[Path]:
+    """A temporary folder that ``nobody`` may enter (pytest's are 0700, root's own), removed
+    after."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        folder.chmod(0o755)
+        yield folder
+    finally:
+        shutil.rmtree(folder)
+
+
 def _file(path: Path, data: bytes = b"data\n") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -293,9 +305,7 @@ async def test_a_source_under_a_file_is_not_found(tmp_path):
 def test_an_unreadable_source_is_an_invalid_input(tmp_path):
     """Root reads any file, so the check runs in a child that drops to ``nobody``."""
     nobody = _nobody()
-    folder = Path(tempfile.mkdtemp(prefix="asyncart-unreadable-"))  # outside root's 0700 dirs
-    try:
-        folder.chmod(0o755)
+    with _shared_folder("asyncart-unreadable-") as folder:
         _file(folder / "readable.txt")
         secret = _file(folder / "secret.txt")
         secret.chmod(0o000)
@@ -314,8 +324,6 @@ def test_an_unreadable_source_is_an_invalid_input(tmp_path):
                     print("refused:", e)
             asyncio.run(main())
         """)
-    finally:
-        shutil.rmtree(folder)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"refused: cannot read {secret}: permission denied " + (
         "(it is not readable by this user)"
@@ -343,9 +351,7 @@ async def test_download_into_an_existing_file_is_refused(store, tmp_path):
 def test_a_download_root_that_cannot_be_written_is_an_invalid_input(tmp_path):
     """As ``nobody``, into a directory that root owns (root itself writes anywhere)."""
     nobody = _nobody()
-    folder = Path(tempfile.mkdtemp(prefix="asyncart-unwritable-"))  # outside root's 0700 dirs
-    try:
-        folder.chmod(0o755)
+    with _shared_folder("asyncart-unwritable-") as folder:
         _file(folder / "a.txt")
         (folder / "out" / "d").mkdir(parents=True)  # exists, so only the file write fails
         done = _run_child(f"""
@@ -363,8 +369,6 @@ def test_a_download_root_that_cannot_be_written_is_an_invalid_input(tmp_path):
                     print("refused:", e)
             asyncio.run(main())
         """)
-    finally:
-        shutil.rmtree(folder)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"refused: cannot download into {folder / 'out'}: writing ")
     assert "Permission denied; choose a root this user can write" in done.stdout

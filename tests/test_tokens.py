@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -136,13 +135,6 @@ async def _status(server: Server, token: str) -> int:
         session.post(f"{server.url}/v1/blobs/missing", data=pack([]), headers=headers) as r,
     ):
         return r.status
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    served = Server(tmp_path / "served").start()
-    yield served
-    served.stop()
 
 
 @pytest.fixture
