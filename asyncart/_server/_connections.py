@@ -15,12 +15,15 @@ import asyncio
 import json
 import logging
 import ssl
+import time
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 FILE_RESERVE = 256
 """File descriptors kept for everything but connections: blobs, logs, spool files, threads."""
+
+_HANDSHAKE_LIMIT = 30.0  # seconds an accepted connection counts before its connection_made
 
 _log = logging.getLogger("asyncart.server")
 
@@ -56,15 +59,33 @@ class Gate:
 
     def __init__(self, server: web.Server, cap: int) -> None:
         self.server, self.cap = server, cap
+        # Connections accepted whose ``connection_made`` has not run yet: asyncio accepts a
+        # burst of them in one step and calls it later, so ``server.connections`` alone would
+        # let a burst past the cap. (A TLS handshake that fails never calls it: hence the age.)
+        self._accepted: dict[RequestHandler, float] = {}
 
     def __call__(self) -> asyncio.BaseProtocol:
+        now = time.monotonic()
+        self._accepted = {
+            h: since
+            for h, since in self._accepted.items()
+            if _not_yet_made(h) and now - since < _HANDSHAKE_LIMIT
+        }
         live = [h for h in self.server.connections if h.transport is not None]
-        if len(live) >= self.cap:
+        if len(live) + len(self._accepted) >= self.cap:
             idle = next((h for h in live if _idle(h)), None)  # oldest first
             if idle is None:
                 return _Busy()
             idle.force_close()
-        return self.server()
+        handler = self.server()
+        self._accepted[handler] = now
+        return handler
+
+
+def _not_yet_made(handler: RequestHandler) -> bool:
+    """Whether ``connection_made`` has not run yet: no transport, and not lost (aiohttp drops
+    its ``_manager`` when a connection is lost; without that attribute, assume made)."""
+    return handler.transport is None and getattr(handler, "_manager", None) is not None
 
 
 def _idle(handler: RequestHandler) -> bool:
