@@ -22,11 +22,23 @@ class UploadItem(msgspec.Struct, frozen=True):
     size: int
 
 
-class EventLog(Protocol):
-    """Append-only streams of opaque records with optimistic concurrency."""
+MAX_NOTE = 1536
+"""The most bytes of a stream's note (see :meth:`EventLog.append`)."""
 
-    async def read(self, stream: str, from_seq: int = 0) -> list[bytes]:
-        """Return the payloads of ``stream`` from ``from_seq`` on ([] for an unknown stream).
+
+class EventLog(Protocol):
+    """Append-only streams of opaque records with optimistic concurrency.
+
+    Besides records, each stream has a *note* (a few hundred bytes that the caller derives from
+    the records, such as a collection's summary, replaced atomically with each append, so that
+    listing many streams reads no records) and a *checkpoint* (larger derived state, saved
+    now and then, advisory: a reader checks it against the records and falls back to them).
+    Every cost here grows with what is asked for, never with the rest of the store.
+    """
+
+    async def read(self, stream: str, from_seq: int = 0, limit: int | None = None) -> list[bytes]:
+        """Return the payloads of ``stream`` from ``from_seq`` on, at most ``limit`` of them
+        ([] for an unknown stream or past the head). Reads only those records' bytes.
 
         Only durable records are returned: those of appends that returned (or will return).
 
@@ -36,8 +48,14 @@ class EventLog(Protocol):
         """
         ...
 
-    async def append(self, stream: str, payloads: Sequence[bytes], expected_seq: int) -> int:
+    async def append(
+        self, stream: str, payloads: Sequence[bytes], expected_seq: int, note: bytes = b""
+    ) -> int:
         """Append all ``payloads`` atomically at ``expected_seq``; return the new head.
+
+        ``note`` (at most :data:`MAX_NOTE` bytes) becomes the stream's note in the same atomic
+        step. Any number of payloads of any size is one all-or-nothing append (a backend that
+        needs several requests for it stages them and publishes once).
 
         Raises:
             ConflictError: the stream's head is not ``expected_seq``.
@@ -45,7 +63,23 @@ class EventLog(Protocol):
         ...
 
     async def streams(self, prefix: str = "") -> list[str]:
-        """The names of the streams that start with ``prefix``, sorted."""
+        """The names of the streams that start with ``prefix``, sorted. The cost grows with
+        the streams under the prefix's folder (``project/artifacts/``), not with the store."""
+        ...
+
+    async def notes(self, prefix: str) -> dict[str, bytes]:
+        """The note of each stream that starts with ``prefix`` (b"" if it has none)."""
+        ...
+
+    async def checkpoint(self, stream: str) -> bytes | None:
+        """The checkpoint last saved for ``stream`` (None if none). It may be stale, damaged or
+        lost: callers check what it claims against the records."""
+        ...
+
+    async def put_checkpoint(self, stream: str, data: bytes) -> None:
+        """Save ``data`` as the stream's checkpoint (replacing the last one). Best effort: a
+        crash may lose it, never the records. A backend whose server derives checkpoints
+        itself ignores this."""
         ...
 
 

@@ -1,0 +1,91 @@
+"""Stream notes: the small summary each append leaves beside a stream (``EventLog.notes``).
+
+A collection's note says what ``asyncart ls`` shows (type, versions, aliases, when updated); a
+run's note lists what the run used, so ``used_by`` reads notes, not every run stream. A note is
+derived from the records and replaced with each append, atomically; one too big for
+``MAX_NOTE`` (a run that used thousands of artifacts) says so (``complete=False``) and readers
+fold that stream instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+
+from .._backends.base import MAX_NOTE
+from .events import AliasesMoved, ArtifactUsed, CollectionCreated, Record, VersionCommitted
+from .fold import CollectionState, RunState
+
+
+class CollectionNote(msgspec.Struct, frozen=True, tag="collection", tag_field="note"):
+    name: str
+    type: str
+    versions: int
+    updated: float | None  # when the latest version was committed
+    aliases: dict[str, int] = {}
+    complete: bool = True  # False: the aliases did not fit; fold the stream for them
+
+
+class RunNote(msgspec.Struct, frozen=True, tag="run", tag_field="note"):
+    used: list[tuple[str, str, int]] = []  # (project, name, version)
+    complete: bool = True  # False: the uses did not fit; fold the stream for them
+
+
+Note = CollectionNote | RunNote
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Note)
+
+
+def collection_note(state: CollectionState, then: Sequence[Record] = ()) -> bytes:
+    """The note of a folded collection once the (valid) records ``then`` follow it."""
+    name, type_, aliases = state.name, state.type, dict(state.aliases)
+    versions = len(state.versions)
+    updated = None if state.latest is None else state.latest.time
+    for record in then:
+        match record.body:
+            case CollectionCreated():
+                name, type_ = record.body.name, record.body.type
+            case VersionCommitted():
+                aliases.update(dict.fromkeys(["latest", *record.body.aliases], versions))
+                versions, updated = versions + 1, record.time
+            case AliasesMoved(version=number, add=add, remove=remove):
+                for alias in remove:
+                    if aliases.get(alias) == number:
+                        del aliases[alias]
+                aliases.update(dict.fromkeys(add, number))
+    data = _encoder.encode(CollectionNote(name, type_, versions, updated, aliases))
+    if len(data) <= MAX_NOTE:
+        return data
+    return _encoder.encode(CollectionNote(name, type_, versions, updated, complete=False))
+
+
+def run_note(state: RunState, then: Sequence[Record] = ()) -> bytes:
+    """The note of a folded run once the records ``then`` follow it."""
+    used = list(state.used)
+    used += [
+        (r.body.project, r.body.name, r.body.version)
+        for r in then
+        if isinstance(r.body, ArtifactUsed)
+    ]
+    data = _encoder.encode(RunNote(used))
+    return data if len(data) <= MAX_NOTE else _encoder.encode(RunNote(complete=False))
+
+
+def note_of(state: CollectionState | RunState, then: Sequence[Record] = ()) -> bytes:
+    """The note of a stream in ``state`` once ``then`` follows."""
+    if isinstance(state, CollectionState):
+        return collection_note(state, then)
+    return run_note(state, then)
+
+
+def decode_note(data: bytes) -> Note | None:
+    """The note in ``data``, or None if there is none or it does not decode (the reader then
+    folds the stream: a note is derived, never the truth)."""
+    if not data:
+        return None
+    try:
+        return _decoder.decode(data)
+    except msgspec.DecodeError:
+        return None
