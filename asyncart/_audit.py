@@ -234,7 +234,7 @@ async def _check_versions(
         )
     report.versions += len(state.versions)
     report.collections.append(collection_summary(stream.partition("/")[0], state))
-    found, snapshots, uses = await anyio.to_thread.run_sync(_derive, state)
+    found, snapshots, uses = await anyio.to_thread.run_sync(_derive, state, records)
     for seq_or_none, message in found:
         report.problems.append(AuditProblem(stream, seq_or_none, message))
     for number, snapshot in snapshots:
@@ -318,6 +318,7 @@ async def _read_blob(blobs: BlobStore, use: _BlobUse, scratch: str) -> None:
 
 def _derive(
     state: CollectionState,
+    records: list[Record],
 ) -> tuple[list[tuple[int | None, str]], list[tuple[int, str]], list[_BlobUse]]:
     """Replay every version from its parent (never from a snapshot) and compare with the log."""
     problems: list[tuple[int | None, str]] = []
@@ -327,7 +328,8 @@ def _derive(
     live: dict[int, Manifest] = {}
     for version in state.versions:
         base = live[version.parent] if version.parent is not None else None
-        manifest = replay(base, version.draft.changes)
+        changes = [records[seq].body for seq in version.draft.change_seqs]
+        manifest = replay(base, changes)  # type: ignore[arg-type]  # fold checked their kinds
         commit = version.commit
         derived = (manifest.digest, len(manifest), manifest.size)
         if derived != (commit.digest, commit.file_count, commit.size):

@@ -7,6 +7,7 @@ expected seq. On a conflict the state is re-read, the plan re-made and the appen
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 import uuid
@@ -18,6 +19,12 @@ from typing import Any
 import anyio
 
 from ._backends.base import Store, UploadItem
+from ._domain.checkpoint import (
+    checkpoint_anchor,
+    checkpoint_due,
+    decode_checkpoint,
+    encode_checkpoint,
+)
 from ._domain.events import (
     AliasesMoved,
     Change,
@@ -37,8 +44,10 @@ from ._domain.events import (
 )
 from ._domain.fold import Closed, CollectionState, RunState, Version, fold, fold_run, replay
 from ._domain.manifest import Manifest
+from ._domain.notes import note_of
 from ._errors import (
     AlreadyFinishedError,
+    AsyncartError,
     ConflictError,
     IntegrityError,
     InvalidInputError,
@@ -51,6 +60,7 @@ SNAPSHOT_EVERY = 32  # a version at most this many commits from a snapshot (or a
 SNAPSHOT_RATIO = 2  # ... and at most this many times its size in entries to replay
 ENTRIES_PER_EVENT = 10_000  # a 1M-file ingest is 100 events, not 1M
 _MAX_ATTEMPTS = 200
+_BIG_READ = 256 << 10  # bytes of records above which decoding leaves the loop
 
 
 def collection_stream(project: str, name: str) -> str:
@@ -94,14 +104,41 @@ class Repository:
     # -- reading ---------------------------------------------------------------------------
 
     async def collection(self, project: str, name: str) -> CollectionState:
-        """The state of a collection as of now (an empty state if it does not exist)."""
+        """The state of a collection as of now (an empty state if it does not exist): the
+        cached state, else the stream's checkpoint, caught up with the records after it."""
         stream = collection_stream(project, name)
-        state = self._states.pop(stream, None) or CollectionState(stream)
+        state = self._states.pop(stream, None) or await self._checkpointed(stream)
+        before = state.head
         records, last_hash = await self._read(stream, state.head, state.last_hash)
         fold(state, records)  # on error the damaged state is not cached again
         state.last_hash = last_hash
         self._states[stream] = state
+        if checkpoint_due(before, state.head):
+            await self._checkpoint(state)
         return state
+
+    async def _checkpointed(self, stream: str) -> CollectionState:
+        """The stream's checkpointed state if it checks out against the log, else an empty
+        state (to fold from seq 0): a checkpoint is only ever a shortcut."""
+        data = await self.store.log.checkpoint(stream)
+        if data is None:
+            return CollectionState(stream)
+        try:
+            state = await maybe_thread(len(data) > _BIG_READ, decode_checkpoint, data, stream)
+            seq, last_hash = checkpoint_anchor(state)
+            anchor = await self.store.log.read(stream, seq, limit=1)
+        except IntegrityError:
+            return CollectionState(stream)  # audit names a damaged checkpoint
+        if not anchor or record_hash(anchor[0]) != last_hash:
+            return CollectionState(stream)  # not of this stream's history (restored, edited)
+        return state
+
+    async def _checkpoint(self, state: CollectionState) -> None:
+        """Save ``state`` as its stream's checkpoint, best effort: a store that cannot take it
+        (read-only, full) loses only the shortcut."""
+        data = await maybe_thread(len(state.versions) > 256, encode_checkpoint, state)
+        with contextlib.suppress(AsyncartError, OSError):
+            await self.store.log.put_checkpoint(state.stream, data)
 
     async def run(self, project: str, run_id: str) -> RunState:
         stream = run_stream(project, run_id)
@@ -114,8 +151,21 @@ class Repository:
         payloads = await self.store.log.read(stream, head)
         if not payloads:
             return [], last_hash
-        big = sum(map(len, payloads)) > 256 << 10
+        big = sum(map(len, payloads)) > _BIG_READ
         return await maybe_thread(big, _decode_chain, stream, head, last_hash, payloads)
+
+    async def changes(self, stream: str, seqs: Sequence[int]) -> list[Change]:
+        """The change records at ``seqs`` (ascending runs), read by ranges, in that order.
+
+        They are not chain-checked here (that would need the records before them): a manifest
+        replayed from edited changes fails its recorded digest, and audit checks the chain.
+        """
+        out: list[Change] = []
+        for start, count in _runs(seqs):
+            payloads = await self.store.log.read(stream, start, limit=count)
+            big = sum(map(len, payloads)) > _BIG_READ
+            out += await maybe_thread(big, _decode_changes, stream, start, count, payloads)
+        return out
 
     async def version(
         self, project: str, name: str, number: int | None, alias: str | None
@@ -144,7 +194,9 @@ class Repository:
             if base is None:
                 base = await self._snapshot(chain[-1])
         replayed = chain[:-1] if base is not None else chain  # a snapshot includes its own changes
-        changes = [c for v in reversed(replayed) for c in v.draft.changes]
+        changes = await self.changes(
+            state.stream, [s for v in reversed(replayed) for s in v.draft.change_seqs]
+        )
         heavy = _count(changes) + len(base or ()) > HEAVY
         manifest = await maybe_thread(heavy, _replay_digest, base, changes)
         if manifest.digest != version.commit.digest:
@@ -181,12 +233,13 @@ class Repository:
     ) -> None:
         """Append ``bodies`` after ``state.head``; raises ConflictError if the stream moved."""
         now = time.time()
-        payloads, prev = [], state.last_hash
+        payloads, records, prev = [], [], state.last_hash
         for seq, body in enumerate(bodies, state.head):
-            payload = encode(Record(state.stream, seq, now, actor, prev, body))
-            payloads.append(payload)
-            prev = record_hash(payload)
-        await self.store.log.append(state.stream, payloads, state.head)
+            records.append(Record(state.stream, seq, now, actor, prev, body))
+            payloads.append(encode(records[-1]))
+            prev = record_hash(payloads[-1])
+        note = note_of(state, records)
+        await self.store.log.append(state.stream, payloads, state.head, note)
 
     async def append_run(
         self, project: str, run_id: str, bodies: Sequence[Event], actor: str
@@ -307,8 +360,8 @@ class Repository:
                     f"distributed_id {distributed_id!r} and the finishing artifact has no files"
                 )
             bodies += [_with_draft(c, draft) for c in spec.changes] + _metadata(draft, spec)
-            pending = state.drafts[draft].changes if draft in state.drafts else []
-            changes = [*pending, *spec.changes]
+            pending = state.drafts[draft].change_seqs if draft in state.drafts else []
+            changes = [*await self.changes(state.stream, pending), *spec.changes]
             manifest = await maybe_thread(_count(changes) > HEAVY, _replay_digest, None, changes)
             if (same := _same_as_latest(state, manifest.digest)) is not None:
                 closing: list[Event] = []
@@ -367,7 +420,7 @@ class Repository:
             return None
         depth, replayed, version = 1, _count(changes), state.versions[parent]
         while version.commit.snapshot is None:  # walk back to the base a read would start from
-            replayed += _count(version.draft.changes)
+            replayed += version.draft.touched
             if version.parent is None:
                 break
             depth += 1
@@ -378,6 +431,35 @@ class Repository:
         digest = await self.store.blobs.put_bytes(data)
         await self.store.blobs.flush()
         return digest
+
+
+def _runs(seqs: Sequence[int]) -> list[tuple[int, int]]:
+    """(start, count) of each run of consecutive numbers in ``seqs``, in order."""
+    runs: list[tuple[int, int]] = []
+    for seq in seqs:
+        if runs and runs[-1][0] + runs[-1][1] == seq:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((seq, 1))
+    return runs
+
+
+def _decode_changes(stream: str, start: int, count: int, payloads: list[bytes]) -> list[Change]:
+    if len(payloads) != count:
+        raise IntegrityError(
+            f"stream {stream!r}: seqs {start}..{start + count - 1} hold changes of a version, "
+            f"but the log has {len(payloads)} of them (it was cut short)"
+        )
+    out: list[Change] = []
+    for seq, payload in enumerate(payloads, start):
+        record = decode(payload, stream, seq)
+        if record.seq != seq or not isinstance(record.body, FilesAdded | FilesRemoved):
+            raise IntegrityError(
+                f"stream {stream!r} seq {seq}: expected a change record, found "
+                f"{type(record.body).__name__} at seq {record.seq} (the log was edited)"
+            )
+        out.append(record.body)
+    return out
 
 
 def _decode_chain(

@@ -42,10 +42,12 @@ class FailingLog:
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
 
-    async def append(self, stream: str, payloads: Sequence[bytes], expected_seq: int) -> int:
+    async def append(
+        self, stream: str, payloads: Sequence[bytes], expected_seq: int, note: bytes = b""
+    ) -> int:
         if self.broken:
             raise OSError(5, "Input/output error")
-        return await self.inner.append(stream, payloads, expected_seq)
+        return await self.inner.append(stream, payloads, expected_seq, note)
 
 
 class FaultyStore:

@@ -30,13 +30,19 @@ from .manifest import Manifest
 
 @dataclass
 class Draft:
-    """A pending draft: its parent, and the changes and metadata recorded for it so far."""
+    """A draft: its parent, where its changes are in the log, and its metadata.
+
+    The changes themselves (``files.added``/``files.removed`` records, possibly millions of
+    entries) stay in the log: folded state holds their seqs, so it stays small whatever the
+    history, and a manifest is materialized by a ranged read of just those records.
+    """
 
     id: str
     parent: int | None
     distributed_id: str | None
     actor: str
-    changes: list[Change] = field(default_factory=list)
+    change_seqs: list[int] = field(default_factory=list)  # of its change records, ascending
+    touched: int = 0  # entries added plus paths removed by those records
     metadata: dict[str, Any] | None = None
     description: str | None = None
 
@@ -167,7 +173,9 @@ def _apply(state: CollectionState, record: Record) -> None:
             if draft.distributed_id is not None:
                 state.pending[draft.distributed_id] = draft.id
         case FilesAdded() | FilesRemoved():
-            _draft(state, record, body.draft).changes.append(body)
+            draft = _draft(state, record, body.draft)
+            draft.change_seqs.append(record.seq)
+            draft.touched += len(body.entries) if isinstance(body, FilesAdded) else len(body.paths)
         case MetadataSet():
             draft = _draft(state, record, body.draft)
             if body.metadata:  # {} sets nothing: a finisher without metadata keeps the upserts'
