@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 
 from ._backends.base import Store, UploadItem
+from ._diff import diff_manifests
 from ._domain.checkpoint import (
     checkpoint_anchor,
     checkpoint_due,
@@ -281,7 +282,7 @@ class Repository:
         """Single-run and incremental flows: one atomic append opens, fills and commits a draft."""
         await self._store_files(spec.uploads, transfer)
         digest = await maybe_thread(len(spec.manifest) > HEAVY, lambda: spec.manifest.digest)
-        snapshot: list[str | None] = []
+        snapshots: dict[int, str | None] = {}  # by parent: a parent's chain never changes
 
         async def step(state: CollectionState) -> tuple[CollectionState, Version]:
             _check_type(state, spec)
@@ -291,21 +292,36 @@ class Repository:
                 if moved := _aliases_moved(state, same, aliases):
                     await self.append(state, moved, actor)
                 return await self.version(project, spec.name, same.number, None)
-            if not snapshot:  # the parent chain never changes, so decide once
-                snapshot.append(
-                    await self._maybe_snapshot(state, spec.parent, spec.manifest, spec.changes)
+            parent, changes = await self._relative(state, spec)
+            if parent is not None and parent not in snapshots:
+                snapshots[parent] = await self._maybe_snapshot(
+                    state, parent, spec.manifest, changes
                 )
             draft = uuid.uuid4().hex
-            bodies: list[Event] = [*_created(state, spec), DraftOpened(draft, spec.parent)]
-            bodies += [_with_draft(c, draft) for c in spec.changes]
+            bodies: list[Event] = [*_created(state, spec), DraftOpened(draft, parent)]
+            bodies += [_with_draft(c, draft) for c in changes]
             bodies += _metadata(draft, spec)
-            bodies.append(_committed(state, draft, spec.manifest, snapshot[0], aliases))
+            snapshot = None if parent is None else snapshots[parent]
+            bodies.append(_committed(state, draft, spec.manifest, snapshot, aliases))
             await self.append(state, bodies, actor)
             self._remember((state.stream, len(state.versions)), spec.manifest)  # no replay needed
             return await self.version(project, spec.name, len(state.versions), None)
 
         result: tuple[CollectionState, Version] = await self._retrying(project, spec.name, step)
         return result
+
+    async def _relative(
+        self, state: CollectionState, spec: DraftSpec
+    ) -> tuple[int | None, list[Change]]:
+        """The parent and changes to record for ``spec``. A draft built from scratch (a full
+        re-log, as a daily script does) is recorded over the latest version, as the changes
+        between the two: the log grows with what changed, not with the artifact."""
+        latest = state.latest
+        if spec.parent is not None or latest is None:
+            return spec.parent, spec.changes
+        base = await self.manifest(state, latest)
+        heavy = len(base) + len(spec.manifest) > HEAVY
+        return latest.number, await maybe_thread(heavy, _changes_between, base, spec.manifest)
 
     async def upsert(
         self, project: str, spec: DraftSpec, distributed_id: str, actor: str, transfer: Transfer
@@ -551,6 +567,17 @@ def _committed(
     return VersionCommitted(
         draft, len(state.versions), manifest.digest, len(manifest), manifest.size, snapshot, aliases
     )
+
+
+def _changes_between(old: Manifest, new: Manifest) -> list[Change]:
+    """Changes that replay ``old`` into ``new``: exact paths removed, then entries added."""
+    diff = diff_manifests(old, new)
+    removed: list[Change] = [
+        FilesRemoved("", list(diff.removed[i : i + ENTRIES_PER_EVENT]))
+        for i in range(0, len(diff.removed), ENTRIES_PER_EVENT)
+    ]
+    entries = new.entries
+    return removed + chunk_entries([entries[p] for p in sorted(diff.added + diff.changed)])
 
 
 def chunk_entries(entries: list[Entry]) -> list[Change]:

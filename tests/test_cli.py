@@ -251,7 +251,7 @@ def _blob(store: str, ref: str, path: str) -> tuple[str, Path]:
 
 def test_audit_passes_on_a_healthy_store(store, two_versions):
     out = ok(store, "audit", "--read-data")
-    assert lines(out) == ["audited 1 streams, 9 records, 2 versions, 4 blobs (4 read): OK"]
+    assert lines(out) == ["audited 1 streams, 10 records, 2 versions, 4 blobs (4 read): OK"]
     report = json.loads(ok(store, "audit", "uncategorized", "--json"))
     assert report["ok"] and report["problems"] == []
     half = ok(store, "audit", "--read-data-subset", "50%")
@@ -293,7 +293,7 @@ def test_audit_names_a_deleted_blob(store, two_versions):
     [problem] = json.loads(done.stdout)["problems"]
     assert problem == {
         "stream": "uncategorized/artifacts/ds",
-        "seq": 8,
+        "seq": 9,
         "message": f"blob {digest} of ds:v1/c.txt is missing or damaged (not 6 bytes); "
         "a damaged copy is kept aside, and logging the file again repairs it",
     }
