@@ -23,8 +23,8 @@ Every measurement is printed beside a baseline measured in the same run (medians
 3. Many streams (``--streams``, default 100,000 one-file artifacts in one project, saved by a
    few processes with many concurrent saves each, and ``--runs`` runs that use one version):
    ``asyncart ls PROJECT`` against ``ls -R`` of the project's log folder;
-   ``Api.artifact_collections``; ``Api.history(name)`` against the same in a one-artifact
-   project; ``used_by()`` of the version against ``Api.run(id)`` of one run.
+   ``Api.artifact_collections``; ``Api.history(name)`` against the same in a store of one
+   artifact; ``used_by()`` of the version against ``Api.run(id)`` of one run.
 4. ``asyncart audit`` of the stores of 1 (time and peak RSS) against ``cat`` of their log
    folders to /dev/null.
 5. Contention: ``--upserters`` (default 64) concurrent runs of one group, in one process,
@@ -759,8 +759,9 @@ def run_streams(root: Path, s: Sizes, trials: int, out: Results) -> None:
     jobs[0]["first"] = 1
     parallel(jobs)
     out["streams_build_seconds"] = time.perf_counter() - start
-    solo = {**jobs[0], "project": "solo", "first": 0, "last": 1, "tasks": 1}
-    in_child(**solo)  # the baseline: the same artifact alone in its project
+    # the baseline of a lookup: the same artifact alone in a store of its own
+    solo_store = root / "streams-solo-store"
+    in_child(**{**jobs[0], "store": str(solo_store), "first": 0, "last": 1, "tasks": 1})
     ref = "s0000000:v0"
     runs = in_child(kind="runs", store=store, project=project, runs=s.runs, ref=ref)
     out["runs_build"] = runs
@@ -785,7 +786,7 @@ def run_streams(root: Path, s: Sizes, trials: int, out: Results) -> None:
                 in_child(kind="history", store=store, project=project, name=name)
             ),
             lambda: out["history_solo"].append(
-                in_child(kind="history", store=store, project="solo", name="s0000000")
+                in_child(kind="history", store=solo_store, project=project, name="s0000000")
             ),
         )
         interleaved(
@@ -1090,7 +1091,7 @@ def streams_rows(out: Results, s: Sizes) -> list[Row]:
             f"3. Api.history(name) among {n} artifacts",
             out["history"],
             out["history_solo"],
-            "alone in a project:",
+            "alone in a store:",
             "flat",
         ),
         ratio_row(
