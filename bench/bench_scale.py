@@ -291,13 +291,26 @@ async def stat_worker(job: dict) -> dict:
     return await with_heartbeat(job, work) | {"rss_mib": peak_rss_mib()}
 
 
+class Tenths:
+    """A progress callback that says when another tenth of the files is done (a commit of a
+    million files takes minutes)."""
+
+    def __init__(self, what: str) -> None:
+        self.what, self.said = what, 0
+
+    def __call__(self, p: asyncart.Progress) -> None:
+        if p.files_total >= 100_000 and p.files_done * 10 >= (self.said + 1) * p.files_total:
+            self.said = p.files_done * 10 // p.files_total
+            say(f"  {self.what}: {p.files_done:,} of {p.files_total:,} files")
+
+
 async def commit_worker(job: dict) -> dict:
     async def work() -> dict:
         start = time.perf_counter()
         artifact = asyncart.Artifact(job["name"], "dataset")
-        await artifact.add_dir(job["src"])
+        await artifact.add_dir(job["src"], progress=Tenths("hashed"))
         middle = time.perf_counter()
-        saved = await artifact.save(project=PROJECT, store=job["store"])
+        saved = await artifact.save(project=PROJECT, store=job["store"], progress=Tenths("stored"))
         end = time.perf_counter()
         return {
             "seconds": end - start,
