@@ -728,6 +728,7 @@ def run_million(root: Path, s: Sizes, trials: int, out: Results) -> None:
 def run_million_served(root: Path, src: Path, trials: int, out: Results) -> None:
     """The commit, then opens, through ``asyncart serve`` on loopback."""
     say("  commit through asyncart serve")
+    out["open_served"] = []
     try:
         server = Server(root / "million-served", root / "million-served.log")
     except RuntimeError as e:
@@ -737,7 +738,6 @@ def run_million_served(root: Path, src: Path, trials: int, out: Results) -> None
         out["commit_served"] = in_child(
             env=server.env, kind="commit", src=src, store=server.url, name="big", heartbeat=True
         )
-        out["open_served"] = []
         if "error" not in out["commit_served"]:
             for _ in trials_of(trials):
                 result = in_child(
@@ -937,6 +937,8 @@ def history_rows(out: Results, s: Sizes) -> list[Row]:
         return [(f"1. {k} re-logs of {n:,} files", f"failed: {build['error']}", "", "", "", "")]
     rows = []
     opens = out.get("opens", {})
+    if wrong := {r["files"] for results in opens.values() for r in good(results)} - {n}:
+        rows.append(("1. files opened", f"{sorted(wrong)}, not {n:,}", "", "", "", "**MISS**"))
     for key, results in opens.items():
         if key != "baseline":
             rows.append(
@@ -1075,6 +1077,9 @@ def million_rows(out: Results, s: Sizes) -> list[Row]:
                 verdict(rss * MIB <= 500e6),
             )
         )
+    seen = [out["commit_local"], out["commit_served"], *out["open_big"], *out["open_served"]]
+    if wrong := {r["files"] for r in good(seen)} - {s.million}:
+        rows.append(("2. files seen", f"{sorted(wrong)}, not {n}", "", "", "", "**MISS**"))
     return rows
 
 

@@ -22,6 +22,7 @@ def test_quick_run_prints_every_row_beside_its_baseline(tmp_path: Path) -> None:
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
     assert rows[0].split("|")[1].strip() == "Measurement"
     assert not [row for row in rows if "failed" in row or "not measured" in row]
+    assert not [row for row in rows if row.startswith(("| 1. files opened", "| 2. files seen"))]
     for label in (
         "1. open ds:latest",
         "1. open ds:pinned",
