@@ -1,7 +1,8 @@
 """Benchmark how asyncart's costs grow with history, artifact size and store size (issue 9).
 
     python bench/bench_scale.py [--dir DIR] [--trials N] [--quick] [--only 1,2,3,4,5]
-        [--relogs K] [--million N] [--streams S] [--runs R] [--upserters U] [--json FILE]
+        [--relogs K] [--relog-files N] [--million N] [--streams S] [--runs R]
+        [--upserters U] [--json FILE]
 
 Every measurement is printed beside a baseline measured in the same run (medians over
 ``--trials``; ratios against the baseline):
@@ -22,15 +23,16 @@ Every measurement is printed beside a baseline measured in the same run (medians
    peak RSS and the longest event-loop stall seen by a 1 ms heartbeat task.
 3. Many streams (``--streams``, default 100,000 one-file artifacts in one project, saved by a
    few processes with many concurrent saves each, and ``--runs`` runs that use one version):
-   ``asyncart ls PROJECT`` against ``ls -R`` of the project's log folder;
+   ``asyncart ls PROJECT`` against ``ls -R`` of the store's ``log/``;
    ``Api.artifact_collections``; ``Api.history(name)`` against the same in a store of one
    artifact; ``used_by()`` of the version against ``Api.run(id)`` of one run.
-4. ``asyncart audit`` of the stores of 1 (time and peak RSS) against ``cat`` of their log
-   folders to /dev/null.
+4. ``asyncart audit`` of the two stores of 1 (time and peak RSS) against ``cat`` of their
+   ``log/`` folders to /dev/null.
 5. Contention: ``--upserters`` (default 64) concurrent runs of one group, in one process,
    each ``upsert_artifact`` of one file into the same draft, then ``finish_artifact``; wall
    time against the same with one upserter, and the conflicts the log's appends raised (each
-   one a retry), counted by a ``Store`` that wraps the ``LocalStore`` it is given.
+   one a retry) and the records read from the draft's stream, counted by a log that wraps
+   the ``LocalStore``'s own (in-process tasks share that store, and its log's caches).
 
 How: every measurement runs in a fresh child process (this script with ``--worker``) that
 times itself and reports its peak RSS (VmHWM); commands (``asyncart ls``, ``asyncart
