@@ -30,10 +30,12 @@ def path(i: int) -> str:
 
 
 def entries(n: int) -> list[Entry]:
-    return [
+    """``n`` entries, sorted by path (as a snapshot holds them)."""
+    made = [
         Entry(path(i), blake3.blake3(i.to_bytes(8, "little")).hexdigest(), i % 4096)
         for i in range(n)
     ]
+    return sorted(made, key=lambda e: e.path)
 
 
 def changes(n: int) -> list[FilesAdded | FilesRemoved]:

@@ -114,8 +114,11 @@ class CollectionState:
 def apply_change(entries: MutableMapping[str, Entry], change: Change) -> int:
     """Apply one change to ``entries`` in place; return how many entries it touched."""
     if isinstance(change, FilesAdded):
-        for entry in change.entries:
-            entries[entry.path] = entry
+        if isinstance(entries, Overlay):
+            entries.add_entries(change.entries)
+        else:
+            for entry in change.entries:
+                entries[entry.path] = entry
         return len(change.entries)
     touched = 0
     for path in change.paths:

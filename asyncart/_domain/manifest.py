@@ -46,7 +46,26 @@ from .events import Entry, decode_entries
 
 _digest_encoder = msgspec.msgpack.Encoder()
 _pairs_decoder = msgspec.msgpack.Decoder(list[tuple[str, str]])
-_rows_decoder = msgspec.msgpack.Decoder(list[tuple[str, str, int]])
+
+
+class _Row(msgspec.Struct, array_like=True, gc=False):
+    """An entry as a snapshot holds it, decoded only to be laid out in pages (never tracked by
+    the garbage collector: decoding many tracked objects triggers collections)."""
+
+    path: str
+    digest: str
+    size: int
+
+
+_rows_decoder = msgspec.msgpack.Decoder(list[_Row])
+_path, _digest, _size = (operator.attrgetter(name) for name in ("path", "digest", "size"))
+
+
+def _columns(rows: Sequence[_Row | Entry]) -> tuple[list[str], list[str], list[int]]:
+    """The paths, digests and sizes of ``rows``."""
+    return list(map(_path, rows)), list(map(_digest, rows)), list(map(_size, rows))
+
+
 _raw_decoder = msgspec.msgpack.Decoder(list[msgspec.Raw])
 
 PAGE_TARGET = 512  # entries per page on average (a power of two: the cut is a mask)
@@ -162,11 +181,10 @@ class _PageWriter:
 def _pages_of(entries: Iterable[Entry]) -> list[_Page]:
     """The pages of ``entries`` (any order; of two with the same path, the last one counts)."""
     unique = {e.path: e for e in entries}
-    ordered = sorted(unique.values(), key=operator.attrgetter("path"))
+    ordered = sorted(unique.values(), key=_path)
     writer = _PageWriter()
     for start in range(0, len(ordered), _DECODE_ROWS):
-        chunk = ordered[start : start + _DECODE_ROWS]
-        writer.add([e.path for e in chunk], [e.digest for e in chunk], [e.size for e in chunk])
+        writer.add(*_columns(ordered[start : start + _DECODE_ROWS]))
     return writer.finish()
 
 
@@ -203,12 +221,16 @@ class Manifest:
     def from_snapshot(cls, data: bytes, where: str = "snapshot") -> Manifest:
         """The manifest a snapshot holds; IntegrityError (naming ``where``) if it is damaged."""
         try:
-            raws = _raw_decoder.decode(data)
+            raws = _raw_decoder.decode(data)  # views: where each entry's bytes are
             writer = _PageWriter()
-            for start in range(0, len(raws), _DECODE_ROWS):
-                chunk = raws[start : start + _DECODE_ROWS]
-                rows = _rows_decoder.decode(_array_header(len(chunk)) + b"".join(chunk))
-                writer.add(*zip(*rows, strict=True))
+            at = len(data) - sum(map(len, raws))  # after the list header
+            while raws:  # the views go as their pages come
+                views = raws[:_DECODE_ROWS]
+                del raws[:_DECODE_ROWS]
+                end = at + sum(map(len, views))
+                rows = _rows_decoder.decode(_array_header(len(views)) + data[at:end])
+                writer.add(*_columns(rows))
+                at = end
             return cls._of_pages(writer.finish())
         except (msgspec.DecodeError, RecursionError) as e:
             raise IntegrityError(f"{where} does not decode: {e}") from None
@@ -428,6 +450,15 @@ class Overlay(MutableMapping[str, Entry]):
                 yield entry.path
         yield from self.added
 
+    def add_entries(self, entries: Sequence[Entry]) -> None:
+        """Set each of ``entries`` at its path (as ``self[e.path] = e`` for each, faster)."""
+        if len(self.base) or self._dirs is not None:
+            for entry in entries:
+                self[entry.path] = entry
+            return
+        self.added.update(zip(map(_path, entries), entries, strict=True))  # nothing below
+        self._len = len(self.added)
+
     def matching(self, path: str) -> list[str]:
         """What ``remove(path)`` removes: ``path`` itself, else everything under ``path/``."""
         if not path.endswith("/") and path in self:
@@ -469,6 +500,8 @@ class Overlay(MutableMapping[str, Entry]):
         if not self.added and not self.removed:
             return self.base
         base = self.base
+        if not len(base):
+            return Manifest._of_pages(_pages_of(self.added.values()))
         touched: dict[int, list[str]] = {}
         for path in [*self.added, *self.removed]:
             touched.setdefault(max(bisect_right(base._firsts, path) - 1, 0), []).append(path)
