@@ -7,7 +7,7 @@ import getpass
 import os
 import stat
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import attrgetter
@@ -101,7 +101,7 @@ class Artifact:
         self.description = check_description(description)
         self.metadata: dict[str, Any] = check_mapping(metadata, "metadata") or {}  # a deep copy
         self._entries = Overlay()  # the parent's manifest (if any) and the changes over it
-        self._sources: dict[str, str] = {}  # entry path -> local file, for files added here
+        self._sources = _Sources()  # the local file of each file added here
         self._changes: list[tuple[str, list[Any]]] = []  # ("add", entries) | ("remove", paths)
         self._parent: _Saved | None = None
         self._saved: _Saved | None = None
@@ -243,7 +243,7 @@ class Artifact:
             raise NotFoundError(f"cannot remove {path!r}: no such file or directory in {self.name}")
         for key in keys:
             del self._entries[key]
-            self._sources.pop(key, None)
+            self._sources.pop(key)
         self._built = None
         self._record("remove", [path])
 
@@ -273,9 +273,10 @@ class Artifact:
                 )
         new = [e for e in entries if self._entries.get(e.path) != e]
         local = dict(sources)
+        origin = _origin(sources)
         for entry in new:
             self._entries[entry.path] = entry
-            self._sources[entry.path] = local[entry.path]
+            self._sources.add(entry.path, local[entry.path], origin)
         if new:
             self._built = None
             self._record("add", new)
@@ -510,6 +511,52 @@ class Artifact:
             )
         state, version = await saved.repo.version(saved.project, self.name, number, None)
         return await load_version(saved.repo, saved.project, state, version)
+
+
+class _Sources:
+    """The local file of each entry added to a draft, kept as the folder it was read from (an
+    int per entry, not a path string per entry: a million files cost a million strings)."""
+
+    def __init__(self) -> None:
+        self._origins: list[tuple[str, str]] = []  # (local prefix, entry path prefix)
+        self._of: dict[str, int] = {}  # entry path -> its origin
+        self._odd: dict[str, str] = {}  # entry path -> local file, where no origin fits
+
+    def add(self, path: str, local: str, origin: tuple[str, str]) -> None:
+        folder, prefix = origin
+        self._odd.pop(path, None)
+        if path.startswith(prefix) and folder + path[len(prefix) :] == local:
+            if not self._origins or self._origins[-1] != origin:
+                self._origins.append(origin)
+            self._of[path] = len(self._origins) - 1
+        else:
+            self._of.pop(path, None)
+            self._odd[path] = local
+
+    def pop(self, path: str) -> None:
+        self._of.pop(path, None)
+        self._odd.pop(path, None)
+
+    def items(self) -> Iterator[tuple[str, str]]:
+        """(entry path, local file) of every file added."""
+        for path, index in self._of.items():
+            folder, prefix = self._origins[index]
+            yield path, folder + path[len(prefix) :]
+        yield from self._odd.items()
+
+
+def _origin(sources: Sequence[tuple[str, str]]) -> tuple[str, str]:
+    """A (local prefix, entry prefix) guessed from the first of ``sources``: those of a directory
+    read by ``_walk`` share it. A guess only: ``_Sources.add`` keeps the local path of any
+    entry it does not fit."""
+    if not sources:
+        return "", ""
+    path, local = sources[0]
+    common = 0  # the longest common suffix of the two, cut at a '/' of the entry path
+    while common < min(len(path), len(local)) and path[-1 - common] == local[-1 - common]:
+        common += 1
+    cut = path.find("/", len(path) - common) + 1 if common < len(path) else 0
+    return local[: len(local) - (len(path) - cut)], path[:cut]
 
 
 def _diff_of(old: Artifact, new: Artifact) -> ManifestDiff:
