@@ -298,7 +298,10 @@ class Artifact:
     async def _prepare(self) -> DraftSpec:
         """What to commit; built off the loop for large drafts."""
         self._check_open()
-        heavy = len(self._entries.added) + len(self._entries.removed) > HEAVY
+        files = self._entries
+        changed = len(files.added) + len(files.removed)
+        # each change rebuilds a page of a large parent's manifest: a few dozen take a while
+        heavy = changed > HEAVY or (changed > 0 and len(files.base) > HEAVY)
         return await maybe_thread(heavy, self._spec)
 
     def _spec(self) -> DraftSpec:

@@ -147,6 +147,8 @@ def replay(base: Manifest | None, changes: Iterable[Change]) -> Manifest:
     """
     overlay = Overlay(base)
     for change in changes:
+        if isinstance(change, FilesRemoved) and overlay.in_bulk:
+            overlay = Overlay(overlay.manifest())  # a root's files, laid out once, then removals
         apply_change(overlay, change)
     return overlay.manifest()
 

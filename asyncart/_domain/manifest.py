@@ -36,7 +36,7 @@ from collections.abc import (
     ValuesView as _ValuesView,
 )
 from dataclasses import dataclass
-from itertools import islice
+from itertools import compress, count, islice
 
 import blake3
 import msgspec
@@ -157,7 +157,8 @@ class _PageWriter:
         del self._paths[:start], self._digests[:start], self._sizes[:start]
 
     def _cuts(self) -> list[int]:
-        natural = [i + 1 for i, h in enumerate(map(hash, self._paths)) if not h & _CUT_MASK]
+        ends = map(operator.not_, map(_CUT_MASK.__and__, map(hash, self._paths)))
+        natural = compress(count(1), ends)  # after each path whose hash has the low bits clear
         cuts, last = [], 0
         for cut in natural:
             while cut - last > PAGE_MAX:  # a long run without a natural cut
@@ -180,8 +181,9 @@ class _PageWriter:
 
 def _pages_of(entries: Iterable[Entry]) -> list[_Page]:
     """The pages of ``entries`` (any order; of two with the same path, the last one counts)."""
-    unique = {e.path: e for e in entries}
-    ordered = sorted(unique.values(), key=_path)
+    ordered = sorted(entries, key=_path)  # stable: of two with the same path, the last is last
+    if not _is_sorted(list(map(_path, ordered))):  # the same path twice: keep the last one
+        ordered = list({e.path: e for e in ordered}.values())
     writer = _PageWriter()
     for start in range(0, len(ordered), _DECODE_ROWS):
         writer.add(*_columns(ordered[start : start + _DECODE_ROWS]))
@@ -410,8 +412,22 @@ class Overlay(MutableMapping[str, Entry]):
         self.removed: set[str] = set()  # base paths removed (and not added again)
         self._len = len(self.base)
         self._dirs: dict[str, int] | None = None  # directories of ``added``, once asked
+        self._bulk: list[Entry] = []  # entries added to an empty overlay, not yet in ``added``
+
+    @property
+    def in_bulk(self) -> bool:
+        """Whether entries were only added so far, to an empty base (none looked up yet)."""
+        return bool(self._bulk)
+
+    def _settle(self) -> None:
+        """Move the entries added in bulk into ``added`` (needed by any lookup)."""
+        if self._bulk:
+            bulk, self._bulk = self._bulk, []
+            self.added.update(zip(map(_path, bulk), bulk, strict=True))
+            self._len = len(self.added)
 
     def __getitem__(self, path: str) -> Entry:
+        self._settle()
         entry = self.added.get(path)
         if entry is None and path not in self.removed:
             entry = self.base.get(path)
@@ -422,10 +438,11 @@ class Overlay(MutableMapping[str, Entry]):
     def __contains__(self, path: object) -> bool:
         if not isinstance(path, str):
             return False
+        self._settle()
         return path in self.added or (path not in self.removed and path in self.base)
 
     def __setitem__(self, path: str, entry: Entry) -> None:
-        if path not in self:
+        if path not in self:  # (settles the bulk)
             self._len += 1
         if path not in self.added:
             self._count_dirs(path, 1)
@@ -442,9 +459,11 @@ class Overlay(MutableMapping[str, Entry]):
             self.removed.add(path)
 
     def __len__(self) -> int:
+        self._settle()
         return self._len
 
     def __iter__(self) -> Iterator[str]:
+        self._settle()
         for entry in self.base.iter_entries():
             if entry.path not in self.removed and entry.path not in self.added:
                 yield entry.path
@@ -452,15 +471,15 @@ class Overlay(MutableMapping[str, Entry]):
 
     def add_entries(self, entries: Sequence[Entry]) -> None:
         """Set each of ``entries`` at its path (as ``self[e.path] = e`` for each, faster)."""
-        if len(self.base) or self._dirs is not None:
+        if len(self.base) or self.added or self.removed or self._dirs is not None:
             for entry in entries:
                 self[entry.path] = entry
-            return
-        self.added.update(zip(map(_path, entries), entries, strict=True))  # nothing below
-        self._len = len(self.added)
+        else:  # nothing to look up: keep them in order, to sort once
+            self._bulk += entries
 
     def matching(self, path: str) -> list[str]:
         """What ``remove(path)`` removes: ``path`` itself, else everything under ``path/``."""
+        self._settle()
         if not path.endswith("/") and path in self:
             return [path]
         prefix = path if path.endswith("/") else path + "/"
@@ -474,6 +493,7 @@ class Overlay(MutableMapping[str, Entry]):
 
     def is_dir(self, path: str) -> bool:
         """Whether some entry lies under ``path/``."""
+        self._settle()
         if self._dirs is None:
             self._dirs = {}
             for key in self.added:
@@ -497,6 +517,8 @@ class Overlay(MutableMapping[str, Entry]):
 
     def manifest(self) -> Manifest:
         """The manifest the changes make of the base."""
+        if self._bulk:  # an empty base and only additions
+            return Manifest._of_pages(_pages_of(self._bulk))
         if not self.added and not self.removed:
             return self.base
         base = self.base
