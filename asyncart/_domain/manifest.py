@@ -283,7 +283,7 @@ class Manifest:
         if found is None:
             found = self._pages[index].decode()
             if len(self._cache) >= _CACHED_PAGES:
-                self._cache.pop(next(iter(self._cache)), None)
+                self._cache.clear()  # not an iteration: another thread may read this manifest
             self._cache[index] = found
         return found
 
