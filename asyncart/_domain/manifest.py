@@ -98,6 +98,9 @@ def _sizes(sizes: Sequence[int]) -> Sequence[int]:
         return tuple(sizes)
 
 
+_HEADER_SIZE = {0xDC: 3, 0xDD: 5}  # of a msgpack array, by its first byte (else 1)
+
+
 def _is_sorted(paths: Sequence[str]) -> bool:
     """Whether ``paths`` strictly increase (sorted, no duplicate)."""
     return all(map(operator.lt, paths, islice(paths, 1, None)))
@@ -181,12 +184,22 @@ class _PageWriter:
 
 def _pages_of(entries: Iterable[Entry]) -> list[_Page]:
     """The pages of ``entries`` (any order; of two with the same path, the last one counts)."""
-    ordered = sorted(entries, key=_path)  # stable: of two with the same path, the last is last
+    given = entries if isinstance(entries, list) else list(entries)
+    try:  # usually sorted already (a root's events are): no sort, and short steps in C
+        return _pages_of_sorted(given)
+    except ValueError:
+        pass
+    ordered = sorted(given, key=_path)  # stable: of two with the same path, the last is last
     if not _is_sorted(list(map(_path, ordered))):  # the same path twice: keep the last one
         ordered = list({e.path: e for e in ordered}.values())
+    return _pages_of_sorted(ordered)
+
+
+def _pages_of_sorted(entries: list[Entry]) -> list[_Page]:
+    """The pages of entries sorted by path; ValueError if they are not."""
     writer = _PageWriter()
-    for start in range(0, len(ordered), _DECODE_ROWS):
-        writer.add(*_columns(ordered[start : start + _DECODE_ROWS]))
+    for start in range(0, len(entries), _DECODE_ROWS):
+        writer.add(*_columns(entries[start : start + _DECODE_ROWS]))
     return writer.finish()
 
 
@@ -225,7 +238,7 @@ class Manifest:
         try:
             raws = _raw_decoder.decode(data)  # views: where each entry's bytes are
             writer = _PageWriter()
-            at = len(data) - sum(map(len, raws))  # after the list header
+            at = _HEADER_SIZE.get(data[0], 1)  # the entries follow the list's header
             while raws:  # the views go as their pages come
                 views = raws[:_DECODE_ROWS]
                 del raws[:_DECODE_ROWS]
