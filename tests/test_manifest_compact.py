@@ -198,3 +198,29 @@ async def test_diff_runs_off_the_event_loop():
     inline_cpu = time.thread_time() - inline_cpu
     assert len(change.changed) == 120_000
     assert loop_cpu < inline_cpu / 5
+
+
+async def test_sources_of_added_files_are_exact(store, tmp_path):
+    """A draft keeps where each added file came from as its add call's folder; names that do
+    not follow the folder (add_file under another name) keep their own path."""
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "sub" / "x.txt").write_text("x")
+    (tmp_path / "d" / "y.txt").write_text("y")
+    (tmp_path / "lone.bin").write_text("lone")
+    draft = asyncart.Artifact("ds", "dataset")
+    await draft.add_dir(tmp_path / "d", "in")
+    await draft.add_file(tmp_path / "lone.bin", "renamed/other.txt")
+    await draft.add_file(tmp_path / "lone.bin")
+    assert dict(draft._sources.items()) == {
+        "in/sub/x.txt": str(tmp_path / "d" / "sub" / "x.txt"),
+        "in/y.txt": str(tmp_path / "d" / "y.txt"),
+        "renamed/other.txt": str(tmp_path / "lone.bin"),
+        "lone.bin": str(tmp_path / "lone.bin"),
+    }
+    assert set(draft._sources._odd) == {"renamed/other.txt"}  # the others: a folder each
+    draft.remove("in/y.txt")
+    saved = await draft.save(store=store)
+    root = await saved.download(tmp_path / "out")
+    assert (root / "in/sub/x.txt").read_text() == "x"
+    assert (root / "renamed/other.txt").read_text() == "lone"
+    assert sorted(saved.manifest.entries) == ["in/sub/x.txt", "lone.bin", "renamed/other.txt"]
