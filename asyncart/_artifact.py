@@ -7,9 +7,10 @@ import getpass
 import os
 import stat
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from ._backends.fileio import kind
 from ._diff import ManifestDiff, diff_manifests
 from ._domain.events import Change, Entry, FilesAdded, FilesRemoved
 from ._domain.fold import CollectionState, Version, matching_paths
-from ._domain.manifest import Manifest
+from ._domain.manifest import Manifest, Overlay
 from ._errors import (
     AsyncartWarning,
     IntegrityError,
@@ -86,7 +87,7 @@ class Artifact:
         print(saved.version, saved.digest)
     """
 
-    _tree: PathTree | None = None  # the directories of the draft's entries, built on first add
+    _built: Manifest | None = None  # the draft's manifest, until its files change again
 
     def __init__(
         self,
@@ -99,8 +100,8 @@ class Artifact:
         self.type = check_name(type, "artifact type")
         self.description = check_description(description)
         self.metadata: dict[str, Any] = check_mapping(metadata, "metadata") or {}  # a deep copy
-        self._entries: dict[str, Entry] = {}
-        self._sources: dict[str, str] = {}  # entry path -> local file, for files added here
+        self._entries = Overlay()  # the parent's manifest (if any) and the changes over it
+        self._sources = _Sources()  # the local file of each file added here
         self._changes: list[tuple[str, list[Any]]] = []  # ("add", entries) | ("remove", paths)
         self._parent: _Saved | None = None
         self._saved: _Saved | None = None
@@ -126,7 +127,11 @@ class Artifact:
     @property
     def manifest(self) -> Manifest:
         """The files: ``manifest.entries`` maps each path to its entry (digest, size)."""
-        return self._saved.manifest if self._saved else Manifest(self._entries)
+        if self._saved is not None:
+            return self._saved.manifest
+        if self._built is None:
+            self._built = self._entries.manifest()
+        return self._built
 
     @property
     def project(self) -> str | None:
@@ -238,25 +243,23 @@ class Artifact:
             raise NotFoundError(f"cannot remove {path!r}: no such file or directory in {self.name}")
         for key in keys:
             del self._entries[key]
-            self._sources.pop(key, None)
-            if self._tree is not None:
-                self._tree.discard(key)
+            self._sources.pop(key)
+        self._built = None
         self._record("remove", [path])
 
     async def _add(
         self, entries: list[Entry], sources: Sequence[tuple[str, str]], overwrite: bool
     ) -> None:
         """Add ``entries`` read from ``sources`` (entry path, local path), in one step; in a
-        thread when there are many, or when a large parent's tree is still to be built."""
-        heavy = len(entries) > HEAVY or (self._tree is None and len(self._entries) > HEAVY)
+        thread when there are many, or when the directories of many are still to be counted."""
+        files = self._entries
+        heavy = len(entries) > HEAVY or (not files.dirs_known and len(files.added) > HEAVY)
         await maybe_thread(heavy, self._add_now, entries, sources, overwrite)
 
     def _add_now(
         self, entries: list[Entry], sources: Sequence[tuple[str, str]], overwrite: bool
     ) -> None:
-        if self._tree is None:
-            self._tree = PathTree(self._entries)
-        tree = self._tree
+        tree = _Dirs(self._entries)
         # Check all first: a failed add changes nothing. The entries of one call cannot clash
         # with each other (one file, or one directory tree read from a filesystem).
         for entry in entries:
@@ -270,12 +273,12 @@ class Artifact:
                 )
         new = [e for e in entries if self._entries.get(e.path) != e]
         local = dict(sources)
+        origin = _origin(sources)
         for entry in new:
-            if entry.path not in self._entries:
-                tree.add(entry.path)
             self._entries[entry.path] = entry
-            self._sources[entry.path] = local[entry.path]
+            self._sources.add(entry.path, local[entry.path], origin)
         if new:
+            self._built = None
             self._record("add", new)
 
     def _record(self, kind: str, items: list[Any]) -> None:
@@ -295,23 +298,29 @@ class Artifact:
     async def _prepare(self) -> DraftSpec:
         """What to commit; built off the loop for large drafts."""
         self._check_open()
-        return await maybe_thread(len(self._entries) > HEAVY, self._spec)
+        files = self._entries
+        changed = len(files.added) + len(files.removed)
+        # each change rebuilds a page of a large parent's manifest: a few dozen take a while
+        heavy = changed > HEAVY or (changed > 0 and len(files.base) > HEAVY)
+        return await maybe_thread(heavy, self._spec)
 
     def _spec(self) -> DraftSpec:
-        if self._parent is None:
-            changes = chunk_entries(sorted(self._entries.values(), key=lambda e: e.path))
+        files = self._entries
+        if self._parent is None:  # a root: its files are all added (the Entry objects shared)
+            changes = chunk_entries(sorted(files.added.values(), key=attrgetter("path")))
         else:
             changes = [c for kind, items in self._changes for c in _as_events(kind, items)]
         uploads = [
-            UploadItem(src, self._entries[path].digest, self._entries[path].size)
+            UploadItem(src, entry.digest, entry.size)
             for path, src in self._sources.items()
+            for entry in (files.added[path],)  # a source is only kept for a file added here
         ]
         return DraftSpec(
             self.name,
             self.type,
             self._parent.version.number if self._parent else None,
             changes,
-            Manifest(self._entries),
+            self.manifest,
             uploads,
             check_mapping(self.metadata, "metadata"),  # again: it may have changed since
             check_description(self.description),
@@ -440,7 +449,7 @@ class Artifact:
         saved = self._require_saved()
         draft = Artifact(self.name, self.type, self.description, dict(self.metadata))
         draft._parent = saved
-        draft._entries = dict(saved.manifest.entries)
+        draft._entries = Overlay(saved.manifest)  # the parent's entries are never copied
         return draft
 
     @holding_store
@@ -459,17 +468,22 @@ class Artifact:
         key = (saved.project, self.name, saved.version.number)
         return [r for r in await runs(saved.repo, saved.project) if key in r.used]
 
-    def diff(self, other: Artifact) -> ManifestDiff:
+    async def diff(self, other: Artifact) -> ManifestDiff:
         """The paths ``other`` adds, removes and changes relative to this artifact.
 
         Works on drafts and committed versions alike; only paths and content digests count.
+        Large manifests are compared in a worker thread, off the event loop.
 
         Example::
 
-            change = v0.diff(v1)
+            change = await v0.diff(v1)
             print(change.added, change.removed, change.changed)
         """
-        return diff_manifests(self.manifest, other.manifest)
+        heavy = self._file_count() + other._file_count() > HEAVY
+        return await maybe_thread(heavy, _diff_of, self, other)
+
+    def _file_count(self) -> int:
+        return len(self._saved.manifest) if self._saved else len(self._entries)
 
     @holding_store
     async def set_aliases(self, add: Sequence[str] = (), remove: Sequence[str] = ()) -> Artifact:
@@ -500,6 +514,68 @@ class Artifact:
             )
         state, version = await saved.repo.version(saved.project, self.name, number, None)
         return await load_version(saved.repo, saved.project, state, version)
+
+
+class _Sources:
+    """The local file of each entry added to a draft, kept as the folder it was read from (an
+    int per entry, not a path string per entry: a million files cost a million strings)."""
+
+    def __init__(self) -> None:
+        self._origins: list[tuple[str, str]] = []  # (local prefix, entry path prefix)
+        self._of: dict[str, int] = {}  # entry path -> its origin
+        self._odd: dict[str, str] = {}  # entry path -> local file, where no origin fits
+
+    def add(self, path: str, local: str, origin: tuple[str, str]) -> None:
+        folder, prefix = origin
+        self._odd.pop(path, None)
+        if path.startswith(prefix) and folder + path[len(prefix) :] == local:
+            if not self._origins or self._origins[-1] != origin:
+                self._origins.append(origin)
+            self._of[path] = len(self._origins) - 1
+        else:
+            self._of.pop(path, None)
+            self._odd[path] = local
+
+    def pop(self, path: str) -> None:
+        self._of.pop(path, None)
+        self._odd.pop(path, None)
+
+    def items(self) -> Iterator[tuple[str, str]]:
+        """(entry path, local file) of every file added."""
+        for path, index in self._of.items():
+            folder, prefix = self._origins[index]
+            yield path, folder + path[len(prefix) :]
+        yield from self._odd.items()
+
+
+def _origin(sources: Sequence[tuple[str, str]]) -> tuple[str, str]:
+    """A (local prefix, entry prefix) guessed from the first of ``sources``: those of a directory
+    read by ``_walk`` share it. A guess only: ``_Sources.add`` keeps the local path of any
+    entry it does not fit."""
+    if not sources:
+        return "", ""
+    path, local = sources[0]
+    common = 0  # the longest common suffix of the two, cut at a '/' of the entry path
+    while common < min(len(path), len(local)) and path[-1 - common] == local[-1 - common]:
+        common += 1
+    cut = path.find("/", len(path) - common) + 1 if common < len(path) else 0
+    return local[: len(local) - (len(path) - cut)], path[:cut]
+
+
+def _diff_of(old: Artifact, new: Artifact) -> ManifestDiff:
+    return diff_manifests(old.manifest, new.manifest)
+
+
+class _Dirs(PathTree):
+    """The directories of a draft's files, as ``check_file_or_dir`` asks about them: counted
+    by the draft's :class:`Overlay` (the parent's from its sorted manifest, never copied)."""
+
+    def __init__(self, files: Overlay) -> None:
+        super().__init__()
+        self._files = files
+
+    def is_dir(self, path: str) -> bool:
+        return self._files.is_dir(path)
 
 
 async def load_version(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._domain.manifest import Manifest
+from ._domain.manifest import Manifest, pages_apart
 
 
 @dataclass(frozen=True)
@@ -26,12 +26,14 @@ class ManifestDiff:
 
 
 def diff_manifests(old: Manifest, new: Manifest) -> ManifestDiff:
-    """The paths ``new`` adds to, removes from and changes in ``old``."""
-    before, after = old.entries, new.entries
+    """The paths ``new`` adds to, removes from and changes in ``old``.
+
+    Only the entries outside the pages both manifests share are compared, so the cost follows
+    what changed (for a version replayed over the other) rather than the manifests' size.
+    """
+    before, after = pages_apart(old, new)
     return ManifestDiff(
         added=tuple(sorted(after.keys() - before.keys())),
         removed=tuple(sorted(before.keys() - after.keys())),
-        changed=tuple(
-            sorted(p for p in before.keys() & after.keys() if before[p].digest != after[p].digest)
-        ),
+        changed=tuple(sorted(p for p in before.keys() & after.keys() if before[p] != after[p])),
     )

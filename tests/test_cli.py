@@ -423,8 +423,8 @@ async def test_set_aliases_validates_before_writing(store, data):
         await v0.set_aliases(add=["v3"])
     moved = await v0.set_aliases(add=["prod", "prod"])
     assert moved.aliases == ["latest", "prod"]
-    assert v0.diff(moved) == asyncart.ManifestDiff((), (), ())
-    assert not v0.diff(moved)
+    assert await v0.diff(moved) == asyncart.ManifestDiff((), (), ())
+    assert not await v0.diff(moved)
 
 
 async def test_audit_rejects_bad_options(store):

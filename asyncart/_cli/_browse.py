@@ -134,7 +134,7 @@ def _diff_args(parser: argparse.ArgumentParser) -> None:
 async def diff(args: argparse.Namespace, console: Console) -> int:
     async with api_for(args) as api:
         old, new = await api.artifact(args.old), await api.artifact(args.new)
-    change = old.diff(new)
+    change = await old.diff(new)
     marked = sorted(
         [("A", p) for p in change.added]
         + [("D", p) for p in change.removed]

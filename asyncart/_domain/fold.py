@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -25,7 +25,7 @@ from .events import (
     UnknownEvent,
     VersionCommitted,
 )
-from .manifest import Manifest
+from .manifest import Manifest, Overlay
 
 
 @dataclass
@@ -117,11 +117,14 @@ class CollectionState:
         return None if number is None else self.versions[number]
 
 
-def apply_change(entries: dict[str, Entry], change: Change) -> int:
+def apply_change(entries: MutableMapping[str, Entry], change: Change) -> int:
     """Apply one change to ``entries`` in place; return how many entries it touched."""
     if isinstance(change, FilesAdded):
-        for entry in change.entries:
-            entries[entry.path] = entry
+        if isinstance(entries, Overlay):
+            entries.add_entries(change.entries)
+        else:
+            for entry in change.entries:
+                entries[entry.path] = entry
         return len(change.entries)
     touched = 0
     for path in change.paths:
@@ -133,6 +136,8 @@ def apply_change(entries: dict[str, Entry], change: Change) -> int:
 
 def matching_paths(entries: Iterable[str], path: str) -> list[str]:
     """The entries ``remove(path)`` removes: ``path`` itself, else everything under ``path/``."""
+    if isinstance(entries, Overlay):  # by its sorted base, not by a scan of every path
+        return entries.matching(path)
     names = entries if isinstance(entries, dict) else set(entries)
     if not path.endswith("/") and path in names:
         return [path]
@@ -141,11 +146,17 @@ def matching_paths(entries: Iterable[str], path: str) -> list[str]:
 
 
 def replay(base: Manifest | None, changes: Iterable[Change]) -> Manifest:
-    """Materialize the manifest that ``changes`` make of ``base`` (or of nothing)."""
-    entries = dict(base.entries) if base is not None else {}
+    """Materialize the manifest that ``changes`` make of ``base`` (or of nothing).
+
+    The changes are laid over ``base`` (never copied): the result shares every page of
+    ``base`` that they do not touch.
+    """
+    overlay = Overlay(base)
     for change in changes:
-        apply_change(entries, change)
-    return Manifest(entries)
+        if isinstance(change, FilesRemoved) and overlay.in_bulk:
+            overlay = Overlay(overlay.manifest())  # a root's files, laid out once, then removals
+        apply_change(overlay, change)
+    return overlay.manifest()
 
 
 def fold(state: CollectionState, records: Iterable[Record]) -> CollectionState:
