@@ -380,6 +380,7 @@ async def test_a_previous_release_head_is_read_and_rewritten_by_the_next_append(
     end = (tmp_path / f"store/log/{A}.log").stat().st_size
     await log.append(A, [b"r2"], 2)  # v1 of the head will not acknowledge this one
     _head(tmp_path / "store").write_bytes(_v1_head((2, 2, end), (1, 0, 0)))
+    (tmp_path / f"store/log/{A}.idx").unlink()  # that release kept none
     fresh = LocalStore(tmp_path / "store").log
     assert await fresh.read(A) == [b"r0", b"r1"]
     assert await fresh.read(A, 1, 1) == [b"r1"]
@@ -437,3 +438,37 @@ async def test_listing_visits_only_the_prefixs_folder(
     )
     assert await log.streams("p/artifacts/") == ["p/artifacts/a", "p/artifacts/na"]
     assert await log.streams("../") == []
+
+
+async def test_listing_descends_only_where_a_match_can_be(tmp_path: Path) -> None:
+    """The log assumes nothing of how names are made beyond folders: a partial name can
+    match a folder, and derived or temporary files are never streams."""
+    log = LocalStore(tmp_path / "store").log
+    for stream in ("p/artifacts/dir/x", "p/artifacts/dx", "p/artifacts/e/x"):
+        await log.append(stream, [b"r0"], 0)
+    await log.put_checkpoint("p/artifacts/only-a-checkpoint", b"c")
+    folder = tmp_path / "store/log/p/artifacts"
+    for stray in ("gone.idx", ".dx.ckpt.0a1b2c3d.tmp", ".dx.head.0a1b2c3d.tmp", "dx.log.idx"):
+        (folder / stray).write_bytes(b"not a stream")
+    assert await log.streams("p/artifacts/d") == ["p/artifacts/dir/x", "p/artifacts/dx"]
+    assert await log.streams("p/artifacts/dir/") == ["p/artifacts/dir/x"]
+    assert await log.streams("p/") == ["p/artifacts/dir/x", "p/artifacts/dx", "p/artifacts/e/x"]
+    assert await log.checkpoint("p/artifacts/only-a-checkpoint") == b"c"
+    assert await log.read("p/artifacts/only-a-checkpoint") == []
+
+
+async def test_a_checkpoint_that_cannot_be_read_is_an_error_not_none(tmp_path: Path) -> None:
+    log = LocalStore(tmp_path / "store").log
+    await log.append(A, [b"r0"], 0)
+    (tmp_path / f"store/log/{A}.ckpt").mkdir()  # neither missing nor a file
+    with pytest.raises(OSError):
+        await log.checkpoint(A)
+    assert await log.read(A) == [b"r0"]
+
+
+async def test_a_checkpoint_in_a_new_store_marks_it_as_one_with_heads(tmp_path: Path) -> None:
+    """Saving a checkpoint first must not make a new store look like a previous release's
+    (one without heads, whose logs are read by the old rules)."""
+    log = LocalStore(tmp_path / "store").log
+    await log.put_checkpoint(A, b"c")
+    assert (tmp_path / "store/log/.format").exists()

@@ -75,12 +75,14 @@ def scan(
     mode: Mode = "legacy",
     *,
     whole_appends: bool = True,
+    keep: bool = True,
 ) -> Scan:
     """Parse the frames in ``data``, which starts at file offset ``base`` (an append boundary).
 
     With ``whole_appends=False`` (acknowledged records only) ``data`` may start and end at any
     record boundary, inside an append: every record there was acknowledged, so each whole
-    frame counts on its own.
+    frame counts on its own. With ``keep=False`` the records are only checked: ``payloads``
+    is left empty (a check of a whole log then copies none of it).
 
     Raises:
         LogDamage: a frame is damaged where ``mode`` says no torn write can be.
@@ -116,16 +118,17 @@ def scan(
         end = pos + HEADER_SIZE + length
         if end > len(data):
             return torn("the record is incomplete")
-        payload = bytes(view[pos + HEADER_SIZE : end])
+        payload = view[pos + HEADER_SIZE : end]
         if zlib.crc32(payload) != crc:
             if end == len(data):
                 return torn("record checksum mismatch")
             return damaged("record checksum mismatch")
-        pending.append((base + pos, payload, head_crc))
+        pending.append((base + pos, bytes(payload) if keep else b"", head_crc))
         pos = end
         if not more or not whole_appends:
             offsets.extend(offset for offset, _, _ in pending)
-            payloads.extend(payload for _, payload, _ in pending)
+            if keep:
+                payloads.extend(payload for _, payload, _ in pending)
             checks.extend(check for _, _, check in pending)
             pending.clear()
     if pending:

@@ -273,9 +273,11 @@ class LocalEventLog:
             detail = f"its head file {head_path} is missing ({why}"
         raise LogDamage(stream, None, f"{detail}; restore it from a backup)")
 
-    def _catch_up(self, fd: int, stream: str, from_seq: int, head: Head | None) -> Caught:
+    def _catch_up(
+        self, fd: int, stream: str, from_seq: int, head: Head | None, keep: bool = True
+    ) -> Caught:
         """Read from ``from_seq`` to the head (to EOF, old rules, for a log without a head),
-        extending the index."""
+        extending the index; ``keep=False`` only checks the records (no payloads)."""
         with self._lock:
             st = os.fstat(fd)  # under the lock: the index never covers more than this size
             index = self._current_index(st, stream, head)
@@ -286,7 +288,7 @@ class LocalEventLog:
             start = index.offsets[first] if first < known else index.end
         end = st.st_size if head is None else head.end
         mode: Mode = "legacy" if head is None else "acknowledged"
-        found = scan(os.pread(fd, end - start, start), start, first, stream, mode)
+        found = scan(os.pread(fd, end - start, start), start, first, stream, mode, keep=keep)
         records = first + len(found.offsets)
         if head is not None:
             _check_complete(stream, head, records, found.end)
@@ -354,7 +356,7 @@ class LocalEventLog:
         """
         if os.fstat(fd).st_size:
             self._refuse_headless(stream, path)
-        old = self._catch_up(fd, stream, 0, None)
+        old = self._catch_up(fd, stream, 0, None, keep=False)
         if old.torn:  # the old rules: a torn last append of an old log never returned
             os.ftruncate(fd, old.end)  # (if a crash undoes this, the next append redoes it)
         head = Head(0, old.records, old.end)
@@ -369,7 +371,7 @@ class LocalEventLog:
     def _recover(self, fd: int, head_fd: int, stream: str, head: Head) -> Head:
         """Check the acknowledged records, then settle what lies past the head: complete
         appends are rolled forward, anything else is truncated. Returns the head to write at."""
-        self._catch_up(fd, stream, head.records, head)
+        self._catch_up(fd, stream, head.records, head, keep=False)
         size = os.fstat(fd).st_size
         if size <= head.end:
             return head
