@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from _records import TokenLog, _body, _token, chain
 from _serving import Server
@@ -472,3 +473,45 @@ async def test_a_checkpoint_in_a_new_store_marks_it_as_one_with_heads(tmp_path: 
     log = LocalStore(tmp_path / "store").log
     await log.put_checkpoint(A, b"c")
     assert (tmp_path / "store/log/.format").exists()
+
+
+async def test_fresh_readers_racing_appends_read_exactly_the_records(tmp_path: Path) -> None:
+    """Readers as new processes (each read a fresh log: the index file, its checks and its
+    repair) while appends extend the log and the index: every read is the log's own slice."""
+    root = tmp_path / "store"
+    writer_log, seen = LocalStore(root).log, []
+    await writer_log.append(A, [b"start"], 0)
+    latest, done = 1, False
+
+    async def writer(w: int) -> None:
+        nonlocal latest
+        seq = 0
+        for i in range(60):
+            batch = [f"{w}-{i}-{k}".encode() * (1 + i % 5) for k in range(1 + i % 3)]
+            while True:
+                try:
+                    seq = await writer_log.append(A, batch, seq, note=f"{w}-{i}".encode())
+                    break
+                except ConflictError as moved:
+                    seq = moved.head
+            latest = max(latest, seq)
+
+    async def reader(r: int) -> None:
+        for n in range(10_000):  # bounded; in practice ends with the writers
+            acknowledged = latest
+            seq, limit = max(acknowledged - 1 - (n * 7 + r) % 40, 0), 1 + n % 6
+            got = await LocalStore(root).log.read(A, seq, limit)
+            assert len(got) >= min(limit, acknowledged - seq)
+            seen.append((seq, got))
+            if done:
+                return
+
+    async with anyio.create_task_group() as readers:
+        for r in range(3):
+            readers.start_soon(reader, r)
+        async with anyio.create_task_group() as writers:
+            for w in range(3):
+                writers.start_soon(writer, w)
+        done = True
+    records = await LocalStore(root).log.read(A)
+    assert seen and all(got == records[seq : seq + len(got)] for seq, got in seen)
