@@ -96,7 +96,7 @@ def scan(
 
     def torn(why: str) -> Scan:
         if mode == "acknowledged":  # name the first record that is not whole
-            seq = first_seq + len(payloads) + len(pending)
+            seq = first_seq + len(offsets) + len(pending)
             raise LogDamage(stream, seq, f"{why}, but it was acknowledged (the log is damaged)")
         start = pending[0][0] - base if pending else pos
         return Scan(offsets, payloads, base + start, True, checks)
@@ -104,7 +104,7 @@ def scan(
     def damaged(why: str) -> Scan:
         if mode == "unacknowledged":  # garbage past the head: an append that never returned
             return torn(why)
-        seq = first_seq + len(payloads) + len(pending)
+        seq = first_seq + len(offsets) + len(pending)
         raise LogDamage(stream, seq, f"{why} (the log is damaged)", base + pos)
 
     while pos < len(data):
