@@ -22,35 +22,58 @@ from asyncart._backends._framing import ENTRY_SIZE, HEAD_SIZE, SLOT_SIZE, decode
 from asyncart._backends.base import MAX_NOTE, EventLog
 from asyncart._backends.http import HttpStore
 from asyncart._domain.events import decode, record_hash
+from asyncart._domain.fold import CollectionState, RunState, fold, fold_run
+from asyncart._domain.notes import note_of
 
 A, B = "p/artifacts/a", "p/artifacts/b"
 
 
-class ServedLog(TokenLog):
-    """A :class:`TokenLog` (real records for a server that validates them) with the whole
-    contract: ranged reads, notes and checkpoints pass through as they are."""
+class RecordLog(TokenLog):
+    """The contract as the library uses it, on any backend: each token travels as a real
+    record (a server validates them), and each append carries the note a correct client
+    derives from the stream's records (the HTTP server derives it itself, and must agree).
+
+    ``server_derived``: the backend's server keeps notes and checkpoints itself, from the
+    records it accepted (HTTP): a client's checkpoint is then ignored, as the contract allows.
+    """
+
+    def __init__(self, log: EventLog, server_derived: bool) -> None:
+        super().__init__(log)
+        self._inner = log
+        self.server_derived = server_derived
 
     async def read(self, stream: str, from_seq: int = 0, limit: int | None = None) -> list[bytes]:
-        payloads = await self._log.read(stream, from_seq, limit)
+        payloads = await self._inner.read(stream, from_seq, limit)
         return [_token(decode(p, stream, seq)) for seq, p in enumerate(payloads, from_seq)]
 
-    async def append(
-        self, stream: str, payloads: Sequence[bytes], expected_seq: int, note: bytes = b""
-    ) -> int:
-        stored = await self._log.read(stream, max(expected_seq - 1, 0), 1)
-        prev = record_hash(stored[0]) if expected_seq and stored else ""
+    async def append(self, stream: str, payloads: Sequence[bytes], expected_seq: int) -> int:
+        stored = await self._inner.read(stream)
+        prev = record_hash(stored[expected_seq - 1]) if 0 < expected_seq <= len(stored) else ""
         bodies = [_body(stream, seq, p) for seq, p in enumerate(payloads, expected_seq)]
         records = chain(stream, bodies, expected_seq, prev)
-        return await self._log.append(stream, records, expected_seq, note)
+        fits = expected_seq <= len(stored)  # else it conflicts: no note to derive
+        note = _derived_note(stream, [*stored[:expected_seq], *records]) if fits else b""
+        return await self._inner.append(stream, records, expected_seq, note)
+
+    async def derived_note(self, stream: str) -> bytes:
+        """The note of ``stream`` as its records say it should be."""
+        return _derived_note(stream, await self._inner.read(stream))
 
     async def notes(self, prefix: str) -> dict[str, bytes]:
-        return await self._log.notes(prefix)
+        return await self._inner.notes(prefix)
 
     async def checkpoint(self, stream: str) -> bytes | None:
-        return await self._log.checkpoint(stream)
+        return await self._inner.checkpoint(stream)
 
     async def put_checkpoint(self, stream: str, data: bytes) -> None:
-        await self._log.put_checkpoint(stream, data)
+        await self._inner.put_checkpoint(stream, data)
+
+
+def _derived_note(stream: str, payloads: Sequence[bytes]) -> bytes:
+    records = [decode(p, stream, seq) for seq, p in enumerate(payloads)]
+    if "/runs/" in stream:
+        return note_of(fold_run(RunState(stream), records))
+    return note_of(fold(CollectionState(stream), records))
 
 
 @pytest.fixture(params=["local", "http"])
@@ -63,13 +86,13 @@ def served(request: pytest.FixtureRequest) -> tuple[str, str] | None:
 
 
 @pytest.fixture
-async def log(served: tuple[str, str] | None, tmp_path: Path) -> AsyncIterator[EventLog]:
+async def log(served: tuple[str, str] | None, tmp_path: Path) -> AsyncIterator[RecordLog]:
     """The log of a local store, or of a served store through the HTTP client."""
     if served is None:
-        yield LocalStore(tmp_path / "store").log
+        yield RecordLog(LocalStore(tmp_path / "store").log, server_derived=False)
         return
     async with HttpStore(*served) as store:
-        yield ServedLog(store.log)  # type: ignore[misc]
+        yield RecordLog(store.log, server_derived=True)  # type: ignore[arg-type]
 
 
 def _tokens(n: int) -> list[bytes]:
@@ -77,7 +100,7 @@ def _tokens(n: int) -> list[bytes]:
 
 
 async def _fill(
-    log: EventLog, stream: str, n: int, sizes: Sequence[int] = (1, 3, 2)
+    log: RecordLog, stream: str, n: int, sizes: Sequence[int] = (1, 3, 2)
 ) -> list[bytes]:
     """``n`` records in appends of the given sizes in turn (some of several records)."""
     records, seq, turn = _tokens(n), 0, 0
@@ -91,7 +114,7 @@ async def _fill(
 # -- the contract, on every backend -------------------------------------------------------------
 
 
-async def test_ranged_reads(log: EventLog) -> None:
+async def test_ranged_reads(log: RecordLog) -> None:
     records = await _fill(log, A, 9)
     for from_seq in (0, 1, 3, 4, 8, 9, 10, 1000):
         for limit in (None, 0, 1, 2, 5, 10**9):
@@ -100,48 +123,38 @@ async def test_ranged_reads(log: EventLog) -> None:
     assert await log.read("p/artifacts/never", 0, 5) == []
 
 
-async def test_a_conflicting_append_writes_nothing_and_keeps_the_note(log: EventLog) -> None:
-    assert await log.append(A, _tokens(2), 0, note=b"two") == 2
+async def test_a_conflicting_append_writes_nothing(log: RecordLog) -> None:
+    assert await log.append(A, _tokens(2), 0) == 2
+    note = await log.notes(A)
     for stale in (0, 1, 3):
         with pytest.raises(ConflictError) as info:
-            await log.append(A, [b"late"], stale, note=b"late")
+            await log.append(A, [b"late"], stale)
         assert info.value.head == 2
     assert await log.read(A) == _tokens(2)
-    assert await log.notes(A) == {A: b"two"}
+    assert await log.notes(A) == note
 
 
-async def test_each_append_replaces_the_note(log: EventLog) -> None:
-    await log.append(A, [b"r0"], 0, note=b"first")
-    assert await log.notes("p/") == {A: b"first"}
-    await log.append(A, [b"r1", b"r2"], 1, note=b"second")
-    assert await log.notes("p/") == {A: b"second"}
-    await log.append(A, [b"r3"], 3)  # no note given: the stream has none any more
-    assert await log.notes("p/") == {A: b""}
-    await log.append(A, [b"r4"], 4, note=bytes(range(256)) * (MAX_NOTE // 256))
-    assert await log.notes("p/") == {A: bytes(range(256)) * (MAX_NOTE // 256)}
-    assert await log.read(A) == _tokens(5)
+async def test_each_append_publishes_its_note(log: RecordLog) -> None:
+    for seq, stream in enumerate([A, A, B, A, "p/runs/r1", "p/runs/r1"]):
+        head = len(await log.read(stream))
+        await log.append(stream, [f"t{seq}".encode()], head)
+        listed = await log.notes("p/")
+        assert listed[stream] == await log.derived_note(stream) != b""
+    assert sorted(listed) == [A, B, "p/runs/r1"]
 
 
-async def test_notes_are_listed_by_prefix(log: EventLog) -> None:
-    for stream, note in [
-        (A, b"note a"),
-        ("p/artifacts/ab", b"note ab"),
-        (B, b""),
-        ("p/runs/r1", b"note run"),
-        ("q/artifacts/a", b"note q"),
-    ]:
-        await log.append(stream, [b"r0"], 0, note=note)
-    assert await log.notes("p/artifacts/") == {
-        A: b"note a",
-        "p/artifacts/ab": b"note ab",
-        B: b"",
-    }
-    assert await log.notes("p/artifacts/a") == {A: b"note a", "p/artifacts/ab": b"note ab"}
-    assert await log.notes("p/runs/") == {"p/runs/r1": b"note run"}
+async def test_notes_are_listed_by_prefix(log: RecordLog) -> None:
+    names = [A, "p/artifacts/ab", B, "p/runs/r1", "q/artifacts/a"]
+    for stream in names:
+        await log.append(stream, [b"r0"], 0)
+    notes = {stream: await log.derived_note(stream) for stream in names}
+    assert await log.notes("p/artifacts/") == {n: notes[n] for n in names[:3]}
+    assert await log.notes("p/artifacts/a") == {n: notes[n] for n in names[:2]}
+    assert await log.notes("p/runs/") == {"p/runs/r1": notes["p/runs/r1"]}
     assert await log.notes("z/") == {}
 
 
-async def test_streams_by_prefix(log: EventLog) -> None:
+async def test_streams_by_prefix(log: RecordLog) -> None:
     names = ["p/artifacts/a", "p/artifacts/ab", "p/artifacts/b", "p/runs/r1", "pq/artifacts/a"]
     for stream in reversed(names):
         await log.append(stream, [b"r0"], 0)
@@ -155,17 +168,16 @@ async def test_streams_by_prefix(log: EventLog) -> None:
     assert await log.streams("q/") == []
 
 
-async def test_checkpoints_round_trip_and_are_replaced(log: EventLog) -> None:
+async def test_checkpoints_round_trip_and_are_replaced(log: RecordLog) -> None:
+    """What a client saves comes back (a backend whose server derives checkpoints keeps its
+    own instead, and never takes the client's); none is there until one is saved."""
     assert await log.checkpoint(A) is None  # no stream
     await log.append(A, [b"r0"], 0)
     assert await log.checkpoint(A) is None  # a stream without one
-    await log.put_checkpoint(A, b"state at 1")
-    assert await log.checkpoint(A) == b"state at 1"
     big = os.urandom(300_000)
-    await log.put_checkpoint(A, big)
-    assert await log.checkpoint(A) == big
-    await log.put_checkpoint(A, b"")
-    assert await log.checkpoint(A) == b""
+    for data in (b"state at 1", big, b""):
+        await log.put_checkpoint(A, data)
+        assert await log.checkpoint(A) == (None if log.server_derived else data)
     assert await log.checkpoint(B) is None  # per stream
     assert await log.read(A) == [b"r0"]  # the log is untouched
     assert await log.streams("p/") == [A]
@@ -393,6 +405,21 @@ async def test_a_previous_release_head_is_read_and_rewritten_by_the_next_append(
     again = LocalStore(tmp_path / "store").log
     assert await again.read(A) == [b"r0", b"r1", b"r2", b"r3"]
     assert await again.notes("p/") == {A: b"upgraded"}
+
+
+async def test_each_append_replaces_the_note(tmp_path: Path) -> None:
+    """A note is the caller's bytes, whatever they are, replaced by each append."""
+    log = LocalStore(tmp_path / "store").log
+    await log.append(A, [b"r0"], 0, note=b"first")
+    assert await log.notes("p/") == {A: b"first"}
+    await log.append(A, [b"r1", b"r2"], 1, note=b"second")
+    assert await log.notes("p/") == {A: b"second"}
+    await log.append(A, [b"r3"], 3)  # no note given: the stream has none any more
+    assert await log.notes("p/") == {A: b""}
+    largest = bytes(range(256)) * (MAX_NOTE // 256)
+    await log.append(A, [b"r4"], 4, note=largest)
+    assert await LocalStore(tmp_path / "store").log.notes("p/") == {A: largest}
+    assert await log.read(A) == [f"r{i}".encode() for i in range(5)]
 
 
 async def test_a_note_over_the_limit_is_refused_and_nothing_written(tmp_path: Path) -> None:
