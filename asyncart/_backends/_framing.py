@@ -146,7 +146,9 @@ def frame_check(header: bytes) -> int | None:
 
 # -- the head: how many records a stream has acknowledged, where they end, and its note ------
 
-_SLOT = struct.Struct("<4sQQQH")  # magic, generation, records, end, note length; note; crc32
+# magic, generation, records, end, note length; the note; padding; at the slot's end a crc32 of
+# all but the padding (a listing decodes a slot per stream: its cost follows the note's size)
+_SLOT = struct.Struct("<4sQQQH")
 SLOT_SIZE = 2048  # two slots make a head file of one page
 HEAD_SIZE = 2 * SLOT_SIZE
 _MAGIC = b"AHD2"
@@ -175,9 +177,9 @@ def encode_head(head: Head) -> tuple[int, bytes]:
     """The slot offset to write ``head`` at, and its bytes (a whole slot)."""
     if len(head.note) > _NOTE_ROOM:
         raise ValueError(f"a note of {len(head.note)} bytes does not fit in a head slot")
-    body = _SLOT.pack(_MAGIC, head.generation, head.records, head.end, len(head.note))
-    body = (body + head.note).ljust(SLOT_SIZE - 4, b"\0")
-    return (head.generation % 2) * SLOT_SIZE, body + struct.pack("<I", zlib.crc32(body))
+    body = _SLOT.pack(_MAGIC, head.generation, head.records, head.end, len(head.note)) + head.note
+    crc = struct.pack("<I", zlib.crc32(body))
+    return (head.generation % 2) * SLOT_SIZE, body.ljust(SLOT_SIZE - 4, b"\0") + crc
 
 
 def encode_head_file(head: Head) -> bytes:
@@ -213,12 +215,20 @@ def _current_slots(data: bytes) -> list[Head | None]:
 
 
 def _current_slot(slot: bytes) -> Head | None:
-    if len(slot) != SLOT_SIZE or zlib.crc32(slot[:-4]) != struct.unpack("<I", slot[-4:])[0]:
+    if len(slot) != SLOT_SIZE:
         return None
     magic, generation, records, end, size = _SLOT.unpack_from(slot)
+    used = _SLOT.size + size
     if magic != _MAGIC or size > _NOTE_ROOM:
         return None
-    return Head(generation, records, end, slot[_SLOT.size : _SLOT.size + size])
+    if zlib.crc32(slot[:used]) != struct.unpack_from("<I", slot, SLOT_SIZE - 4)[0]:
+        return None
+    return Head(generation, records, end, slot[_SLOT.size : used])
+
+
+def is_blank(data: bytes) -> bool:
+    """Whether a head file holds nothing but zeros (never written: every slot has a magic)."""
+    return data == bytes(len(data))
 
 
 def _v1_slots(data: bytes) -> list[Head | None]:

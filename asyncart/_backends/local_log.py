@@ -63,6 +63,7 @@ from ._framing import (
     encode_head_file,
     frame_check,
     frames,
+    is_blank,
     is_current_layout,
     scan,
 )
@@ -339,7 +340,7 @@ class LocalEventLog:
         the previous layout in the current one. Under the log's lock: no other append can
         change or create it meanwhile."""
         data = _head_bytes(path)
-        head = decode_head(data, stream) if data is not None and any(data) else None
+        head = decode_head(data, stream) if data is not None and not is_blank(data) else None
         if head is None:
             head = self._create_head(fd, stream, path)
         elif data is not None and not is_current_layout(data):
@@ -456,8 +457,8 @@ class LocalEventLog:
     def _note(self, stream: str) -> bytes:
         """The note in the stream's head, read alone (b"" if it has none). A head that cannot
         be read gives none too: the caller then reads the stream, which names the damage."""
-        data = _head_bytes(self._path(stream))
-        if data is None or not any(data):
+        data = _read_whole(os.path.join(self.root, f"{stream}.head"))  # a name just listed
+        if data is None or is_blank(data):
             return b""
         try:
             return decode_head(data, stream).note
@@ -518,8 +519,12 @@ def _index_path(log: Path) -> Path:
 
 def _head_bytes(log: Path) -> bytes | None:
     """The stream's head file, read whole in one call (None if it has none)."""
+    return _read_whole(_head_path(log))
+
+
+def _read_whole(head: str | Path) -> bytes | None:
     try:
-        fd = os.open(_head_path(log), os.O_RDONLY)
+        fd = os.open(head, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
@@ -537,7 +542,7 @@ def _load_head(log: Path, stream: str) -> Head | None:
     records (nothing was acknowledged), and a non-empty log in a marked store is damage.
     """
     data = _head_bytes(log)
-    return decode_head(data, stream) if data is not None and any(data) else None
+    return decode_head(data, stream) if data is not None and not is_blank(data) else None
 
 
 def _write_head(fd: int, head: Head) -> None:
