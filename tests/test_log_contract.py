@@ -542,3 +542,15 @@ async def test_fresh_readers_racing_appends_read_exactly_the_records(tmp_path: P
         done = True
     records = await LocalStore(root).log.read(A)
     assert seen and all(got == records[seq : seq + len(got)] for seq, got in seen)
+
+
+async def test_an_index_that_cannot_be_written_costs_nothing_but_scans(tmp_path: Path) -> None:
+    """The index is written after the head, and its errors are ignored: the append stands."""
+    log = LocalStore(tmp_path / "store").log
+    await log.append(A, [b"r0"], 0)
+    idx = tmp_path / f"store/log/{A}.idx"
+    idx.unlink()
+    idx.mkdir()  # neither readable nor writable as a file
+    assert await log.append(A, [b"r1", b"r2"], 1, note=b"kept") == 3
+    assert await LocalStore(tmp_path / "store").log.read(A, 1, 1) == [b"r1"]
+    assert await LocalStore(tmp_path / "store").log.notes(A) == {A: b"kept"}

@@ -593,7 +593,10 @@ def _locate(idx: int | None, fd: int, seq: int, head: Head) -> int | None:
     frame there, before the head's end."""
     if idx is None:
         return None
-    entry = decode_entry(os.pread(idx, ENTRY_SIZE, seq * ENTRY_SIZE), seq)
+    try:
+        entry = decode_entry(os.pread(idx, ENTRY_SIZE, seq * ENTRY_SIZE), seq)
+    except OSError:  # an index that cannot be read is no index: the log is scanned
+        return None
     if entry is None or entry.offset + HEADER_SIZE > head.end:
         return None
     if frame_check(os.pread(fd, HEADER_SIZE, entry.offset)) != entry.check:
