@@ -455,8 +455,8 @@ class LocalEventLog:
         return {stream: self._note(stream) for stream in self._streams(prefix)}
 
     def _note(self, stream: str) -> bytes:
-        """The note in the stream's head, read alone (b"" if it has none). A head that cannot
-        be read gives none too: the caller then reads the stream, which names the damage."""
+        """The note in the stream's head, read alone (b"" if it has none). A damaged head
+        gives none too: the caller then reads the stream, which names the damage."""
         data = _read_whole(os.path.join(self.root, f"{stream}.head"))  # a name just listed
         if data is None or is_blank(data):
             return b""
