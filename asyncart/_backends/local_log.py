@@ -590,7 +590,8 @@ def _open_index(log: Path) -> int | None:
 def _locate(idx: int | None, fd: int, seq: int, head: Head) -> int | None:
     """Where record ``seq`` (acknowledged) starts by the index, None if the index does not
     say or is wrong: its entry must be whole and its own, and the log must hold that very
-    frame there, before the head's end."""
+    frame there, before the head's end. (That tells damaged or stale entries from good ones;
+    like the hash chain it guards against accidents, not against forged entries.)"""
     if idx is None:
         return None
     try:
