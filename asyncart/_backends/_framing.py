@@ -11,7 +11,13 @@ the caller's to say (``Mode``): the records a stream's head acknowledges must al
 is damaged anywhere else ("legacy").
 
 The head itself (``NAME.head`` beside ``NAME.log``) is two checksummed slots written in turn, so
-a torn head write leaves the other, previous, slot to fall back on.
+a torn head write leaves the other, previous, slot to fall back on. A slot also carries the
+stream's note, so the note and the records it describes are published by the same write. Heads
+of the previous release (``AHD1``: small slots, no note) are still read; the log rewrites them
+whole in the current layout (``AHD2``) before it next appends.
+
+``NAME.idx`` (see ``encode_entries``) maps seq to offset; it is derived, written after the
+head, never synced, and checked against the log before use.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import zlib
 from typing import Literal, NamedTuple
 
 from .._errors import IntegrityError
+from .base import MAX_NOTE
 
 _HEADER = struct.Struct("<III")
 HEADER_SIZE = _HEADER.size
@@ -57,31 +64,47 @@ class Scan(NamedTuple):
     payloads: list[bytes]
     end: int  # absolute offset just past the last complete append
     torn: bool  # bytes after ``end`` are a torn (crashed or in-progress) append
+    checks: list[int]  # each record's frame header checksum (what ``NAME.idx`` keeps)
 
 
-def scan(data: bytes, base: int, first_seq: int, stream: str, mode: Mode = "legacy") -> Scan:
+def scan(
+    data: bytes,
+    base: int,
+    first_seq: int,
+    stream: str,
+    mode: Mode = "legacy",
+    *,
+    whole_appends: bool = True,
+    keep: bool = True,
+) -> Scan:
     """Parse the frames in ``data``, which starts at file offset ``base`` (an append boundary).
+
+    With ``whole_appends=False`` (acknowledged records only) ``data`` may start and end at any
+    record boundary, inside an append: every record there was acknowledged, so each whole
+    frame counts on its own. With ``keep=False`` the records are only checked: ``payloads``
+    is left empty (a check of a whole log then copies none of it).
 
     Raises:
         LogDamage: a frame is damaged where ``mode`` says no torn write can be.
     """
     offsets: list[int] = []
     payloads: list[bytes] = []
-    pending: list[tuple[int, bytes]] = []  # records of an append whose last frame is not seen yet
+    checks: list[int] = []
+    pending: list[tuple[int, bytes, int]] = []  # records of an append not yet seen whole
     view = memoryview(data)
     pos = 0
 
     def torn(why: str) -> Scan:
         if mode == "acknowledged":  # name the first record that is not whole
-            seq = first_seq + len(payloads) + len(pending)
+            seq = first_seq + len(offsets) + len(pending)
             raise LogDamage(stream, seq, f"{why}, but it was acknowledged (the log is damaged)")
         start = pending[0][0] - base if pending else pos
-        return Scan(offsets, payloads, base + start, True)
+        return Scan(offsets, payloads, base + start, True, checks)
 
     def damaged(why: str) -> Scan:
         if mode == "unacknowledged":  # garbage past the head: an append that never returned
             return torn(why)
-        seq = first_seq + len(payloads) + len(pending)
+        seq = first_seq + len(offsets) + len(pending)
         raise LogDamage(stream, seq, f"{why} (the log is damaged)", base + pos)
 
     while pos < len(data):
@@ -95,25 +118,46 @@ def scan(data: bytes, base: int, first_seq: int, stream: str, mode: Mode = "lega
         end = pos + HEADER_SIZE + length
         if end > len(data):
             return torn("the record is incomplete")
-        payload = bytes(view[pos + HEADER_SIZE : end])
+        payload = view[pos + HEADER_SIZE : end]
         if zlib.crc32(payload) != crc:
             if end == len(data):
                 return torn("record checksum mismatch")
             return damaged("record checksum mismatch")
-        pending.append((base + pos, payload))
+        pending.append((base + pos, bytes(payload) if keep else b"", head_crc))
         pos = end
-        if not more:
-            offsets.extend(offset for offset, _ in pending)
-            payloads.extend(payload for _, payload in pending)
+        if not more or not whole_appends:
+            offsets.extend(offset for offset, _, _ in pending)
+            if keep:
+                payloads.extend(payload for _, payload, _ in pending)
+            checks.extend(check for _, _, check in pending)
             pending.clear()
-    return torn("the record is missing") if pending else Scan(offsets, payloads, base + pos, False)
+    if pending:
+        return torn("the record is missing")
+    return Scan(offsets, payloads, base + pos, False, checks)
 
 
-# -- the head: how many records a stream has acknowledged, and where they end ----------------
+def frame_check(header: bytes) -> int | None:
+    """The checksum of the frame header ``header`` (its first bytes), None if it is not one."""
+    if len(header) < HEADER_SIZE:
+        return None
+    _, _, head_crc = _HEADER.unpack_from(header)
+    return head_crc if zlib.crc32(header[:8]) == head_crc else None
 
-_SLOT = struct.Struct("<4sQQQ")  # magic, generation, record count, end offset; then a crc32
-SLOT_SIZE = _SLOT.size + 4
-_MAGIC = b"AHD1"
+
+# -- the head: how many records a stream has acknowledged, where they end, and its note ------
+
+# magic, generation, records, end, note length; the note; padding; at the slot's end a crc32 of
+# all but the padding (a listing decodes a slot per stream: its cost follows the note's size)
+_SLOT = struct.Struct("<4sQQQH")
+SLOT_SIZE = 2048  # two slots make a head file of one page
+HEAD_SIZE = 2 * SLOT_SIZE
+_MAGIC = b"AHD2"
+_NOTE_ROOM = SLOT_SIZE - _SLOT.size - 4
+assert MAX_NOTE <= _NOTE_ROOM
+
+_V1_SLOT = struct.Struct("<4sQQQ")  # the previous release's: no note; then a crc32
+_V1_SLOT_SIZE = _V1_SLOT.size + 4
+_V1_MAGIC = b"AHD1"
 
 
 class Head(NamedTuple):
@@ -122,15 +166,35 @@ class Head(NamedTuple):
     generation: int  # written to slot ``generation % 2``; the higher valid one is current
     records: int
     end: int
+    note: bytes = b""  # published with these records (see ``EventLog.append``)
 
-    def advanced(self, records: int, end: int) -> Head:
-        return Head(self.generation + 1, records, end)
+    def advanced(self, records: int, end: int, note: bytes | None = None) -> Head:
+        """The next head; it keeps this one's note unless given another."""
+        return Head(self.generation + 1, records, end, self.note if note is None else note)
 
 
 def encode_head(head: Head) -> tuple[int, bytes]:
-    """The slot offset to write ``head`` at, and its bytes."""
-    body = _SLOT.pack(_MAGIC, *head)
-    return (head.generation % 2) * SLOT_SIZE, body + struct.pack("<I", zlib.crc32(body))
+    """The slot offset to write ``head`` at, and its bytes (a whole slot)."""
+    if len(head.note) > _NOTE_ROOM:
+        raise ValueError(f"a note of {len(head.note)} bytes does not fit in a head slot")
+    body = _SLOT.pack(_MAGIC, head.generation, head.records, head.end, len(head.note)) + head.note
+    crc = struct.pack("<I", zlib.crc32(body))
+    return (head.generation % 2) * SLOT_SIZE, body.ljust(SLOT_SIZE - 4, b"\0") + crc
+
+
+def encode_head_file(head: Head) -> bytes:
+    """A whole head file holding ``head`` (in its slot; the other one blank)."""
+    offset, slot = encode_head(head)
+    return bytes(offset) + slot + bytes(SLOT_SIZE - offset)
+
+
+def is_current_layout(data: bytes) -> bool:
+    """Whether the head file ``data`` (read whole) is in the current layout, not ``AHD1``.
+
+    The layouts are told apart by size: a previous release's head file is at most two small
+    slots, a current one is a page (written whole, then only overwritten in place). A note's
+    bytes can then never be mistaken for an old slot."""
+    return len(data) > 2 * _V1_SLOT_SIZE
 
 
 def decode_head(data: bytes, stream: str) -> Head:
@@ -139,13 +203,78 @@ def decode_head(data: bytes, stream: str) -> Head:
     Raises:
         LogDamage: neither slot is valid.
     """
-    heads = []
-    for at in (0, SLOT_SIZE):
-        slot = data[at : at + SLOT_SIZE]
-        if len(slot) == SLOT_SIZE and zlib.crc32(slot[:-4]) == struct.unpack("<I", slot[-4:])[0]:
-            magic, *fields = _SLOT.unpack(slot[:-4])
-            if magic == _MAGIC:
-                heads.append(Head(*fields))
+    slots = _current_slots(data) if is_current_layout(data) else _v1_slots(data)
+    heads = [head for head in slots if head is not None]
     if not heads:
         raise LogDamage(stream, None, "its head file is damaged (no valid slot)")
     return max(heads)
+
+
+def _current_slots(data: bytes) -> list[Head | None]:
+    return [_current_slot(data[at : at + SLOT_SIZE]) for at in (0, SLOT_SIZE)]
+
+
+def _current_slot(slot: bytes) -> Head | None:
+    if len(slot) != SLOT_SIZE:
+        return None
+    magic, generation, records, end, size = _SLOT.unpack_from(slot)
+    used = _SLOT.size + size
+    if magic != _MAGIC or size > _NOTE_ROOM:
+        return None
+    if zlib.crc32(slot[:used]) != struct.unpack_from("<I", slot, SLOT_SIZE - 4)[0]:
+        return None
+    return Head(generation, records, end, slot[_SLOT.size : used])
+
+
+def is_blank(data: bytes) -> bool:
+    """Whether a head file holds nothing but zeros (never written: every slot has a magic)."""
+    return data == bytes(len(data))
+
+
+def _v1_slots(data: bytes) -> list[Head | None]:
+    heads: list[Head | None] = []
+    for at in (0, _V1_SLOT_SIZE):
+        slot = data[at : at + _V1_SLOT_SIZE]
+        if (
+            len(slot) == _V1_SLOT_SIZE
+            and zlib.crc32(slot[:-4]) == struct.unpack("<I", slot[-4:])[0]
+        ):
+            magic, *fields = _V1_SLOT.unpack(slot[:-4])
+            heads.append(Head(*fields) if magic == _V1_MAGIC else None)
+    return heads
+
+
+# -- the index: where each record starts (derived, advisory) ----------------------------------
+
+_ENTRY = struct.Struct("<QII")  # offset, the frame's header checksum, crc32 of (seq, the two)
+ENTRY_SIZE = _ENTRY.size
+
+
+class Entry(NamedTuple):
+    """Where record ``seq`` starts, and its frame's header checksum (to recognize it there)."""
+
+    offset: int
+    check: int
+
+
+def encode_entries(first: int, offsets: list[int], checks: list[int]) -> bytes:
+    """The index entries of records ``first``, ``first + 1``, ... (written at ``first``)."""
+    out = bytearray()
+    for seq, (offset, check) in enumerate(zip(offsets, checks, strict=True), first):
+        out += _ENTRY.pack(offset, check, _entry_crc(seq, offset, check))
+    return bytes(out)
+
+
+def decode_entry(data: bytes, seq: int) -> Entry | None:
+    """The index entry ``data`` of record ``seq``, None if it is short, torn or another's.
+
+    Its checksum covers the seq, so zeros, a torn write or an entry at the wrong place never
+    pass; the caller still checks that the log holds that frame at that offset."""
+    if len(data) != ENTRY_SIZE:
+        return None
+    offset, check, crc = _ENTRY.unpack(data)
+    return Entry(offset, check) if crc == _entry_crc(seq, offset, check) else None
+
+
+def _entry_crc(seq: int, offset: int, check: int) -> int:
+    return zlib.crc32(struct.pack("<QQI", seq, offset, check))

@@ -161,15 +161,22 @@ class LocalStore:
 
 
 class _StoreLog(LocalEventLog):
-    """The store's log; an append the filesystem refuses says the store is not writable."""
+    """The store's log; a write the filesystem refuses (an append, a checkpoint) says the store
+    is not writable."""
 
     def __init__(self, store_root: Path) -> None:
         super().__init__(store_root / "log")
         self._store_root = store_root
 
-    async def append(self, stream: str, payloads: Sequence[bytes], expected_seq: int) -> int:
+    async def append(
+        self, stream: str, payloads: Sequence[bytes], expected_seq: int, note: bytes = b""
+    ) -> int:
         with _writing(self._store_root):
-            return await super().append(stream, payloads, expected_seq)
+            return await super().append(stream, payloads, expected_seq, note)
+
+    async def put_checkpoint(self, stream: str, data: bytes) -> None:
+        with _writing(self._store_root):
+            await super().put_checkpoint(stream, data)
 
 
 class _StoreBlobs(LocalBlobStore):

@@ -13,6 +13,18 @@ it returns after both. So:
   forward (they may already be durable, and a reader may have seen them if a power cut took a
   head write that had reached the page cache) and truncates the rest.
 
+Beside them, derived files that no check of the log relies on:
+
+- ``NAME.idx``: where each record starts (``_framing.encode_entries``), so that a ranged read
+  in a fresh process reads only the records it returns. Appends extend it after their head
+  write, unsynced. Every entry is checked before use (its own checksum binds it to its seq,
+  and the log must hold that very frame at that offset); a missing, short or wrong entry
+  costs a scan of the log (which rewrites it), never a wrong record.
+- the note, inside the head: published by the head write of each append. An append rolled
+  forward (it never returned) keeps the note of the append before it, since its own is not
+  known; the next append replaces it.
+- ``NAME.ckpt``: the caller's checkpoint, opaque bytes replaced by a rename.
+
 ``log/.format`` marks a store whose every stream has a head. A store written by the previous
 release has no marker: its streams are read as before (to the end of the file, a torn last
 append ignored) until their next append gives them a head. In a marked store a non-empty log
@@ -21,8 +33,10 @@ without a head is damage (the head file was lost).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import secrets
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,10 +45,29 @@ from typing import NamedTuple
 
 import anyio.to_thread
 
-from .._errors import ConflictError
+from .._errors import ConflictError, InvalidInputError
 from .._names import check_entry_path
 from ._durable import atomic_write, make_dirs
-from ._framing import SLOT_SIZE, Head, LogDamage, Mode, decode_head, encode_head, frames, scan
+from ._framing import (
+    ENTRY_SIZE,
+    HEAD_SIZE,
+    HEADER_SIZE,
+    Head,
+    LogDamage,
+    Mode,
+    Scan,
+    decode_entry,
+    decode_head,
+    encode_entries,
+    encode_head,
+    encode_head_file,
+    frame_check,
+    frames,
+    is_blank,
+    is_current_layout,
+    scan,
+)
+from .base import MAX_NOTE
 
 _MARKER = ".format"  # not a valid project name, so never a stream's directory
 _FORMAT = b"asyncart log 2: every stream has a head file\n"
@@ -51,6 +84,7 @@ class _Index:
 
     file: tuple[int, int]  # (st_dev, st_ino) of the log it describes
     offsets: list[int] = field(default_factory=list)  # offsets[seq] = where record seq starts
+    checks: list[int] = field(default_factory=list)  # checks[seq]: its frame header checksum
     end: int = 0  # just past the last record checked
 
     def describes(self, st: os.stat_result, head: Head | None) -> bool:
@@ -69,12 +103,18 @@ class _Index:
             return head.end > self.end
         return (self.offsets[head.records] if head.records < known else self.end) == head.end
 
-    def extend(self, first: int, offsets: list[int], end: int) -> None:
+    def extend(self, first: int, offsets: list[int], checks: list[int], end: int) -> None:
         """Add the records at ``offsets`` (ending at ``end``), found by a scan from record
         ``first``, a record this index knew; the records it has already are kept."""
         if first <= len(self.offsets) < first + len(offsets):
             self.offsets.extend(offsets[len(self.offsets) - first :])
+            self.checks.extend(checks[len(self.checks) - first :])
             self.end = end
+
+    def at(self, seq: int) -> int | None:
+        """Where record ``seq`` starts (``end`` for the next one), None if not known yet."""
+        known = len(self.offsets)
+        return self.offsets[seq] if seq < known else self.end if seq == known else None
 
 
 class Caught(NamedTuple):
@@ -84,6 +124,8 @@ class Caught(NamedTuple):
     records: int  # how many records the log holds up to ``end``
     end: int  # just past the last complete record read
     torn: bool  # a log without a head ends in a torn append (past ``end``)
+    first: int  # the seq the scan began at (at or before the one asked for)
+    found: Scan  # what it found from there
 
 
 class LocalEventLog:
@@ -95,14 +137,27 @@ class LocalEventLog:
         self._lock = threading.Lock()
         self._marked = False  # seen the format marker (once there, it stays)
 
-    async def read(self, stream: str, from_seq: int = 0) -> list[bytes]:
-        return await anyio.to_thread.run_sync(self._read, stream, from_seq)
+    async def read(self, stream: str, from_seq: int = 0, limit: int | None = None) -> list[bytes]:
+        return await anyio.to_thread.run_sync(self._read, stream, from_seq, limit)
 
-    async def append(self, stream: str, payloads: Sequence[bytes], expected_seq: int) -> int:
-        return await anyio.to_thread.run_sync(self._append, stream, list(payloads), expected_seq)
+    async def append(
+        self, stream: str, payloads: Sequence[bytes], expected_seq: int, note: bytes = b""
+    ) -> int:
+        return await anyio.to_thread.run_sync(
+            self._append, stream, list(payloads), expected_seq, bytes(note)
+        )
 
     async def streams(self, prefix: str = "") -> list[str]:
         return await anyio.to_thread.run_sync(self._streams, prefix)
+
+    async def notes(self, prefix: str) -> dict[str, bytes]:
+        return await anyio.to_thread.run_sync(self._notes, prefix)
+
+    async def checkpoint(self, stream: str) -> bytes | None:
+        return await anyio.to_thread.run_sync(self._checkpoint, stream)
+
+    async def put_checkpoint(self, stream: str, data: bytes) -> None:
+        await anyio.to_thread.run_sync(self._put_checkpoint, stream, bytes(data))
 
     def _path(self, stream: str) -> Path:
         check_entry_path(stream)
@@ -114,7 +169,9 @@ class LocalEventLog:
 
     # -- reading --------------------------------------------------------------------------
 
-    def _read(self, stream: str, from_seq: int) -> list[bytes]:
+    def _read(self, stream: str, from_seq: int, limit: int | None) -> list[bytes]:
+        if from_seq < 0 or (limit is not None and limit < 0):
+            raise InvalidInputError(f"cannot read {limit} records from seq {from_seq}")
         path = self._path(stream)
         head = _load_head(path, stream)  # before the log: the log never ends before its head
         try:
@@ -131,9 +188,71 @@ class LocalEventLog:
         try:
             if head is None:
                 head = self._headless(fd, stream, path)
-            return self._catch_up(fd, stream, from_seq, head).payloads
+            if head is None:  # empty, or a previous release's: read to the end, as before
+                payloads = self._catch_up(fd, stream, from_seq, None).payloads
+                return payloads if limit is None else payloads[:limit]
+            stop = head.records if limit is None else min(head.records, from_seq + limit)
+            if from_seq >= stop:
+                return []
+            return self._read_range(fd, stream, path, head, from_seq, stop)
         finally:
             os.close(fd)
+
+    def _read_range(
+        self, fd: int, stream: str, path: Path, head: Head, first: int, stop: int
+    ) -> list[bytes]:
+        """Records ``first`` to ``stop`` (acknowledged ones), reading only their bytes when
+        where they lie is known: from this process's index, or else from ``NAME.idx``."""
+        with self._lock:
+            index = self._current_index(os.fstat(fd), stream, head)
+            start, finish = index.at(first), index.at(stop)
+        if start is not None and stop == head.records:  # the common case: on to the head
+            return self._catch_up(fd, stream, first, head).payloads
+        if stop == head.records:
+            finish = head.end
+        if start is not None and finish is not None:  # both checked by this process
+            return self._records(fd, stream, start, finish, first, stop)
+        idx = _open_index(path)
+        try:
+            if start is None:
+                start = _locate(idx, fd, first, head)
+            if finish is None:
+                finish = _locate(idx, fd, stop, head)
+            if start is not None and finish is not None and start <= finish:
+                with contextlib.suppress(LogDamage):  # perhaps the index misled: see below
+                    return self._records(fd, stream, start, finish, first, stop)
+            return self._rescan(fd, idx, stream, path, head, first)[: stop - first]
+        finally:
+            if idx is not None:
+                os.close(idx)
+
+    def _records(
+        self, fd: int, stream: str, start: int, finish: int, first: int, stop: int
+    ) -> list[bytes]:
+        """The records ``first`` to ``stop``, which lie from byte ``start`` to ``finish``."""
+        data = os.pread(fd, finish - start, start)
+        found = scan(data, start, first, stream, "acknowledged", whole_appends=False)
+        if len(found.payloads) != stop - first or found.end != finish:
+            raise LogDamage(stream, first + len(found.payloads), "missing (the log is damaged)")
+        return found.payloads
+
+    def _rescan(
+        self, fd: int, idx: int | None, stream: str, path: Path, head: Head, first: int
+    ) -> list[bytes]:
+        """Records ``first`` on, scanned to the head from the nearest record known to start
+        where the index says (or from this process's index, or from 0); the scan is the
+        truth, and ``NAME.idx`` is rewritten from it."""
+        caught = _resume(idx, fd, stream, head, first) or self._catch_up(fd, stream, first, head)
+        _write_entries(path, caught.first, caught.found.offsets, caught.found.checks)
+        return caught.payloads
+
+    def _current_index(self, st: os.stat_result, stream: str, head: Head | None) -> _Index:
+        """This process's index of the log ``st`` (a new one if it no longer describes it);
+        under ``self._lock``, with ``st`` taken under it too."""
+        index = self._indexes.get(stream)
+        if index is None or not index.describes(st, head):
+            index = self._indexes[stream] = _Index((st.st_dev, st.st_ino))
+        return index
 
     def _headless(self, fd: int, stream: str, path: Path) -> Head | None:
         """The head of a log found without one: None if it is empty or a previous release's."""
@@ -155,14 +274,14 @@ class LocalEventLog:
             detail = f"its head file {head_path} is missing ({why}"
         raise LogDamage(stream, None, f"{detail}; restore it from a backup)")
 
-    def _catch_up(self, fd: int, stream: str, from_seq: int, head: Head | None) -> Caught:
+    def _catch_up(
+        self, fd: int, stream: str, from_seq: int, head: Head | None, keep: bool = True
+    ) -> Caught:
         """Read from ``from_seq`` to the head (to EOF, old rules, for a log without a head),
-        extending the index."""
+        extending the index; ``keep=False`` only checks the records (no payloads)."""
         with self._lock:
             st = os.fstat(fd)  # under the lock: the index never covers more than this size
-            index = self._indexes.get(stream)
-            if index is None or not index.describes(st, head):
-                index = self._indexes[stream] = _Index((st.st_dev, st.st_ino))
+            index = self._current_index(st, stream, head)
             known = len(index.offsets)
             first = min(from_seq, known)
             if head is not None:  # it may be older than the index: read up to it only
@@ -170,17 +289,23 @@ class LocalEventLog:
             start = index.offsets[first] if first < known else index.end
         end = st.st_size if head is None else head.end
         mode: Mode = "legacy" if head is None else "acknowledged"
-        found = scan(os.pread(fd, end - start, start), start, first, stream, mode)
+        found = scan(os.pread(fd, end - start, start), start, first, stream, mode, keep=keep)
         records = first + len(found.offsets)
         if head is not None:
             _check_complete(stream, head, records, found.end)
         with self._lock:  # it only grew meanwhile (if it was replaced, this extends the old one)
-            index.extend(first, found.offsets, found.end)
-        return Caught(found.payloads[from_seq - first :], records, found.end, found.torn)
+            index.extend(first, found.offsets, found.checks, found.end)
+        payloads = found.payloads[from_seq - first :]
+        return Caught(payloads, records, found.end, found.torn, first, found)
 
     # -- appending ------------------------------------------------------------------------
 
-    def _append(self, stream: str, payloads: list[bytes], expected_seq: int) -> int:
+    def _append(self, stream: str, payloads: list[bytes], expected_seq: int, note: bytes) -> int:
+        if len(note) > MAX_NOTE:
+            raise InvalidInputError(
+                f"the note of stream {stream!r} is {len(note)} bytes, over the {MAX_NOTE} a "
+                "stream's note may have (keep less in it)"
+            )
         path = self._path(stream)
         self._make_dirs(path.parent)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -188,10 +313,13 @@ class LocalEventLog:
             fcntl.flock(fd, fcntl.LOCK_EX)
             head_fd, head = self._open_head(fd, stream, path)
             try:
+                acknowledged = head.records
                 head = self._recover(fd, head_fd, stream, head)
                 if expected_seq != head.records:
                     raise ConflictError(stream, expected_seq, head.records)
-                return self._write(fd, head_fd, stream, head, payloads)
+                records = self._write(fd, head_fd, stream, head, payloads, note)
+                self._extend_index_file(fd, stream, path, acknowledged, records)
+                return records
             finally:
                 os.close(head_fd)
         finally:
@@ -208,11 +336,17 @@ class LocalEventLog:
         make_dirs(folder)
 
     def _open_head(self, fd: int, stream: str, path: Path) -> tuple[int, Head]:
-        """Open the stream's head, creating it for a new or old stream. Under the log's lock:
-        no other append can change or create it meanwhile."""
-        head = _load_head(path, stream)
+        """Open the stream's head, creating it for a new or old stream, and rewriting one of
+        the previous layout in the current one. Under the log's lock: no other append can
+        change or create it meanwhile."""
+        data = _head_bytes(path)
+        head = decode_head(data, stream) if data is not None and not is_blank(data) else None
         if head is None:
             head = self._create_head(fd, stream, path)
+        elif data is not None and not is_current_layout(data):
+            # Whole and atomic (as in _create_head): slots are then written in place, and a
+            # file that is half old layout, half new would hold no valid slot.
+            atomic_write(_head_path(path), encode_head_file(head))
         return os.open(_head_path(path), os.O_RDWR), head
 
     def _create_head(self, fd: int, stream: str, path: Path) -> Head:
@@ -223,7 +357,7 @@ class LocalEventLog:
         """
         if os.fstat(fd).st_size:
             self._refuse_headless(stream, path)
-        old = self._catch_up(fd, stream, 0, None)
+        old = self._catch_up(fd, stream, 0, None, keep=False)
         if old.torn:  # the old rules: a torn last append of an old log never returned
             os.ftruncate(fd, old.end)  # (if a crash undoes this, the next append redoes it)
         head = Head(0, old.records, old.end)
@@ -232,14 +366,13 @@ class LocalEventLog:
         # A file created in place could reach the disk empty (another stream's fsync_dir of
         # this folder is enough) and, if it then failed every read, brick a stream that never
         # acknowledged a record. Renaming (not linking) replaces such a blank file.
-        offset, slot = encode_head(head)
-        atomic_write(_head_path(path), bytes(offset) + slot)
+        atomic_write(_head_path(path), encode_head_file(head))
         return head
 
     def _recover(self, fd: int, head_fd: int, stream: str, head: Head) -> Head:
         """Check the acknowledged records, then settle what lies past the head: complete
         appends are rolled forward, anything else is truncated. Returns the head to write at."""
-        self._catch_up(fd, stream, head.records, head)
+        self._catch_up(fd, stream, head.records, head, keep=False)
         size = os.fstat(fd).st_size
         if size <= head.end:
             return head
@@ -250,15 +383,46 @@ class LocalEventLog:
         if not tail.payloads:
             return head
         os.fdatasync(fd)  # a writer may have died before its own fdatasync
+        # The note of that append is unknown (it lived in the head write that never landed):
+        # the rolled head keeps the previous one, and the next append replaces it.
         rolled = head.advanced(head.records + len(tail.payloads), tail.end)
         _write_head(head_fd, rolled)
+        self._extend_index(fd, stream, head.records, tail)
         return rolled
 
-    def _write(self, fd: int, head_fd: int, stream: str, head: Head, payloads: list[bytes]) -> int:
+    def _extend_index(self, fd: int, stream: str, first: int, found: Scan) -> None:
+        """Add the records just published (from ``first``) to this process's index, if it
+        reached them (else it catches up later)."""
+        st = os.fstat(fd)
+        with self._lock:
+            index = self._indexes.get(stream)
+            if index is not None and index.file == (st.st_dev, st.st_ino):
+                index.extend(first, found.offsets, found.checks, found.end)
+
+    def _extend_index_file(
+        self, fd: int, stream: str, path: Path, acknowledged: int, records: int
+    ) -> None:
+        """Bring ``NAME.idx`` up to ``records``: the entries from those the head had before
+        this append (``acknowledged``; any entry past it may be stale), or from where the
+        file stops if it is short. Best effort: the records are published already."""
+        first = min(_index_entries(path), acknowledged)
+        st = os.fstat(fd)
+        with self._lock:
+            index = self._indexes.get(stream)
+            if index is None or index.file != (st.st_dev, st.st_ino):
+                return
+            offsets, checks = index.offsets[first:records], index.checks[first:records]
+        if len(offsets) == records - first:
+            _write_entries(path, first, offsets, checks)
+
+    def _write(
+        self, fd: int, head_fd: int, stream: str, head: Head, payloads: list[bytes], note: bytes
+    ) -> int:
         framed = frames(payloads)
-        offsets, pos = [], head.end
+        offsets, checks, pos = [], [], head.end
         for f in framed:
             offsets.append(pos)
+            checks.append(frame_check(f) or 0)
             pos += len(f)
         try:
             _write_all(fd, b"".join(framed), head.end)
@@ -268,29 +432,105 @@ class LocalEventLog:
             raise
         # Only now may readers see the records. If this fails, they lie past the head: the
         # next append rolls them forward (the append raised, as when a reply is lost).
-        _write_head(head_fd, head.advanced(head.records + len(payloads), pos))
-        st = os.fstat(fd)
-        with self._lock:  # extend the index if it reached the old head (else catch up later)
-            index = self._indexes.get(stream)
-            if index is not None and index.file == (st.st_dev, st.st_ino):
-                index.extend(head.records, offsets, pos)
+        _write_head(head_fd, head.advanced(head.records + len(payloads), pos, note))
+        self._extend_index(fd, stream, head.records, Scan(offsets, [], pos, False, checks))
         return head.records + len(payloads)
 
+    # -- listing, notes, checkpoints ---------------------------------------------------------
+
     def _streams(self, prefix: str) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        names = set()
-        for folder, _, files in os.walk(self.root):  # files only: a project may be "x.log"
-            where = Path(folder).relative_to(self.root)
-            for name in files:  # a head without its log is a stream too: reading it says so
-                stream, dot, suffix = name.rpartition(".")
-                if dot and suffix in ("log", "head") and not name.startswith("."):
-                    names.add((where / stream).as_posix())
+        """The streams under ``prefix``, walking only the folder it names (``p/artifacts/na``:
+        ``p/artifacts/``) and, below it, the folders that can hold a match."""
+        folder = prefix.rpartition("/")[0]
+        if folder:
+            try:
+                check_entry_path(folder)
+            except InvalidInputError:
+                return []  # no stream's name holds such a folder
+        names: set[str] = set()
+        _walk(self.root / folder if folder else self.root, folder, prefix, names)
         return sorted(n for n in names if n.startswith(prefix))
+
+    def _notes(self, prefix: str) -> dict[str, bytes]:
+        return {stream: self._note(stream) for stream in self._streams(prefix)}
+
+    def _note(self, stream: str) -> bytes:
+        """The note in the stream's head, read alone (b"" if it has none). A damaged head
+        gives none too: the caller then reads the stream, which names the damage."""
+        data = _read_whole(os.path.join(self.root, f"{stream}.head"))  # a name just listed
+        if data is None or is_blank(data):
+            return b""
+        try:
+            return decode_head(data, stream).note
+        except LogDamage:
+            return b""
+
+    def _checkpoint(self, stream: str) -> bytes | None:
+        try:
+            with open(self._path(stream).with_suffix(".ckpt"), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def _put_checkpoint(self, stream: str, data: bytes) -> None:
+        path = self._path(stream).with_suffix(".ckpt")
+        self._make_dirs(path.parent)
+        # Renamed into place, never synced: a checkpoint is advisory (the caller checks it
+        # against the records and carries its own checksum), so a crash that loses it, or
+        # leaves it empty or old, costs a longer read, never a record; the log's own files
+        # are never touched.
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            with open(tmp, "xb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+def _walk(folder: Path, where: str, prefix: str, names: set[str]) -> None:
+    """Add the streams in ``folder`` (named ``where`` under the root) that start with
+    ``prefix``; descend into the subfolders that can hold one."""
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        name = f"{where}/{entry.name}" if where else entry.name
+        if entry.is_dir():  # files only: a project may be "x.log"; links are not followed
+            below = f"{name}/"
+            if not entry.is_symlink() and (below.startswith(prefix) or prefix.startswith(below)):
+                _walk(Path(entry.path), name, prefix, names)
+            continue
+        stream, dot, suffix = name.rpartition(".")  # a head without its log is a stream too
+        if dot and suffix in ("log", "head") and not entry.name.startswith("."):
+            names.add(stream)
 
 
 def _head_path(log: Path) -> Path:
     return log.with_suffix(".head")
+
+
+def _index_path(log: Path) -> Path:
+    return log.with_suffix(".idx")
+
+
+def _head_bytes(log: Path) -> bytes | None:
+    """The stream's head file, read whole in one call (None if it has none)."""
+    return _read_whole(_head_path(log))
+
+
+def _read_whole(head: str | Path) -> bytes | None:
+    try:
+        fd = os.open(head, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        return os.pread(fd, HEAD_SIZE, 0)
+    finally:
+        os.close(fd)
 
 
 def _load_head(log: Path, stream: str) -> Head | None:
@@ -301,15 +541,8 @@ def _load_head(log: Path, stream: str) -> Head | None:
     (see ``_create_head``), so it holds no head, as if missing: an empty log then holds no
     records (nothing was acknowledged), and a non-empty log in a marked store is damage.
     """
-    try:
-        fd = os.open(_head_path(log), os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        data = os.pread(fd, 2 * SLOT_SIZE, 0)
-    finally:
-        os.close(fd)
-    return decode_head(data, stream) if any(data) else None
+    data = _head_bytes(log)
+    return decode_head(data, stream) if data is not None and not is_blank(data) else None
 
 
 def _write_head(fd: int, head: Head) -> None:
@@ -342,3 +575,72 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
     while view:
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
+
+
+# -- NAME.idx: derived, checked before each use ------------------------------------------------
+
+
+def _open_index(log: Path) -> int | None:
+    try:
+        return os.open(_index_path(log), os.O_RDONLY)
+    except OSError:  # missing or unreadable: the log is scanned instead
+        return None
+
+
+def _locate(idx: int | None, fd: int, seq: int, head: Head) -> int | None:
+    """Where record ``seq`` (acknowledged) starts by the index, None if the index does not
+    say or is wrong: its entry must be whole and its own, and the log must hold that very
+    frame there, before the head's end. (That tells damaged or stale entries from good ones;
+    like the hash chain it guards against accidents, not against forged entries.)"""
+    if idx is None:
+        return None
+    try:
+        entry = decode_entry(os.pread(idx, ENTRY_SIZE, seq * ENTRY_SIZE), seq)
+    except OSError:  # an index that cannot be read is no index: the log is scanned
+        return None
+    if entry is None or entry.offset + HEADER_SIZE > head.end:
+        return None
+    if frame_check(os.pread(fd, HEADER_SIZE, entry.offset)) != entry.check:
+        return None
+    return entry.offset
+
+
+def _resume(idx: int | None, fd: int, stream: str, head: Head, seq: int) -> Caught | None:
+    """The records from ``seq`` to the head, scanned from the last index entry at or before
+    it, if that scan ends exactly at the head after exactly its records (else None: the
+    index is wrong, and the caller scans from a record it trusts)."""
+    if idx is None:
+        return None
+    first = min(os.fstat(idx).st_size // ENTRY_SIZE - 1, seq)
+    start = None if first < 0 else _locate(idx, fd, first, head)
+    if start is None:
+        return None
+    data = os.pread(fd, head.end - start, start)
+    try:
+        found = scan(data, start, first, stream, "acknowledged", whole_appends=False)
+    except LogDamage:
+        return None
+    if (first + len(found.payloads), found.end) != (head.records, head.end):
+        return None
+    return Caught(found.payloads[seq - first :], head.records, found.end, False, first, found)
+
+
+def _index_entries(log: Path) -> int:
+    """How many entries ``NAME.idx`` has room for (0 without one)."""
+    try:
+        return os.stat(_index_path(log)).st_size // ENTRY_SIZE
+    except OSError:
+        return 0
+
+
+def _write_entries(log: Path, first: int, offsets: list[int], checks: list[int]) -> None:
+    """Write the index entries of records ``first`` on. Not synced, and any error ignored:
+    the index is checked before each use, and a reader may not be allowed to write here."""
+    if not offsets:
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(_index_path(log), os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            _write_all(fd, encode_entries(first, offsets, checks), first * ENTRY_SIZE)
+        finally:
+            os.close(fd)

@@ -58,7 +58,8 @@ def collection_note(state: CollectionState, then: Sequence[Record] = ()) -> byte
     data = _encoder.encode(CollectionNote(name, type_, versions, updated, aliases))
     if len(data) <= MAX_NOTE:
         return data
-    return _encoder.encode(CollectionNote(name, type_, versions, updated, complete=False))
+    data = _encoder.encode(CollectionNote(name, type_, versions, updated, complete=False))
+    return data if len(data) <= MAX_NOTE else b""  # a huge type: no note, readers fold
 
 
 def run_note(state: RunState, then: Sequence[Record] = ()) -> bytes:
