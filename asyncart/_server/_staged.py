@@ -147,14 +147,15 @@ class Stagings:
         ``staging`` (inside :meth:`using`)."""
         if staging.outcome is not None:
             raise HttpError(409, "staging_published", "this staging is being published")
-        if staging.size + len(data) > self.max_bytes:
+        growth = len(data) - staging.parts.get(part, (0, 0))[0]  # a part sent again replaces
+        if staging.size + growth > self.max_bytes:
             raise HttpError(
                 413,
                 "too_large",
                 f"this staged append exceeds the server's {self.max_bytes} byte limit "
                 "(--max-staged-bytes)",
             )
-        await self._make_room(staging.owner, new=0, extra=len(data))
+        await self._make_room(staging.owner, new=0, extra=growth)
         staging.receiving += len(data)
         try:
             await anyio.to_thread.run_sync(_write_part, staging.where, part, data)
@@ -180,14 +181,14 @@ class Stagings:
         try:
             payloads = await self._load(request, staging, parts, records)
             done = await append(payloads)
+            self._remember(staging, done.head)  # before the staging goes: a retry finds one
+            outcome.set_result(done)
+            return done
         except BaseException as e:
             _settle(outcome, e)
             raise
         finally:
             await self.discard(staging)
-        outcome.set_result(done)
-        self._remember(staging, done.head)
-        return done
 
     async def discard(self, staging: Staging) -> None:
         """Forget ``staging`` and remove its parts."""
