@@ -195,10 +195,12 @@ async def read_page(
     """At most ``wanted`` records of ``stream`` from ``first`` on, up to the one that brings
     the page to ``budget`` bytes; and whether more may follow.
 
-    The log is read in ranges that grow while each fits the room left at the size of the
-    largest record seen so far, so the records past a page are read only when one is larger
-    than all before it: paging through a stream reads each record about once, and a page
-    costs what it holds, not the rest of the stream.
+    The log is read in ranges that at most double and that fit the room left at the size of
+    the largest record seen so far, so records past a page are read (and read again for the
+    next page) only when one is larger than all before it in the page: paging through a
+    stream reads each record about once, and a page costs what it holds, not the rest of the
+    stream. (The contract's ``limit`` counts records, not bytes: a range of small records
+    followed by much larger ones can still overshoot once, by at most that range.)
     """
     page: list[bytes] = []
     size, step, largest = 0, _FIRST_STEP, 1
