@@ -14,11 +14,24 @@ human with ``curl`` can read them::
     GET  /v1/uploads/{digest}/{id}?size=N         -> {index: size}           (write)
     PUT  /v1/uploads/{digest}/{id}/{index}?size=N&offset=O -> {"size": n}    (write)
     POST /v1/uploads/{digest}/{id}/complete?size=N -> {"size": n}            (write)
+    GET  /v1/limits                  -> {"max_request", "page_bytes", "max_staged"} (any)
     POST /v1/log/{stream}?expected_seq=N [bytes..] -> {"head": n}            (write project)
-    GET  /v1/log/{stream}?from_seq=N              -> {"records": [...], "more": bool}
+    POST /v1/staged/{stream}                      -> {"staged": id}          (write project)
+    PUT  /v1/staged/{id}/{part}  [bytes, ...]     -> {"records": n}          (its token)
+    DELETE /v1/staged/{id}                        -> {}                      (its token)
+    POST /v1/log/{stream}?expected_seq=N&staged=ID&parts=P&records=R -> {"head": n}
+    GET  /v1/log/{stream}?from_seq=N&limit=L      -> {"records": [...], "more": bool}
     GET  /v1/streams?prefix=P                     -> [stream, ...]           (readable ones)
+    GET  /v1/notes?prefix=P                       -> {stream: note}          (readable ones)
+    GET  /v1/checkpoint/{stream}                  -> raw bytes (404: none)   (read project)
     GET  /v1/projects                             -> [project, ...]          (readable ones)
     POST /v1/tokens   {"projects", "write"}       -> {"token": ...}          (admin)
+
+An append larger than ``max_request`` is staged: its records go in parts (each a list of whole
+records) to a staging that only the token that started it can use, then one publish appends
+them all or none (``asyncart/_server/_staged.py``). A log page holds about ``page_bytes``;
+``more`` is false once it reaches the stream's end. Notes and checkpoints are derived by the
+server from the records it accepted; clients cannot write them.
 
 Error bodies: ``{"error": CODE, "message": text, ...}``; a conflict adds ``"head"``. A body of
 the wrong shape is a 400, one over the server's limit a 413 (checked on ``Content-Length``,

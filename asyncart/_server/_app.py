@@ -16,8 +16,9 @@ import msgspec
 from aiohttp import web
 
 from .._backends._wire import PREFIX, MintBody, Records, project_of
-from .._backends.base import Store
+from .._backends.base import EventLog, Store
 from . import _blob_routes as blobs
+from . import _staged as staged
 from ._blob_routes import LIMITS, SPOOL, STORE, Limits, clean_spool
 from ._http import (
     BODIES,
@@ -26,6 +27,7 @@ from ._http import (
     SERVER_PATHS,
     Bodies,
     Drain,
+    HttpError,
     drained,
     errors_as_json,
     grant_of,
@@ -35,11 +37,16 @@ from ._http import (
     require,
 )
 from ._scope import SCOPE, Scope
-from ._tokens import Grants, create_token
+from ._staged import STAGING_EXPIRY, STAGINGS, Stagings, keep_swept
+from ._tokens import ALL, Grant, Grants, create_token
 from ._uploads import UPLOAD_EXPIRY, UPLOADS, Uploads, expire_uploads
-from ._validate import Streams, check_stream
+from ._validate import Appended, Streams, check_stream
 
 STREAMS = web.AppKey("streams", Streams)
+
+PAGE_RECORDS = 100_000
+"""The most records one log page carries, whatever ``limit`` the client asks for."""
+_FIRST_STEP = 8  # records of the first ranged read of a page (their sizes are not known yet)
 
 
 def make_app(
@@ -49,16 +56,18 @@ def make_app(
     limits: Limits | None = None,
     *,
     upload_expiry: float = UPLOAD_EXPIRY,
+    staging_expiry: float = STAGING_EXPIRY,
 ) -> web.Application:
     """An app serving ``store``; ``tokens`` is the tokens file, ``spool`` a temp directory.
 
     Put ``spool`` on the store's filesystem: uploads land there before the store takes them.
     The parts of a multipart upload that no request continued, listed or completed for
     ``upload_expiry`` seconds (default 24 hours) are removed, at startup and while serving;
-    a client that comes back later sends them again.
+    a client that comes back later sends them again. The same goes for staged appends (an
+    append too large for one request) after ``staging_expiry`` seconds (default an hour).
 
     Raises:
-        ValueError: ``upload_expiry`` is not a positive number of seconds.
+        ValueError: an expiry is not a positive number of seconds.
     """
     limits = limits or Limits()
     app = web.Application(middlewares=[drained, errors_as_json], client_max_size=limits.max_request)
@@ -67,15 +76,20 @@ def make_app(
     app[STORE], app[SPOOL], app[LIMITS] = store, Path(spool), limits
     app[GRANTS] = Grants(Path(tokens))
     app[UPLOADS] = Uploads(Path(spool) / "parts", upload_expiry)
+    app[STAGINGS] = Stagings(
+        Path(spool) / "staged", limits.max_staged, limits.max_stagings, staging_expiry
+    )
     app[STREAMS], app[SCOPE] = Streams(store), Scope(store)
     own = {store.location, str(Path(spool).absolute()), str(Path(tokens).absolute().parent)}
     app[SERVER_PATHS] = tuple(sorted(own, key=len, reverse=True))  # longest first
     app.cleanup_ctx.append(expire_uploads)
+    app.cleanup_ctx.append(keep_swept)
     app.on_startup.append(_prepare)
     app.on_cleanup.append(_close)
     app.add_routes(
         [
             web.get(f"{PREFIX}/health", health),
+            web.get(f"{PREFIX}/limits", limits_of),
             web.post(f"{PREFIX}/blobs/missing", blobs.missing),
             web.post(f"{PREFIX}/blobs/flush", blobs.flush),
             web.post(f"{PREFIX}/blobs/batch", blobs.upload_batch),
@@ -88,7 +102,12 @@ def make_app(
             web.put(f"{PREFIX}/uploads/{{digest}}/{{upload}}/{{index:\\d+}}", blobs.put_part),
             web.post(f"{PREFIX}/log/{{stream:.+}}", append),
             web.get(f"{PREFIX}/log/{{stream:.+}}", read),
+            web.post(f"{PREFIX}/staged/{{stream:.+}}", staged.start),
+            web.put(f"{PREFIX}/staged/{{id}}/{{part:\\d+}}", staged.put_part),
+            web.delete(f"{PREFIX}/staged/{{id}}", staged.discard),
+            web.get(f"{PREFIX}/checkpoint/{{stream:.+}}", checkpoint),
             web.get(f"{PREFIX}/streams", streams),
+            web.get(f"{PREFIX}/notes", notes),
             web.get(f"{PREFIX}/projects", projects),
             web.post(f"{PREFIX}/tokens", mint),
         ]
@@ -115,51 +134,146 @@ async def health(request: web.Request) -> web.Response:
     return msgpack_response({"ok": True})
 
 
+async def limits_of(request: web.Request) -> web.Response:
+    """GET /v1/limits: the sizes a client must keep to (any valid token)."""
+    await grant_of(request)
+    limits = request.app[LIMITS]
+    return msgpack_response(
+        {
+            "max_request": limits.max_request,
+            "page_bytes": limits.page_bytes,
+            "max_staged": limits.max_staged,
+        }
+    )
+
+
 async def append(request: web.Request) -> web.Response:
     """POST /v1/log/{stream}?expected_seq=N: validate the posted records, stamp them with the
-    token and the server's time, and append them atomically (400: refused, nothing stored)."""
+    token and the server's time, and append them atomically (400: refused, nothing stored).
+
+    With ``&staged=ID&parts=P&records=R`` the records are those staged under ``ID`` (see
+    ``_staged.py``) instead of the body's, published the same way, in one append."""
     stream = request.match_info["stream"]
     grant = await grant_of(request)
     require(grant.can_write(project_of(stream)), f"write to {stream!r}")
     check_stream(stream)
     expected = int_query(request, "expected_seq")
-    payloads = await msgpack_body(request, _RECORDS)
     scope = request.app[SCOPE]
-    done = await request.app[STREAMS].append(
-        stream, payloads, expected, grant.id, functools.partial(scope.refuse_unseen, grant)
-    )
+    check = functools.partial(scope.refuse_unseen, grant)
+
+    async def append_all(payloads: list[bytes]) -> Appended:
+        return await request.app[STREAMS].append(stream, payloads, expected, grant.id, check)
+
+    if "staged" in request.query:
+        done = await staged.publish(request, stream, grant.id, append_all)
+    else:
+        done = await append_all(await msgpack_body(request, _RECORDS))
     scope.appended(stream, expected, done.records, done.last_hash)
     return msgpack_response({"head": done.head})
 
 
 async def read(request: web.Request) -> web.Response:
-    """GET /v1/log/{stream}?from_seq=N: records from N on, a page of about 8 MiB at a time."""
+    """GET /v1/log/{stream}?from_seq=N&limit=L: records from N on, at most L (and at most
+    ``PAGE_RECORDS``), about ``page_bytes`` at a time; ``more`` is false once the page
+    reaches the stream's end, true when it was cut before the server saw the end (the next
+    page may then be empty)."""
     stream = request.match_info["stream"]
     require((await grant_of(request)).can_read(project_of(stream)), f"read {stream!r}")
     check_stream(stream)
-    records = await request.app[STORE].log.read(stream, int_query(request, "from_seq", 0))
+    first = int_query(request, "from_seq", 0)
+    wanted = min(int_query(request, "limit", PAGE_RECORDS), PAGE_RECORDS)
+    if wanted == 0:
+        raise HttpError(400, "invalid", "query parameter 'limit' must be >= 1")
+    log, budget = request.app[STORE].log, request.app[LIMITS].page_bytes
+    page, more = await read_page(log, stream, first, wanted, budget)
+    return msgpack_response({"records": page, "more": more})
+
+
+async def read_page(
+    log: EventLog, stream: str, first: int, wanted: int, budget: int
+) -> tuple[list[bytes], bool]:
+    """At most ``wanted`` records of ``stream`` from ``first`` on, up to the one that brings
+    the page to ``budget`` bytes; and whether more may follow.
+
+    The log is read in ranges that at most double and that fit the room left at the size of
+    the largest record seen so far, so records past a page are read (and read again for the
+    next page) only when one is larger than all before it in the page: paging through a
+    stream reads each record about once, and a page costs what it holds, not the rest of the
+    stream. (The contract's ``limit`` counts records, not bytes: a range of small records
+    followed by much larger ones can still overshoot once, by at most that range.)
+    """
     page: list[bytes] = []
-    size = 0
-    for record in records:
-        if page and size + len(record) > request.app[LIMITS].page_bytes:
-            break
-        page.append(record)
-        size += len(record)
-    return msgpack_response({"records": page, "more": len(page) < len(records)})
+    size, step, largest = 0, _FIRST_STEP, 1
+    while True:
+        ask = min(step, wanted - len(page))
+        chunk = await log.read(stream, first + len(page), ask)
+        for record in chunk:
+            page.append(record)
+            size += len(record)
+            if size >= budget:
+                return page, True
+        if len(chunk) < ask:
+            return page, False
+        if len(page) == wanted:
+            return page, True
+        largest = max(largest, *map(len, chunk))
+        step = max(1, min(2 * step, (budget - size) // largest))
 
 
 async def streams(request: web.Request) -> web.Response:
     """GET /v1/streams?prefix=P: the streams under P that the token may read."""
     grant = await grant_of(request)
-    names = await request.app[STORE].log.streams(request.query.get("prefix", ""))
-    return msgpack_response([n for n in names if grant.can_read(project_of(n))])
+    log, names = request.app[STORE].log, set()
+    for prefix in _readable(grant, request.query.get("prefix", "")):
+        names.update(await log.streams(prefix))
+    return msgpack_response(sorted(n for n in names if grant.can_read(project_of(n))))
+
+
+async def notes(request: web.Request) -> web.Response:
+    """GET /v1/notes?prefix=P: {stream: note} of the streams under P that the token may read
+    (the server derives every note from the records it appends)."""
+    grant = await grant_of(request)
+    log, found = request.app[STORE].log, {}
+    for prefix in _readable(grant, request.query.get("prefix", "")):
+        found.update(await log.notes(prefix))
+    return msgpack_response({n: found[n] for n in sorted(found) if grant.can_read(project_of(n))})
+
+
+def _readable(grant: Grant, prefix: str) -> list[str]:
+    """The prefixes to list for ``prefix``: itself for a token that reads everything, else
+    the part of it in each project the token may read (so listing costs what it may see)."""
+    if grant.admin or ALL in grant.projects:
+        return [prefix]
+    out = []
+    for project in grant.projects:
+        if prefix.startswith(f"{project}/"):
+            return [prefix]
+        if f"{project}/".startswith(prefix):
+            out.append(f"{project}/")
+    return out
 
 
 async def projects(request: web.Request) -> web.Response:
     """GET /v1/projects: the projects that have streams and that the token may read."""
     grant = await grant_of(request)
-    names = {project_of(n) for n in await request.app[STORE].log.streams("")}
+    log = request.app[STORE].log
+    if grant.admin or ALL in grant.projects:
+        names = {project_of(n) for n in await log.streams("")}
+    else:
+        names = {p for p in grant.projects if await log.streams(f"{p}/")}
     return msgpack_response(sorted(p for p in names if grant.can_read(p)))
+
+
+async def checkpoint(request: web.Request) -> web.Response:
+    """GET /v1/checkpoint/{stream}: the checkpoint the server last saved for the stream
+    (404 when there is none); the client checks it against the records."""
+    stream = request.match_info["stream"]
+    require((await grant_of(request)).can_read(project_of(stream)), f"read {stream!r}")
+    check_stream(stream)
+    data = await request.app[STORE].log.checkpoint(stream)
+    if data is None:
+        raise HttpError(404, "not_found", f"no checkpoint of {stream!r}")
+    return web.Response(body=data, content_type="application/octet-stream")
 
 
 async def mint(request: web.Request) -> web.Response:

@@ -285,6 +285,12 @@ async def msgpack_body(
     a body of the wrong shape, 408 for a client that stops sending, 503 when the budget stays
     full.
     """
+    return await decoded(decoder, await whole_body(request, limit))
+
+
+async def whole_body(request: web.Request, limit: int | None = None) -> bytearray:
+    """The request's body, of at most ``limit`` bytes (default: the app's ``max_request``),
+    checked and held as :func:`msgpack_body` says."""
     bodies = request.app[BODIES]
     limit = bodies.max_request if limit is None else limit
     length = request.content_length
@@ -293,8 +299,12 @@ async def msgpack_body(
     if length > limit:
         raise HttpError(413, "too_large", f"the body exceeds this server's {limit} byte limit")
     await bodies.take(request, length)
-    body = await _read_body(request, length)
-    if length <= SMALL_BODY:
+    return await _read_body(request, length)
+
+
+async def decoded(decoder: msgspec.msgpack.Decoder[T], body: bytearray) -> T:
+    """``body`` as ``decoder``'s type (in a worker thread when large). Raises HttpError 400."""
+    if len(body) <= SMALL_BODY:
         value = _decode(decoder, body)
     else:
         value = await anyio.to_thread.run_sync(_decode, decoder, body)
@@ -368,6 +378,7 @@ class AccessLogger(AbstractAccessLogger):
                     "method": request.method,
                     "path": request.path,
                     "status": response.status,
+                    "sent": request.content_length,  # the request body's declared length
                     "bytes": response.body_length,
                     "ms": round(time * 1000, 2),
                     "token": request.get(GRANT_ID),

@@ -113,8 +113,9 @@ def _cannot_listen(host: str, port: int, e: OSError) -> str:
 
 def serve_main(argv: Sequence[str] | None = None) -> int:
     """``asyncart serve --store DIR [--host H] [--port P] [--max-blob-bytes N]
-    [--max-request-bytes N] [--max-bytes-in-flight N] [--max-connections N]
-    [--idle-timeout SECONDS] [--upload-expiry SECONDS] [--tls-cert PEM --tls-key PEM]``."""
+    [--max-request-bytes N] [--max-staged-bytes N] [--max-bytes-in-flight N]
+    [--max-connections N] [--idle-timeout SECONDS] [--upload-expiry SECONDS]
+    [--tls-cert PEM --tls-key PEM]``."""
     parser = argparse.ArgumentParser(prog="asyncart serve", description=serve.__doc__)
     add_serve_arguments(parser)
     return run_serve(parser.parse_args(argv))
@@ -134,6 +135,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=Limits.max_request,
         help="the largest body the server buffers: a batch of small blobs, a log append, a "
         "digest list (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-staged-bytes",
+        type=int,
+        default=Limits.max_staged,
+        help="bytes of records one token may hold in appends too large for one request, "
+        "which arrive in parts and are published at once (default: %(default)s)",
     )
     parser.add_argument(
         "--max-bytes-in-flight",
@@ -189,6 +197,7 @@ def run_serve(args: argparse.Namespace) -> int:
     limits = Limits(
         max_blob=args.max_blob_bytes,
         max_request=args.max_request_bytes,
+        max_staged=args.max_staged_bytes,
         max_in_flight=args.max_bytes_in_flight,
         max_connections=args.max_connections,
         idle_timeout=args.idle_timeout,

@@ -15,6 +15,7 @@ serialized within this process, and the log's own expected-seq check catches the
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 import weakref
@@ -22,8 +23,11 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import anyio.to_thread
+
 from .._backends._wire import DIGEST
 from .._backends.base import Store
+from .._domain.checkpoint import checkpoint_due, encode_checkpoint
 from .._domain.events import (
     AliasesMoved,
     ArtifactLogged,
@@ -44,6 +48,7 @@ from .._domain.events import (
     record_hash,
 )
 from .._domain.fold import CollectionState, RunState, fold, fold_run
+from .._domain.notes import note_of
 from .._errors import AsyncartError, ConflictError, IntegrityError, InvalidInputError
 from .._names import check_alias, check_entry_path, check_name, check_prefix
 from .._repository import _decode_chain
@@ -68,6 +73,8 @@ _COLLECTION_EVENTS = (
 _BIG = 256 << 10  # bytes of records above which decoding and folding leave the loop
 
 State = CollectionState | RunState
+
+_log = logging.getLogger("asyncart.server")
 
 
 def check_stream(stream: str) -> tuple[str, str, str]:
@@ -166,13 +173,25 @@ class Streams:
         except AsyncartError as e:  # the state is half-folded: re-read it next time
             self._states.pop(stream, None)
             raise InvalidInputError(f"refused append to {stream!r}: {e}") from None
-        try:
-            head = await self.store.log.append(stream, encoded, expected)
+        try:  # the state is folded already: its note is the note after the append
+            head = await self.store.log.append(stream, encoded, expected, note_of(state))
         except BaseException:  # another process appended (or the disk failed): re-read
             self._states.pop(stream, None)
             raise
         state.last_hash = last_hash
+        if isinstance(state, CollectionState) and checkpoint_due(expected, head):
+            await self._checkpoint(stream, state)
         return Appended(head, records, last_hash)
+
+    async def _checkpoint(self, stream: str, state: CollectionState) -> None:
+        """Save the checkpoint of ``state`` (under the stream's lock: nothing folds it
+        meanwhile). Clients cannot: they could forge derived state. A checkpoint is
+        advisory, so one that fails is logged and the append stands."""
+        try:  # always in a thread: its size grows with the collection, not with the append
+            data = await anyio.to_thread.run_sync(encode_checkpoint, state)
+            await self.store.log.put_checkpoint(stream, data)
+        except Exception:
+            _log.exception("saving the checkpoint of %s failed; its records stand", stream)
 
     async def _current(self, stream: str, kind: str) -> State:
         """The stream's folded state, caught up with the log."""
@@ -199,7 +218,7 @@ class Streams:
         """Whether ``payloads`` were already appended at ``expected`` by this token: a client
         retrying an append whose reply it lost. The stored records differ from the posted ones
         only in what the server stamped (time, actor's token and so the chain)."""
-        stored = await self.store.log.read(stream, expected)
+        stored = await self.store.log.read(stream, expected, len(payloads))
         if len(stored) < len(payloads):
             return False
         return await maybe_thread(big, _same, stored[: len(payloads)], payloads, token_id)

@@ -1,0 +1,508 @@
+"""The HTTP event log on the new contract: appends of any size in bounded requests (staged,
+then published at once), ranged reads, notes and checkpoints derived by the server.
+
+Servers are real: ``asyncart serve`` processes (``Server``), or the same app in this process
+on a loopback port where a test counts what the served store is asked (``_in_process``).
+Request sizes come from the server's access log (each request's declared ``Content-Length``,
+which the server holds a body to).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import anyio.to_thread
+import pytest
+from _records import chain, created
+from _serving import Proxy, Server
+from aiohttp import web
+
+import asyncart
+from asyncart import AccessDeniedError, ConflictError, InvalidInputError
+from asyncart._backends._http_client import RetryPolicy
+from asyncart._backends._wire import pack, unpack
+from asyncart._backends.base import EventLog, Store
+from asyncart._backends.http import HttpStore, packed_size, split_records
+from asyncart._backends.local import LocalStore
+from asyncart._domain.events import DraftOpened, Entry, Event, FilesAdded, decode, record_hash
+from asyncart._domain.notes import CollectionNote, decode_note
+from asyncart._server._app import make_app
+from asyncart._server._blob_routes import Limits
+from asyncart._server._tokens import create_token, tokens_path
+
+KiB = 1 << 10
+STREAM = "demo/artifacts/big"
+LIMIT = 64 * KiB  # the servers' --max-request-bytes, unless a test says otherwise
+FILES, PER_RECORD = 2000, 200  # ~170 KiB of records: over LIMIT, each record far below
+PATIENT = RetryPolicy(attempts=40, base=0.02, cap=0.25)  # rides out a server restart
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Any:
+    server = Server(tmp_path / "served", "--max-request-bytes", str(LIMIT)).start()
+    yield server
+    server.stop()
+
+
+async def _mint(server: Server, *projects: str, write: bool = False) -> str:
+    """A token of ``server``'s (minting writes its tokens file: off the loop)."""
+    return await anyio.to_thread.run_sync(lambda: server.token(*projects, write=write))
+
+
+def _bodies(stream: str, files: int, per_record: int, digest: str) -> list[Event]:
+    """A new collection with a draft and ``files`` entries, ``per_record`` to a record."""
+    entries = [Entry(f"dir{i // 1000}/file-{i:06d}.bin", digest, 5) for i in range(files)]
+    added = [
+        FilesAdded("d", entries[i : i + per_record]) for i in range(0, len(entries), per_record)
+    ]
+    return [created(stream), DraftOpened("d"), *added]
+
+
+async def _blob(store: HttpStore) -> str:
+    """A blob the store's token uploaded, so its records may reference it."""
+    return await store.blobs.put_bytes(b"hello")
+
+
+def _staged_files(root: Path) -> list[Path]:
+    staged = root / "spool" / "staged"
+    return [p for p in staged.rglob("*") if p.is_file()] if staged.exists() else []
+
+
+def _log_requests(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in entries if str(e["path"]).startswith(("/v1/log/", "/v1/staged"))]
+
+
+# -- appends of any size ----------------------------------------------------------------------
+
+
+def test_records_are_split_into_parts_that_fit() -> None:
+    sizes = [0, 1, 200, 250, 253, 254, 255, 256, 65_532, 65_535, 65_536, 70_000] * 3
+    payloads = [bytes([n % 251]) * size for n, size in enumerate(sizes)]
+    for group in (payloads[:3], payloads[:15], payloads[:16], payloads[:17], payloads):
+        assert packed_size(group) == len(pack(group))
+    for target, limit in [(1000, 80_000), (80_000, 80_000), (200_000, 100_000)]:
+        parts = split_records(payloads, target, limit)
+        assert [p for part in parts for p in part] == payloads
+        assert all(len(pack(part)) <= limit for part in parts)
+        assert all(len(part) == 1 or len(pack(part)) <= target for part in parts)
+    with pytest.raises(InvalidInputError, match="HTTP 413"):
+        split_records([b"x" * 70_000], 1000, 70_000)
+
+
+@pytest.mark.allow_blocking  # makes its files, commits to a local store to measure records
+async def test_a_commit_over_the_request_limit_goes_through_in_bounded_requests(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "files"
+    source.mkdir()
+    for i in range(15_000):  # records of 10,000 entries at most: two records of files
+        (source / f"f{i:05d}.txt").write_bytes(b"%d" % (i % 7))
+    artifact = asyncart.Artifact("ds", "dataset")
+    await artifact.add_dir(source)
+    local = LocalStore(tmp_path / "measure")
+    await artifact.save(project="demo", store=local)
+    sizes = [len(r) for r in await local.log.read("demo/artifacts/ds")]
+    limit = max(sizes) + 16 * KiB  # the largest record fits a request; all of them do not
+    assert sum(sizes) > limit, f"the commit's records ({sizes}) fit one request: add files"
+
+    served = Server(tmp_path / "served", "--max-request-bytes", str(limit)).start()
+    try:
+        token = await _mint(served, "demo", write=True)
+        again = asyncart.Artifact("ds", "dataset")
+        await again.add_dir(source)
+        saved = await again.save(project="demo", store=served.url, token=token)
+        assert len(saved.manifest) == 15_000
+        opened = await asyncart.Api("demo", store=served.url, token=token).artifact("ds:v0")
+        assert len(opened.manifest) == 15_000
+        assert opened.manifest.digest == saved.manifest.digest
+        entries = served.access(0)
+    finally:
+        served.stop()
+    assert all((e["sent"] or 0) <= limit for e in entries), "a request over the limit"
+    assert {e["status"] for e in _log_requests(entries)} <= {200, 201}
+    puts = [e for e in entries if e["method"] == "PUT" and "/v1/staged/" in str(e["path"])]
+    assert len(puts) >= 2, "the records were not staged"
+    assert sum(int(e["sent"]) for e in puts) >= sum(sizes)  # every record went in a part
+    report = await asyncart.audit("demo", store=LocalStore(served.root))
+    assert report.ok and report.versions == 1, str(report)
+    assert _staged_files(served.root) == []  # the published staging is gone
+
+
+async def test_a_staged_append_is_one_atomic_append(served: Server) -> None:
+    token = await _mint(served, "demo", write=True)
+    async with HttpStore(served.url, token) as store:
+        records = chain(STREAM, _bodies(STREAM, FILES, PER_RECORD, await _blob(store)))
+        assert sum(map(len, records)) > 2 * LIMIT
+        mark = served.log_size()
+        assert await store.log.append(STREAM, records, 0) == len(records)
+        stored = await store.log.read(STREAM)
+    assert [decode(p, STREAM, n).body for n, p in enumerate(stored)] == [
+        decode(p, STREAM, n).body for n, p in enumerate(records)
+    ]
+    requests = _log_requests(served.access(mark))
+    publishes = [e for e in requests if (e["method"], e["path"]) == ("POST", f"/v1/log/{STREAM}")]
+    assert [e["status"] for e in publishes] == [200]  # the client knew the server's limit
+    assert all((e["sent"] or 0) <= LIMIT for e in requests)
+    assert _staged_files(served.root) == []
+
+
+async def test_a_server_with_a_lower_limit_than_expected_gets_the_append_staged(
+    tmp_path: Path,
+) -> None:
+    """An append small enough to send at once without asking the server's limit (413 from a
+    server with a very low one) is staged."""
+    served = Server(tmp_path / "served", "--max-request-bytes", str(16 * KiB)).start()
+    try:
+        token = await _mint(served, "demo", write=True)
+        async with HttpStore(served.url, token) as store:
+            records = chain(STREAM, _bodies(STREAM, 400, 50, await _blob(store)))
+            assert 16 * KiB < sum(map(len, records)) < 64 * KiB
+            mark = served.log_size()
+            assert await store.log.append(STREAM, records, 0) == len(records)
+            assert len(await store.log.read(STREAM)) == len(records)
+        requests = _log_requests(served.access(mark))
+        posts = [e["status"] for e in requests if e["method"] == "POST"]
+        assert posts == [413, 201, 200]  # refused at once, staging started, published
+    finally:
+        served.stop()
+
+
+async def test_a_staged_publish_that_conflicts_stores_nothing(served: Server) -> None:
+    token = await _mint(served, "demo", write=True)
+    async with HttpStore(served.url, token) as store:
+        digest = await _blob(store)
+        first = chain(STREAM, [created(STREAM)])
+        await store.log.append(STREAM, first, 0)
+        stored = await store.log.read(STREAM)  # as the server stamped it: its hash
+        big = chain(
+            STREAM, _bodies(STREAM, FILES, PER_RECORD, digest)[1:], 1, record_hash(stored[0])
+        )
+        await store.log.append(STREAM, big[:1], 1)  # someone else moved the stream
+        with pytest.raises(ConflictError):
+            await store.log.append(STREAM, big, 1)
+        assert len(await store.log.read(STREAM)) == 2
+    assert _staged_files(served.root) == []
+
+
+async def test_a_staged_publish_with_one_bad_record_stores_nothing(served: Server) -> None:
+    token = await _mint(served, "demo", write=True)
+    async with HttpStore(served.url, token) as store:
+        digest = await _blob(store)
+        bodies = _bodies(STREAM, FILES, PER_RECORD, digest)
+        bodies.append(FilesAdded("no-such-draft", [Entry("x.bin", digest, 5)]))
+        with pytest.raises(InvalidInputError, match="seq 12"):
+            await store.log.append(STREAM, chain(STREAM, bodies), 0)
+        assert await store.log.read(STREAM) == []
+    assert _staged_files(served.root) == []
+    assert not list(served.root.glob("log/demo/**/*.log"))
+
+
+async def test_a_lost_publish_reply_is_answered_not_repeated(served: Server) -> None:
+    token = await _mint(served, "demo", write=True)
+    async with HttpStore(served.url, token) as direct:
+        records = chain(STREAM, _bodies(STREAM, FILES, PER_RECORD, await _blob(direct)))
+    async with (
+        Proxy(
+            served.port, lose_reply_to=b"POST /v1/log/demo/artifacts/big?expected_seq=0&st"
+        ) as proxy,
+        HttpStore(proxy.url, token, retry=PATIENT) as store,
+    ):
+        mark = served.log_size()
+        assert await store.log.append(STREAM, records, 0) == len(records)
+        assert proxy.lose_reply_to is None  # the reply was lost; the retry got the head
+        assert len(await store.log.read(STREAM)) == len(records)
+    publishes = [
+        e for e in served.access(mark) if (e["method"], e["path"]) == ("POST", f"/v1/log/{STREAM}")
+    ]
+    assert [e["status"] for e in publishes] == [200, 200]  # published, then answered
+
+
+async def test_an_append_staged_again_after_it_landed_is_recognised(served: Server) -> None:
+    """A client whose staging the server lost (a restart) stages again: if its first publish
+    had landed, the server's reply-lost check recognises the records and appends nothing."""
+    token = await _mint(served, "demo", write=True)
+    async with HttpStore(served.url, token) as store:
+        records = chain(STREAM, _bodies(STREAM, FILES, PER_RECORD, await _blob(store)))
+        assert await store.log.append(STREAM, records, 0) == len(records)
+    await anyio.to_thread.run_sync(served.restart)
+    async with HttpStore(served.url, token) as store:
+        assert await store.log.append(STREAM, records, 0) == len(records)
+        assert len(await store.log.read(STREAM)) == len(records)
+        other = await _mint(served, "demo", write=True)  # same records, another token
+    async with HttpStore(served.url, other) as store:
+        with pytest.raises(ConflictError):
+            await store.log.append(STREAM, records, 0)
+
+
+# -- stagings belong to their token -------------------------------------------------------------
+
+
+async def _call(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    token: str,
+    body: bytes | None = None,
+) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/msgpack"}
+    async with session.request(method, url, data=body, headers=headers) as reply:
+        data = await reply.read()
+        return reply.status, unpack(data) if reply.content_type == "application/msgpack" else data
+
+
+async def test_another_token_cannot_use_a_staging(served: Server) -> None:
+    owner = await _mint(served, "demo", write=True)
+    thief = await _mint(served, "demo", write=True)  # same rights, not its own
+    reader = await _mint(served, "demo")
+    stranger = await _mint(served, "other", write=True)
+    records = chain(STREAM, [created(STREAM)])
+    v1 = f"{served.url}/v1"
+    publish = f"{v1}/log/{STREAM}?expected_seq=0&staged={{}}&parts=1&records=1"
+    async with aiohttp.ClientSession() as s:
+        status, started = await _call(s, "POST", f"{v1}/staged/{STREAM}", owner)
+        assert status == 201
+        staging = started["staged"]
+        assert (await _call(s, "POST", f"{v1}/staged/{STREAM}", reader))[0] == 403
+        assert (await _call(s, "POST", f"{v1}/staged/{STREAM}", stranger))[0] == 403
+        for token in (thief, reader, stranger):
+            part = await _call(s, "PUT", f"{v1}/staged/{staging}/0", token, pack(records))
+            assert part[0] == 404, token
+            published = await _call(s, "POST", publish.format(staging), token)
+            assert published[0] in (403, 404), token  # the reader may not write at all
+            assert (await _call(s, "DELETE", f"{v1}/staged/{staging}", token))[0] == 404
+        assert served.root.joinpath("spool", "staged", staging).is_dir()  # untouched
+        assert (await _call(s, "PUT", f"{v1}/staged/{staging}/0", owner, pack(records)))[0] == 201
+        wrong = f"{v1}/log/demo/artifacts/other?expected_seq=0&staged={staging}&parts=1&records=1"
+        assert (await _call(s, "POST", wrong, owner))[0] == 400  # bound to its stream
+        assert (await _call(s, "POST", publish.format(staging), owner)) == (200, {"head": 1})
+        assert (await _call(s, "PUT", f"{v1}/staged/{staging}/1", owner, pack(records)))[0] == 404
+    assert _staged_files(served.root) == []
+
+
+async def test_a_publish_needs_every_part(served: Server) -> None:
+    owner = await _mint(served, "demo", write=True)
+    v1 = f"{served.url}/v1"
+    records = chain(STREAM, [created(STREAM), DraftOpened("d")])
+    async with aiohttp.ClientSession() as s:
+        staging = (await _call(s, "POST", f"{v1}/staged/{STREAM}", owner))[1]["staged"]
+        assert (await _call(s, "PUT", f"{v1}/staged/{staging}/1", owner, pack(records[1:])))[
+            0
+        ] == 201
+        url = f"{v1}/log/{STREAM}?expected_seq=0&staged={staging}&parts=2&records=2"
+        status, body = await _call(s, "POST", url, owner)
+        assert status == 400 and b"parts 1" in body
+        assert (await _call(s, "POST", url, owner))[0] == 404  # a failed publish ends it
+        assert (await _call(s, "PUT", f"{v1}/staged/{staging}/0", owner, pack([b"x"])))[0] == 404
+        assert (await _call(s, "PUT", f"{v1}/staged/nonsense/0", owner, pack([b"x"])))[0] == 404
+    assert _staged_files(served.root) == []
+    async with HttpStore(served.url, owner) as store:
+        assert await store.log.read(STREAM) == []
+
+
+async def test_stagings_left_behind_are_removed_at_restart(served: Server) -> None:
+    owner = await _mint(served, "demo", write=True)
+    v1 = f"{served.url}/v1"
+    async with aiohttp.ClientSession() as s:
+        staging = (await _call(s, "POST", f"{v1}/staged/{STREAM}", owner))[1]["staged"]
+        records = chain(STREAM, [created(STREAM)])
+        assert (await _call(s, "PUT", f"{v1}/staged/{staging}/0", owner, pack(records)))[0] == 201
+    assert len(_staged_files(served.root)) == 1
+    await anyio.to_thread.run_sync(served.kill)  # no cleanup on the way down
+    await anyio.to_thread.run_sync(served.start)
+    assert _staged_files(served.root) == []
+    async with aiohttp.ClientSession() as s:
+        url = f"{served.url}/v1/log/{STREAM}?expected_seq=0&staged={staging}&parts=1&records=1"
+        assert (await _call(s, "POST", url, owner))[0] == 404
+
+
+# -- in this process: what the served store is asked --------------------------------------------
+
+
+class _CountingLog:
+    """The served log, counting the records it reads and the prefixes it lists."""
+
+    def __init__(self, log: EventLog) -> None:
+        self._log = log
+        self.records_read = 0
+        self.prefixes: list[str] = []
+
+    async def read(self, stream: str, from_seq: int = 0, limit: int | None = None) -> list[bytes]:
+        found = await self._log.read(stream, from_seq, limit)
+        self.records_read += len(found)
+        return found
+
+    async def append(
+        self, stream: str, payloads: Sequence[bytes], expected_seq: int, note: bytes = b""
+    ) -> int:
+        return await self._log.append(stream, payloads, expected_seq, note)
+
+    async def streams(self, prefix: str = "") -> list[str]:
+        self.prefixes.append(prefix)
+        return await self._log.streams(prefix)
+
+    async def notes(self, prefix: str) -> dict[str, bytes]:
+        self.prefixes.append(prefix)
+        return await self._log.notes(prefix)
+
+    async def checkpoint(self, stream: str) -> bytes | None:
+        return await self._log.checkpoint(stream)
+
+    async def put_checkpoint(self, stream: str, data: bytes) -> None:
+        await self._log.put_checkpoint(stream, data)
+
+
+class _CountingStore:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.log = _CountingLog(store.log)
+        self.blobs = store.blobs
+        self.location = store.location
+
+    def held(self) -> AbstractAsyncContextManager[object]:
+        return self._store.held()
+
+    async def aclose(self) -> None:
+        await self._store.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _in_process(
+    root: Path, limits: Limits, **options: Any
+) -> AsyncIterator[tuple[str, _CountingStore]]:
+    """The server's app over a local store in ``root``, on a loopback port of this process."""
+    local = LocalStore(root)
+    await local.create()
+    store = _CountingStore(local)
+    app = make_app(store, tokens_path(root), root / "spool", limits, **options)  # type: ignore[arg-type]
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}", store
+    finally:
+        await runner.cleanup()
+
+
+async def _token(root: Path, *projects: str, write: bool = False) -> str:
+    return await anyio.to_thread.run_sync(lambda: create_token(root, projects, write=write))
+
+
+async def test_paging_a_long_stream_reads_each_record_once(tmp_path: Path) -> None:
+    root = tmp_path / "served"
+    limits = Limits(page_bytes=16 * KiB)
+    async with _in_process(root, limits) as (url, served):
+        token = await _token(root, "demo", write=True)
+        drafts = [DraftOpened(f"draft-{n:04d}-" + "x" * 200) for n in range(1, 400)]
+        records = chain(STREAM, [created(STREAM), *drafts])  # ~100 KiB: several pages
+        async with HttpStore(url, token) as store:
+            await store.log.append(STREAM, records, 0)
+            served.log.records_read = 0
+            stored = await store.log.read(STREAM)
+            assert len(stored) == len(records)
+            assert served.log.records_read == len(records)  # each record read once
+
+            served.log.records_read = 0
+            assert await store.log.read(STREAM, 10, limit=25) == stored[10:35]
+            assert served.log.records_read == 25  # nothing past the limit
+            served.log.records_read = 0
+            assert await store.log.read(STREAM, 50, limit=300) == stored[50:350]  # pages
+            assert served.log.records_read == 300
+            assert await store.log.read(STREAM, 390, limit=1000) == stored[390:]
+            assert await store.log.read(STREAM, 400) == []
+            assert await store.log.read(STREAM, 0, limit=0) == []
+
+        async with aiohttp.ClientSession() as s:
+            status, page = await _call(s, "GET", f"{url}/v1/log/{STREAM}?from_seq=0", token)
+            assert status == 200 and page["more"]
+            size = sum(map(len, page["records"]))
+            assert size >= limits.page_bytes > size - len(page["records"][-1])  # about a page
+            status, page = await _call(s, "GET", f"{url}/v1/log/{STREAM}?from_seq=395", token)
+            assert (status, len(page["records"]), page["more"]) == (200, 5, False)
+            bad = await _call(s, "GET", f"{url}/v1/log/{STREAM}?limit=0", token)
+            assert bad[0] == 400
+
+
+async def test_listing_asks_the_log_only_for_what_the_token_may_see(tmp_path: Path) -> None:
+    root = tmp_path / "served"
+    async with _in_process(root, Limits()) as (url, served):
+        writer = await _token(root, "*", write=True)
+        reader = await _token(root, "demo")
+        async with HttpStore(url, writer) as store:
+            for stream in ["demo/artifacts/a", "demo/artifacts/b", "other/artifacts/c"]:
+                await store.log.append(stream, chain(stream, [created(stream)]), 0)
+        async with HttpStore(url, reader) as store:
+            served.log.prefixes.clear()
+            assert await store.log.streams("demo/artifacts/") == [
+                "demo/artifacts/a",
+                "demo/artifacts/b",
+            ]
+            assert await store.log.streams("") == ["demo/artifacts/a", "demo/artifacts/b"]
+            assert await store.log.streams("other/") == []
+            assert served.log.prefixes == ["demo/artifacts/", "demo/"]  # never the whole store
+            notes = await store.log.notes("")
+        assert sorted(notes) == ["demo/artifacts/a", "demo/artifacts/b"]
+        note = decode_note(notes["demo/artifacts/a"])
+        assert isinstance(note, CollectionNote) and (note.name, note.versions) == ("a", 0)
+
+
+async def test_stagings_are_bounded_per_token_and_expire(tmp_path: Path) -> None:
+    root = tmp_path / "served"
+    limits = Limits(max_stagings=2, max_staged=64 * KiB)
+    async with _in_process(root, limits, staging_expiry=0.4) as (url, _):
+        one = await _token(root, "demo", write=True)
+        two = await _token(root, "demo", write=True)
+        v1 = f"{url}/v1"
+        async with aiohttp.ClientSession() as s:
+            first = (await _call(s, "POST", f"{v1}/staged/{STREAM}", one))[1]["staged"]
+            assert (await _call(s, "POST", f"{v1}/staged/{STREAM}", one))[0] == 201
+            assert (await _call(s, "POST", f"{v1}/staged/{STREAM}", one))[0] == 429
+            assert (await _call(s, "POST", f"{v1}/staged/{STREAM}", two))[0] == 201  # per token
+            big = pack([os.urandom(40 * KiB)])
+            assert (await _call(s, "PUT", f"{v1}/staged/{first}/0", one, big))[0] == 201
+            assert (await _call(s, "PUT", f"{v1}/staged/{first}/1", one, big))[0] == 413
+            with anyio.fail_after(10):  # expired, then swept (every quarter expiry)
+                while await anyio.Path(root / "spool" / "staged" / first).exists():  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+            assert (await _call(s, "PUT", f"{v1}/staged/{first}/0", one, big))[0] == 404
+            assert (await _call(s, "POST", f"{v1}/staged/{STREAM}", one))[0] == 201
+
+
+# -- notes and checkpoints are the server's -----------------------------------------------------
+
+
+async def test_notes_are_derived_by_the_server(served: Server) -> None:
+    token = await _mint(served, "demo", write=True)
+    stream = "demo/artifacts/ds"
+    async with HttpStore(served.url, token) as store:
+        records = chain(stream, [created(stream)])
+        await store.log.append(stream, records, 0, note=b"forged")
+        notes = await store.log.notes("demo/")
+    assert list(notes) == [stream]
+    note = decode_note(notes[stream])
+    assert isinstance(note, CollectionNote) and note.name == "ds"
+    assert (await LocalStore(served.root).log.notes("demo/"))[stream] == notes[stream]
+
+
+async def test_checkpoints_are_served_never_taken_from_clients(served: Server) -> None:
+    token = await _mint(served, "demo", write=True)
+    stream = "demo/artifacts/ds"
+    async with HttpStore(served.url, token) as store:
+        await store.log.append(stream, chain(stream, [created(stream)]), 0)
+        assert await store.log.checkpoint(stream) is None
+        await store.log.put_checkpoint(stream, b"forged state")
+        assert await store.log.checkpoint(stream) is None  # ignored
+        assert await LocalStore(served.root).log.checkpoint(stream) is None
+        await LocalStore(served.root).log.put_checkpoint(stream, b"the server's")
+        assert await store.log.checkpoint(stream) == b"the server's"
+    async with HttpStore(served.url, await _mint(served, "other")) as stranger:
+        with pytest.raises(AccessDeniedError):
+            await stranger.log.checkpoint(stream)
