@@ -195,7 +195,8 @@ def histories(draw) -> list[Event]:
         elif action == "remove":
             change = FilesRemoved(draft, draw(st.lists(st.sampled_from(["a", "c/", "f"]))))
         elif action == "meta":
-            bodies.append(MetadataSet(draft, {"k": draw(st.integers(-(2**63), 2**63 - 1))}, "described"))
+            value = draw(st.integers(-(2**63), 2**63 - 1))
+            bodies.append(MetadataSet(draft, {"k": value}, "described"))
             continue
         elif action == "alias" and manifests:
             number = draw(st.integers(0, len(manifests) - 1))
