@@ -188,14 +188,32 @@ async def test_a_partly_persisted_append_is_dropped_as_a_whole(tmp_path: Path) -
 
 
 async def test_damage_in_the_middle_is_reported_not_truncated(tmp_path: Path) -> None:
+    """Damage before the last record is reported by every read that reaches it; an append
+    (which checks the last record, where it writes) leaves it as it is, as evidence."""
     store, path = await _fresh_store_with(tmp_path, [b"one" * 10, b"two" * 10, b"three"])
     data = bytearray(path.read_bytes())
     data[12 + 5] ^= 0xFF  # inside the first record's payload
     path.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="seq 0 .*checksum mismatch"):
         await store.log.read("p/artifacts/a")
-    with pytest.raises(IntegrityError):
-        await store.log.append("p/artifacts/a", [b"four"], 3)
+    assert await LocalStore(store.root).log.append("p/artifacts/a", [b"four"], 3) == 4
+    assert path.read_bytes()[: len(data)] == bytes(data)  # nothing truncated or rewritten
+    with pytest.raises(IntegrityError, match="seq 0 .*checksum mismatch"):
+        await LocalStore(store.root).log.read("p/artifacts/a")
+    assert await LocalStore(store.root).log.read("p/artifacts/a", 1) == [
+        b"two" * 10,
+        b"three",
+        b"four",
+    ]
+
+
+async def test_damage_in_the_last_record_refuses_an_append(tmp_path: Path) -> None:
+    store, path = await _fresh_store_with(tmp_path, [b"one" * 10, b"two" * 10, b"three"])
+    data = bytearray(path.read_bytes())
+    data[-2] ^= 0xFF  # inside the last record's payload
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="seq 2: record checksum mismatch"):
+        await LocalStore(store.root).log.append("p/artifacts/a", [b"four"], 3)
     assert path.read_bytes() == bytes(data)  # nothing was truncated or appended
 
 

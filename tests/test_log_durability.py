@@ -417,18 +417,18 @@ async def test_a_process_reads_a_stream_restored_from_a_backup_under_it(tmp_path
     assert await store.log.read("p/artifacts/a", 1) == [b"2nd"]
 
 
-async def test_an_append_in_a_new_process_names_the_damaged_record(tmp_path: Path) -> None:
-    """An append checks every acknowledged record first (it copies none of them to do so):
-    damage anywhere is refused, naming its seq, and nothing is written."""
+async def test_an_append_in_a_new_process_checks_the_last_record(tmp_path: Path) -> None:
+    """A new process's first append checks the record before the head (where it writes), not
+    the whole history: damage there is refused, naming its seq, and nothing is written."""
     log = asyncart.LocalStore(tmp_path / "store").log
     for seq in range(5):
         await log.append("p/artifacts/a", [f"record {seq}".encode()], seq)
     path = tmp_path / "store/log/p/artifacts/a.log"
     data = bytearray(path.read_bytes())
-    data[3 * (12 + 8) + 12 + 2] ^= 0x01  # inside record 3's payload
+    data[4 * (12 + 8) + 12 + 2] ^= 0x01  # inside record 4's payload
     path.write_bytes(bytes(data))
     fresh = asyncart.LocalStore(tmp_path / "store").log
-    with pytest.raises(asyncart.IntegrityError, match="'p/artifacts/a' seq 3 .*checksum"):
+    with pytest.raises(asyncart.IntegrityError, match="'p/artifacts/a' seq 4: record checksum"):
         await fresh.append("p/artifacts/a", [b"record 5"], 5)
     assert path.read_bytes() == bytes(data)
-    assert await fresh.read("p/artifacts/a", 4) == [b"record 4"]  # a ranged read reads past it
+    assert await fresh.read("p/artifacts/a", 3, limit=1) == [b"record 3"]  # ranged reads work

@@ -371,8 +371,20 @@ class LocalEventLog:
 
     def _recover(self, fd: int, head_fd: int, stream: str, head: Head) -> Head:
         """Check the acknowledged records, then settle what lies past the head: complete
-        appends are rolled forward, anything else is truncated. Returns the head to write at."""
-        self._catch_up(fd, stream, head.records, head, keep=False)
+        appends are rolled forward, anything else is truncated. Returns the head to write at.
+
+        The records this process has not checked yet are checked back to the last one only:
+        the append writes at the head's end, which must be where a whole record ends. Checking
+        them all would make a new process's first append cost the stream's whole history;
+        damage further back is reported by every read that reaches it and by ``audit``, and
+        nothing here ever rewrites it."""
+        path = self._path(stream)
+        with self._lock:
+            checked = len(self._current_index(os.fstat(fd), stream, head).offsets)
+        if checked >= head.records - 1:
+            self._catch_up(fd, stream, head.records, head, keep=False)
+        else:
+            self._read_range(fd, stream, path, head, head.records - 1, head.records)
         size = os.fstat(fd).st_size
         if size <= head.end:
             return head
