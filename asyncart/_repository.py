@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 
-from ._backends.base import Store, UploadItem
+from ._backends.base import EventLog, Store, UploadItem
 from ._diff import diff_manifests
 from ._domain.checkpoint import (
     checkpoint_anchor,
@@ -108,7 +108,7 @@ class Repository:
         """The state of a collection as of now (an empty state if it does not exist): the
         cached state, else the stream's checkpoint, caught up with the records after it."""
         stream = collection_stream(project, name)
-        state = self._states.pop(stream, None) or await self._checkpointed(stream)
+        state = self._states.pop(stream, None) or await checkpointed(self.store.log, stream)
         before = state.head
         records, last_hash = await self._read(stream, state.head, state.last_hash)
         fold(state, records)  # on error the damaged state is not cached again
@@ -116,22 +116,6 @@ class Repository:
         self._states[stream] = state
         if checkpoint_due(before, state.head):
             await self._checkpoint(state)
-        return state
-
-    async def _checkpointed(self, stream: str) -> CollectionState:
-        """The stream's checkpointed state if it checks out against the log, else an empty
-        state (to fold from seq 0): a checkpoint is only ever a shortcut."""
-        data = await self.store.log.checkpoint(stream)
-        if data is None:
-            return CollectionState(stream)
-        try:
-            state = await maybe_thread(len(data) > _BIG_READ, decode_checkpoint, data, stream)
-            seq, last_hash = checkpoint_anchor(state)
-            anchor = await self.store.log.read(stream, seq, limit=1)
-        except IntegrityError:
-            return CollectionState(stream)  # audit names a damaged checkpoint
-        if not anchor or record_hash(anchor[0]) != last_hash:
-            return CollectionState(stream)  # not of this stream's history (restored, edited)
         return state
 
     async def _checkpoint(self, state: CollectionState) -> None:
@@ -447,6 +431,23 @@ class Repository:
         digest = await self.store.blobs.put_bytes(data)
         await self.store.blobs.flush()
         return digest
+
+
+async def checkpointed(log: EventLog, stream: str) -> CollectionState:
+    """The stream's checkpointed state if it checks out against the log, else an empty state
+    (to fold from seq 0): a checkpoint is only ever a shortcut."""
+    data = await log.checkpoint(stream)
+    if data is None:
+        return CollectionState(stream)
+    try:
+        state = await maybe_thread(len(data) > _BIG_READ, decode_checkpoint, data, stream)
+        seq, last_hash = checkpoint_anchor(state)
+        anchor = await log.read(stream, seq, limit=1)
+    except IntegrityError:
+        return CollectionState(stream)  # audit names a damaged checkpoint
+    if not anchor or record_hash(anchor[0]) != last_hash:
+        return CollectionState(stream)  # not of this stream's history (restored, edited)
+    return state
 
 
 def _runs(seqs: Sequence[int]) -> list[tuple[int, int]]:

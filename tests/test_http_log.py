@@ -31,6 +31,7 @@ from asyncart._backends._wire import pack, unpack
 from asyncart._backends.base import EventLog, Store
 from asyncart._backends.http import HttpStore, packed_size, split_records
 from asyncart._backends.local import LocalStore
+from asyncart._domain.checkpoint import decode_checkpoint
 from asyncart._domain.events import DraftOpened, Entry, Event, FilesAdded, decode, record_hash
 from asyncart._domain.notes import CollectionNote, decode_note
 from asyncart._server._app import make_app
@@ -506,3 +507,34 @@ async def test_checkpoints_are_served_never_taken_from_clients(served: Server) -
     async with HttpStore(served.url, await _mint(served, "other")) as stranger:
         with pytest.raises(AccessDeniedError):
             await stranger.log.checkpoint(stream)
+
+
+async def test_the_server_checkpoints_collections_and_a_fresh_server_starts_from_one(
+    tmp_path: Path, files: Path
+) -> None:
+    root, stream = tmp_path / "served", "demo/artifacts/ds"
+    async with _in_process(root, Limits()) as (url, _):
+        token = await _token(root, "*", write=True)  # blob visibility is not what is counted
+        for i in range(20):  # about 4 records each: past a checkpoint boundary
+            (files / "changing.txt").write_text(f"content {i}")
+            artifact = asyncart.Artifact("ds", "dataset")
+            await artifact.add_dir(files)
+            await artifact.save(project="demo", store=url, token=token)
+    head = len(await LocalStore(root).log.read(stream))
+    data = await LocalStore(root).log.checkpoint(stream)
+    assert data is not None
+    checkpointed = decode_checkpoint(data, stream).head
+    assert 0 < checkpointed <= head
+    async with _in_process(root, Limits()) as (url, served):  # a restarted server
+        served.log.records_read = 0
+        (files / "changing.txt").write_text("once more")
+        artifact = asyncart.Artifact("ds", "dataset")
+        await artifact.add_dir(files)
+        async with HttpStore(url, token) as store:
+            saved = await artifact.save(project="demo", store=store)
+        assert saved.version == "v20"
+        # the server and the client each read the anchor and the records after it, and the
+        # client the change records of the latest version (its snapshot is due at v32)
+        changes = 20 * 2
+        assert served.log.records_read <= 2 * (1 + head - checkpointed) + changes < 2 * head
+    assert (await asyncart.audit(store=root)).ok

@@ -51,7 +51,7 @@ from .._domain.fold import CollectionState, RunState, fold, fold_run
 from .._domain.notes import note_of
 from .._errors import AsyncartError, ConflictError, IntegrityError, InvalidInputError
 from .._names import check_alias, check_entry_path, check_name, check_prefix
-from .._repository import _decode_chain
+from .._repository import _decode_chain, checkpointed
 from .._threads import HEAVY, maybe_thread
 from .._values import check_description, check_mapping
 
@@ -196,8 +196,11 @@ class Streams:
     async def _current(self, stream: str, kind: str) -> State:
         """The stream's folded state, caught up with the log."""
         state = self._states.pop(stream, None)
-        if state is None:
-            state = CollectionState(stream) if kind == "artifacts" else RunState(stream)
+        if state is None:  # from its own checkpoint (clients cannot write one), else seq 0
+            if kind == "artifacts":
+                state = await checkpointed(self.store.log, stream)
+            else:
+                state = RunState(stream)
         payloads = await self.store.log.read(stream, state.head)
         if payloads:
             big = sum(map(len, payloads)) > _BIG
