@@ -216,15 +216,24 @@ class Repository:
     async def append(
         self, state: CollectionState | RunState, bodies: Sequence[Event], actor: str
     ) -> None:
-        """Append ``bodies`` after ``state.head``; raises ConflictError if the stream moved."""
-        now = time.time()
-        payloads, records, prev = [], [], state.last_hash
-        for seq, body in enumerate(bodies, state.head):
-            records.append(Record(state.stream, seq, now, actor, prev, body))
-            payloads.append(encode(records[-1]))
-            prev = record_hash(payloads[-1])
-        note = note_of(state, records)
+        """Append ``bodies`` after ``state.head``; raises ConflictError if the stream moved.
+
+        A cached collection state is then caught up with the records written (folding them
+        here: reading them back would decode every entry of a large commit again).
+        """
+        heavy = _count([b for b in bodies if isinstance(b, FilesAdded | FilesRemoved)]) > HEAVY
+        records, payloads, last_hash, note = await maybe_thread(
+            heavy, _encoded, state, bodies, actor, time.time()
+        )
         await self.store.log.append(state.stream, payloads, state.head, note)
+        if isinstance(state, CollectionState) and self._states.get(state.stream) is state:
+            del self._states[state.stream]  # ours alone while folding, as in collection()
+            try:
+                await maybe_thread(heavy, fold, state, records)
+            except IntegrityError:  # another task folded past it: the next read starts anew
+                return
+            state.last_hash = last_hash
+            self._states[state.stream] = state
 
     async def append_run(
         self, project: str, run_id: str, bodies: Sequence[Event], actor: str
@@ -287,9 +296,10 @@ class Repository:
             bodies += _metadata(draft, spec)
             snapshot = None if parent is None else snapshots[parent]
             bodies.append(_committed(state, draft, spec.manifest, snapshot, aliases))
+            number = len(state.versions)
             await self.append(state, bodies, actor)
-            self._remember((state.stream, len(state.versions)), spec.manifest)  # no replay needed
-            return await self.version(project, spec.name, len(state.versions), None)
+            self._remember((state.stream, number), spec.manifest)  # no replay needed
+            return await self.version(project, spec.name, number, None)
 
         result: tuple[CollectionState, Version] = await self._retrying(project, spec.name, step)
         return result
@@ -371,9 +381,10 @@ class Repository:
                     await self.append(state, closing, actor)
                 return await self.version(project, spec.name, same.number, None)
             bodies.append(_committed(state, draft, manifest, None, aliases))
+            number = len(state.versions)
             await self.append(state, bodies, actor)
-            self._remember((state.stream, len(state.versions)), manifest)
-            return await self.version(project, spec.name, len(state.versions), None)
+            self._remember((state.stream, number), manifest)
+            return await self.version(project, spec.name, number, None)
 
         result: tuple[CollectionState, Version] = await self._retrying(project, spec.name, step)
         return result
@@ -448,6 +459,19 @@ async def checkpointed(log: EventLog, stream: str) -> CollectionState:
     if not anchor or record_hash(anchor[0]) != last_hash:
         return CollectionState(stream)  # not of this stream's history (restored, edited)
     return state
+
+
+def _encoded(
+    state: CollectionState | RunState, bodies: Sequence[Event], actor: str, now: float
+) -> tuple[list[Record], list[bytes], str, bytes]:
+    """The records that append ``bodies`` to ``state``: as records, encoded, the chain hash of
+    the last one, and the stream's note after them."""
+    payloads, records, prev = [], [], state.last_hash
+    for seq, body in enumerate(bodies, state.head):
+        records.append(Record(state.stream, seq, now, actor, prev, body))
+        payloads.append(encode(records[-1]))
+        prev = record_hash(payloads[-1])
+    return records, payloads, prev, note_of(state, records)
 
 
 def _runs(seqs: Sequence[int]) -> list[tuple[int, int]]:

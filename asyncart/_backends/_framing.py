@@ -47,16 +47,22 @@ class LogDamage(IntegrityError):
         self.stream, self.seq = stream, seq
 
 
-def frames(payloads: list[bytes]) -> list[bytes]:
-    """Frame the records of one append; all but the last carry the "more follow" flag."""
+def frame_headers(payloads: list[bytes]) -> list[bytes]:
+    """The frame headers of one append's records (each goes just before its payload); all but
+    the last carry the "more follow" flag."""
     out = []
     for i, payload in enumerate(payloads):
         if len(payload) > MAX_RECORD:
             raise IntegrityError(f"record of {len(payload)} bytes exceeds the {MAX_RECORD} limit")
         flag = _MORE if i < len(payloads) - 1 else 0
         head = struct.pack("<II", len(payload) | flag, zlib.crc32(payload))
-        out.append(head + struct.pack("<I", zlib.crc32(head)) + payload)
+        out.append(head + struct.pack("<I", zlib.crc32(head)))
     return out
+
+
+def frames(payloads: list[bytes]) -> list[bytes]:
+    """The framed records of one append."""
+    return [h + p for h, p in zip(frame_headers(payloads), payloads, strict=True)]
 
 
 class Scan(NamedTuple):
