@@ -38,9 +38,11 @@ READ_CHUNK = 1024
 """Records per ranged read when a whole stream is read: memory follows the chunk, not the stream."""
 
 
-@dataclass(frozen=True)
-class ArtifactCollection:
+class ArtifactCollection(msgspec.Struct, frozen=True):
     """An artifact (all versions of one name) as the log describes it at some point.
+
+    A Struct rather than a dataclass: ``ls`` builds one per artifact, and a frozen dataclass
+    costs several times as much to build.
 
     Attributes:
         project: the project it belongs to.
@@ -83,22 +85,28 @@ def note_summary(project: str, name: str, data: bytes) -> ArtifactCollection | N
     the stream instead, so a store written before notes, or a damaged note, only costs a read.
     """
     note = decode_note(data)
-    if not isinstance(note, CollectionNote) or not note.complete or not _plausible(note, name):
+    if type(note) is not CollectionNote or not note.complete or not _plausible(note, name):
         return None
     updated = None if note.updated is None else datetime.fromtimestamp(note.updated, UTC)
-    aliases = MappingProxyType(dict(note.aliases))
+    aliases = MappingProxyType(note.aliases)  # decoded for this summary alone: no copy
     return ArtifactCollection(project, note.name, note.type, note.versions, aliases, updated)
 
 
 def _plausible(note: CollectionNote, name: str) -> bool:
     """Whether ``note`` can describe collection ``name``: checks that catch a note damaged in
     a way that still decodes, or one copied from another stream."""
-    if note.name != name or note.versions < 0:
+    versions, aliases = note.versions, note.aliases
+    if note.name != name:
         return False
-    if not note.versions:
-        return not note.aliases and note.updated is None
-    in_range = all(0 <= number < note.versions for number in note.aliases.values())
-    return in_range and note.aliases.get("latest") == note.versions - 1 and note.updated is not None
+    if versions <= 0:
+        return versions == 0 and not aliases and note.updated is None
+    numbers = aliases.values()  # "latest" is the newest version, and no alias is past it
+    return (
+        aliases.get("latest") == versions - 1
+        and max(numbers) == versions - 1
+        and min(numbers) >= 0
+        and note.updated is not None
+    )
 
 
 async def list_collections(repo: Repository, project: str) -> list[ArtifactCollection]:
@@ -119,8 +127,11 @@ def _summaries(
     project: str, prefix: str, notes: Mapping[str, bytes]
 ) -> list[tuple[str, ArtifactCollection | None]]:
     """(name, summary or None) of each stream in ``notes``, sorted by name."""
-    names = sorted(stream.removeprefix(prefix) for stream in notes)
-    return [(name, note_summary(project, name, notes[prefix + name])) for name in names]
+    cut = len(prefix)
+    return [
+        (stream[cut:], note_summary(project, stream[cut:], notes[stream]))
+        for stream in sorted(notes)
+    ]
 
 
 @dataclass(frozen=True)
