@@ -23,7 +23,7 @@ import anyio.to_thread
 
 from ._backends.base import BlobStore, Store
 from ._domain.checkpoint import decode_checkpoint
-from ._domain.events import Change, FilesAdded, Record, decode, record_hash
+from ._domain.events import Change, FilesAdded, FilesRemoved, Record, decode, record_hash
 from ._domain.fold import CollectionState, Version, fold, replay
 from ._domain.manifest import Manifest
 from ._errors import AsyncartError, IntegrityError, InvalidInputError, NotFoundError
@@ -37,6 +37,9 @@ from ._transfer import DEFAULT_CONCURRENCY, ProgressCallback, _Tracker, batches,
 _IN_MEMORY = 64 << 20  # larger blobs are read through a scratch file: memory stays bounded
 _INLINE_RECORDS = 64  # fewer records than this decode on the loop (a thread hop costs more)
 _INLINE_BYTES = 256 << 10
+_FIRST_RANGE = 16  # records of a stream's first read; ranges double up to READ_CHUNK ...
+_RANGE_BYTES = 8 << 20  # ... while a range's records stay under this many bytes
+_WINDOW_ENTRIES = 10_000  # entries of small versions whose change records are read at once
 
 BLOB_BATCH = 10_000
 """Blob uses held at once: each batch is checked (one ``missing`` call, and its reads with
@@ -261,22 +264,27 @@ class _Auditor:
             return None
 
     async def _read(self, chain: _Chain) -> None:
-        """Pass one: the stream's records, range by range, through ``chain``."""
+        """Pass one: the stream's records, range by range, through ``chain``. A range holds
+        at most READ_CHUNK records, fewer while records are large (their size is known only
+        once read), so a stream of big change records is not decoded all at once."""
+        limit = min(_FIRST_RANGE, READ_CHUNK)
         while True:
             try:
-                payloads = await self.store.log.read(chain.stream, chain.seq, limit=READ_CHUNK)
+                payloads = await self.store.log.read(chain.stream, chain.seq, limit=limit)
             except IntegrityError as e:
                 chain.problems.append((None, str(e)))
                 return
             if not payloads:
                 break
-            heavy = len(payloads) > _INLINE_RECORDS or sum(map(len, payloads)) > _INLINE_BYTES
+            size = sum(map(len, payloads))
+            heavy = len(payloads) > _INLINE_RECORDS or size > _INLINE_BYTES
             before = chain.seq
             readable = await maybe_thread(heavy, chain.take, payloads)
             self.report.records += chain.seq - before
             self._tell()
             if not readable:
                 return
+            limit = _next_limit(limit, size)
         chain.finish()
 
     async def _versions(self, state: CollectionState) -> None:
@@ -295,26 +303,53 @@ class _Auditor:
         self.report.collections.append(collection_summary(stream.partition("/")[0], state))
         last_use = {v.parent: v.number for v in state.versions if v.parent is not None}
         live: dict[int, Manifest | None] = {}  # None: it could not be replayed (reported)
-        for version in state.versions:
-            manifest = await self._version(state, version, live)
-            if version.number in last_use:  # a later version builds on it: keep it until then
-                live[version.number] = manifest
-            if version.parent is not None and last_use[version.parent] == version.number:
-                del live[version.parent]
-            self._tell()
+        for window in _windows(state.versions):
+            for version, changes in await self._changes(state.stream, window):
+                manifest = await self._version(state, version, changes, live)
+                if version.number in last_use:  # a later version builds on it: keep it
+                    live[version.number] = manifest
+                if version.parent is not None and last_use[version.parent] == version.number:
+                    del live[version.parent]
+                self._tell()
+
+    async def _changes(
+        self, stream: str, window: _Window
+    ) -> list[tuple[Version, list[Change] | str]]:
+        """Each version of ``window`` with its change records (or why they could not be
+        read): one ranged read for the window, or the version's own ranges if it is alone."""
+        versions = window.versions
+        if len(versions) == 1:
+            try:
+                return [
+                    (versions[0], await self.repo.changes(stream, versions[0].draft.change_seqs))
+                ]
+            except IntegrityError as e:  # the log changed since pass one read it
+                return [(versions[0], str(e))]
+        payloads: list[bytes] = []
+        if window.first is not None:
+            count = window.last - window.first + 1
+            try:
+                payloads = await self.store.log.read(stream, window.first, limit=count)
+            except IntegrityError as e:
+                return [(version, str(e)) for version in versions]
+        first = window.first or 0
+        heavy = window.entries > HEAVY
+        return await maybe_thread(heavy, _pick_changes, stream, first, payloads, versions)
 
     async def _version(
-        self, state: CollectionState, version: Version, live: dict[int, Manifest | None]
+        self,
+        state: CollectionState,
+        version: Version,
+        changes: list[Change] | str,
+        live: dict[int, Manifest | None],
     ) -> Manifest | None:
         """Replay one version over its parent, compare it with its commit, check its snapshot
         and queue the blobs its parent does not have; its manifest, or None."""
         base = live[version.parent] if version.parent is not None else None
         if version.parent is not None and base is None:
             return None  # its parent could not be replayed: that problem is reported
-        try:
-            changes = await self.repo.changes(state.stream, version.draft.change_seqs)
-        except IntegrityError as e:  # the log changed since pass one read it
-            self.report.problems.append(AuditProblem(state.stream, version.seq, str(e)))
+        if isinstance(changes, str):
+            self.report.problems.append(AuditProblem(state.stream, version.seq, changes))
             return None
         heavy = version.draft.touched + len(base or ()) > HEAVY
         manifest, problem, uses = await maybe_thread(heavy, _derive, state, version, base, changes)
@@ -345,6 +380,89 @@ class _Auditor:
 
 def _snapshot_digest(data: bytes) -> str:
     return Manifest.from_snapshot(data).digest
+
+
+def _next_limit(limit: int, size: int) -> int:
+    """The next range's record limit after a range of ``limit`` records and ``size`` bytes."""
+    if size > _RANGE_BYTES:
+        return max(1, limit // 4)
+    return min(READ_CHUNK, limit * 2) if size < _RANGE_BYTES // 4 else limit
+
+
+@dataclass
+class _Window:
+    """Consecutive versions whose change records one ranged read fetches: together at most
+    _WINDOW_ENTRIES entries, spanning at most READ_CHUNK records of which few are not theirs.
+    A daily re-log of a few changed files makes windows of hundreds of versions, not a read
+    (over HTTP, a request) per version; a large version is a window of its own."""
+
+    versions: list[Version] = field(default_factory=list)
+    first: int | None = None  # the lowest change seq of its versions (None: they have none)
+    last: int = -1
+    changes: int = 0
+    entries: int = 0
+
+    def takes(self, version: Version) -> bool:
+        if not self.versions:
+            return True
+        seqs = version.draft.change_seqs
+        if self.entries + version.draft.touched > _WINDOW_ENTRIES:
+            return False
+        if not seqs or self.first is None:
+            return True
+        span = max(self.last, seqs[-1]) - min(self.first, seqs[0]) + 1
+        others = span - self.changes - len(seqs)  # draft.opened, version.committed ...
+        return span <= READ_CHUNK and others <= 4 * len(self.versions) + 16
+
+    def add(self, version: Version) -> None:
+        seqs = version.draft.change_seqs
+        if seqs:
+            self.first = seqs[0] if self.first is None else min(self.first, seqs[0])
+            self.last = max(self.last, seqs[-1])
+        self.changes += len(seqs)
+        self.entries += version.draft.touched
+        self.versions.append(version)
+
+
+def _windows(versions: list[Version]) -> list[_Window]:
+    windows = [_Window()]
+    for version in versions:
+        if not windows[-1].takes(version):
+            windows.append(_Window())
+        windows[-1].add(version)
+    return windows if windows[0].versions else []
+
+
+def _pick_changes(
+    stream: str, first: int, payloads: list[bytes], window: list[Version]
+) -> list[tuple[Version, list[Change] | str]]:
+    """Each version of ``window`` with its change records, taken from ``payloads`` (the
+    records from seq ``first`` on), or why they cannot be."""
+    out: list[tuple[Version, list[Change] | str]] = []
+    for version in window:
+        try:
+            found = [payloads[seq - first] for seq in version.draft.change_seqs]
+        except IndexError:
+            out.append((version, f"v{version.number}: its change records are not all in the log"))
+            continue
+        try:
+            out.append((version, _decode_changes(stream, found, version.draft.change_seqs)))
+        except IntegrityError as e:
+            out.append((version, str(e)))
+    return out
+
+
+def _decode_changes(stream: str, payloads: list[bytes], seqs: list[int]) -> list[Change]:
+    changes: list[Change] = []
+    for seq, payload in zip(seqs, payloads, strict=True):
+        record = decode(payload, stream, seq)
+        if record.seq != seq or not isinstance(record.body, FilesAdded | FilesRemoved):
+            raise IntegrityError(
+                f"stream {stream!r} seq {seq}: expected a change record, found "
+                f"{type(record.body).__name__} at seq {record.seq} (the log was edited)"
+            )
+        changes.append(record.body)
+    return changes
 
 
 @dataclass

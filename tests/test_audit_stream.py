@@ -164,6 +164,46 @@ async def test_an_altered_record_at_the_end_of_a_range_is_named(store, tmp_path,
     ]
 
 
+async def test_a_long_history_is_replayed_from_few_reads(store, files, tmp_path):
+    """Thirty versions of one change each: pass one reads growing ranges, pass two fetches
+    every version's changes in one read, not one read per version."""
+    artifact = asyncart.Artifact("ds", "dataset")
+    await artifact.add_dir(files)
+    version = await artifact.save(project="demo", store=store)
+    for i in range(29):
+        draft = version.new_draft()
+        (tmp_path / "n.txt").write_text(f"change {i}\n")
+        await draft.add_file(tmp_path / "n.txt", "a.txt", overwrite=True)
+        version = await draft.save()
+    watched, events = _watched(store)
+    report = await asyncart.audit("demo", store=watched)
+    assert report.ok and report.versions == 30
+    reads = [what for kind, what in events if kind == "read"]
+    assert len(reads) <= 7, reads  # 16, 32, 64, 128 records, the empty end, one window
+
+
+async def test_interleaved_distributed_drafts_replay_right(store, tmp_path):
+    """Two drafts filled turn by turn: each version's change records are among the other's."""
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    async with asyncart.init(project="demo", store=store) as run:
+        for turn in range(3):
+            for group in ("g1", "g2"):
+                (parts / f"{group}-{turn}.txt").write_text(f"{group} part {turn}\n")
+                part = asyncart.Artifact("dist", "dataset")
+                await part.add_file(parts / f"{group}-{turn}.txt")
+                await run.upsert_artifact(part, group)
+        second = await run.finish_artifact(asyncart.Artifact("dist", "dataset"), "g2")
+        first = await run.finish_artifact(asyncart.Artifact("dist", "dataset"), "g1")
+    assert (second.version, first.version) == ("v0", "v1")
+    report = await asyncart.audit("demo", store=store)
+    assert report.ok and (report.versions, report.blobs) == (2, 6), str(report)
+    digest = first.manifest.entries["g1-1.txt"].digest
+    await anyio.Path(store, "blobs", digest[:2], digest).unlink()
+    [problem] = (await asyncart.audit("demo", store=store)).problems
+    assert "dist:v1/g1-1.txt is missing" in problem.message
+
+
 # -- checkpoints ----------------------------------------------------------------------------
 
 
