@@ -325,14 +325,18 @@ class _Auditor:
                 ]
             except IntegrityError as e:  # the log changed since pass one read it
                 return [(versions[0], str(e))]
-        payloads: list[bytes] = []
-        if window.first is not None:
-            count = window.last - window.first + 1
-            try:
-                payloads = await self.store.log.read(stream, window.first, limit=count)
-            except IntegrityError as e:
-                return [(version, str(e)) for version in versions]
-        first = window.first or 0
+        first, payloads = window.first or 0, list[bytes]()
+        count = window.last - first + 1 if window.first is not None else 0
+        try:
+            while len(payloads) < count:  # a backend may return fewer than asked
+                more = await self.store.log.read(
+                    stream, first + len(payloads), count - len(payloads)
+                )
+                if not more:
+                    break  # cut short: _pick_changes says which versions lack records
+                payloads += more
+        except IntegrityError as e:
+            return [(version, str(e)) for version in versions]
         heavy = window.entries > HEAVY
         return await maybe_thread(heavy, _pick_changes, stream, first, payloads, versions)
 
