@@ -20,12 +20,14 @@ from typing import NamedTuple
 
 import anyio
 import anyio.to_thread
+import msgspec
 
 from ._backends.base import BlobStore, Store
 from ._domain.checkpoint import decode_checkpoint
 from ._domain.events import Change, FilesAdded, FilesRemoved, Record, decode, record_hash
-from ._domain.fold import CollectionState, Version, fold, replay
+from ._domain.fold import CollectionState, RunState, Version, fold, fold_run, replay
 from ._domain.manifest import Manifest
+from ._domain.notes import decode_note, note_of
 from ._errors import AsyncartError, IntegrityError, InvalidInputError, NotFoundError
 from ._history import READ_CHUNK, ArtifactCollection, collection_summary
 from ._names import check_name
@@ -222,9 +224,10 @@ class _Auditor:
 
     async def run(self, prefix: str) -> AuditReport:
         streams = await self.store.log.streams(prefix)
+        notes = await self.store.log.notes(prefix)
         self.total = len(streams)
         for stream in streams:
-            await self._stream(stream)
+            await self._stream(stream, notes.get(stream, b""))
             self.report.streams += 1
             self._tell()
         await self.blobs.flush()
@@ -242,14 +245,16 @@ class _Auditor:
                 )
             )
 
-    async def _stream(self, stream: str) -> None:
+    async def _stream(self, stream: str, note: bytes) -> None:
         collection = "/artifacts/" in stream
         checkpoint = await self._checkpoint(stream) if collection else None
-        state = CollectionState(stream) if collection else None
+        state = CollectionState(stream) if collection else RunState(stream)
         chain = _Chain(stream, self.as_of, state, checkpoint)
         await self._read(chain)
         self.report.problems += [AuditProblem(stream, seq, m) for seq, m in chain.problems]
-        if state is not None and state.head and not chain.broken:
+        if chain.finished and chain.folding and (wrong := _note_problem(note, state)):
+            self.report.problems.append(AuditProblem(stream, None, wrong))
+        if isinstance(state, CollectionState) and state.head and not chain.broken:
             await self._versions(state)
 
     async def _checkpoint(self, stream: str) -> CollectionState | None:
@@ -477,13 +482,14 @@ class _Chain:
 
     stream: str
     as_of: datetime | int | None
-    state: CollectionState | None  # None: a run stream, whose chain alone is checked
+    state: CollectionState | RunState
     checkpoint: CollectionState | None
     seq: int = 0  # the next record's
     prev: str = ""  # the chain hash of the record before it
     folding: bool = True  # False past ``as_of``, or after a record that does not fold
     broken: bool = False  # a record did not fold: the versions cannot be checked
     anchored: bool = False  # the checkpoint's record is in this chain
+    finished: bool = False  # every record was read
     problems: list[tuple[int | None, str]] = field(default_factory=list)
 
     def take(self, payloads: Sequence[bytes]) -> bool:
@@ -514,6 +520,7 @@ class _Chain:
 
     def finish(self) -> None:
         """After the last record: a checkpoint past the end of the stream is not of it."""
+        self.finished = True
         if self.checkpoint is not None and self.seq < self.checkpoint.head:
             self.problems.append(
                 (
@@ -540,10 +547,13 @@ class _Chain:
 
     def _fold(self, record: Record) -> None:
         state = self.state
-        if state is None or not self.folding:
+        if not self.folding:
             return
         if self._past_as_of(record):
             self.folding = False
+            return
+        if isinstance(state, RunState):
+            fold_run(state, [record])
             return
         try:
             fold(state, [record])
@@ -578,6 +588,29 @@ class _Chain:
                     "rewrites it)",
                 )
             )
+
+
+def _note_problem(data: bytes, state: CollectionState | RunState) -> str | None:
+    """What is wrong with a stream's note, given the state its records fold to (None if
+    nothing; a missing note, as a store written before notes has, is fine)."""
+    if not data:
+        return None
+    held, derived = decode_note(data), decode_note(note_of(state))
+    if held is None:
+        return (
+            "its note does not decode: listings read the stream instead, which only costs a "
+            "read (the next append rewrites the note)"
+        )
+    if type(held) is not type(derived):
+        return "its note is of another kind of stream; the next append rewrites it"
+    fields_of = msgspec.structs.asdict
+    differ = [k for k, v in fields_of(held).items() if fields_of(derived)[k] != v]
+    if not differ:
+        return None
+    return (
+        f"its note disagrees with its records ({', '.join(differ)} differ): listings show "
+        "the note until the next append rewrites it"
+    )
 
 
 def _derive(

@@ -17,7 +17,7 @@ import msgspec
 import pytest
 from _serving import Server
 from test_audit import _rewrite
-from test_listing import CountingLog, CountingStore
+from test_listing import CountingLog, CountingStore, _copy
 
 import asyncart
 import asyncart._audit
@@ -262,6 +262,38 @@ async def test_a_checkpoint_of_another_history_is_named(store, files, edit):
     assert "is not of this stream's history" in problem.message
     assert "only costs a longer read" in problem.message
     assert (await asyncart.Api("demo", store=store).artifact("ds:a3")).version == "v0"
+
+
+# -- notes --------------------------------------------------------------------------------
+
+
+async def _copy_with_blobs(source: str, target: str, notes: dict[str, bytes] | None = None) -> None:
+    await _copy(source, target, notes)
+    blobs = Path(source) / "blobs", Path(target) / "blobs"
+    await anyio.to_thread.run_sync(lambda: shutil.copytree(*blobs, dirs_exist_ok=True))
+
+
+async def test_audit_names_a_note_that_disagrees_with_its_records(store, tmp_path):
+    await _three_collections(store, tmp_path)
+    async with asyncart.init(project="demo", id="r1", store=store) as run:
+        await run.use_artifact("c0:v0")
+    async with asyncart.init(project="demo", id="r2", store=store):
+        pass
+    notes = await LocalStore(store).log.notes("demo/")
+    assert (await asyncart.audit("demo", store=store)).ok  # notes as appends wrote them
+    before = str(tmp_path / "before-notes")
+    await _copy_with_blobs(store, before)
+    assert (await asyncart.audit("demo", store=before)).ok  # no notes at all is fine
+    notes["demo/artifacts/c0"] = notes["demo/artifacts/c1"]  # versions differ, and the name
+    notes["demo/artifacts/c2"] = b"garbage"
+    notes["demo/runs/r2"] = notes["demo/runs/r1"]  # r2 used nothing
+    damaged = str(tmp_path / "damaged")
+    await _copy_with_blobs(store, damaged, notes)
+    problems = {p.stream: p.message for p in (await asyncart.audit("demo", store=damaged)).problems}
+    assert set(problems) == {"demo/artifacts/c0", "demo/artifacts/c2", "demo/runs/r2"}
+    assert "(name, versions, updated, aliases differ)" in problems["demo/artifacts/c0"]
+    assert "its note does not decode" in problems["demo/artifacts/c2"]
+    assert "(used differ)" in problems["demo/runs/r2"]
 
 
 # -- progress -------------------------------------------------------------------------------
