@@ -162,7 +162,9 @@ def format_time(when: datetime | None) -> str:
     """``2024-05-01T12:00:00Z`` (UTC, to the second), or ``-``."""
     if when is None:
         return "-"
-    return when.astimezone(UTC).isoformat(timespec="seconds")[:19] + "Z"  # faster than strftime
+    if when.tzinfo is not UTC:  # the API's times are UTC already: no conversion to pay for
+        when = when.astimezone(UTC)
+    return when.isoformat(timespec="seconds")[:19] + "Z"  # faster than strftime
 
 
 def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
