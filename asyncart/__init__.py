@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 from ._api import Api as Api
 from ._artifact import Artifact as Artifact
 from ._audit import AuditProblem as AuditProblem
+from ._audit import AuditProgress as AuditProgress
 from ._audit import AuditReport as AuditReport
 from ._audit import audit as audit
 from ._backends.base import BlobStore as BlobStore
@@ -75,6 +76,7 @@ __all__ = (
     "AsyncartError",
     "AsyncartWarning",
     "AuditProblem",
+    "AuditProgress",
     "AuditReport",
     "BackendUnavailableError",
     "BlobStore",

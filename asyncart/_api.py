@@ -9,7 +9,7 @@ from datetime import datetime
 from ._artifact import DEFAULT_PROJECT, Artifact, load_artifact, load_version
 from ._backends.base import Store
 from ._errors import NotFoundError
-from ._history import ArtifactCollection, LogEntry, collection_summary, read_log
+from ._history import ArtifactCollection, LogEntry, list_collections, read_log
 from ._lineage import RunInfo, run_info
 from ._names import check_name
 from ._repository import Repository, collection_stream
@@ -55,16 +55,17 @@ class Api:
     async def artifact_collections(self, project: str | None = None) -> list[ArtifactCollection]:
         """Every artifact of a project (default: this Api's), sorted by name.
 
+        Read from the streams' notes (no records), so the cost grows with the number of
+        artifacts, not with their history; an artifact whose note is missing or unusable (a
+        store written by an older release, a damaged note) is read from its stream instead.
+
         Example::
 
             for collection in await api.artifact_collections("demo"):
                 print(collection.name, collection.type, collection.versions, collection.aliases)
         """
         project = check_name(self.project if project is None else project, "project")
-        out = []
-        for name in await self._names(project):
-            out.append(collection_summary(project, await self._repo.collection(project, name)))
-        return out
+        return await list_collections(self._repo, project)
 
     @holding_store
     async def history(
@@ -84,15 +85,9 @@ class Api:
             streams = await self._repo.store.log.streams(f"{project}/")
         else:
             streams = [collection_stream(project, check_name(name, "artifact name"))]
-            if streams[0] not in await self._repo.store.log.streams(streams[0]):
+            if not await self._repo.store.log.read(streams[0], 0, limit=1):  # lists nothing
                 raise NotFoundError(f"artifact {project}/{name} not found")
         return await read_log(self._repo.store, streams, since)
-
-    async def _names(self, project: str) -> list[str]:
-        prefix = collection_stream(project, "")
-        return [
-            stream.removeprefix(prefix) for stream in await self._repo.store.log.streams(prefix)
-        ]
 
     @holding_store
     async def run(self, run_id: str, project: str | None = None) -> RunInfo:

@@ -29,7 +29,7 @@ from ._errors import (
     NotFoundError,
     SealedError,
 )
-from ._lineage import RunInfo, actor_run_id, run_info, runs
+from ._lineage import RunInfo, actor_run_id, run_info, runs_using
 from ._names import (
     PathTree,
     check_alias,
@@ -463,10 +463,15 @@ class Artifact:
 
     @holding_store
     async def used_by(self) -> list[RunInfo]:
-        """The runs that used this version, in the order of their ids."""
+        """The runs that used this version, in the order of their ids.
+
+        Reads the notes of the project's runs and the streams of the runs that used it, not
+        every run's stream.
+        """
         saved = self._require_saved()
-        key = (saved.project, self.name, saved.version.number)
-        return [r for r in await runs(saved.repo, saved.project) if key in r.used]
+        return await runs_using(
+            saved.repo, saved.project, (saved.project, self.name, saved.version.number)
+        )
 
     async def diff(self, other: Artifact) -> ManifestDiff:
         """The paths ``other`` adds, removes and changes relative to this artifact.

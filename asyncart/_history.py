@@ -30,13 +30,19 @@ from ._domain.events import (
     VersionCommitted,
 )
 from ._domain.fold import CollectionState
-from ._repository import _decode_chain
-from ._threads import maybe_thread
+from ._domain.notes import CollectionNote, decode_note
+from ._repository import Repository, _decode_chain, collection_stream
+from ._threads import HEAVY, maybe_thread
+
+READ_CHUNK = 1024
+"""Records per ranged read when a whole stream is read: memory follows the chunk, not the stream."""
 
 
-@dataclass(frozen=True)
-class ArtifactCollection:
+class ArtifactCollection(msgspec.Struct, frozen=True):
     """An artifact (all versions of one name) as the log describes it at some point.
+
+    A Struct rather than a dataclass: ``ls`` builds one per artifact, and a frozen dataclass
+    costs several times as much to build.
 
     Attributes:
         project: the project it belongs to.
@@ -71,6 +77,61 @@ def collection_summary(project: str, state: CollectionState) -> ArtifactCollecti
         MappingProxyType(dict(state.aliases)),
         None if latest is None else datetime.fromtimestamp(latest.time, UTC),
     )
+
+
+def note_summary(project: str, name: str, data: bytes) -> ArtifactCollection | None:
+    """Summarize a collection from its stream's note, or None when the note cannot be used
+    (missing, undecodable, incomplete, or not plausibly this collection's): the caller folds
+    the stream instead, so a store written before notes, or a damaged note, only costs a read.
+    """
+    note = decode_note(data)
+    if type(note) is not CollectionNote or not note.complete or not _plausible(note, name):
+        return None
+    updated = None if note.updated is None else datetime.fromtimestamp(note.updated, UTC)
+    aliases = MappingProxyType(note.aliases)  # decoded for this summary alone: no copy
+    return ArtifactCollection(project, note.name, note.type, note.versions, aliases, updated)
+
+
+def _plausible(note: CollectionNote, name: str) -> bool:
+    """Whether ``note`` can describe collection ``name``: checks that catch a note damaged in
+    a way that still decodes, or one copied from another stream."""
+    versions, aliases = note.versions, note.aliases
+    if note.name != name:
+        return False
+    if versions <= 0:
+        return versions == 0 and not aliases and note.updated is None
+    numbers = aliases.values()  # "latest" is the newest version, and no alias is past it
+    return (
+        aliases.get("latest") == versions - 1
+        and max(numbers) == versions - 1
+        and min(numbers) >= 0
+        and note.updated is not None
+    )
+
+
+async def list_collections(repo: Repository, project: str) -> list[ArtifactCollection]:
+    """Every collection of ``project``, sorted by name, from the streams' notes; only a stream
+    whose note cannot be used is read (and folded)."""
+    prefix = collection_stream(project, "")
+    notes = await repo.store.log.notes(prefix)
+    summaries = await maybe_thread(len(notes) > HEAVY, _summaries, project, prefix, notes)
+    out = []
+    for name, summary in summaries:
+        if summary is None:
+            summary = collection_summary(project, await repo.collection(project, name))
+        out.append(summary)
+    return out
+
+
+def _summaries(
+    project: str, prefix: str, notes: Mapping[str, bytes]
+) -> list[tuple[str, ArtifactCollection | None]]:
+    """(name, summary or None) of each stream in ``notes``, sorted by name."""
+    cut = len(prefix)
+    return [
+        (stream[cut:], note_summary(project, stream[cut:], notes[stream]))
+        for stream in sorted(notes)
+    ]
 
 
 @dataclass(frozen=True)
@@ -175,10 +236,16 @@ def _listed(items: Sequence[str], limit: int = 5) -> str:
 
 
 async def read_records(store: Store, stream: str) -> list[Record]:
-    """Every record of ``stream``, hash chain checked (IntegrityError if it is broken)."""
-    payloads = await store.log.read(stream)
-    big = sum(map(len, payloads)) > 256 << 10
-    records, _ = await maybe_thread(big, _decode_chain, stream, 0, "", payloads)
+    """Every record of ``stream``, hash chain checked (IntegrityError if it is broken), read
+    in ranges of :data:`READ_CHUNK` records."""
+    records: list[Record] = []
+    last_hash = ""
+    while payloads := await store.log.read(stream, len(records), limit=READ_CHUNK):
+        big = sum(map(len, payloads)) > 256 << 10
+        more, last_hash = await maybe_thread(
+            big, _decode_chain, stream, len(records), last_hash, payloads
+        )
+        records += more  # a short page is not the end: a backend may return fewer than asked
     return records
 
 

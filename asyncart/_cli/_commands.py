@@ -156,14 +156,15 @@ def _audit_args(parser: argparse.ArgumentParser) -> None:
 )
 async def audit(args: argparse.Namespace, console: Console) -> int:
     read_data = args.read_data_subset or args.read_data
-    with console.progress("reading blobs") as bar:
+    with console.audit_progress() as bar:
         report = await asyncart.audit(
             args.project,
             store=args.store,
             token=args.token,
             read_data=read_data,
             as_of=args.as_of,
-            progress=bar,
+            progress=bar.read,
+            stream_progress=bar.checked,
         )
     lines = [str(report)]
     if args.as_of is not None:

@@ -54,6 +54,55 @@ class ProgressBar:
             self.stream.flush()
 
 
+class AuditBar:
+    """Draws an audit's progress on one line of stderr: streams, records, versions and blobs
+    checked, and with ``--read-data`` the blobs read. One line for both of the audit's
+    callbacks (:meth:`checked`, :meth:`read`), since blob reads happen between streams."""
+
+    def __init__(self, stream: TextIO, enabled: bool) -> None:
+        self.stream, self.enabled = stream, enabled
+        self.last: asyncart.AuditProgress | None = None
+        self.reading: asyncart.Progress | None = None
+        self._drawn = 0.0
+
+    def checked(self, progress: asyncart.AuditProgress) -> None:
+        self.last = progress
+        self._draw(progress.streams_done == progress.streams_total)
+
+    def read(self, progress: asyncart.Progress) -> None:
+        self.reading = progress
+        self._draw(False)
+
+    def _draw(self, finished: bool) -> None:
+        now = time.monotonic()
+        if self.enabled and self.last is not None and (finished or now - self._drawn >= 0.1):
+            self._drawn = now
+            self.stream.write(f"\r{self.render()}\x1b[K")
+            self.stream.flush()
+
+    def render(self) -> str:
+        """``auditing: 3/10 streams, 1,234 records, 12 versions, 345 blobs, 1 problem``."""
+        p = self.last
+        assert p is not None
+        text = (
+            f"auditing: {p.streams_done}/{p.streams_total} streams, {p.records:,} records, "
+            f"{p.versions:,} versions, {p.blobs:,} blobs"
+        )
+        if (r := self.reading) is not None:
+            text += (
+                f" ({r.files_done:,}/{r.files_total:,} read, "
+                f"{human_bytes(r.bytes_done)}/{human_bytes(r.bytes_total)})"
+            )
+        if p.problems:
+            text += f", {p.problems} problem{'' if p.problems == 1 else 's'}"
+        return text
+
+    def close(self) -> None:
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
 @dataclass
 class Console:
     """Where a command's output goes, and how much of it (``--quiet``, ``--json``)."""
@@ -83,6 +132,14 @@ class Console:
         print(f"asyncart: error: {message}", file=self.err)
 
     @contextmanager
+    def audit_progress(self) -> Iterator[AuditBar]:
+        bar = AuditBar(self.err, self.show_progress)
+        try:
+            yield bar
+        finally:
+            bar.close()
+
+    @contextmanager
     def progress(self, label: str) -> Iterator[ProgressBar]:
         bar = ProgressBar(label, self.err, self.show_progress)
         try:
@@ -102,17 +159,20 @@ def human_bytes(n: int) -> str:
 
 
 def format_time(when: datetime | None) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if when else "-"
+    """``2024-05-01T12:00:00Z`` (UTC, to the second), or ``-``."""
+    if when is None:
+        return "-"
+    if when.tzinfo is not UTC:  # the API's times are UTC already: no conversion to pay for
+        when = when.astimezone(UTC)
+    return when.isoformat(timespec="seconds")[:19] + "Z"  # faster than strftime
 
 
 def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
-    """Left-aligned columns, two spaces apart."""
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
-    lines = [headers, *rows]
-    return "\n".join(
-        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
-        for line in lines
-    )
+    """Left-aligned columns, two spaces apart (one format string for every line: ``ls`` may
+    print a line per artifact of a large store)."""
+    columns = list(zip(headers, *rows, strict=True))
+    line = "  ".join(f"{{:<{max(map(len, column))}}}" for column in columns)
+    return "\n".join(line.format(*cells).rstrip() for cells in [headers, *rows])
 
 
 def _json_default(value: object) -> Any:

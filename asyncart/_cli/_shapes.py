@@ -73,7 +73,7 @@ def run_text(run: asyncart.RunInfo) -> str:
 
 
 def other_aliases(aliases: Any) -> str:
-    return ", ".join(f"{a}: v{n}" for a, n in sorted(aliases.items()) if a != "latest") or "-"
+    return ", ".join([f"{a}: v{n}" for a, n in sorted(aliases.items()) if a != "latest"]) or "-"
 
 
 def as_of_text(as_of: datetime | int) -> str:
