@@ -218,22 +218,27 @@ class Repository:
     ) -> None:
         """Append ``bodies`` after ``state.head``; raises ConflictError if the stream moved.
 
-        A cached collection state is then caught up with the records written (folding them
-        here: reading them back would decode every entry of a large commit again).
+        A cached collection state is then caught up with the records written, if the log
+        stored them as they are (folding them here: reading them back would decode every entry
+        of a large commit again).
         """
         heavy = _count([b for b in bodies if isinstance(b, FilesAdded | FilesRemoved)]) > HEAVY
         records, payloads, last_hash, note = await maybe_thread(
             heavy, _encoded, state, bodies, actor, time.time()
         )
-        await self.store.log.append(state.stream, payloads, state.head, note)
-        if isinstance(state, CollectionState) and self._states.get(state.stream) is state:
-            del self._states[state.stream]  # ours alone while folding, as in collection()
-            try:
-                await maybe_thread(heavy, fold, state, records)
-            except IntegrityError:  # another task folded past it: the next read starts anew
-                return
-            state.last_hash = last_hash
-            self._states[state.stream] = state
+        head = await self.store.log.append(state.stream, payloads, state.head, note)
+        if not isinstance(state, CollectionState) or self._states.get(state.stream) is not state:
+            return
+        del self._states[state.stream]  # ours alone while folding, as in collection()
+        # A server stamps records itself (actor, time, so the chain): then they are read back.
+        if await self.store.log.read(state.stream, head - 1, limit=1) != payloads[-1:]:
+            return
+        try:
+            await maybe_thread(heavy, fold, state, records)
+        except IntegrityError:  # another task folded past it: the next read starts anew
+            return
+        state.last_hash = last_hash
+        self._states[state.stream] = state
 
     async def append_run(
         self, project: str, run_id: str, bodies: Sequence[Event], actor: str

@@ -240,7 +240,7 @@ def _records(payloads: list[bytes]) -> list[Record]:
 
 
 def _comparable(state: CollectionState) -> bytes:
-    return msgspec.msgpack.encode(state)
+    return msgspec.msgpack.encode(state, order="deterministic")  # sets in a stable order
 
 
 @settings(max_examples=150, deadline=None)
