@@ -37,8 +37,9 @@ class EventLog(Protocol):
     """
 
     async def read(self, stream: str, from_seq: int = 0, limit: int | None = None) -> list[bytes]:
-        """Return the payloads of ``stream`` from ``from_seq`` on, at most ``limit`` of them
-        ([] for an unknown stream or past the head). Reads only those records' bytes.
+        """Return the payloads of ``stream`` from ``from_seq`` on: ``limit`` of them, or all
+        there are if fewer ([] for an unknown stream or past the head; None: to the head).
+        Reads only those records' bytes (a server pages them: the client reads every page).
 
         Only durable records are returned: those of appends that returned (or will return).
 
@@ -54,8 +55,9 @@ class EventLog(Protocol):
         """Append all ``payloads`` atomically at ``expected_seq``; return the new head.
 
         ``note`` (at most :data:`MAX_NOTE` bytes) becomes the stream's note in the same atomic
-        step. Any number of payloads of any size is one all-or-nothing append (a backend that
-        needs several requests for it stages them and publishes once).
+        step (a server ignores it and derives the note from the records it validated). Any
+        number of payloads of any size is one all-or-nothing append (a backend that needs
+        several requests for it stages them and publishes once).
 
         Raises:
             ConflictError: the stream's head is not ``expected_seq``.
