@@ -24,14 +24,14 @@ import msgspec
 
 from ._backends.base import BlobStore, Store
 from ._domain.checkpoint import decode_checkpoint
-from ._domain.events import Change, FilesAdded, FilesRemoved, Record, decode, record_hash
+from ._domain.events import Change, FilesAdded, Record, decode, record_hash
 from ._domain.fold import CollectionState, RunState, Version, fold, fold_run, replay
 from ._domain.manifest import Manifest
 from ._domain.notes import decode_note, note_of
 from ._errors import AsyncartError, IntegrityError, InvalidInputError, NotFoundError
 from ._history import READ_CHUNK, ArtifactCollection, collection_summary
 from ._names import check_name
-from ._repository import Repository
+from ._repository import Repository, decode_changes
 from ._store import load_backend, open_store, prepare_store
 from ._threads import HEAVY, maybe_thread
 from ._transfer import DEFAULT_CONCURRENCY, ProgressCallback, _Tracker, batches, run_pool
@@ -455,23 +455,10 @@ def _pick_changes(
             out.append((version, f"v{version.number}: its change records are not all in the log"))
             continue
         try:
-            out.append((version, _decode_changes(stream, found, version.draft.change_seqs)))
+            out.append((version, decode_changes(stream, found, version.draft.change_seqs)))
         except IntegrityError as e:
             out.append((version, str(e)))
     return out
-
-
-def _decode_changes(stream: str, payloads: list[bytes], seqs: list[int]) -> list[Change]:
-    changes: list[Change] = []
-    for seq, payload in zip(seqs, payloads, strict=True):
-        record = decode(payload, stream, seq)
-        if record.seq != seq or not isinstance(record.body, FilesAdded | FilesRemoved):
-            raise IntegrityError(
-                f"stream {stream!r} seq {seq}: expected a change record, found "
-                f"{type(record.body).__name__} at seq {record.seq} (the log was edited)"
-            )
-        changes.append(record.body)
-    return changes
 
 
 @dataclass

@@ -108,12 +108,24 @@ class Repository:
         """The state of a collection as of now (an empty state if it does not exist): the
         cached state, else the stream's checkpoint, caught up with the records after it."""
         stream = collection_stream(project, name)
-        state = self._states.pop(stream, None) or await checkpointed(self.store.log, stream)
+        state = self._states.pop(stream, None)
+        if state is None:
+            try:
+                state = await self._caught_up(await checkpointed(self.store.log, stream))
+            except IntegrityError:  # perhaps only the checkpoint is wrong: the records decide
+                state = await self._caught_up(CollectionState(stream))
+        else:
+            state = await self._caught_up(state)
+        self._states[stream] = state
+        return state
+
+    async def _caught_up(self, state: CollectionState) -> CollectionState:
+        """``state`` with the records after it folded in (and checkpointed when due; before
+        it is cached again, so that no other task folds into it meanwhile)."""
         before = state.head
-        records, last_hash = await self._read(stream, state.head, state.last_hash)
+        records, last_hash = await self._read(state.stream, state.head, state.last_hash)
         fold(state, records)  # on error the damaged state is not cached again
         state.last_hash = last_hash
-        self._states[stream] = state
         if checkpoint_due(before, state.head):
             await self._checkpoint(state)
         return state
@@ -140,16 +152,24 @@ class Repository:
         return await maybe_thread(big, _decode_chain, stream, head, last_hash, payloads)
 
     async def changes(self, stream: str, seqs: Sequence[int]) -> list[Change]:
-        """The change records at ``seqs`` (ascending runs), read by ranges, in that order.
+        """The change records at ``seqs`` (ascending), read by ranges that cover them (a
+        distributed draft's records interleave with others': a gap of a few records is read
+        through rather than asked for again), in that order.
 
         They are not chain-checked here (that would need the records before them): a manifest
         replayed from edited changes fails its recorded digest, and audit checks the chain.
         """
         out: list[Change] = []
-        for start, count in _runs(seqs):
-            payloads = await self.store.log.read(stream, start, limit=count)
+        for start, stop, wanted in _covering(seqs):
+            found = await self.store.log.read(stream, start, limit=stop - start)
+            if len(found) != stop - start:
+                raise IntegrityError(
+                    f"stream {stream!r}: seqs {start}..{stop - 1} hold changes of a version, "
+                    f"but the log has {len(found)} of them (it was cut short)"
+                )
+            payloads = [found[seq - start] for seq in wanted]
             big = sum(map(len, payloads)) > _BIG_READ
-            out += await maybe_thread(big, _decode_changes, stream, start, count, payloads)
+            out += await maybe_thread(big, decode_changes, stream, payloads, wanted)
         return out
 
     async def version(
@@ -222,23 +242,32 @@ class Repository:
         stored them as they are (folding them here: reading them back would decode every entry
         of a large commit again).
         """
+        # Everything taken from ``state`` is taken now, before any await: another task may
+        # fold newer records into this very object meanwhile (then the log refuses the append).
+        stream, head, prev, now = state.stream, state.head, state.last_hash, time.time()
+        note = note_of(state, bodies, now)
         heavy = _count([b for b in bodies if isinstance(b, FilesAdded | FilesRemoved)]) > HEAVY
-        records, payloads, last_hash, note = await maybe_thread(
-            heavy, _encoded, state, bodies, actor, time.time()
+        records, payloads, last_hash = await maybe_thread(
+            heavy, _encoded, stream, head, prev, bodies, actor, now
         )
-        head = await self.store.log.append(state.stream, payloads, state.head, note)
-        if not isinstance(state, CollectionState) or self._states.get(state.stream) is not state:
+        new_head = await self.store.log.append(stream, payloads, head, note)
+        if not isinstance(state, CollectionState) or self._states.get(stream) is not state:
             return
-        del self._states[state.stream]  # ours alone while folding, as in collection()
+        del self._states[stream]  # ours alone while folding, as in collection()
         # A server stamps records itself (actor, time, so the chain): then they are read back.
-        if await self.store.log.read(state.stream, head - 1, limit=1) != payloads[-1:]:
+        if (
+            state.head != head
+            or await self.store.log.read(stream, new_head - 1, 1) != payloads[-1:]
+        ):
             return
         try:
             await maybe_thread(heavy, fold, state, records)
         except IntegrityError:  # another task folded past it: the next read starts anew
             return
         state.last_hash = last_hash
-        self._states[state.stream] = state
+        if checkpoint_due(head, new_head):
+            await self._checkpoint(state)
+        self._states[stream] = state
 
     async def append_run(
         self, project: str, run_id: str, bodies: Sequence[Event], actor: str
@@ -459,45 +488,52 @@ async def checkpointed(log: EventLog, stream: str) -> CollectionState:
         state = await maybe_thread(len(data) > _BIG_READ, decode_checkpoint, data, stream)
         seq, last_hash = checkpoint_anchor(state)
         anchor = await log.read(stream, seq, limit=1)
+        if not anchor or record_hash(anchor[0]) != last_hash:
+            return CollectionState(stream)  # not of this stream's history (restored, edited)
+        if (latest := state.latest) is not None:  # its newest version is the log's, too
+            found = anchor if latest.seq == seq else await log.read(stream, latest.seq, limit=1)
+            if not found or decode(found[0], stream, latest.seq).body != latest.commit:
+                return CollectionState(stream)
     except IntegrityError:
         return CollectionState(stream)  # audit names a damaged checkpoint
-    if not anchor or record_hash(anchor[0]) != last_hash:
-        return CollectionState(stream)  # not of this stream's history (restored, edited)
     return state
 
 
 def _encoded(
-    state: CollectionState | RunState, bodies: Sequence[Event], actor: str, now: float
-) -> tuple[list[Record], list[bytes], str, bytes]:
-    """The records that append ``bodies`` to ``state``: as records, encoded, the chain hash of
-    the last one, and the stream's note after them."""
-    payloads, records, prev = [], [], state.last_hash
-    for seq, body in enumerate(bodies, state.head):
-        records.append(Record(state.stream, seq, now, actor, prev, body))
+    stream: str, head: int, prev: str, bodies: Sequence[Event], actor: str, now: float
+) -> tuple[list[Record], list[bytes], str]:
+    """The records that append ``bodies`` at ``head`` after the record hashed ``prev``: as
+    records, encoded, and the chain hash of the last one."""
+    payloads, records = [], []
+    for seq, body in enumerate(bodies, head):
+        records.append(Record(stream, seq, now, actor, prev, body))
         payloads.append(encode(records[-1]))
         prev = record_hash(payloads[-1])
-    return records, payloads, prev, note_of(state, records)
+    return records, payloads, prev
 
 
-def _runs(seqs: Sequence[int]) -> list[tuple[int, int]]:
-    """(start, count) of each run of consecutive numbers in ``seqs``, in order."""
-    runs: list[tuple[int, int]] = []
+def _covering(seqs: Sequence[int], gap: int = 32) -> list[tuple[int, int, list[int]]]:
+    """(start, stop, the seqs in it) of ranges covering ascending ``seqs``, joining seqs less
+    than ``gap`` apart."""
+    ranges: list[tuple[int, int, list[int]]] = []
     for seq in seqs:
-        if runs and runs[-1][0] + runs[-1][1] == seq:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        if ranges and seq - ranges[-1][1] < gap:
+            start, _, wanted = ranges[-1]
+            wanted.append(seq)
+            ranges[-1] = (start, seq + 1, wanted)
         else:
-            runs.append((seq, 1))
-    return runs
+            ranges.append((seq, seq + 1, [seq]))
+    return ranges
 
 
-def _decode_changes(stream: str, start: int, count: int, payloads: list[bytes]) -> list[Change]:
-    if len(payloads) != count:
-        raise IntegrityError(
-            f"stream {stream!r}: seqs {start}..{start + count - 1} hold changes of a version, "
-            f"but the log has {len(payloads)} of them (it was cut short)"
-        )
+def decode_changes(stream: str, payloads: Sequence[bytes], seqs: Sequence[int]) -> list[Change]:
+    """Decode the change records ``payloads`` found at ``seqs`` of ``stream``.
+
+    Raises:
+        IntegrityError: one is not a change record of that seq (the log was edited).
+    """
     out: list[Change] = []
-    for seq, payload in enumerate(payloads, start):
+    for seq, payload in zip(seqs, payloads, strict=True):
         record = decode(payload, stream, seq)
         if record.seq != seq or not isinstance(record.body, FilesAdded | FilesRemoved):
             raise IntegrityError(

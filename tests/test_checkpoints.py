@@ -3,6 +3,7 @@ lost or damaged checkpoint only costs a longer read, and a full re-log records w
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -272,3 +273,53 @@ def test_a_checkpoint_is_due_whenever_the_head_passes_a_multiple():
     assert checkpoint_due(CHECKPOINT_EVERY - 1, CHECKPOINT_EVERY + 1)
     assert not checkpoint_due(1, CHECKPOINT_EVERY - 1)
     assert checkpoint_due(5, 5 + CHECKPOINT_EVERY)  # any run as long as the period
+
+
+async def test_concurrent_commits_on_one_repository_never_break_the_stream(tmp_path):
+    """Two saves racing on one store object (one heavy enough to encode in a thread): each
+    lands as its own version or retries; the stream replays from seq 0."""
+    root, big, small = tmp_path / "store", tmp_path / "big", tmp_path / "small"
+    big.mkdir()
+    small.mkdir()
+    for i in range(2_500):
+        (big / f"{i}.txt").write_text(str(i))
+    store = asyncart.LocalStore(root)
+    for round_ in range(3):
+        (small / "x.txt").write_text(f"round {round_}")
+        heavy, light = asyncart.Artifact("ds", "dataset"), asyncart.Artifact("ds", "dataset")
+        (big / "changing.txt").write_text(f"round {round_}")
+        await heavy.add_dir(big)
+        await light.add_dir(small)
+        async with asyncart.init(project="p", store=store) as run:
+            await asyncio.gather(run.log_artifact(heavy), run.log_artifact(light))
+    payloads = await asyncart.LocalStore(root).log.read(STREAM)
+    state = fold(CollectionState(STREAM), _records(payloads))
+    assert len(state.versions) == 6
+    assert (await asyncart.audit(store=root)).ok
+
+
+async def test_a_checkpoint_claiming_a_version_the_log_lacks_is_set_aside(tmp_path, files):
+    root = tmp_path / "store"
+    await _versions(root, files, 20)
+    good, _ = await _open_fresh(root)
+    forged = decode_checkpoint(_checkpoint_file(root).read_bytes(), STREAM)
+    extra = forged.versions[-1]
+    forged.versions.append(
+        type(extra)(extra.number + 1, extra.draft, extra.commit, "user:x", 0.0, extra.seq)
+    )
+    _checkpoint_file(root).write_bytes(encode_checkpoint(forged))
+    state, read = await _open_fresh(root)
+    assert _comparable(state) == _comparable(good)
+    assert read >= await _head(root)  # from seq 0
+
+
+async def test_a_long_lived_writer_leaves_checkpoints_behind(tmp_path, files):
+    root = tmp_path / "store"
+    async with asyncart.init(project="p", store=root) as run:  # one repository for all
+        for i in range(40):
+            (files / "changing.txt").write_text(f"content {i}")
+            artifact = asyncart.Artifact("ds", "dataset")
+            await artifact.add_dir(files)
+            await run.log_artifact(artifact)
+    checkpointed = decode_checkpoint(_checkpoint_file(root).read_bytes(), STREAM).head
+    assert await _head(root) - checkpointed < CHECKPOINT_EVERY

@@ -352,13 +352,13 @@ async def test_a_torn_head_slot_falls_back_to_the_other_with_its_note(tmp_path: 
     with pytest.raises(ConflictError):  # r1 lies past the head: rolled forward, kept
         await fresh.append(A, [b"other"], 1, note=b"other")
     assert await fresh.read(A) == [b"r0", b"r1"]
-    assert await fresh.notes("p/") == {A: b"one record"}  # r1's own note was lost with it
+    assert await fresh.notes("p/") == {A: b""}  # r1's own note was lost with it: none
 
 
-async def test_a_rolled_forward_append_keeps_the_previous_note(tmp_path: Path) -> None:
+async def test_a_rolled_forward_append_leaves_no_note(tmp_path: Path) -> None:
     """An append that wrote its records but not its head never returned: the next append
-    rolls its records forward, and the note stays the one before it until an append that
-    returns replaces it."""
+    rolls its records forward, and the stream has no note (the previous one no longer
+    describes it; readers fold) until an append that returns writes one."""
     log = LocalStore(tmp_path / "store").log
     await log.append(A, [b"r0"], 0, note=b"note 0")
     before = _head(tmp_path / "store").read_bytes()
@@ -369,6 +369,10 @@ async def test_a_rolled_forward_append_keeps_the_previous_note(tmp_path: Path) -
     fresh = LocalStore(tmp_path / "store").log
     assert await fresh.read(A) == [b"r0"]
     assert await fresh.notes("p/") == {A: b"note 0"}
+    with pytest.raises(ConflictError):  # rolls r1 and r2 forward, then finds the head moved
+        await fresh.append(A, [b"r1 again"], 1, note=b"stale")
+    assert await fresh.read(A) == [b"r0", b"r1", b"r2"]
+    assert await fresh.notes("p/") == {A: b""}
     assert await fresh.append(A, [b"r3"], 3, note=b"note 3") == 4
     assert await LocalStore(tmp_path / "store").log.read(A) == [b"r0", b"r1", b"r2", b"r3"]
     assert await LocalStore(tmp_path / "store").log.notes(A) == {A: b"note 3"}

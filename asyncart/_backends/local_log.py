@@ -396,9 +396,10 @@ class LocalEventLog:
         if not tail.payloads:
             return head
         os.fdatasync(fd)  # a writer may have died before its own fdatasync
-        # The note of that append is unknown (it lived in the head write that never landed):
-        # the rolled head keeps the previous one, and the next append replaces it.
-        rolled = head.advanced(head.records + len(tail.payloads), tail.end)
+        # The note of that append is unknown (it lived in the head write that never landed),
+        # and the previous one no longer describes the records: the rolled head has none, so
+        # readers fold the stream until the next append writes one.
+        rolled = head.advanced(head.records + len(tail.payloads), tail.end, b"")
         _write_head(head_fd, rolled)
         self._extend_index(fd, stream, head.records, tail)
         return rolled

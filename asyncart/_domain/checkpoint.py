@@ -58,9 +58,12 @@ def decode_checkpoint(data: bytes, stream: str) -> CollectionState:
     if blake3.blake3(body).digest() != data[len(_MAGIC) : header]:
         raise IntegrityError(f"{where} fails its checksum (damaged)")
     try:
-        state = _decoder.decode(body).state
+        checkpoint = _decoder.decode(body)
     except msgspec.DecodeError as e:
         raise IntegrityError(f"{where} does not decode: {e}") from None
+    if checkpoint.format != 1:
+        raise IntegrityError(f"{where} has format {checkpoint.format} (of a newer release?)")
+    state = checkpoint.state
     if state.stream != stream or state.head < 1:
         raise IntegrityError(f"{where} is of stream {state.stream!r} at head {state.head}")
     return state

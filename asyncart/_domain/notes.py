@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import msgspec
 
 from .._backends.base import MAX_NOTE
-from .events import AliasesMoved, ArtifactUsed, CollectionCreated, Record, VersionCommitted
+from .events import AliasesMoved, ArtifactUsed, CollectionCreated, Event, VersionCommitted
 from .fold import CollectionState, RunState
 
 
@@ -38,18 +38,19 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Note)
 
 
-def collection_note(state: CollectionState, then: Sequence[Record] = ()) -> bytes:
-    """The note of a folded collection once the (valid) records ``then`` follow it."""
+def collection_note(state: CollectionState, then: Sequence[Event] = (), now: float = 0.0) -> bytes:
+    """The note of a folded collection once the (valid) events ``then``, appended at ``now``,
+    follow it."""
     name, type_, aliases = state.name, state.type, dict(state.aliases)
     versions = len(state.versions)
     updated = None if state.latest is None else state.latest.time
-    for record in then:
-        match record.body:
+    for body in then:
+        match body:
             case CollectionCreated():
-                name, type_ = record.body.name, record.body.type
+                name, type_ = body.name, body.type
             case VersionCommitted():
-                aliases.update(dict.fromkeys(["latest", *record.body.aliases], versions))
-                versions, updated = versions + 1, record.time
+                aliases.update(dict.fromkeys(["latest", *body.aliases], versions))
+                versions, updated = versions + 1, now
             case AliasesMoved(version=number, add=add, remove=remove):
                 for alias in remove:
                     if aliases.get(alias) == number:
@@ -62,22 +63,20 @@ def collection_note(state: CollectionState, then: Sequence[Record] = ()) -> byte
     return data if len(data) <= MAX_NOTE else b""  # a huge type: no note, readers fold
 
 
-def run_note(state: RunState, then: Sequence[Record] = ()) -> bytes:
-    """The note of a folded run once the records ``then`` follow it."""
+def run_note(state: RunState, then: Sequence[Event] = ()) -> bytes:
+    """The note of a folded run once the events ``then`` follow it."""
     used = list(state.used)
-    used += [
-        (r.body.project, r.body.name, r.body.version)
-        for r in then
-        if isinstance(r.body, ArtifactUsed)
-    ]
+    used += [(b.project, b.name, b.version) for b in then if isinstance(b, ArtifactUsed)]
     data = _encoder.encode(RunNote(used))
     return data if len(data) <= MAX_NOTE else _encoder.encode(RunNote(complete=False))
 
 
-def note_of(state: CollectionState | RunState, then: Sequence[Record] = ()) -> bytes:
-    """The note of a stream in ``state`` once ``then`` follows."""
+def note_of(
+    state: CollectionState | RunState, then: Sequence[Event] = (), now: float = 0.0
+) -> bytes:
+    """The note of a stream in ``state`` once the events ``then``, appended at ``now``, follow."""
     if isinstance(state, CollectionState):
-        return collection_note(state, then)
+        return collection_note(state, then, now)
     return run_note(state, then)
 
 
