@@ -540,3 +540,23 @@ async def test_the_server_checkpoints_collections_and_a_fresh_server_starts_from
         assert served.log.records_read <= 2 * (1 + head - checkpointed) + changes + appended
         assert 2 * (1 + head - checkpointed) + changes + appended < head + changes
     assert (await asyncart.audit(store=root)).ok
+
+
+async def test_a_staging_holds_a_bounded_number_of_parts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("asyncart._server._staged.MAX_PARTS", 3)
+    root = tmp_path / "served"
+    async with _in_process(root, Limits()) as (url, _):
+        owner = await _token(root, "demo", write=True)
+        records = chain(STREAM, [created(STREAM), *[DraftOpened(f"d{n}") for n in range(4)]])
+        async with aiohttp.ClientSession() as s:
+            staging = (await _call(s, "POST", f"{url}/v1/staged/{STREAM}", owner))[1]["staged"]
+            for part in range(3):
+                put = f"{url}/v1/staged/{staging}/{part}"
+                assert (await _call(s, "PUT", put, owner, pack(records[part : part + 1])))[0] == 201
+            again = f"{url}/v1/staged/{staging}/2"  # sent again: replaces itself, no new part
+            assert (await _call(s, "PUT", again, owner, pack(records[2:3])))[0] == 201
+            more = pack(records[3:4])
+            status, body = await _call(s, "PUT", f"{url}/v1/staged/{staging}/3", owner, more)
+            assert status == 413 and b"at most 3 parts" in body

@@ -69,6 +69,11 @@ _RECORDS = msgspec.msgpack.Decoder(Records)
 _log = logging.getLogger("asyncart.server")
 
 
+MAX_PARTS = 4096
+"""Parts one staging may hold: files in one spool folder, and requests to publish one append
+(clients send parts of several MiB: a 512 MiB append is about 64)."""
+
+
 @dataclass(eq=False)
 class Staging:
     """One staged append in the making."""
@@ -147,6 +152,10 @@ class Stagings:
         ``staging`` (inside :meth:`using`)."""
         if staging.outcome is not None:
             raise HttpError(409, "staging_published", "this staging is being published")
+        if part not in staging.parts and len(staging.parts) >= MAX_PARTS:
+            raise HttpError(
+                413, "too_many_parts", f"a staging holds at most {MAX_PARTS} parts (send fewer)"
+            )
         growth = len(data) - staging.parts.get(part, (0, 0))[0]  # a part sent again replaces
         if staging.size + growth > self.max_bytes:
             raise HttpError(
