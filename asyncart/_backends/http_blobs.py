@@ -20,6 +20,7 @@ import anyio.to_thread
 import blake3
 
 from .._errors import BackendUnavailableError, FileChangedError, IntegrityError, NotFoundError
+from .._threads import maybe_thread
 from ._http_client import TRANSIENT, HttpClient, Reply, ServerError, error_detail, unavailable
 from ._wire import MSGPACK, unpack
 from ._wire import pack as _pack
@@ -43,6 +44,12 @@ _OCTETS = {"Content-Type": "application/octet-stream"}
 T = TypeVar("T")
 
 
+def _missing_bodies(sizes: Mapping[str, int]) -> list[bytes]:
+    """The bodies of the ``missing`` requests for ``sizes``: [digest, size] pairs, in batches."""
+    pairs = [[digest, size] for digest, size in sizes.items()]
+    return [_pack(pairs[i : i + MISSING_BATCH]) for i in range(0, len(pairs), MISSING_BATCH)]
+
+
 class HttpBlobStore:
     """A :class:`~asyncart._backends.base.BlobStore` on a server."""
 
@@ -53,10 +60,9 @@ class HttpBlobStore:
         self.part_size, self.part_threshold = part_size, part_threshold
 
     async def missing(self, sizes: Mapping[str, int]) -> set[str]:
-        pairs = [[digest, size] for digest, size in sizes.items()]
+        bodies = await maybe_thread(len(sizes) > MISSING_BATCH, _missing_bodies, sizes)
         out: set[str] = set()
-        for start in range(0, len(pairs), MISSING_BATCH):
-            body = _pack(pairs[start : start + MISSING_BATCH])
+        for body in bodies:
             reply = await self._client.request(
                 "POST", "/blobs/missing", body=_const(body), headers={"Content-Type": MSGPACK}
             )
