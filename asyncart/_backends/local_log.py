@@ -602,7 +602,7 @@ def _notes_at(
     dir_fd: int, folder: str, where: str, prefix: str, start: int, notes: dict[str, bytes]
 ) -> list[str]:
     """``_folder_notes`` of the open folder ``dir_fd``."""
-    with os.scandir(dir_fd) as listing:
+    with os.scandir(folder) as listing:  # by name: entries then name their folder
         entries = list(listing)
     base = f"{where}/" if where else ""
     dirs = [entry for entry in entries if entry.is_dir()]  # as _walk: links are not followed
