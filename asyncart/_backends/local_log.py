@@ -36,13 +36,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import gc
 import os
 import secrets
 import struct
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -482,10 +483,11 @@ class LocalEventLog:
             except InvalidInputError:
                 return {}  # no stream's name holds such a folder
         notes: dict[str, bytes] = {}
-        _walk_notes(
-            os.path.join(self.root, folder) if folder else str(self.root), folder, prefix, notes
-        )
-        return {stream: notes[stream] for stream in sorted(notes)}
+        with _gc_paused():  # a large folder's notes are many small objects, none cyclic
+            _walk_notes(
+                os.path.join(self.root, folder) if folder else str(self.root), folder, prefix, notes
+            )
+            return {stream: notes[stream] for stream in sorted(notes)}
 
     def _note(self, stream: str) -> bytes:
         """The note in the stream's head, read alone (b"" if it has none). A damaged head
@@ -537,6 +539,20 @@ def _walk(folder: Path, where: str, prefix: str, names: set[str]) -> None:
         stream, dot, suffix = name.rpartition(".")  # a head without its log is a stream too
         if dot and suffix in ("log", "head") and not entry.name.startswith("."):
             names.add(stream)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside (as it was after, unless another thread changed
+    it meanwhile): building many small objects, none cyclic, would trigger it again and
+    again for nothing."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 # -- the notes cache: a folder's notes in one file (derived, checked before each use) ---------
@@ -613,14 +629,16 @@ def _notes_at(
         and (f"{base}{entry.name}/".startswith(prefix) or prefix.startswith(f"{base}{entry.name}/"))
     ]
     wanted = prefix[len(base) :] if len(prefix) > len(base) else ""  # a name here starts so
-    not_files = {entry.name for entry in dirs}
+    not_files = {entry.name for entry in dirs}  # files only: a project may be "x.log"
     names = [
-        name
+        entry.name
         for entry in entries
-        if (name := entry.name).startswith(wanted)
-        and not name.startswith(".")  # this cache, temp files: never a stream
-        and name not in not_files  # files only: a project may be "x.log"
+        if not entry.name.startswith(".")  # this cache, temp files: never a stream
     ]
+    if wanted:
+        names = [name for name in names if name.startswith(wanted)]
+    if not_files:
+        names = [name for name in names if name not in not_files]
     # A log without its head is a stream too (a previous release's: no note).
     notes.update(dict.fromkeys([base + n[:-4] for n in names if n.endswith(".log")], b""))
     heads = [name for name in names if name.endswith(".head")]
@@ -628,33 +646,35 @@ def _notes_at(
     trusted_before = (cached[0] if cached else 0) - _RACY_NS
     old = cached[1] if cached else {}
     seen: dict[str, _CachedNote] = {}
-    stale = 0
-    for head in heads:
+    stale, stat, get = 0, os.stat, old.get
+    for head in heads:  # the one loop that runs once per stream: kept lean
         stream = head[:-5]
         try:
-            st = os.stat(head, dir_fd=dir_fd)
+            st = stat(head, dir_fd=dir_fd)
         except OSError:  # removed since the listing (or unreadable): read its stream
-            notes.setdefault(base + stream, b"")
             continue
-        hit = old.get(stream)
+        hit = get(stream)
         if (
-            hit is not None
-            and hit[2] == st.st_ctime_ns
-            and hit[2] < trusted_before
-            and hit[0] == st.st_ino
-            and hit[1] == st.st_size
+            hit is None
+            or hit[2] != st.st_ctime_ns
+            or hit[2] >= trusted_before
+            or hit[0] != st.st_ino
+            or hit[1] != st.st_size
         ):
-            note = hit[3]
-        else:
-            note = _head_note_at(dir_fd, head)
+            hit = (st.st_ino, st.st_size, st.st_ctime_ns, _head_note_at(dir_fd, head))
             stale += 1
-            hit = (st.st_ino, st.st_size, st.st_ctime_ns, note)
-        notes[base + stream] = note
         seen[stream] = hit
-    for stream, hit in old.items():  # kept: those a narrower prefix did not look at
-        if not stream.startswith(wanted):
-            seen.setdefault(stream, hit)
-    stale += sum(1 for stream in old if stream not in seen)  # removed streams
+    notes.update(zip([base + s for s in seen], [hit[3] for hit in seen.values()], strict=True))
+    if len(seen) < len(heads):  # a head gone since the listing: a stream listed, no note
+        for head in heads:
+            if head[:-5] not in seen:
+                notes.setdefault(base + head[:-5], b"")
+    stale += len(old) - len(old.keys() & seen.keys())  # removed streams (or outside the prefix)
+    if wanted:  # kept: those a narrower prefix did not look at
+        for stream, hit in old.items():
+            if not stream.startswith(wanted):
+                seen.setdefault(stream, hit)
+                stale -= 1
     if stale and (stale >= _REWRITE_AT or stale * 100 >= len(seen)):
         _write_notes_cache(dir_fd, where, start, seen)
     return subfolders
