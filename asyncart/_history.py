@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -30,7 +32,7 @@ from ._domain.events import (
     VersionCommitted,
 )
 from ._domain.fold import CollectionState
-from ._domain.notes import CollectionNote, decode_note
+from ._domain.notes import CollectionNote, Note, decode_note
 from ._repository import Repository, _decode_chain, collection_stream
 from ._threads import HEAVY, maybe_thread
 
@@ -84,12 +86,40 @@ def note_summary(project: str, name: str, data: bytes) -> ArtifactCollection | N
     (missing, undecodable, incomplete, or not plausibly this collection's): the caller folds
     the stream instead, so a store written before notes, or a damaged note, only costs a read.
     """
-    note = decode_note(data)
+    return _decoded_summary(project, name, decode_note(data))
+
+
+def _decoded_summary(project: str, name: str, note: Note | None) -> ArtifactCollection | None:
+    """``note_summary`` of a note decoded already."""
     if type(note) is not CollectionNote or not note.complete or not _plausible(note, name):
         return None
     updated = None if note.updated is None else datetime.fromtimestamp(note.updated, UTC)
     aliases = MappingProxyType(note.aliases)  # decoded for this summary alone: no copy
     return ArtifactCollection(project, note.name, note.type, note.versions, aliases, updated)
+
+
+_raw_list = msgspec.msgpack.Decoder(list[msgspec.Raw])
+_note_list = msgspec.msgpack.Decoder(list[Note])
+
+
+def _decode_notes(notes: list[bytes]) -> list[Note | None]:
+    """``decode_note`` of each of ``notes``, in one decoder call when they all decode.
+
+    The notes are decoded as one msgpack array of them all; that array must split into
+    exactly the pieces given (a damaged note could otherwise lend its bytes to the next),
+    else, or if any one does not decode, each is decoded alone."""
+    whole = [data for data in notes if data]
+    batch = b"\xdd" + len(whole).to_bytes(4, "big") + b"".join(whole)
+    try:
+        pieces = _raw_list.decode(batch)
+        if len(pieces) == len(whole) and all(
+            len(piece) == len(data) for piece, data in zip(pieces, whole, strict=True)
+        ):
+            decoded = iter(_note_list.decode(batch))
+            return [next(decoded) if data else None for data in notes]
+    except msgspec.DecodeError:
+        pass
+    return [decode_note(data) for data in notes]
 
 
 def _plausible(note: CollectionNote, name: str) -> bool:
@@ -128,10 +158,27 @@ def _summaries(
 ) -> list[tuple[str, ArtifactCollection | None]]:
     """(name, summary or None) of each stream in ``notes``, sorted by name."""
     cut = len(prefix)
-    return [
-        (stream[cut:], note_summary(project, stream[cut:], notes[stream]))
-        for stream in sorted(notes)
-    ]
+    streams = sorted(notes)
+    with _gc_paused():  # many small objects, none cyclic
+        decoded = _decode_notes([notes[stream] for stream in streams])
+        return [
+            (name, _decoded_summary(project, name, note))
+            for name, note in zip([stream[cut:] for stream in streams], decoded, strict=True)
+        ]
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside (as it was after, unless another thread changed
+    it meanwhile): building many small objects, none cyclic, would trigger it again and
+    again for nothing."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 @dataclass(frozen=True)

@@ -232,6 +232,36 @@ def _current_slot(slot: bytes) -> Head | None:
     return Head(generation, records, end, slot[_SLOT.size : used])
 
 
+def head_note(data: bytes) -> bytes | None:
+    """The note of the current head in the head file ``data`` (read whole), or None if it
+    has no valid slot: ``decode_head(data, ...).note`` with the same checks, faster.
+
+    Only the slot that ``decode_head`` would pick is checksummed: the slots whose magic and
+    note length are plausible are tried from the highest head down, and the first whose
+    checksum holds is the highest valid one. A previous release's head has no note (b"").
+    """
+    if not is_current_layout(data):
+        return b"" if any(head is not None for head in _v1_slots(data)) else None
+    candidates = []
+    for at in (0, SLOT_SIZE):
+        if len(data) < at + SLOT_SIZE:
+            continue
+        magic, generation, records, end, size = _SLOT.unpack_from(data, at)
+        if magic == _MAGIC and size <= _NOTE_ROOM:
+            note = data[at + _SLOT.size : at + _SLOT.size + size]
+            candidates.append((generation, records, end, note, at, size))
+    candidates.sort(reverse=True)
+    for *_, note, at, size in candidates:
+        used = at + _SLOT.size + size
+        crc = _CRC.unpack_from(data, at + SLOT_SIZE - 4)[0]
+        if zlib.crc32(memoryview(data)[at:used]) == crc:
+            return note
+    return None
+
+
+_CRC = struct.Struct("<I")
+
+
 def is_blank(data: bytes) -> bool:
     """Whether a head file holds nothing but zeros (never written: every slot has a magic)."""
     return data == bytes(len(data))

@@ -35,15 +35,21 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import gc
 import os
 import secrets
+import struct
 import threading
-from collections.abc import Sequence
+import time
+import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import anyio.to_thread
+import msgspec
 
 from .._errors import ConflictError, InvalidInputError
 from .._names import check_entry_path
@@ -63,6 +69,7 @@ from ._framing import (
     encode_head_file,
     frame_check,
     frame_headers,
+    head_note,
     is_blank,
     is_current_layout,
     scan,
@@ -468,18 +475,28 @@ class LocalEventLog:
         return sorted(n for n in names if n.startswith(prefix))
 
     def _notes(self, prefix: str) -> dict[str, bytes]:
-        return {stream: self._note(stream) for stream in self._streams(prefix)}
+        """The notes of the streams under ``prefix``, read folder by folder through each
+        folder's notes cache (see ``_folder_notes``)."""
+        folder = prefix.rpartition("/")[0]
+        if folder:
+            try:
+                check_entry_path(folder)
+            except InvalidInputError:
+                return {}  # no stream's name holds such a folder
+        notes: dict[str, bytes] = {}
+        with _gc_paused():  # a large folder's notes are many small objects, none cyclic
+            _walk_notes(
+                os.path.join(self.root, folder) if folder else str(self.root), folder, prefix, notes
+            )
+            return {stream: notes[stream] for stream in sorted(notes)}
 
     def _note(self, stream: str) -> bytes:
         """The note in the stream's head, read alone (b"" if it has none). A damaged head
         gives none too: the caller then reads the stream, which names the damage."""
         data = _read_whole(os.path.join(self.root, f"{stream}.head"))  # a name just listed
-        if data is None or is_blank(data):
+        if data is None:
             return b""
-        try:
-            return decode_head(data, stream).note
-        except LogDamage:
-            return b""
+        return head_note(data) or b""
 
     def _checkpoint(self, stream: str) -> bytes | None:
         try:
@@ -523,6 +540,195 @@ def _walk(folder: Path, where: str, prefix: str, names: set[str]) -> None:
         stream, dot, suffix = name.rpartition(".")  # a head without its log is a stream too
         if dot and suffix in ("log", "head") and not entry.name.startswith("."):
             names.add(stream)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside (as it was after, unless another thread changed
+    it meanwhile): building many small objects, none cyclic, would trigger it again and
+    again for nothing."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+# -- the notes cache: a folder's notes in one file (derived, checked before each use) ---------
+
+_NOTES_CACHE = ".notes"  # a dot-file: never a stream (every stream file ends in a suffix)
+_NOTES_MAGIC = b"asyncart notes 1\n"
+_NOTES_CRC = struct.Struct("<I")
+_RACY_NS = 2_000_000_000  # see _folder_notes: wider than any file timestamp's granularity
+_REWRITE_AT = 64  # stale entries that make a reader rewrite a folder's cache (or 1% of it)
+
+_CachedNote = tuple[int, int, int, bytes]  # the head's (st_ino, st_size, st_ctime_ns), its note
+_cache_decoder = msgspec.msgpack.Decoder(tuple[str, int, dict[str, _CachedNote]])
+_cache_encoder = msgspec.msgpack.Encoder()
+
+
+def _walk_notes(folder: str, where: str, prefix: str, notes: dict[str, bytes]) -> None:
+    """Add the notes of the streams in ``folder`` (named ``where`` under the root) that start
+    with ``prefix`` to ``notes``; descend into the subfolders that can hold one (as ``_walk``)."""
+    for below in _folder_notes(folder, where, prefix, notes):
+        _walk_notes(
+            os.path.join(folder, below), f"{where}/{below}" if where else below, prefix, notes
+        )
+
+
+def _folder_notes(folder: str, where: str, prefix: str, notes: dict[str, bytes]) -> list[str]:
+    """Add the notes of the streams of one folder to ``notes``; return its subfolders that
+    can hold streams under ``prefix``.
+
+    A head file's note is taken from the folder's cache (``.notes``) when the head's
+    (st_ino, st_size, st_ctime_ns) are those the cache recorded, and that ctime is older than
+    the start of the cache's build by ``_RACY_NS``; else the head is read. Why that never
+    gives a note other than the head's current one (racy-git, as git's index does):
+
+    - the cache's build took its start time, then stat'ed each head, then read its note. If
+      the head changed after the read, that write set its ctime (every write does, and
+      users cannot set ctime) to a time past the build's start, less a clock tick: the
+      recorded ctime, older than the start by more than any tick, no longer matches. A write
+      between the stat and the read left a newer note beside an older stat: no match either.
+    - a head written within a tick of a recorded stat may keep that ctime (timestamps are
+      coarse). Such a ctime is "racily clean": it is not older than the build's start by the
+      margin, so the head is read. A head replaced by a rename (a new inode, or a reused one)
+      gets the ctime of its creation, which is new too.
+    - the cache is checksummed and names its folder: a torn, damaged, foreign or another
+      folder's cache is ignored (every head read). It is derived: rewritten by readers with a
+      rename, unsynced, any error ignored.
+
+    The window left: a wall clock stepped back by more than the margin between a build and
+    a later write of the same head within the same tick of its recorded ctime, with the same
+    inode and size; the next write of that head ends it.
+    """
+    start = time.time_ns()  # before any stat: see above
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    try:
+        return _notes_at(dir_fd, folder, where, prefix, start, notes)
+    finally:
+        os.close(dir_fd)
+
+
+def _notes_at(
+    dir_fd: int, folder: str, where: str, prefix: str, start: int, notes: dict[str, bytes]
+) -> list[str]:
+    """``_folder_notes`` of the open folder ``dir_fd``."""
+    with os.scandir(folder) as listing:  # by name: entries then name their folder
+        entries = list(listing)
+    base = f"{where}/" if where else ""
+    dirs = [entry for entry in entries if entry.is_dir()]  # as _walk: links are not followed
+    subfolders = [
+        entry.name
+        for entry in dirs
+        if not entry.is_symlink()
+        and (f"{base}{entry.name}/".startswith(prefix) or prefix.startswith(f"{base}{entry.name}/"))
+    ]
+    wanted = prefix[len(base) :] if len(prefix) > len(base) else ""  # a name here starts so
+    not_files = {entry.name for entry in dirs}  # files only: a project may be "x.log"
+    names = [
+        entry.name
+        for entry in entries
+        if not entry.name.startswith(".")  # this cache, temp files: never a stream
+    ]
+    if wanted:
+        names = [name for name in names if name.startswith(wanted)]
+    if not_files:
+        names = [name for name in names if name not in not_files]
+    # A log without its head is a stream too (a previous release's: no note).
+    notes.update(dict.fromkeys([base + n[:-4] for n in names if n.endswith(".log")], b""))
+    heads = [name for name in names if name.endswith(".head")]
+    cached = _read_notes_cache(dir_fd, where)
+    trusted_before = (cached[0] if cached else 0) - _RACY_NS
+    old = cached[1] if cached else {}
+    seen: dict[str, _CachedNote] = {}
+    stale, stat, get = 0, os.stat, old.get
+    for head in heads:  # the one loop that runs once per stream: kept lean
+        stream = head[:-5]
+        try:
+            st = stat(head, dir_fd=dir_fd)
+        except OSError:  # removed since the listing (or unreadable): read its stream
+            continue
+        hit = get(stream)
+        if (
+            hit is None
+            or hit[2] != st.st_ctime_ns
+            or hit[2] >= trusted_before
+            or hit[0] != st.st_ino
+            or hit[1] != st.st_size
+        ):
+            hit = (st.st_ino, st.st_size, st.st_ctime_ns, _head_note_at(dir_fd, head))
+            stale += 1
+        seen[stream] = hit
+    notes.update(zip([base + s for s in seen], [hit[3] for hit in seen.values()], strict=True))
+    if len(seen) < len(heads):  # a head gone since the listing: a stream listed, no note
+        for head in heads:
+            if head[:-5] not in seen:
+                notes.setdefault(base + head[:-5], b"")
+    stale += len(old) - len(old.keys() & seen.keys())  # removed streams (or outside the prefix)
+    if wanted:  # kept: those a narrower prefix did not look at
+        for stream, hit in old.items():
+            if not stream.startswith(wanted):
+                seen.setdefault(stream, hit)
+                stale -= 1
+    if stale and (stale >= _REWRITE_AT or stale * 100 >= len(seen)):
+        _write_notes_cache(dir_fd, where, start, seen)
+    return subfolders
+
+
+def _head_note_at(dir_fd: int, name: str) -> bytes:
+    """The note in head file ``name`` of the folder ``dir_fd`` (b"" if none, or damaged)."""
+    try:
+        fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+    except OSError:
+        return b""
+    try:
+        data = os.pread(fd, HEAD_SIZE, 0)
+    finally:
+        os.close(fd)
+    return head_note(data) or b""
+
+
+def _read_notes_cache(dir_fd: int, where: str) -> tuple[int, dict[str, _CachedNote]] | None:
+    """The (build start, entries) of the folder's notes cache, None if it has none that is
+    whole and its own."""
+    try:
+        with open(_NOTES_CACHE, "rb", opener=functools.partial(os.open, dir_fd=dir_fd)) as f:
+            data = f.read()
+    except OSError:
+        return None
+    head = len(_NOTES_MAGIC) + _NOTES_CRC.size
+    if len(data) < head or not data.startswith(_NOTES_MAGIC):
+        return None
+    body = memoryview(data)[head:]
+    if _NOTES_CRC.unpack_from(data, len(_NOTES_MAGIC))[0] != zlib.crc32(body):
+        return None
+    try:
+        own, start, entries = _cache_decoder.decode(body)
+    except msgspec.DecodeError:
+        return None
+    return (start, entries) if own == where else None
+
+
+def _write_notes_cache(
+    dir_fd: int, where: str, start: int, entries: dict[str, _CachedNote]
+) -> None:
+    """Replace the folder's notes cache (best effort: unsynced, any error ignored)."""
+    body = _cache_encoder.encode((where, start, entries))
+    data = _NOTES_MAGIC + _NOTES_CRC.pack(zlib.crc32(body)) + body
+    tmp = f"{_NOTES_CACHE}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "xb", opener=functools.partial(os.open, dir_fd=dir_fd)) as f:
+            f.write(data)
+        os.replace(tmp, _NOTES_CACHE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
 
 
 def _head_path(log: Path) -> Path:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
+from json.encoder import encode_basestring_ascii as _quote  # what json.dumps uses
 
 import asyncart
 
 from .._artifact import DEFAULT_PROJECT
-from ._console import Console, format_time, human_bytes, table
+from ._console import Console, _json_default, column_table, format_time, human_bytes, table
 from ._registry import api_for, command, project_option
 from ._shapes import artifact_data, collection_data, entry_data, other_aliases, run_data, run_text
 from ._values import parse_time, split_name
@@ -26,26 +28,53 @@ async def ls(args: argparse.Namespace, console: Console) -> int:
         projects = [args.project] if args.project else await api.projects()
         found = [c for p in projects for c in await api.artifact_collections(p)]
     if console.as_json:
-        for collection in found:
-            console.json(collection_data(collection))
+        console.json_lines([_collection_json(c) for c in found])
         return 0
-    rows = [_collection_row(c) for c in found]
+    if not found:
+        console.result("no artifacts", None, None)
+        return 0
+    names = [f"{c.project}/{c.name}" for c in found]
+    columns = [
+        names,
+        [c.type for c in found],
+        [str(c.versions) for c in found],
+        [_latest(c.aliases) for c in found],
+        [_other_aliases(c.aliases) for c in found],
+        [format_time(c.updated) for c in found],
+    ]
     headers = ("ARTIFACT", "TYPE", "VERSIONS", "LATEST", "ALIASES", "UPDATED")
-    names = "\n".join(row[0] for row in rows) or None
-    console.result(table(rows, headers) if rows else "no artifacts", None, names)
+    console.result(column_table(columns, headers), None, "\n".join(names))
     return 0
 
 
-def _collection_row(c: asyncart.ArtifactCollection) -> tuple[str, ...]:
-    latest = f"v{c.aliases['latest']}" if "latest" in c.aliases else "-"
-    updated = format_time(c.updated)
+def _latest(aliases: Mapping[str, int]) -> str:
+    return f"v{aliases['latest']}" if "latest" in aliases else "-"
+
+
+def _other_aliases(aliases: Mapping[str, int]) -> str:
+    """``other_aliases``, without its work for the usual artifact: "latest" alone."""
+    if len(aliases) == 1 and "latest" in aliases:
+        return "-"
+    return other_aliases(aliases)
+
+
+def _collection_json(c: asyncart.ArtifactCollection) -> str:
+    """``json.dumps(collection_data(c))``, as ``Console.json`` prints it, without building
+    the dict: one text per artifact of a large store (other values than ints and strings,
+    or other keys than strings, take the general way)."""
+    aliases = c.aliases
+    if (
+        type(c.versions) is not int
+        or not all(type(name) is str and type(n) is int for name, n in aliases.items())
+        or not all(type(text) is str for text in (c.project, c.name, c.type))
+    ):
+        return json.dumps(collection_data(c), default=_json_default)
+    pairs = ", ".join([f"{_quote(name)}: {n}" for name, n in aliases.items()])
+    updated = "null" if c.updated is None else _quote(_json_default(c.updated))
     return (
-        f"{c.project}/{c.name}",
-        c.type,
-        str(c.versions),
-        latest,
-        other_aliases(c.aliases),
-        updated,
+        f'{{"project": {_quote(c.project)}, "name": {_quote(c.name)}, '
+        f'"type": {_quote(c.type)}, "versions": {c.versions}, "aliases": {{{pairs}}}, '
+        f'"updated": {updated}}}'
     )
 
 

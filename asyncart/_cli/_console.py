@@ -128,6 +128,10 @@ class Console:
     def json(self, data: Any) -> None:
         print(json.dumps(data, default=_json_default), file=self.out)
 
+    def json_lines(self, lines: Sequence[str]) -> None:
+        """Print JSON texts encoded already, one a line (as many ``json`` calls would)."""
+        self.out.write("".join([f"{line}\n" for line in lines]))
+
     def error(self, message: str) -> None:
         print(f"asyncart: error: {message}", file=self.err)
 
@@ -168,11 +172,28 @@ def format_time(when: datetime | None) -> str:
 
 
 def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
-    """Left-aligned columns, two spaces apart (one format string for every line: ``ls`` may
-    print a line per artifact of a large store)."""
-    columns = list(zip(headers, *rows, strict=True))
-    line = "  ".join(f"{{:<{max(map(len, column))}}}" for column in columns)
-    return "\n".join(line.format(*cells).rstrip() for cells in [headers, *rows])
+    """Left-aligned columns, two spaces apart, each line stripped of trailing spaces."""
+    columns = [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * len(headers)
+    return column_table(columns, headers)
+
+
+def column_table(columns: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
+    """``table`` of the rows these ``columns`` hold (each a list of cells, one per row).
+
+    Padded a column at a time, not a line at a time: ``ls`` may print a line per artifact of
+    a large store. The last column needs no padding when it would be stripped again."""
+    cells = [[header, *column] for header, column in zip(headers, columns, strict=True)]
+    *padded, last = cells
+    padded = [_padded(column) for column in padded]
+    lines = map("  ".join, zip(*padded, last, strict=True)) if padded else iter(last)
+    if all(cell and not cell[-1].isspace() for cell in last):  # then no line ends in space
+        return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _padded(column: list[str]) -> list[str]:
+    width = max(map(len, column))
+    return [cell.ljust(width) for cell in column]
 
 
 def _json_default(value: object) -> Any:
