@@ -153,8 +153,9 @@ class Repository:
 
     async def changes(self, stream: str, seqs: Sequence[int]) -> list[Change]:
         """The change records at ``seqs`` (ascending), read by ranges that cover them (a
-        distributed draft's records interleave with others': a gap of a few records is read
-        through rather than asked for again), in that order.
+        distributed draft's records interleave with others', and a version's with the records
+        that open and commit it: a gap of a few records is read through rather than asked for
+        again), in that order.
 
         They are not chain-checked here (that would need the records before them): a manifest
         replayed from edited changes fails its recorded digest, and audit checks the chain.
@@ -512,7 +513,7 @@ def _encoded(
     return records, payloads, prev
 
 
-def _covering(seqs: Sequence[int], gap: int = 32) -> list[tuple[int, int, list[int]]]:
+def _covering(seqs: Sequence[int], gap: int = 8) -> list[tuple[int, int, list[int]]]:
     """(start, stop, the seqs in it) of ranges covering ascending ``seqs``, joining seqs less
     than ``gap`` apart."""
     ranges: list[tuple[int, int, list[int]]] = []
