@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import heapq
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -34,7 +32,7 @@ from ._domain.events import (
 from ._domain.fold import CollectionState
 from ._domain.notes import CollectionNote, Note, decode_note
 from ._repository import Repository, _decode_chain, collection_stream
-from ._threads import HEAVY, maybe_thread
+from ._threads import HEAVY, gc_paused, maybe_thread
 
 READ_CHUNK = 1024
 """Records per ranged read when a whole stream is read: memory follows the chunk, not the stream."""
@@ -159,26 +157,12 @@ def _summaries(
     """(name, summary or None) of each stream in ``notes``, sorted by name."""
     cut = len(prefix)
     streams = sorted(notes)
-    with _gc_paused():  # many small objects, none cyclic
+    with gc_paused():  # many small objects, none cyclic
         decoded = _decode_notes([notes[stream] for stream in streams])
         return [
             (name, _decoded_summary(project, name, note))
             for name, note in zip([stream[cut:] for stream in streams], decoded, strict=True)
         ]
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection inside (as it was after, unless another thread changed
-    it meanwhile): building many small objects, none cyclic, would trigger it again and
-    again for nothing."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,13 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
+def atomic_write(
+    path: str | os.PathLike[str], data: bytes, mode: int = 0o644, *, durable: bool = True
+) -> None:
     """Replace ``path`` with ``data``: a temp file beside it, fsynced, renamed into place, and
     the directory fsynced. Readers see the old bytes or the new ones, never a mix, before and
-    after a power cut."""
+    after a power cut. ``durable=False`` skips both fsyncs, for derived files that a crash
+    may lose or leave old (readers never see a mix: the rename is still atomic)."""
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
@@ -37,7 +40,8 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -45,7 +49,8 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(folder)
+    if durable:
+        fsync_dir(folder)
 
 
 def make_dirs(path: str | os.PathLike[str]) -> None:

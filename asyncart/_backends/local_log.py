@@ -36,14 +36,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import gc
 import os
 import secrets
 import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -53,6 +52,7 @@ import msgspec
 
 from .._errors import ConflictError, InvalidInputError
 from .._names import check_entry_path
+from .._threads import gc_paused
 from ._durable import atomic_write, make_dirs
 from ._framing import (
     ENTRY_SIZE,
@@ -484,7 +484,7 @@ class LocalEventLog:
             except InvalidInputError:
                 return {}  # no stream's name holds such a folder
         notes: dict[str, bytes] = {}
-        with _gc_paused():  # a large folder's notes are many small objects, none cyclic
+        with gc_paused():  # a large folder's notes are many small objects, none cyclic
             _walk_notes(
                 os.path.join(self.root, folder) if folder else str(self.root), folder, prefix, notes
             )
@@ -508,19 +508,10 @@ class LocalEventLog:
     def _put_checkpoint(self, stream: str, data: bytes) -> None:
         path = self._path(stream).with_suffix(".ckpt")
         self._make_dirs(path.parent)
-        # Renamed into place, never synced: a checkpoint is advisory (the caller checks it
-        # against the records and carries its own checksum), so a crash that loses it, or
-        # leaves it empty or old, costs a longer read, never a record; the log's own files
-        # are never touched.
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            with open(tmp, "xb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        # Never synced: a checkpoint is advisory (the caller checks it against the records
+        # and carries its own checksum), so a crash that loses it, or leaves it empty or old,
+        # costs a longer read, never a record; the log's own files are never touched.
+        atomic_write(path, data, durable=False)
 
 
 def _walk(folder: Path, where: str, prefix: str, names: set[str]) -> None:
@@ -540,20 +531,6 @@ def _walk(folder: Path, where: str, prefix: str, names: set[str]) -> None:
         stream, dot, suffix = name.rpartition(".")  # a head without its log is a stream too
         if dot and suffix in ("log", "head") and not entry.name.startswith("."):
             names.add(stream)
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection inside (as it was after, unless another thread changed
-    it meanwhile): building many small objects, none cyclic, would trigger it again and
-    again for nothing."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 # -- the notes cache: a folder's notes in one file (derived, checked before each use) ---------
