@@ -6,6 +6,7 @@ builds real records here and compares what it reads back by content, not by byte
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 
@@ -89,17 +90,68 @@ def _token(record: Record) -> bytes:
     return body.draft.encode()
 
 
-class TokenStore:
-    """A store whose log is a :class:`TokenLog` (blobs as they are)."""
+class StoreWith:
+    """``store`` with its log and/or blobs replaced by wrappers (pass it as ``store=``)."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self.log = TokenLog(store.log)
-        self.blobs = store.blobs
+    def __init__(self, store: Store, *, log: object = None, blobs: object = None) -> None:
+        self.inner = store
+        self.log = store.log if log is None else log
+        self.blobs = store.blobs if blobs is None else blobs
         self.location = store.location
 
     def held(self) -> AbstractAsyncContextManager[object]:
-        return self._store.held()
+        return self.inner.held()
 
     async def aclose(self) -> None:
-        await self._store.aclose()
+        await self.inner.aclose()
+
+
+class TokenStore(StoreWith):
+    """A store whose log is a :class:`TokenLog` (blobs as they are)."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store, log=TokenLog(store.log))
+
+
+class CountingLog:
+    """Delegates to a real event log, counting what each call asks for."""
+
+    def __init__(self, inner: EventLog) -> None:
+        self.inner = inner
+        self.reads: Counter[str] = Counter()  # stream -> ranged reads
+        self.starts: list[int] = []  # the from_seq of each read
+        self.records_read = 0
+        self.listed: list[str] = []  # prefixes passed to streams()
+        self.noted: list[str] = []  # prefixes passed to notes()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def read(self, stream: str, from_seq: int = 0, limit: int | None = None) -> list[bytes]:
+        self.reads[stream] += 1
+        self.starts.append(from_seq)
+        found = await self.inner.read(stream, from_seq, limit)
+        self.records_read += len(found)
+        return found
+
+    async def append(
+        self, stream: str, payloads: Sequence[bytes], expected_seq: int, note: bytes = b""
+    ) -> int:
+        return await self.inner.append(stream, payloads, expected_seq, note)
+
+    async def streams(self, prefix: str = "") -> list[str]:
+        self.listed.append(prefix)
+        return await self.inner.streams(prefix)
+
+    async def notes(self, prefix: str) -> dict[str, bytes]:
+        self.noted.append(prefix)
+        return await self.inner.notes(prefix)
+
+
+class CountingStore(StoreWith):
+    """A store whose log is a :class:`CountingLog`."""
+
+    log: CountingLog
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store, log=CountingLog(store.log))

@@ -15,9 +15,10 @@ from pathlib import Path
 import anyio
 import msgspec
 import pytest
+from _records import CountingLog, CountingStore
 from _serving import Server
 from test_audit import _rewrite
-from test_listing import CountingLog, CountingStore, _copy
+from test_listing import _copy
 
 import asyncart
 import asyncart._audit
@@ -54,6 +55,18 @@ class EventLog(CountingLog):
     async def read(self, stream: str, from_seq: int = 0, limit: int | None = None) -> list[bytes]:
         self.events.append(("read", (stream, from_seq, limit)))
         return await super().read(stream, from_seq, limit)
+
+
+async def _versions(store: str, files: Path, tmp_path: Path, count: int) -> None:
+    """demo/ds: ``files``, then ``count - 1`` incremental versions that each change a.txt."""
+    artifact = asyncart.Artifact("ds", "dataset")
+    await artifact.add_dir(files)
+    version = await artifact.save(project="demo", store=store)
+    for i in range(count - 1):
+        draft = version.new_draft()
+        (tmp_path / "n.txt").write_text(f"change {i}\n")
+        await draft.add_file(tmp_path / "n.txt", "a.txt", overwrite=True)
+        version = await draft.save()
 
 
 def _watched(root: str) -> tuple[Store, list[tuple[str, object]]]:
@@ -114,14 +127,7 @@ async def test_a_missing_blob_is_named_whichever_batch_holds_it(store, tmp_path,
 
 
 async def test_a_version_checks_only_the_blobs_its_parent_lacks(store, files, tmp_path):
-    artifact = asyncart.Artifact("ds", "dataset")
-    await artifact.add_dir(files)
-    version = await artifact.save(project="demo", store=store)
-    for i in range(5):
-        draft = version.new_draft()
-        (tmp_path / "n.txt").write_text(f"change {i}\n")
-        await draft.add_file(tmp_path / "n.txt", "a.txt", overwrite=True)
-        version = await draft.save()
+    await _versions(store, files, tmp_path, 6)
     watched, events = _watched(store)
     report = await asyncart.audit("demo", store=watched)
     assert report.ok and report.versions == 6
@@ -167,14 +173,7 @@ async def test_an_altered_record_at_the_end_of_a_range_is_named(store, tmp_path,
 async def test_a_long_history_is_replayed_from_few_reads(store, files, tmp_path):
     """Thirty versions of one change each: pass one reads growing ranges, pass two fetches
     every version's changes in one read, not one read per version."""
-    artifact = asyncart.Artifact("ds", "dataset")
-    await artifact.add_dir(files)
-    version = await artifact.save(project="demo", store=store)
-    for i in range(29):
-        draft = version.new_draft()
-        (tmp_path / "n.txt").write_text(f"change {i}\n")
-        await draft.add_file(tmp_path / "n.txt", "a.txt", overwrite=True)
-        version = await draft.save()
+    await _versions(store, files, tmp_path, 30)
     watched, events = _watched(store)
     report = await asyncart.audit("demo", store=watched)
     assert report.ok and report.versions == 30

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import hypothesis.strategies as st
 import msgspec
+from _records import CountingStore
 from hypothesis import given, settings
 
 import asyncart
@@ -39,28 +40,6 @@ from asyncart._repository import Repository, collection_stream
 STREAM = collection_stream("p", "ds")
 
 
-class CountingLog:
-    """Delegates to a real log and counts the records its reads return."""
-
-    def __init__(self, inner) -> None:
-        self.inner, self.records_read = inner, 0
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
-
-    async def read(self, stream: str, from_seq: int = 0, limit: int | None = None) -> list[bytes]:
-        out = await self.inner.read(stream, from_seq, limit)
-        self.records_read += len(out)
-        return out
-
-
-class CountingStore:
-    def __init__(self, root: Path) -> None:
-        local = asyncart.LocalStore(root)
-        self.location, self.blobs, self.log = local.location, local.blobs, CountingLog(local.log)
-        self.held, self.aclose = local.held, local.aclose
-
-
 async def _versions(root: Path, files: Path, count: int) -> list[asyncart.Artifact]:
     """``count`` versions of p/ds, each a full re-log with one file changed."""
     saved = []
@@ -77,7 +56,7 @@ def _checkpoint_file(root: Path) -> Path:
 
 
 async def _open_fresh(root: Path) -> tuple[CollectionState, int]:
-    store = CountingStore(root)
+    store = CountingStore(asyncart.LocalStore(root))
     state = await Repository(store).collection("p", "ds")
     return state, store.log.records_read
 

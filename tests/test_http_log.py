@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import aiohttp
 import anyio
 import anyio.to_thread
 import pytest
-from _records import chain, created
+from _records import CountingStore, chain, created
 from _serving import Proxy, Server
 from aiohttp import web
 
@@ -28,7 +27,6 @@ import asyncart
 from asyncart import AccessDeniedError, ConflictError, InvalidInputError
 from asyncart._backends._http_client import RetryPolicy
 from asyncart._backends._wire import pack, unpack
-from asyncart._backends.base import EventLog, Store
 from asyncart._backends.http import HttpStore, packed_size, split_records
 from asyncart._backends.local import LocalStore
 from asyncart._domain.checkpoint import decode_checkpoint
@@ -326,63 +324,14 @@ async def test_stagings_left_behind_are_removed_at_restart(served: Server) -> No
 # -- in this process: what the served store is asked --------------------------------------------
 
 
-class _CountingLog:
-    """The served log, counting the records it reads and the prefixes it lists."""
-
-    def __init__(self, log: EventLog) -> None:
-        self._log = log
-        self.records_read = 0
-        self.starts: list[int] = []  # the from_seq of each read
-        self.prefixes: list[str] = []
-
-    async def read(self, stream: str, from_seq: int = 0, limit: int | None = None) -> list[bytes]:
-        found = await self._log.read(stream, from_seq, limit)
-        self.records_read += len(found)
-        self.starts.append(from_seq)
-        return found
-
-    async def append(
-        self, stream: str, payloads: Sequence[bytes], expected_seq: int, note: bytes = b""
-    ) -> int:
-        return await self._log.append(stream, payloads, expected_seq, note)
-
-    async def streams(self, prefix: str = "") -> list[str]:
-        self.prefixes.append(prefix)
-        return await self._log.streams(prefix)
-
-    async def notes(self, prefix: str) -> dict[str, bytes]:
-        self.prefixes.append(prefix)
-        return await self._log.notes(prefix)
-
-    async def checkpoint(self, stream: str) -> bytes | None:
-        return await self._log.checkpoint(stream)
-
-    async def put_checkpoint(self, stream: str, data: bytes) -> None:
-        await self._log.put_checkpoint(stream, data)
-
-
-class _CountingStore:
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self.log = _CountingLog(store.log)
-        self.blobs = store.blobs
-        self.location = store.location
-
-    def held(self) -> AbstractAsyncContextManager[object]:
-        return self._store.held()
-
-    async def aclose(self) -> None:
-        await self._store.aclose()
-
-
 @contextlib.asynccontextmanager
 async def _in_process(
     root: Path, limits: Limits, **options: Any
-) -> AsyncIterator[tuple[str, _CountingStore]]:
+) -> AsyncIterator[tuple[str, CountingStore]]:
     """The server's app over a local store in ``root``, on a loopback port of this process."""
     local = LocalStore(root)
     await local.create()
-    store = _CountingStore(local)
+    store = CountingStore(local)
     app = make_app(store, tokens_path(root), root / "spool", limits, **options)  # type: ignore[arg-type]
     runner = web.AppRunner(app)
     await runner.setup()
@@ -443,14 +392,15 @@ async def test_listing_asks_the_log_only_for_what_the_token_may_see(tmp_path: Pa
             for stream in ["demo/artifacts/a", "demo/artifacts/b", "other/artifacts/c"]:
                 await store.log.append(stream, chain(stream, [created(stream)]), 0)
         async with HttpStore(url, reader) as store:
-            served.log.prefixes.clear()
+            served.log.listed.clear()
+            served.log.noted.clear()
             assert await store.log.streams("demo/artifacts/") == [
                 "demo/artifacts/a",
                 "demo/artifacts/b",
             ]
             assert await store.log.streams("") == ["demo/artifacts/a", "demo/artifacts/b"]
             assert await store.log.streams("other/") == []
-            assert served.log.prefixes == ["demo/artifacts/", "demo/"]  # never the whole store
+            assert served.log.listed + served.log.noted == ["demo/artifacts/", "demo/"]  # never all
             notes = await store.log.notes("")
         assert sorted(notes) == ["demo/artifacts/a", "demo/artifacts/b"]
         note = decode_note(notes["demo/artifacts/a"])

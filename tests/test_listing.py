@@ -7,13 +7,11 @@ such stream is read and folded instead, and the answer is the same.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import msgspec
 import pytest
-from _records import chain, created
+from _records import CountingStore, chain, created
 from _serving import Server
 
 import asyncart
@@ -22,52 +20,6 @@ from asyncart._backends._wire import TOKEN_ENV
 from asyncart._backends.base import Store
 from asyncart._backends.local import LocalStore
 from asyncart._domain.notes import CollectionNote, decode_note
-
-
-class CountingLog:
-    """Delegates to a real event log, counting what each call asks for."""
-
-    def __init__(self, inner: asyncart.EventLog) -> None:
-        self.inner = inner
-        self.reads: Counter[str] = Counter()  # stream -> ranged reads
-        self.listed: list[str] = []  # prefixes passed to streams()
-        self.noted: list[str] = []  # prefixes passed to notes()
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.inner, name)
-
-    async def read(self, stream: str, from_seq: int = 0, limit: int | None = None) -> list[bytes]:
-        self.reads[stream] += 1
-        return await self.inner.read(stream, from_seq, limit)
-
-    async def streams(self, prefix: str = "") -> list[str]:
-        self.listed.append(prefix)
-        return await self.inner.streams(prefix)
-
-    async def notes(self, prefix: str) -> dict[str, bytes]:
-        self.noted.append(prefix)
-        return await self.inner.notes(prefix)
-
-    async def append(
-        self, stream: str, payloads: Sequence[bytes], expected_seq: int, note: bytes = b""
-    ) -> int:
-        return await self.inner.append(stream, payloads, expected_seq, note)
-
-
-class CountingStore:
-    """A store whose log is a :class:`CountingLog` (pass it as ``store=``)."""
-
-    def __init__(self, inner: Store) -> None:
-        self.inner = inner
-        self.log = CountingLog(inner.log)
-        self.blobs = inner.blobs
-        self.location = inner.location
-
-    def held(self) -> AbstractAsyncContextManager[object]:
-        return self.inner.held()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 async def _collections(store: str | Store, files: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from _records import StoreWith
 
 import asyncart
 from asyncart import _transfer
@@ -28,13 +29,6 @@ class CountingBlobs:
         return await self.inner.put_files(items)
 
 
-class CountingStore:
-    def __init__(self, root: Path) -> None:
-        local = asyncart.LocalStore(root)
-        self.location, self.log, self.blobs = local.location, local.log, CountingBlobs(local.blobs)
-        self.held, self.aclose = local.held, local.aclose
-
-
 async def test_a_large_upload_goes_in_slices_and_sends_each_blob_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -43,7 +37,8 @@ async def test_a_large_upload_goes_in_slices_and_sends_each_blob_once(
     src.mkdir()
     for i in range(30):
         (src / f"{i:02d}.txt").write_text(f"file {i % 20}")  # 10 contents twice, far apart
-    store = CountingStore(tmp_path / "store")
+    local = asyncart.LocalStore(tmp_path / "store")
+    store = StoreWith(local, blobs=CountingBlobs(local.blobs))
     seen: list[asyncart.Progress] = []
     artifact = asyncart.Artifact("ds", "dataset")
     await artifact.add_dir(src)
