@@ -24,6 +24,9 @@ from ._backends.base import EventLog as EventLog
 from ._backends.base import Store as Store
 from ._backends.base import UploadItem as UploadItem
 from ._backends.local import LocalStore as LocalStore
+from ._copy import CopyProgress as CopyProgress
+from ._copy import CopyReport as CopyReport
+from ._copy import copy_store as copy_store
 from ._diff import ManifestDiff as ManifestDiff
 from ._domain.events import Entry as Entry
 from ._domain.manifest import Manifest as Manifest
@@ -51,20 +54,22 @@ __version__ = "0.1.0"
 
 if _TYPE_CHECKING:  # type checkers see the import, so they still catch misspelled names
     from ._backends.http import HttpStore as HttpStore
+    from ._backends.pg_s3 import PostgresS3Store as PostgresS3Store
 else:
+    import importlib as _importlib
+
+    _LAZY = {"HttpStore": "._backends.http", "PostgresS3Store": "._backends.pg_s3"}
 
     def __getattr__(name: str) -> object:
-        """``HttpStore`` is imported on first use: aiohttp would double the objects the garbage
-        collector walks (and add 0.1 s to start-up) for every program, most of which use only
-        the local store."""
-        if name == "HttpStore":
-            from ._backends.http import HttpStore
-
-            return HttpStore
+        """The networked stores are imported on first use: aiohttp (or asyncpg and the S3
+        client) would double the objects the garbage collector walks, and add 0.1 s to
+        start-up, for every program, most of which use only the local store."""
+        if name in _LAZY:
+            return getattr(_importlib.import_module(_LAZY[name], __name__), name)
         raise AttributeError(f"module 'asyncart' has no attribute {name!r}")
 
     def __dir__() -> list[str]:
-        return sorted({*globals(), "HttpStore"})
+        return sorted({*globals(), *_LAZY})
 
 
 __all__ = (
@@ -81,6 +86,8 @@ __all__ = (
     "BackendUnavailableError",
     "BlobStore",
     "ConflictError",
+    "CopyProgress",
+    "CopyReport",
     "Entry",
     "EventLog",
     "FileChangedError",
@@ -93,6 +100,7 @@ __all__ = (
     "ManifestDiff",
     "NotDurableError",
     "NotFoundError",
+    "PostgresS3Store",
     "Progress",
     "Run",
     "RunInfo",
@@ -101,5 +109,6 @@ __all__ = (
     "Store",
     "UploadItem",
     "audit",
+    "copy_store",
     "init",
 )

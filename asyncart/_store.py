@@ -13,7 +13,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import anyio.to_thread
 
-from ._backends.base import Store
+from ._backends.base import Creatable, Store
 from ._backends.local import LocalStore
 
 STORE_ENV = "ASYNCART_STORE"
@@ -31,7 +31,8 @@ def open_store(
     store: str | os.PathLike[str] | Store | None = None, token: str | None = None
 ) -> Store:
     """Open ``store``: a Store as is, an ``http(s)://`` URL as an :class:`HttpStore` (with
-    ``token``, default ``$ASYNCART_TOKEN``), a path as a :class:`LocalStore`, None as the default.
+    ``token``, default ``$ASYNCART_TOKEN``), a ``postgresql://...?blobs=s3://BUCKET/PREFIX``
+    URL as a :class:`PostgresS3Store`, a path as a :class:`LocalStore`, None as the default.
 
     Nothing is read or created yet: see :func:`prepare_store`.
 
@@ -47,6 +48,10 @@ def open_store(
         from ._backends.http import HttpStore  # aiohttp, only for a server store
 
         return HttpStore(location, token)
+    if location.startswith(_PG_SCHEMES):
+        from ._backends.pg_s3 import PostgresS3Store  # asyncpg and the S3 client, only here
+
+        return PostgresS3Store(location)
     return LocalStore(location)
 
 
@@ -54,26 +59,34 @@ async def prepare_store(store: Store, *, create: bool) -> None:
     """Before the first call on ``store``: a writer (``create``) makes a local store that is not
     there yet; a reader needs one to be there.
 
-    Only a local store can be missing: a server makes its store when it starts serving.
+    A server makes its store when it starts serving; a local or PostgreSQL + S3 store is made
+    here (its directory, or its schema).
 
     Raises:
         NotFoundError: (reading) the location holds no store.
         BackendUnavailableError: a file is where the store should be, or (writing) the store
-            is not writable; the message names the path.
+            is not writable; the database or bucket cannot be reached; the message says which.
     """
-    if isinstance(store, LocalStore):
+    if isinstance(store, Creatable):
         await (store.create() if create else store.require())
 
 
 async def load_backend(store: object) -> None:
-    """Import the HTTP backend (aiohttp: 0.1 s) in a worker thread, not on the event loop,
-    when ``store`` is the first URL this process opens."""
-    is_url = isinstance(store, str | os.PathLike) and _is_url(os.fspath(store))
-    if is_url and _HTTP_BACKEND not in sys.modules:
-        await anyio.to_thread.run_sync(importlib.import_module, _HTTP_BACKEND)
+    """Import a networked backend (aiohttp: 0.1 s; asyncpg and the S3 client) in a worker
+    thread, not on the event loop, when ``store`` is the first of its kind this process opens."""
+    location = os.fspath(store) if isinstance(store, str | os.PathLike) else None
+    if not isinstance(location, str):
+        return
+    module = _HTTP_BACKEND if _is_url(location) else None
+    if location.startswith(_PG_SCHEMES):
+        module = _PG_BACKEND
+    if module is not None and module not in sys.modules:
+        await anyio.to_thread.run_sync(importlib.import_module, module)
 
 
 _HTTP_BACKEND = "asyncart._backends.http"
+_PG_BACKEND = "asyncart._backends.pg_s3"
+_PG_SCHEMES = ("postgresql://", "postgres://")
 
 
 def _is_url(location: str | bytes) -> bool:

@@ -153,6 +153,24 @@ class BlobPaths(Protocol):
         ...
 
 
+@runtime_checkable
+class Creatable(Protocol):
+    """An optional capability of a :class:`Store` that must be made before it is written to
+    (a local directory, a database schema); a server's store is made by the server."""
+
+    async def create(self) -> None:
+        """Make the store unless it is there, and check that it can be written."""
+        ...
+
+    async def require(self) -> None:
+        """Check that the store is there and can be read.
+
+        Raises:
+            NotFoundError: nothing is there.
+        """
+        ...
+
+
 class Store(Protocol):
     """A log and a blob store, opened together."""
 

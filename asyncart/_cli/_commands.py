@@ -1,4 +1,4 @@
-"""Commands that write or check: put, get, alias and audit."""
+"""Commands that write or check: put, get, alias, audit and copy."""
 
 from __future__ import annotations
 
@@ -173,3 +173,35 @@ async def audit(args: argparse.Namespace, console: Console) -> int:
     problems = "\n".join(str(p) for p in report.problems) or None
     console.result("\n".join(lines), report_data(report), problems)
     return 0 if report.ok else 1
+
+
+def _copy_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="SRC", help="the store to copy from (as --store)")
+    parser.add_argument(
+        "destination",
+        metavar="DST",
+        help="a store directory or postgresql://...?blobs=s3://BUCKET/PREFIX (made if missing)",
+    )
+    parser.add_argument("--project", "-p", help="copy only this project (default: all)")
+
+
+@command(
+    "copy",
+    _copy_args,
+    "copy a store (or one project) into another, record for record; run again to resume",
+    "asyncart copy ~/.local/share/asyncart 'postgresql://me@db/art?blobs=s3://bucket/art'",
+    interrupted="the copy stopped between two streams' steps; run it again to resume",
+)
+async def copy(args: argparse.Namespace, console: Console) -> int:
+    with console.copy_progress() as bar:
+        report = await asyncart.copy_store(
+            args.source, args.destination, project=args.project, token=args.token, progress=bar
+        )
+    data = {
+        "streams": report.streams,
+        "records": report.records,
+        "blobs": report.blobs,
+        "bytes": report.bytes,
+    }
+    console.result(str(report), data)
+    return 0

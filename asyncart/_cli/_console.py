@@ -103,6 +103,30 @@ class AuditBar:
             self.stream.flush()
 
 
+class CopyBar:
+    """Draws a copy's progress on one line of stderr."""
+
+    def __init__(self, stream: TextIO, enabled: bool) -> None:
+        self.stream, self.enabled = stream, enabled
+        self._drawn = 0.0
+
+    def __call__(self, p: asyncart.CopyProgress) -> None:
+        now = time.monotonic()
+        finished = p.streams_done == p.streams_total
+        if self.enabled and (finished or now - self._drawn >= 0.1):
+            self._drawn = now
+            self.stream.write(
+                f"\rcopying: {p.streams_done}/{p.streams_total} streams, {p.records:,} records, "
+                f"{p.blobs:,} blobs ({human_bytes(p.bytes)})\x1b[K"
+            )
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
 @dataclass
 class Console:
     """Where a command's output goes, and how much of it (``--quiet``, ``--json``)."""
@@ -134,6 +158,14 @@ class Console:
 
     def error(self, message: str) -> None:
         print(f"asyncart: error: {message}", file=self.err)
+
+    @contextmanager
+    def copy_progress(self) -> Iterator[CopyBar]:
+        bar = CopyBar(self.err, self.show_progress)
+        try:
+            yield bar
+        finally:
+            bar.close()
 
     @contextmanager
     def audit_progress(self) -> Iterator[AuditBar]:

@@ -1,0 +1,167 @@
+"""``asyncart copy``: a store (or one project) copied record for record into another, blobs
+once, resumable, and refused where the result could not be the same history."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from _records import StoreWith
+
+import asyncart
+from asyncart import ConflictError, InvalidInputError, LocalStore
+from asyncart._cli import main as cli_main
+
+
+async def _history(store: str, files: Path) -> None:
+    """Two projects: a dataset with three versions (one incremental), a run that used it."""
+    async with asyncart.init(project="demo", store=store) as run:
+        art = asyncart.Artifact("ds", "dataset")
+        await art.add_dir(files)
+        v0 = await run.log_artifact(art, aliases=["best"])
+    draft = v0.new_draft()
+    draft.remove("a.txt")
+    await draft.save()
+    again = asyncart.Artifact("ds", "dataset")
+    await again.add_dir(files / "images")
+    await again.save(project="demo", store=store)
+    async with asyncart.init(project="demo", store=store) as run:
+        await run.use_artifact("ds:best")
+    other = asyncart.Artifact("model", "model")
+    await other.add_file(files / "b.txt")
+    await other.save(project="other", store=store)
+
+
+async def _everything(store: str) -> dict[str, list[bytes]]:
+    log = LocalStore(store).log
+    return {s: await log.read(s) for s in await log.streams("")}
+
+
+async def test_a_copy_has_the_same_records_and_passes_audit(tmp_path: Path, files: Path) -> None:
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    await _history(src, files)
+    report = await asyncart.copy_store(src, dst)
+    assert await _everything(dst) == await _everything(src)
+    records = sum(len(r) for r in (await _everything(src)).values())
+    assert (report.streams, report.records) == (len(await _everything(src)), records)
+    assert report.blobs == 6  # the six files, each once (no version is large enough for a snapshot)
+    audited = await asyncart.audit(store=dst, read_data=True)
+    assert audited.ok, audited.problems
+    api = asyncart.Api("demo", store=dst)
+    latest = await api.artifact("ds:latest")
+    assert latest.digest == (await asyncart.Api("demo", store=src).artifact("ds:latest")).digest
+    assert (await api.artifact("ds:best")).version == "v0"
+    assert [c.name for c in await asyncart.Api("demo", store=dst).artifact_collections()] == ["ds"]
+
+
+async def test_a_second_copy_copies_nothing_and_a_later_one_only_what_is_new(
+    tmp_path: Path, files: Path
+) -> None:
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    await _history(src, files)
+    await asyncart.copy_store(src, dst)
+    again = await asyncart.copy_store(src, dst)
+    assert (again.records, again.blobs) == (0, 0)
+    newer = asyncart.Artifact("ds", "dataset")
+    (tmp_path / "new.txt").write_text("new")
+    await newer.add_file(tmp_path / "new.txt")
+    await newer.save(project="demo", store=src)
+    later = await asyncart.copy_store(src, dst)
+    assert later.blobs == 1 and later.records > 0
+    assert await _everything(dst) == await _everything(src)
+
+
+async def test_an_interrupted_copy_resumes(tmp_path: Path, files: Path) -> None:
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    await _history(src, files)
+
+    class Stop(Exception):
+        pass
+
+    seen: list[asyncart.CopyProgress] = []
+
+    def stop_after_two_streams(p: asyncart.CopyProgress) -> None:
+        seen.append(p)
+        if p.streams_done == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        await asyncart.copy_store(src, dst, progress=stop_after_two_streams)
+    resumed = await asyncart.copy_store(src, dst)
+    assert resumed.streams == len(await _everything(src))
+    assert 0 < resumed.records < sum(len(r) for r in (await _everything(src)).values())
+    assert await _everything(dst) == await _everything(src)
+    assert (await asyncart.audit(store=dst)).ok
+
+
+async def test_one_project(tmp_path: Path, files: Path) -> None:
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    await _history(src, files)
+    report = await asyncart.copy_store(src, dst, project="other")
+    assert report.streams == 1
+    assert list(await _everything(dst)) == ["other/artifacts/model"]
+
+
+async def test_another_history_in_the_destination_is_refused(tmp_path: Path, files: Path) -> None:
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    await _history(src, files)
+    theirs = asyncart.Artifact("ds", "dataset")
+    await theirs.add_file(files / "b.txt")
+    await theirs.save(project="demo", store=dst)
+    before = await _everything(dst)
+    with pytest.raises(ConflictError, match="demo/artifacts/ds"):
+        await asyncart.copy_store(src, dst, project="demo")
+    assert (await _everything(dst))["demo/artifacts/ds"] == before["demo/artifacts/ds"]
+
+
+async def test_a_server_destination_and_the_same_store_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="restamps"):
+        await asyncart.copy_store(str(tmp_path), "http://127.0.0.1:1")
+    with pytest.raises(InvalidInputError, match="same store"):
+        await asyncart.copy_store(str(tmp_path / "s"), str(tmp_path / "s"))
+
+
+async def test_blobs_are_durable_before_the_records_that_use_them(
+    tmp_path: Path, files: Path
+) -> None:
+    """Every append to the destination comes after a flush of its blobs."""
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    await _history(src, files)
+    events: list[str] = []
+    local = LocalStore(dst)
+    await local.create()
+    store = StoreWith(local, log=_Told(local.log, events), blobs=_Told(local.blobs, events))
+    await asyncart.copy_store(src, store)  # type: ignore[arg-type]
+    assert events and events[0] == "flush"
+    assert all(events[i - 1] == "flush" for i, e in enumerate(events) if e == "append")
+
+
+class _Told:
+    """Delegates to ``inner``, noting each append and flush in ``events``."""
+
+    def __init__(self, inner: object, events: list[str]) -> None:
+        self.inner, self.events = inner, events
+
+    def __getattr__(self, name: str) -> object:
+        attr = getattr(self.inner, name)
+        if name not in ("append", "flush"):
+            return attr
+
+        async def told(*args: object, **kwargs: object) -> object:
+            self.events.append(name)
+            return await attr(*args, **kwargs)
+
+        return told
+
+
+@pytest.mark.allow_blocking
+def test_cli_copy_json(tmp_path: Path, files: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import anyio
+
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    anyio.run(_history, src, files)
+    assert cli_main(["--json", "copy", src, dst]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["streams"] == 4 and data["blobs"] == 6
+    assert cli_main(["audit", "--store", dst]) == 0
