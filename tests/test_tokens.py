@@ -23,6 +23,7 @@ from asyncart import InvalidInputError, NotFoundError
 from asyncart._backends._wire import pack
 from asyncart._server._tokens import (
     Grants,
+    TokenFile,
     create_token,
     hash_token,
     list_tokens,
@@ -112,16 +113,17 @@ def test_an_ambiguous_prefix_revokes_nothing(tmp_path: Path) -> None:
     assert _snapshot(tmp_path) == before
 
 
-def test_the_server_view_sees_a_revoke_within_the_same_mtime_tick(tmp_path: Path) -> None:
+@pytest.mark.allow_blocking
+async def test_the_server_view_sees_a_revoke_within_the_same_mtime_tick(tmp_path: Path) -> None:
     token = create_token(tmp_path, ["demo"])
     path = tokens_path(tmp_path)
-    grants = Grants(path)
-    grants.refresh()
+    grants = Grants(TokenFile(path))
+    await grants.refresh()
     assert grants.lookup(token) is not None
     stat = path.stat()
     revoke_token(tmp_path, hash_token(token)[:12])
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as if written in the same tick
-    grants.refresh()
+    await grants.refresh()
     assert grants.lookup(token) is None
 
 

@@ -38,7 +38,7 @@ from ._http import (
 )
 from ._scope import SCOPE, Scope
 from ._staged import STAGING_EXPIRY, STAGINGS, Stagings, keep_swept
-from ._tokens import ALL, Grant, Grants, create_token
+from ._tokens import ALL, Grant, Grants, TokenBook, TokenFile
 from ._uploads import UPLOAD_EXPIRY, UPLOADS, Uploads, expire_uploads
 from ._validate import Appended, Streams, check_stream
 
@@ -51,14 +51,15 @@ _FIRST_STEP = 8  # records of the first ranged read of a page (their sizes are n
 
 def make_app(
     store: Store,
-    tokens: str | Path,
+    tokens: str | Path | TokenBook,
     spool: str | Path,
     limits: Limits | None = None,
     *,
     upload_expiry: float = UPLOAD_EXPIRY,
     staging_expiry: float = STAGING_EXPIRY,
 ) -> web.Application:
-    """An app serving ``store``; ``tokens`` is the tokens file, ``spool`` a temp directory.
+    """An app serving ``store``; ``tokens`` is the tokens file (or a :class:`TokenBook`),
+    ``spool`` a temp directory.
 
     Put ``spool`` on the store's filesystem: uploads land there before the store takes them.
     The parts of a multipart upload that no request continued, listed or completed for
@@ -74,13 +75,16 @@ def make_app(
     app[DRAIN] = Drain()
     app[BODIES] = Bodies(limits.max_request, limits.max_in_flight, limits.idle_timeout)
     app[STORE], app[SPOOL], app[LIMITS] = store, Path(spool), limits
-    app[GRANTS] = Grants(Path(tokens))
+    book = TokenFile(tokens) if isinstance(tokens, str | Path) else tokens
+    app[GRANTS] = Grants(book)
     app[UPLOADS] = Uploads(Path(spool) / "parts", upload_expiry)
     app[STAGINGS] = Stagings(
         Path(spool) / "staged", limits.max_staged, limits.max_stagings, staging_expiry
     )
     app[STREAMS], app[SCOPE] = Streams(store), Scope(store)
-    own = {store.location, str(Path(spool).absolute()), str(Path(tokens).absolute().parent)}
+    own = {store.location, str(Path(spool).absolute())}
+    if isinstance(book, TokenFile):
+        own.add(str(Path(book.path).absolute().parent))
     app[SERVER_PATHS] = tuple(sorted(own, key=len, reverse=True))  # longest first
     app.cleanup_ctx.append(expire_uploads)
     app.cleanup_ctx.append(keep_swept)
@@ -122,7 +126,7 @@ _MINT_BYTES = 64 << 10
 
 async def _prepare(app: web.Application) -> None:
     await anyio.to_thread.run_sync(clean_spool, app[SPOOL])
-    await anyio.to_thread.run_sync(app[GRANTS].refresh)
+    await app[GRANTS].refresh()
 
 
 async def _close(app: web.Application) -> None:
@@ -281,8 +285,6 @@ async def mint(request: web.Request) -> web.Response:
     require((await grant_of(request)).admin, "mint tokens")
     body = await msgpack_body(request, _MINT, _MINT_BYTES)
     grants = request.app[GRANTS]
-    token = await anyio.to_thread.run_sync(
-        lambda: create_token(grants.path.parent, body.projects, write=body.write, note=body.note)
-    )
-    await anyio.to_thread.run_sync(grants.refresh)
+    token = await grants.book.create(body.projects, write=body.write, note=body.note)
+    await grants.refresh()
     return msgpack_response({"token": token}, 201)

@@ -251,10 +251,10 @@ async def grant_of(request: web.Request) -> Grant:
         raise HttpError(401, "unauthorized", "send a token: 'Authorization: Bearer <token>'")
     grants = request.app[GRANTS]
     if grants.stale:
-        await anyio.to_thread.run_sync(grants.refresh)
+        await grants.refresh()
     grant = grants.lookup(token.strip())
-    if grant is None:  # maybe minted a moment ago: one stat tells (a reload only if it changed)
-        await anyio.to_thread.run_sync(grants.refresh)
+    if grant is None:  # maybe minted a moment ago: one look tells (a reload only if it changed)
+        await grants.refresh()
         grant = grants.lookup(token.strip())
     if grant is None:
         raise HttpError(401, "unauthorized", "unknown token (revoked, or for another server)")

@@ -9,26 +9,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import json
 import logging
+import shutil
 import signal
 import ssl
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
+import anyio.to_thread
 from aiohttp import web
 
+from .._backends.base import Creatable, Store
 from .._backends.local import LocalStore
-from .._errors import AsyncartError, BackendUnavailableError
+from .._errors import AsyncartError, BackendUnavailableError, InvalidInputError
+from .._store import load_backend, open_store, prepare_store
 from ._app import make_app
 from ._blob_routes import Limits
 from ._connections import Listener, connection_cap
 from ._http import DRAIN, AccessLogger
-from ._tokens import Grant, create_token, list_tokens, revoke_token, tokens_path
+from ._tokens import Grant, TokenBook, token_book
 from ._uploads import UPLOAD_EXPIRY
 
 SHUTDOWN_TIMEOUT = 10.0
@@ -45,26 +51,56 @@ async def serve(
     tls: ssl.SSLContext | None = None,
     ready: asyncio.Event | None = None,
 ) -> None:
-    """Serve the local store in directory ``store`` until SIGINT or SIGTERM, then drain.
+    """Serve ``store`` (a local store's directory, or a ``postgresql://...?blobs=s3://...``
+    URL) until SIGINT or SIGTERM, then drain.
 
     Prints ``listening on http://HOST:PORT`` (``https`` with ``tls``) once bound (``port=0``
     picks a free port). The parts of multipart uploads nobody continued for ``upload_expiry``
     seconds are removed. Serve with ``tls`` anywhere but loopback: tokens travel in headers.
     ``limits`` bounds bodies, the bytes of bodies held at once, idle and slow connections and
     their number (see :class:`Limits`).
-    A directory that holds no store yet becomes one.
+    A directory that holds no store yet becomes one; so does a database without the schema.
+    The tokens of a local store are in its ``tokens.json``; those of a PostgreSQL + S3 store
+    in its database, so that several servers share them.
 
     Raises:
-        InvalidInputError: ``store`` is empty or a URL.
+        InvalidInputError: ``store`` is empty or an ``http(s)://`` URL.
         BackendUnavailableError: the store cannot be created or written, or ``host:port``
             cannot be bound (the port is taken); the message says which and what to do.
     """
-    local = LocalStore(store)
-    await local.create()
-    root = local.root
-    spool = root / "spool"
+    await load_backend(store)
+    opened = open_store(store)
+    if not isinstance(opened, Creatable):
+        raise InvalidInputError(f"{store} is a server: serve the store it serves, not it")
+    await prepare_store(opened, create=True)
     limits = limits or Limits()
-    app = make_app(local, tokens_path(root), spool, limits, upload_expiry=upload_expiry)
+    async with _spool_of(opened) as spool:
+        app = make_app(opened, token_book(opened), spool, limits, upload_expiry=upload_expiry)
+        await _run(app, host, port, limits, tls, ready)
+
+
+@contextlib.asynccontextmanager
+async def _spool_of(store: Store) -> AsyncIterator[Path]:
+    """Where request bodies land: in a local store (on its filesystem, so that a verified
+    upload is linked in without a copy), else in a temporary directory removed at exit."""
+    if isinstance(store, LocalStore):
+        yield store.root / "spool"
+        return
+    spool = await anyio.to_thread.run_sync(tempfile.mkdtemp, None, "asyncart-spool-")
+    try:
+        yield Path(spool)
+    finally:
+        await anyio.to_thread.run_sync(shutil.rmtree, spool, True)
+
+
+async def _run(
+    app: web.Application,
+    host: str,
+    port: int,
+    limits: Limits,
+    tls: ssl.SSLContext | None,
+    ready: asyncio.Event | None,
+) -> None:
     runner = web.AppRunner(
         app,
         access_log_class=AccessLogger,
@@ -124,7 +160,10 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``serve`` options, for a CLI that has subcommands."""
     parser.add_argument(
-        "--store", required=True, help="the local store directory to serve (made if not there)"
+        "--store",
+        required=True,
+        help="the store to serve: a directory, or postgresql://...?blobs=s3://BUCKET/PREFIX "
+        "(made if not there)",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
@@ -232,21 +271,33 @@ def _tls(cert: str | None, key: str | None) -> ssl.SSLContext | None:
 
 
 def token_main(argv: Sequence[str] | None = None) -> int:
-    """``asyncart token create|list|revoke --store DIR ...``; errors are one line on stderr,
+    """``asyncart token create|list|revoke --store STORE ...``; errors are one line on stderr,
     exit 1. Only ``create`` makes a store; ``list`` and ``revoke`` need one."""
     args = token_parser().parse_args(argv)
     try:
-        store = LocalStore(args.store)
-        if args.command == "create":
-            store.create_blocking()
-        else:
-            store.require_blocking()
-        args.store = store.location  # ~ expanded, as the check saw it
-        result: int = args.run(args)
+        result: int = anyio.run(_token_command, args)
     except (AsyncartError, OSError) as e:
         print(f"asyncart token {args.command}: {_one_line(e)}", file=sys.stderr)
         return 1
     return result
+
+
+async def _token_command(args: argparse.Namespace) -> int:
+    if args.store.startswith(("http://", "https://")):
+        raise InvalidInputError(
+            "give the store the server serves (its directory or postgresql:// URL), not the "
+            "server; an admin token mints more through the server (POST /v1/tokens)"
+        )
+    await load_backend(args.store)
+    store = open_store(args.store)
+    await prepare_store(store, create=args.command == "create")
+    async with store.held():
+        result: int = await args.run(args, token_book(store))
+    await store.aclose()
+    return result
+
+
+_STORE_HELP = "the served store: its directory, or postgresql://...?blobs=s3://BUCKET/PREFIX"
 
 
 def token_parser() -> argparse.ArgumentParser:
@@ -256,10 +307,10 @@ def token_parser() -> argparse.ArgumentParser:
     create = commands.add_parser("create", help="mint a token; prints it once")
     add_token_arguments(create)
     listing = commands.add_parser("list", help="one row per token: id, scope, note, created")
-    listing.add_argument("--store", required=True, help="the served store directory")
+    listing.add_argument("--store", required=True, help=_STORE_HELP)
     listing.add_argument("--json", action="store_true", help="print one JSON object per token")
     revoke = commands.add_parser("revoke", help="remove a token; servers refuse it within 1 s")
-    revoke.add_argument("--store", required=True, help="the served store directory")
+    revoke.add_argument("--store", required=True, help=_STORE_HELP)
     revoke.add_argument("id", help="the token's id (or a unique prefix), from `token list`")
     create.set_defaults(run=run_token)
     listing.set_defaults(run=run_token_list)
@@ -269,24 +320,22 @@ def token_parser() -> argparse.ArgumentParser:
 
 def add_token_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``token create`` options, for a CLI that has subcommands."""
-    parser.add_argument("--store", required=True, help="the served store directory")
+    parser.add_argument("--store", required=True, help=_STORE_HELP)
     parser.add_argument("--project", action="append", default=[], help="'*' for all")
     parser.add_argument("--write", action="store_true", help="may upload and append")
     parser.add_argument("--admin", action="store_true", help="may do anything, mint tokens")
     parser.add_argument("--note", default="", help="who or what the token is for")
 
 
-def run_token(args: argparse.Namespace) -> int:
+async def run_token(args: argparse.Namespace, book: TokenBook) -> int:
     """Mint a token with parsed arguments and print it."""
-    print(
-        create_token(args.store, args.project, write=args.write, admin=args.admin, note=args.note)
-    )
+    print(await book.create(args.project, write=args.write, admin=args.admin, note=args.note))
     return 0
 
 
-def run_token_list(args: argparse.Namespace) -> int:
+async def run_token_list(args: argparse.Namespace, book: TokenBook) -> int:
     """Print the tokens (never their secrets): aligned columns, or JSON lines with ``--json``."""
-    grants = list_tokens(args.store)
+    grants = await book.list()
     if args.json:
         for g in grants:
             print(json.dumps({**asdict(g), "created": _when(g)}))
@@ -302,9 +351,9 @@ def run_token_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_token_revoke(args: argparse.Namespace) -> int:
+async def run_token_revoke(args: argparse.Namespace, book: TokenBook) -> int:
     """Revoke a token by id and print what it granted."""
-    g = revoke_token(args.store, args.id)
+    g = await book.revoke(args.id)
     note = f" ({g.note})" if g.note else ""
     print(f"revoked {g.id}{note}, {g.scope}; a running server refuses it within a second")
     return 0

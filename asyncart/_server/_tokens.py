@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -23,8 +24,13 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
+
+import anyio.to_thread
 
 from .._backends._durable import atomic_write
+from .._backends.base import Store
+from .._backends.local import LocalStore
 from .._errors import InvalidInputError, NotFoundError
 from .._names import check_name
 
@@ -99,6 +105,19 @@ def create_token(
         admin: whether it may do anything, including minting tokens through the server.
         note: a label kept next to the hash (who it is for).
     """
+    token, digest, grant = new_token(projects, write=write, admin=admin, note=note)
+    path = tokens_path(store_dir)
+    with _locked(path):
+        entries = _read(path)
+        entries[digest] = grant
+        _write(path, entries)
+    return token
+
+
+def new_token(
+    projects: Sequence[str], *, write: bool, admin: bool, note: str
+) -> tuple[str, str, Grant]:
+    """A new random token, its hash and its grant (checked: see :func:`create_token`)."""
     for project in projects:
         if project != ALL:
             check_name(project, "project")
@@ -106,13 +125,29 @@ def create_token(
         raise InvalidInputError("a token needs at least one --project (or '*'), or --admin")
     token = _PREFIX + secrets.token_urlsafe(32)
     digest = hash_token(token)
-    grant = Grant(digest[:12], tuple(projects), write or admin, admin, note, time.time())
-    path = tokens_path(store_dir)
-    with _locked(path):
-        entries = _read(path)
-        entries[digest] = grant
-        _write(path, entries)
-    return token
+    return (
+        token,
+        digest,
+        Grant(digest[:12], tuple(projects), write or admin, admin, note, time.time()),
+    )
+
+
+def find_token(grants: Sequence[Grant], token_id: str, where: str) -> Grant:
+    """The one grant whose id starts with ``token_id``.
+
+    Raises:
+        NotFoundError: none does.
+        InvalidInputError: the id is empty, or several do.
+    """
+    if not token_id:
+        raise InvalidInputError("give the id of the token to revoke (`asyncart token list`)")
+    found = [g for g in grants if g.id.startswith(token_id)]
+    if len(found) == 1:
+        return found[0]
+    listing = f"`asyncart token list --store {where}` shows the ids"
+    if not found:
+        raise NotFoundError(f"no token has id {token_id!r}; {listing}")
+    raise InvalidInputError(f"{len(found)} tokens have ids starting {token_id!r}; {listing}")
 
 
 def list_tokens(store_dir: str | os.PathLike[str]) -> list[Grant]:
@@ -145,21 +180,10 @@ def revoke_token(store_dir: str | os.PathLike[str], token_id: str) -> Grant:
         raise NotFoundError(f"{path} does not exist: no tokens to revoke (is --store right?)")
     with _locked(path):
         entries = _read(path)
-        digest = _find(entries, token_id, store_dir)
-        grant = entries.pop(digest)
+        grant = find_token(list(entries.values()), token_id, str(store_dir))
+        del entries[next(h for h, g in entries.items() if g is grant)]
         _write(path, entries)
     return grant
-
-
-def _find(entries: dict[str, Grant], token_id: str, store_dir: str | os.PathLike[str]) -> str:
-    """The hash of the one token whose id starts with ``token_id``."""
-    found = [h for h, g in entries.items() if g.id.startswith(token_id)]
-    if len(found) == 1:
-        return found[0]
-    listing = f"`asyncart token list --store {store_dir}` shows the ids"
-    if not found:
-        raise NotFoundError(f"no token has id {token_id!r}; {listing}")
-    raise InvalidInputError(f"{len(found)} tokens have ids starting {token_id!r}; {listing}")
 
 
 def load_grants(path: Path) -> dict[str, Grant]:
@@ -206,32 +230,98 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-class Grants:
-    """The server's view of the tokens file, reloaded when the file changes."""
+class TokenBook(Protocol):
+    """Where a server's tokens are kept: :class:`TokenFile` beside a local store, a table in
+    the database of a PostgreSQL + S3 store (so that every replica sees the same tokens)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._grants: dict[str, Grant] = {}
+    async def create(
+        self, projects: Sequence[str], *, write: bool = False, admin: bool = False, note: str = ""
+    ) -> str:
+        """Mint a token (see :func:`create_token`); return it."""
+        ...
+
+    async def list(self) -> list[Grant]:
+        """Every token's grant, oldest first."""
+        ...
+
+    async def revoke(self, token_id: str) -> Grant:
+        """Remove the token whose id is (or starts with) ``token_id`` (see :func:`revoke_token`)."""
+        ...
+
+    async def load(self) -> dict[str, Grant] | None:
+        """Every grant by token hash, or None when nothing changed since the last load."""
+        ...
+
+
+class TokenFile:
+    """The tokens of a local store, in its ``tokens.json`` (see the module's docstring)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.store_dir = self.path.parent
         self._version: tuple[int, int, int] | None = None
-        self._checked = 0.0
 
-    def refresh(self) -> None:
-        """Reload the file if it changed (blocking: run in a thread)."""
-        self._checked = time.monotonic()
+    async def create(
+        self, projects: Sequence[str], *, write: bool = False, admin: bool = False, note: str = ""
+    ) -> str:
+        mint = functools.partial(create_token, write=write, admin=admin, note=note)
+        return await anyio.to_thread.run_sync(mint, self.store_dir, projects)
+
+    async def list(self) -> list[Grant]:
+        return await anyio.to_thread.run_sync(list_tokens, self.store_dir)
+
+    async def revoke(self, token_id: str) -> Grant:
+        return await anyio.to_thread.run_sync(revoke_token, self.store_dir, token_id)
+
+    async def load(self) -> dict[str, Grant] | None:
+        return await anyio.to_thread.run_sync(self._load)
+
+    def _load(self) -> dict[str, Grant] | None:
         try:
             st = self.path.stat()
         except FileNotFoundError:
-            self._grants, self._version = {}, None
-            return
+            changed, self._version = self._version is not None, None
+            return {} if changed else None
         # Every write renames a new file into place: the inode and size tell two writes apart
         # even within one mtime tick (a revoke right after a create).
         version = (st.st_mtime_ns, st.st_ino, st.st_size)
-        if version != self._version:
-            self._grants, self._version = load_grants(self.path), version
+        if version == self._version:
+            return None
+        grants, self._version = load_grants(self.path), version
+        return grants
+
+
+def token_book(store: Store) -> TokenBook:
+    """Where the tokens of ``store`` are kept: beside a local store, or in its database."""
+    if isinstance(store, LocalStore):
+        return TokenFile(tokens_path(store.root))
+    from .._backends.pg_s3 import PostgresS3Store  # asyncpg: only for such a store
+
+    if isinstance(store, PostgresS3Store):
+        from ._pg_tokens import PostgresTokens
+
+        return PostgresTokens(store.log)
+    raise InvalidInputError(f"cannot serve {store.location}: serve a local or PostgreSQL store")
+
+
+class Grants:
+    """The server's view of its tokens, reloaded when they change."""
+
+    def __init__(self, book: TokenBook) -> None:
+        self.book = book
+        self._grants: dict[str, Grant] = {}
+        self._checked = 0.0
+
+    async def refresh(self) -> None:
+        """Reload the tokens if they changed."""
+        self._checked = time.monotonic()
+        grants = await self.book.load()
+        if grants is not None:
+            self._grants = grants
 
     @property
     def stale(self) -> bool:
-        """Whether the file should be checked again."""
+        """Whether the tokens should be checked again."""
         return time.monotonic() - self._checked > 1.0
 
     def lookup(self, token: str) -> Grant | None:
