@@ -24,10 +24,14 @@ START_TIMEOUT = 15.0
 
 
 class Server:
-    """``python -m asyncart._server serve`` over a store directory; restartable on one port."""
+    """``python -m asyncart._server serve`` over a store directory (or the ``store`` URL of a
+    PostgreSQL + S3 store; ``root`` then only names the server's log); restartable on one port."""
 
-    def __init__(self, root: Path, *extra: str, files: int | None = None) -> None:
+    def __init__(
+        self, root: Path, *extra: str, files: int | None = None, store: str | None = None
+    ) -> None:
         self.root = root
+        self.store = store or str(root)
         self.extra = extra
         self.files = files  # a file-descriptor limit (soft and hard) for the server process
         self.port = 0
@@ -40,7 +44,7 @@ class Server:
         return f"{scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> Server:
-        args = ["serve", "--store", str(self.root), "--port", str(self.port), *self.extra]
+        args = ["serve", "--store", self.store, "--port", str(self.port), *self.extra]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 ["timeout", "-s", "KILL", "120", sys.executable, "-m", "asyncart._server", *args],
@@ -107,7 +111,16 @@ class Server:
         return self.log.stat().st_size
 
     def token(self, *projects: str, write: bool = False, admin: bool = False) -> str:
-        return create_token(self.root, projects, write=write, admin=admin)
+        if self.store == str(self.root):
+            return create_token(self.root, projects, write=write, admin=admin)
+        flags = [*(f"--project={p}" for p in projects), *(["--write"] * write)]
+        flags += ["--admin"] * admin
+        command = [sys.executable, "-m", "asyncart._server", "token", "create"]
+        done = subprocess.run(
+            [*command, "--store", self.store, *flags], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
 
 
 def spool_files(root: Path) -> list[str]:
