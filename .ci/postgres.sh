@@ -4,13 +4,13 @@
 #   dsn=$(.ci/postgres.sh start /tmp/pg) && export ASYNCART_TEST_PG=$dsn  # ... tests ...
 #   .ci/postgres.sh stop /tmp/pg
 #
-# The cluster lives in DIR/data, listens on 127.0.0.1 only (no Unix socket), on a free port,
-# with trust authentication for user postgres (loopback only, test data only) and
-# pg_stat_statements loaded (the tests count the queries a call makes). Throwaway: initdb
-# does not sync its files and stop does not checkpoint (the server's own fsync stays on).
-# As root, initdb and pg_ctl run as the postgres user (PostgreSQL refuses to run as root),
-# who then owns DIR; as anyone else they run as that user. initdb and pg_ctl come from PATH, else from
-# /usr/lib/postgresql/*/bin (Debian's postgresql package).
+# The cluster lives in DIR/data and listens on 127.0.0.1 only (no Unix socket), on a free
+# port. User postgres is trusted (loopback only, test data only); any other user needs its
+# password. pg_stat_statements is loaded (the tests count the queries a call makes).
+# Throwaway: initdb does not sync its files and stop does not checkpoint (the server's own
+# fsync stays on). As root, initdb and pg_ctl run as user postgres (PostgreSQL refuses to
+# run as root), who then owns DIR; as anyone else, as that user. initdb and pg_ctl come from
+# PATH, else from /usr/lib/postgresql/*/bin (Debian's postgresql package).
 set -euo pipefail
 
 usage() { echo "usage: $0 start|stop DIR" >&2; exit 2; }
@@ -54,6 +54,10 @@ start)
     fi
     as_owner "$initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-sync \
         >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
+    # postgres is trusted (the tests' admin); any other user needs its password (the tests
+    # check that a wrong one is refused).
+    printf 'host all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n' \
+        | as_owner tee "$dir/data/pg_hba.conf" >/dev/null
     for attempt in 1 2 3 4 5; do  # another process may take the port between pick and listen
         port=$(free_port)
         if as_owner "$pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start -o \
