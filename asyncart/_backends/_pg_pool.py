@@ -16,6 +16,7 @@ worker thread, and handed to asyncpg explicitly. Supported there: a password in 
 from __future__ import annotations
 
 import asyncio
+import getpass
 import os
 import ssl as ssl_module
 import stat
@@ -59,7 +60,7 @@ def where_of(dsn: str) -> Where:
         )
     query = dict(parse_qsl(parts.query))
     user = unquote(parts.username or "") or query.get("user") or os.environ.get("PGUSER", "")
-    user = user or os.environ.get("USER", "postgres")
+    user = user or os.environ.get("LOGNAME") or os.environ.get("USER", "")  # else: getpass's
     host = parts.hostname or query.get("host") or os.environ.get("PGHOST", "localhost")
     port = parts.port or int(query.get("port") or os.environ.get("PGPORT", "5432"))
     database = unquote(parts.path.lstrip("/")) or query.get("dbname") or user
@@ -174,9 +175,10 @@ def _translate(error: BaseException, where: Where) -> BackendUnavailableError | 
     """Our error for ``error``, or None if it is not asyncpg's or the network's."""
     at = f"PostgreSQL at {where}"
     if isinstance(error, asyncpg.InvalidAuthorizationSpecificationError):  # and bad passwords
+        user = where.user or getpass.getuser()
         return BackendUnavailableError(
-            f"{at} refused user {where.user!r}: {_first_line(error)} (check the user and "
-            "password in the DSN, $PGPASSWORD or ~/.pgpass)"
+            f"{at} refused user {user!r}: {_first_line(error)} (check the user and password "
+            "in the DSN, $PGPASSWORD or ~/.pgpass)"
         )
     if isinstance(error, asyncpg.InvalidCatalogNameError):
         return BackendUnavailableError(
@@ -230,7 +232,7 @@ def _resolve(dsn: str, where: Where) -> dict[str, Any]:
         mode = "disable"
     return {
         "dsn": clean,
-        "user": where.user,
+        "user": where.user or getpass.getuser(),  # the OS user, as libpq
         "password": password,
         "ssl": _ssl_context(mode, params),
         "prefer": mode in ("allow", "prefer"),
