@@ -106,7 +106,8 @@ def pg_server() -> Iterator[str]:
             if not exists:
                 run_sync(admin, dsn, f"CREATE DATABASE {TEST_DATABASE} TEMPLATE template0")
         except (OSError, asyncpg.PostgresError) as e:
-            pytest.fail(f"PostgreSQL at {dsn} does not answer: {e}", pytrace=False)
+            source = f"${PG_ENV}" if root is None else SCRIPT.name
+            pytest.fail(f"PostgreSQL at {dsn} (from {source}) does not answer: {e}", pytrace=False)
         yield dsn
     finally:
         if root is not None:
