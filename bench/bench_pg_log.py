@@ -115,7 +115,9 @@ async def bench_inserts(dsn: str, trials: int) -> None:
         for method in (unnest, executemany, copy):
             times = []
             for trial in range(max(trials, 20) if count == 1 else trials):
-                rows = [(f"{method.__name__}{trial}", seq, p) for seq, p in enumerate(payloads)]
+                rows = [
+                    (f"{method.__name__}{count}-{trial}", seq, p) for seq, p in enumerate(payloads)
+                ]
                 start = time.perf_counter()
                 await method(rows)
                 times.append(time.perf_counter() - start)
