@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _pg import pg_dsn, pg_log, pg_server  # noqa: F401 (fixtures)
 from _serving import Server
 from blockbuster import blockbuster_ctx
 

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import anyio.lowlevel
 import blake3
 import pytest
+from _pg import PgStore
 
 from asyncart import ConflictError, FileChangedError, IntegrityError, LocalStore, NotFoundError
 from asyncart._backends.base import Store, UploadItem
+from asyncart._backends.pg_log import PostgresEventLog
 from asyncart._transfer import hash_file
 
 
@@ -265,3 +268,19 @@ async def test_a_kernel_copy_that_fails_is_redone_through_a_buffer(
     assert await store.blobs.put_files([item]) == len(data)
     await store.blobs.get_files([(item.digest, str(tmp_path / "out"))])
     assert (tmp_path / "out").read_bytes() == data
+
+
+# -- the PostgreSQL log -------------------------------------------------------------------------
+
+
+class TestPostgresEventLog(EventLogContract):
+    @pytest.fixture(params=["held", "per-call"])
+    async def store(self, pg_dsn: str, request: pytest.FixtureRequest) -> AsyncIterator[PgStore]:
+        """A log whose connections are held, or one where each call opens its own."""
+        log = PostgresEventLog(pg_dsn)
+        await log.create()
+        if request.param == "per-call":
+            yield PgStore(log)
+            return
+        async with log.held():
+            yield PgStore(log)

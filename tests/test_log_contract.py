@@ -21,6 +21,7 @@ from asyncart import ConflictError, InvalidInputError, LocalStore
 from asyncart._backends._framing import ENTRY_SIZE, HEAD_SIZE, SLOT_SIZE, decode_head
 from asyncart._backends.base import MAX_NOTE, EventLog
 from asyncart._backends.http import HttpStore
+from asyncart._backends.pg_log import PostgresEventLog
 from asyncart._domain.events import decode, record_hash
 from asyncart._domain.fold import CollectionState, RunState, fold, fold_run
 from asyncart._domain.notes import note_of
@@ -76,20 +77,31 @@ def _derived_note(stream: str, payloads: Sequence[bytes]) -> bytes:
     return note_of(fold(CollectionState(stream), records))
 
 
-@pytest.fixture(params=["local", "http"])
-def served(request: pytest.FixtureRequest) -> tuple[str, str] | None:
-    """None for the local log, else a server's URL and a token (made here, off the loop)."""
+@pytest.fixture(params=["local", "http", "pg"])
+def served(request: pytest.FixtureRequest) -> tuple[str, str] | str | None:
+    """None for the local log, a server's URL and a token (made here, off the loop) for the
+    HTTP one, a DSN for the PostgreSQL one."""
     if request.param == "local":
         return None
+    if request.param == "pg":
+        dsn: str = request.getfixturevalue("pg_dsn")
+        return dsn
     server: Server = request.getfixturevalue("server")
     return server.url, server.token("*", write=True)
 
 
 @pytest.fixture
-async def log(served: tuple[str, str] | None, tmp_path: Path) -> AsyncIterator[RecordLog]:
-    """The log of a local store, or of a served store through the HTTP client."""
+async def log(served: tuple[str, str] | str | None, tmp_path: Path) -> AsyncIterator[RecordLog]:
+    """The log of a local store, of a served store through the HTTP client, or of a
+    PostgreSQL database."""
     if served is None:
         yield RecordLog(LocalStore(tmp_path / "store").log, server_derived=False)
+        return
+    if isinstance(served, str):
+        pg = PostgresEventLog(served)
+        await pg.create()
+        async with pg.held():
+            yield RecordLog(pg, server_derived=False)
         return
     async with HttpStore(*served) as store:
         yield RecordLog(store.log, server_derived=True)  # type: ignore[arg-type]
