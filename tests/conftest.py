@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _s3 import s3_server, s3_url  # noqa: F401 - fixtures: a real S3 server
 from _serving import Server
 from blockbuster import blockbuster_ctx
 

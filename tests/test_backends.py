@@ -17,6 +17,7 @@ import pytest
 
 from asyncart import ConflictError, FileChangedError, IntegrityError, LocalStore, NotFoundError
 from asyncart._backends.base import Store, UploadItem
+from asyncart._backends.s3_blobs import S3BlobStore
 from asyncart._transfer import hash_file
 
 
@@ -265,3 +266,16 @@ async def test_a_kernel_copy_that_fails_is_redone_through_a_buffer(
     assert await store.blobs.put_files([item]) == len(data)
     await store.blobs.get_files([(item.digest, str(tmp_path / "out"))])
     assert (tmp_path / "out").read_bytes() == data
+
+
+class _BlobsOnly:
+    """A store of which only the blobs are used (the S3 store has no log)."""
+
+    def __init__(self, blobs: S3BlobStore) -> None:
+        self.blobs = blobs
+
+
+class TestS3BlobStore(BlobStoreContract):
+    @pytest.fixture
+    def store(self, s3_url: str) -> Store:
+        return _BlobsOnly(S3BlobStore.from_url(s3_url))  # type: ignore[return-value]
