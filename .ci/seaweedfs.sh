@@ -10,6 +10,9 @@
 # active Python, else on PATH. Everything binds to 127.0.0.1; telemetry is off. `weed mini` moves
 # to the next free port when one is taken (another server on this machine), so the S3 endpoint
 # is read from its log, not assumed. Environment: ASYNCART_S3_BUCKET (default asyncart-test).
+#
+# -s3.autoCreateBucket=false: SeaweedFS otherwise creates a missing bucket on the first PUT of
+# an admin identity, unlike S3, and a store pointed at a mistyped bucket would not fail.
 set -euo pipefail
 
 cmd=${1:-}
@@ -60,7 +63,8 @@ start() {
     # setsid: its own session, so that it outlives this script and a test run's process group.
     setsid "$weed" mini -master.telemetry=false -ip=127.0.0.1 -ip.bind=127.0.0.1 \
         -dir="$dir/data" -s3.config="$dir/s3.json" -bucket="$bucket" \
-        -webdav=false -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0 \
+        -s3.autoCreateBucket=false -webdav=false -admin.ui=false \
+        -s3.port.iceberg=0 -s3.port.lance=0 \
         >>"$log" 2>&1 </dev/null &
     echo $! >"$dir/weed.pid"
     for _ in $(seq 600); do # up to 60 s: the first start creates its volumes

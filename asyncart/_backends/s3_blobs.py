@@ -113,6 +113,8 @@ class S3BlobStore:
         """Requests sent, by S3 operation (``HeadObject``, ``ListObjectsV2`` ...)."""
         self.peak_buffered = 0
         """The most file bytes held in memory at once by an upload so far."""
+        self.peak_parts = 0
+        """The most parts of one file uploading at once so far."""
         self._credentials = credentials
         self._session = AioSession()
         self._warmed = False
@@ -451,8 +453,12 @@ class S3BlobStore:
         hasher = blake3.blake3()
         etags: dict[int, str] = {}
         sending = anyio.Semaphore(PARTS_AT_ONCE)
+        in_flight = 0
 
         async def send(number: int, data: bytes, release: anyio.Event) -> None:
+            nonlocal in_flight
+            in_flight += 1
+            self.peak_parts = max(self.peak_parts, in_flight)
             try:
                 with self._errors("UploadPart"):
                     reply = await client.upload_part(
@@ -460,6 +466,7 @@ class S3BlobStore:
                     )
                 etags[number] = reply["ETag"]
             finally:
+                in_flight -= 1
                 release.set()
                 sending.release()
 
