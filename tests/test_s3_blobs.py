@@ -280,3 +280,16 @@ def test_from_url_reads_the_usual_aws_variables() -> None:
     assert bare.key("ab" + "c" * 62).startswith("blobs/ab/")
     with pytest.raises(ValueError, match="s3://BUCKET"):
         S3BlobStore.from_url("/a/dir", {})
+
+
+async def test_held_keeps_one_client_and_closes_it_after(s3_url: str) -> None:
+    store = S3BlobStore.from_url(s3_url)
+    async with store.held():
+        client = store._client
+        digest = await store.put_bytes(b"held")
+        async with store.held():  # re-entrant
+            assert await store.get_bytes(digest) == b"held"
+        assert store._client is client
+    assert store._client is None  # nothing left open
+    assert await store.get_bytes(digest) == b"held"  # a call of its own opens and closes one
+    assert store._client is None
