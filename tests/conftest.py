@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from _pg import pg_dsn, pg_log, pg_server  # noqa: F401 (fixtures)
+from _pg_s3 import pg_s3_store  # noqa: F401 (fixture)
+from _s3 import s3_server, s3_url  # noqa: F401 - fixtures: a real S3 server
 from _serving import Server
 from blockbuster import blockbuster_ctx
 

@@ -20,6 +20,7 @@ from _pg import PgStore
 from asyncart import ConflictError, FileChangedError, IntegrityError, LocalStore, NotFoundError
 from asyncart._backends.base import Store, UploadItem
 from asyncart._backends.pg_log import PostgresEventLog
+from asyncart._backends.s3_blobs import S3BlobStore
 from asyncart._transfer import hash_file
 
 
@@ -284,3 +285,19 @@ class TestPostgresEventLog(EventLogContract):
             return
         async with log.held():
             yield PgStore(log)
+
+
+# -- the S3 blob store --------------------------------------------------------------------------
+
+
+class _BlobsOnly:
+    """A store of which only the blobs are used (the S3 store has no log)."""
+
+    def __init__(self, blobs: S3BlobStore) -> None:
+        self.blobs = blobs
+
+
+class TestS3BlobStore(BlobStoreContract):
+    @pytest.fixture
+    def store(self, s3_url: str) -> Store:
+        return _BlobsOnly(S3BlobStore.from_url(s3_url))  # type: ignore[return-value]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,17 +77,27 @@ def _derived_note(stream: str, payloads: Sequence[bytes]) -> bytes:
     return note_of(fold(CollectionState(stream), records))
 
 
-@pytest.fixture(params=["local", "http", "pg"])
-def served(request: pytest.FixtureRequest) -> tuple[str, str] | str | None:
+@pytest.fixture(params=["local", "http", "pg", "http-pg"])
+def served(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[str, str] | str | None]:
     """None for the local log, a server's URL and a token (made here, off the loop) for the
-    HTTP one, a DSN for the PostgreSQL one."""
+    HTTP one (serving a local store, or a PostgreSQL + S3 one), a DSN for the PostgreSQL one."""
     if request.param == "local":
-        return None
+        yield None
+        return
     if request.param == "pg":
-        dsn: str = request.getfixturevalue("pg_dsn")
-        return dsn
-    server: Server = request.getfixturevalue("server")
-    return server.url, server.token("*", write=True)
+        yield request.getfixturevalue("pg_dsn")
+        return
+    if request.param == "http":
+        server: Server = request.getfixturevalue("server")
+        yield server.url, server.token("*", write=True)
+        return
+    on_pg = Server(tmp_path / "served", store=request.getfixturevalue("pg_s3_store")).start()
+    try:
+        yield on_pg.url, on_pg.token("*", write=True)
+    finally:
+        on_pg.stop()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ Example::
     async with log.held():  # one pool for many calls (else each call connects)
         head = await log.append("p/artifacts/a", [b"record"], 0, note=b"summary")
 
-The schema (version 1), created and migrated by :meth:`PostgresEventLog.create` in the first
+The schema (version 2), created and migrated by :meth:`PostgresEventLog.create` in the first
 schema of the connection's ``search_path`` (``public`` unless the DSN says
 ``?search_path=NAME``)::
 
@@ -16,6 +16,8 @@ schema of the connection's ``search_path`` (``public`` unless the DSN says
     asyncart_records      (stream text COLLATE "C", seq bigint, payload bytea,
                            PRIMARY KEY (stream, seq))
     asyncart_checkpoints  (stream text COLLATE "C" PRIMARY KEY, data bytea)
+    asyncart_tokens       (sha256 text PRIMARY KEY, id, projects, write, admin, note, created)
+                          -- a server's tokens (hashed), shared by its replicas
 
 - A stream's row holds its head (the next seq) and note. An append is one transaction: it
   updates the row where ``head = expected_seq`` (or inserts it, ``ON CONFLICT DO NOTHING``,
@@ -48,7 +50,7 @@ from .._names import check_entry_path
 from ._pg_pool import PgPool, schema_missing
 from .base import MAX_NOTE
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The schema version this code creates and knows."""
 CHANNEL = "asyncart_append"
 """The ``LISTEN`` channel of appends; each notification's payload is ``'<stream> <head>'``."""
@@ -83,7 +85,20 @@ CREATE TABLE asyncart_checkpoints (
     data bytea NOT NULL
 );
 """
-_MIGRATIONS: dict[int, str] = {}  # version n -> the DDL that makes it n + 1
+_MIGRATIONS: dict[int, str] = {  # version n -> the DDL that makes it n + 1
+    # 2: the tokens of servers on this store (asyncart/_server/_pg_tokens.py)
+    1: """
+    CREATE TABLE asyncart_tokens (
+        sha256 text PRIMARY KEY,
+        id text NOT NULL,
+        projects text[] NOT NULL,
+        write boolean NOT NULL,
+        admin boolean NOT NULL,
+        note text NOT NULL,
+        created double precision
+    );
+    """,
+}
 
 _CREATED = """
 INSERT INTO asyncart_streams (stream, head, note) VALUES ($1, $2::bigint + $3::bigint, $4)
@@ -199,8 +214,9 @@ class PostgresEventLog:
             )
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A connection, the schema checked on this log's first use."""
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of the log's pool, the schema checked on this log's first use (for
+        the server's tables beside the log's)."""
         async with self._pool.connection() as conn:
             if not self._checked:
                 await self._require(conn)
@@ -212,7 +228,7 @@ class PostgresEventLog:
         if from_seq < 0 or (limit is not None and limit < 0):
             raise InvalidInputError(f"cannot read {limit} records from seq {from_seq}")
         check_entry_path(stream)
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(_READ, stream, from_seq, limit)
         if not rows:
             return []
@@ -237,7 +253,7 @@ class PostgresEventLog:
         check_entry_path(stream)
         records = list(payloads)
         copied = len(records) >= _COPY_AT or sum(map(len, records)) >= _COPY_BYTES
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             try:
                 if copied:
                     head = await _append_copied(conn, stream, records, expected_seq, note)
@@ -254,17 +270,17 @@ class PostgresEventLog:
         return int(head)
 
     async def streams(self, prefix: str = "") -> list[str]:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             rows = await _by_prefix(conn, "stream", prefix)
         return [row[0] for row in rows]
 
     async def notes(self, prefix: str) -> dict[str, bytes]:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             rows = await _by_prefix(conn, "stream, note", prefix)
         return {row[0]: row[1] for row in rows}
 
     async def checkpoint(self, stream: str) -> bytes | None:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             data = await conn.fetchval(
                 "SELECT data FROM asyncart_checkpoints WHERE stream = $1", stream
             )
@@ -272,7 +288,7 @@ class PostgresEventLog:
 
     async def put_checkpoint(self, stream: str, data: bytes) -> None:
         check_entry_path(stream)
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             await conn.execute(
                 "INSERT INTO asyncart_checkpoints (stream, data) VALUES ($1, $2) "
                 "ON CONFLICT (stream) DO UPDATE SET data = excluded.data",

@@ -1,0 +1,698 @@
+"""The S3 blob store: each blob one object, ``PREFIX/blobs/<2 hex>/<digest>``, in one bucket.
+
+Writes never replace a good blob: a single PUT carries ``If-None-Match: *`` (a 412 means the blob
+is there, which is success), and so does the completion of a multipart upload. A file is hashed
+as it is read, before its bytes can become the object: a small file is read and hashed whole in
+a worker thread and then sent (the same bytes); a large one is read part by part, in order, into
+a hasher while earlier parts upload in parallel, and the upload is completed only if the digest
+matches (else aborted: nothing is left, not even the parts). Bytes in memory are bounded by one
+budget per call (:data:`BUFFER_BYTES`), whatever the number and size of the files.
+
+``missing`` asks with as few requests as it can (the cost rule is in :meth:`S3BlobStore.missing`).
+Reads are verified (BLAKE3) and downloads streamed to a temp file beside the destination, then
+renamed (the HTTP store's sink). ``flush`` has nothing to do: S3 acknowledges a PUT once durable.
+
+Every request goes through :class:`aiobotocore` (pure Python on aiohttp: see
+bench/bench_s3_client.py for why not obstore). Client errors become asyncart's: an unreachable
+endpoint, a missing bucket or refused credentials are a one-line
+:class:`~asyncart.BackendUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.to_thread
+import blake3
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+
+from .._errors import BackendUnavailableError, IntegrityError, InvalidInputError, NotFoundError
+from .base import UploadItem
+from .fileio import open_regular, temp_beside, why_unreadable
+from .http_blobs import _changed, _gather, _Sink, _verify
+
+PART_THRESHOLD = 16 << 20
+"""Files at least this large are uploaded in parts (multipart), in parallel."""
+PART_SIZE = 8 << 20
+"""S3's smallest part is 5 MiB (SeaweedFS enforces it too: EntityTooSmall)."""
+PARTS_AT_ONCE = 4  # parts of one file in flight at once
+BUFFER_BYTES = 64 << 20
+"""The most file bytes one put_files call holds in memory at once (parts and small files)."""
+LIST_FROM = 8
+"""``missing`` lists instead of HEADing once it is asked this many digests (see there)."""
+LIST_PAGE = 1000  # S3's largest page
+_CHUNK = 4 << 20  # downloads: bytes gathered from the socket per thread hop
+_HASH_INLINE = 1 << 20  # bytes hashed on the loop; more go to a thread
+_AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"}
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    """Static S3 credentials (``AWS_ACCESS_KEY_ID`` ... in the environment)."""
+
+    access_key_id: str
+    secret_access_key: str
+    session_token: str | None = None
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"S3Credentials(access_key_id={self.access_key_id!r})"
+
+
+class S3BlobStore:
+    """A :class:`~asyncart._backends.base.BlobStore` in an S3 bucket (AWS or compatible).
+
+    Args:
+        bucket: the bucket, which must exist.
+        prefix: the folder of the store in the bucket ("" for the bucket's root).
+        endpoint: the server's URL (``http://127.0.0.1:8333``); None for AWS.
+        region: the bucket's region.
+        credentials: None: botocore's usual chain (profile, instance role ...).
+
+    Nothing is sent before the first call. Outside :meth:`held`, each call opens and closes
+    its own client; inside, one client serves every call.
+
+    Example::
+
+        store = S3BlobStore.from_url("s3://my-bucket/datasets")
+        async with store.held():
+            absent = await store.missing({digest: size})
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint: str | None = None,
+        region: str | None = None,
+        credentials: S3Credentials | None = None,
+        part_size: int = PART_SIZE,
+        part_threshold: int = PART_THRESHOLD,
+        buffer_bytes: int = BUFFER_BYTES,
+    ) -> None:
+        if not bucket:
+            raise InvalidInputError("an S3 blob store needs a bucket: s3://BUCKET/PREFIX")
+        if buffer_bytes < max(part_size, 1):
+            raise InvalidInputError("buffer_bytes must hold at least one part")
+        self.bucket, self.endpoint = bucket, endpoint
+        self.region = region or "us-east-1"
+        self.prefix = prefix.strip("/")
+        self.part_size, self.part_threshold = part_size, part_threshold
+        self.buffer_bytes = buffer_bytes
+        self.requests: Counter[str] = Counter()
+        """Requests sent, by S3 operation (``HeadObject``, ``ListObjectsV2`` ...)."""
+        self.peak_buffered = 0
+        """The most file bytes held in memory at once by an upload so far."""
+        self.peak_parts = 0
+        """The most parts of one file uploading at once so far."""
+        self._credentials = credentials
+        self._session = AioSession()
+        self._warmed = False
+        self._client: Any = None
+        self._exit: contextlib.AsyncExitStack | None = None
+        self._holders = 0
+        self._lock = anyio.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, env: Mapping[str, str] | None = None) -> S3BlobStore:
+        """A store at ``s3://BUCKET/PREFIX``, configured by the usual AWS variables of ``env``
+        (default: the environment): ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (http
+        allowed), ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
+        ``AWS_REGION`` or ``AWS_DEFAULT_REGION``.
+
+        Raises:
+            InvalidInputError: not an ``s3://`` URL with a bucket.
+        """
+        env = os.environ if env is None else env
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise InvalidInputError(f"not an S3 store URL: {url!r}; use s3://BUCKET/PREFIX")
+        key, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
+        credentials = (
+            S3Credentials(key, secret, env.get("AWS_SESSION_TOKEN") or None)
+            if key and secret
+            else None
+        )
+        return cls(
+            parts.netloc,
+            parts.path,
+            endpoint=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+            credentials=credentials,
+        )
+
+    @property
+    def location(self) -> str:
+        """``s3://bucket/prefix`` (and the endpoint), for messages."""
+        where = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        return f"{where} at {self.endpoint}" if self.endpoint else where
+
+    def key(self, digest: str) -> str:
+        """The object key of blob ``digest``."""
+        head = f"{self.prefix}/" if self.prefix else ""
+        return f"{head}blobs/{digest[:2]}/{digest}"
+
+    # -- connections ------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def held(self) -> AsyncIterator[S3BlobStore]:
+        """Keep one client (and its connection pool) open for the block (re-entrant)."""
+        await self._hold()
+        try:
+            yield self
+        finally:
+            self._holders -= 1
+            if self._holders == 0:
+                await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the client now, even inside :meth:`held` (the next call opens a new one)."""
+        stack, self._exit, self._client = self._exit, None, None
+        if stack is not None:
+            with anyio.CancelScope(shield=True):  # a cancelled holder still closes the pool
+                await stack.aclose()
+
+    async def _hold(self) -> Any:
+        self._holders += 1
+        async with self._lock:
+            if self._client is None:
+                try:
+                    await self._warm()
+                    stack = contextlib.AsyncExitStack()
+                    self._client = await stack.enter_async_context(self._new_client())
+                    self._exit = stack
+                except BaseException:
+                    self._holders -= 1
+                    raise
+        return self._client
+
+    @contextlib.asynccontextmanager
+    async def _use(self) -> AsyncIterator[Any]:
+        """The client for one call: the held one, or one of the call's own."""
+        client = await self._hold()
+        try:
+            yield client
+        finally:
+            self._holders -= 1
+            if self._holders == 0:
+                await self.aclose()
+
+    def _new_client(self) -> Any:
+        creds = self._credentials
+        return self._session.create_client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=self.region,
+            aws_access_key_id=creds.access_key_id if creds else None,
+            aws_secret_access_key=creds.secret_access_key if creds else None,
+            aws_session_token=creds.session_token if creds else None,
+            config=AioConfig(
+                signature_version="s3v4",  # presigned URLs too (botocore's default is v2)
+                s3={"addressing_style": "path"} if self.endpoint else None,
+                # S3 checks what it stores against our BLAKE3 digests; a CRC32 of every body
+                # too would cost CPU on the event loop's thread for nothing more.
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=10,
+                read_timeout=120,
+                max_pool_connections=32,
+            ),
+        )
+
+    async def _warm(self) -> None:
+        """Read, in a worker thread, what botocore reads from disk to build a client (config
+        files, service models), once per store: those are blocking calls that must not run
+        on the event loop. Its loader caches the files it found but not the ones it looked
+        for in vain, so the models it builds are cached here as well."""
+        if not self._warmed:
+            await anyio.to_thread.run_sync(_warm_session, self._session)
+            self._warmed = True
+
+    @contextlib.contextmanager
+    def _errors(
+        self, operation: str, digest: str | None = None, *, exists_ok: bool = False
+    ) -> Iterator[None]:
+        """Count the request, and translate what the client raises into asyncart's errors.
+
+        ``exists_ok``: a conditional write's 412 (the key exists) ends the block quietly.
+        """
+        self.requests[operation] += 1
+        try:
+            yield
+        except ClientError as e:
+            if exists_ok and _code(e) in ("PreconditionFailed", "412"):
+                return
+            raise self._client_error(e, digest) from None
+        except EndpointConnectionError as e:
+            raise BackendUnavailableError(
+                f"cannot reach the S3 endpoint of {self.location} ({e}); check "
+                "AWS_ENDPOINT_URL and that the server runs"
+            ) from None
+        except BotoCoreError as e:
+            raise BackendUnavailableError(f"S3 request to {self.location} failed: {e}") from None
+
+    def _client_error(self, error: ClientError, digest: str | None) -> Exception:
+        code = _code(error)
+        if code == "NoSuchBucket":
+            return BackendUnavailableError(
+                f"the bucket {self.bucket!r} does not exist at {self.endpoint or 'AWS'}; create "
+                f"it (aws s3 mb s3://{self.bucket}, with --endpoint-url for another server)"
+            )
+        if code in _AUTH_CODES:
+            return BackendUnavailableError(
+                f"S3 refused the credentials for {self.location} ({code}); check "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY and the key's rights on the bucket"
+            )
+        if digest is not None and code in ("NoSuchKey", "404"):
+            return NotFoundError(
+                f"blob {digest} is missing from the store at {self.location}; the store is "
+                "damaged (run asyncart.audit to see what is affected)"
+            )
+        message = error.response.get("Error", {}).get("Message", "")
+        return BackendUnavailableError(f"S3 at {self.location} answered {code}: {message}")
+
+    async def check(self) -> None:
+        """Check that the bucket is there and the credentials open it (one HEAD request).
+
+        Raises:
+            BackendUnavailableError: the endpoint cannot be reached, the bucket is missing or
+                the credentials are refused; the message says which.
+        """
+        async with self._use() as client:
+            with self._errors("HeadBucket"):
+                try:
+                    await client.head_bucket(Bucket=self.bucket)
+                except ClientError as e:
+                    if _code(e) in ("404", "NoSuchBucket"):  # HEAD has no body: no code
+                        e.response.setdefault("Error", {})["Code"] = "NoSuchBucket"
+                    raise
+
+    # -- missing ----------------------------------------------------------------------------
+
+    async def missing(self, sizes: Mapping[str, int]) -> set[str]:
+        """The digests of ``sizes`` that are not stored with that size.
+
+        Cost rule: fewer than :data:`LIST_FROM` digests cost one HEAD each, in parallel. More
+        are sorted (an object's key sorts as its digest does, fan-out folder included) and
+        listed instead: each LIST starts just before the smallest digest not yet settled and
+        settles every asked digest up to the last key it returns, so it never costs more
+        requests than the HEADs would, and usually far fewer (1 request for a fresh store;
+        about one per 1,000 stored blobs in the range asked). The sorted digests are cut into
+        up to 8 ranges listed at once.
+
+        A stored object of another size can only be a foreign write (S3 writes are atomic, so
+        not a torn one of ours): it is hashed; if it is the blob it stays (the caller's size is
+        wrong) and counts as present; if not, it is copied aside to ``PREFIX/damaged/`` as
+        evidence, removed, and counts as missing, so that the upload that follows stores a
+        good copy.
+        """
+        if not sizes:
+            return set()
+        async with self._use() as client:
+            if len(sizes) < LIST_FROM:
+                found = await _gather(list(sizes), lambda d: self._head(client, d))
+                stored = {d: s for d, s in zip(sizes, found, strict=True) if s >= 0}
+            else:
+                stored = await self._list(client, sorted(sizes))
+            absent = {d for d in sizes if d not in stored}
+            for digest, size in stored.items():
+                if size != sizes[digest] and await self._set_aside_if_bad(client, digest):
+                    absent.add(digest)
+        return absent
+
+    async def _head(self, client: Any, digest: str) -> int:
+        """The stored size of blob ``digest``, -1 if absent."""
+        try:
+            with self._errors("HeadObject", digest):
+                reply = await client.head_object(Bucket=self.bucket, Key=self.key(digest))
+        except NotFoundError:
+            return -1
+        return int(reply["ContentLength"])
+
+    async def _list(self, client: Any, digests: list[str]) -> dict[str, int]:
+        """The stored size of each of the sorted ``digests`` that is stored, by listing."""
+        ranges = max(1, min(8, len(digests) // LIST_FROM))
+        step = -(-len(digests) // ranges)
+        chunks = [digests[i : i + step] for i in range(0, len(digests), step)]
+        found: dict[str, int] = {}
+
+        async def one(chunk: list[str]) -> int:
+            found.update(await self._list_range(client, chunk))
+            return 0
+
+        await _gather(chunks, one)
+        return found
+
+    async def _list_range(self, client: Any, digests: list[str]) -> dict[str, int]:
+        head = f"{self.prefix}/blobs/" if self.prefix else "blobs/"
+        found: dict[str, int] = {}
+        wanted = set(digests)
+        i = 0
+        while i < len(digests):
+            start = self.key(digests[i])
+            with self._errors("ListObjectsV2"):
+                reply = await client.list_objects_v2(
+                    Bucket=self.bucket,
+                    Prefix=head,
+                    StartAfter=start[:-1],  # just before the key: the key itself is listed
+                    MaxKeys=LIST_PAGE,
+                )
+            objects = reply.get("Contents", [])
+            for obj in objects:
+                digest = obj["Key"].rsplit("/", 1)[-1]
+                if digest in wanted:
+                    found[digest] = int(obj["Size"])
+            if not reply.get("IsTruncated") or not objects:
+                break  # the listing ended: nothing after it is stored
+            last = objects[-1]["Key"]
+            while i < len(digests) and self.key(digests[i]) <= last:
+                i += 1
+        return found
+
+    async def _set_aside_if_bad(self, client: Any, digest: str) -> bool:
+        """Unless the object of ``digest`` is the blob, copy it to ``damaged/`` and remove it;
+        True if it was removed (or was gone already)."""
+        try:
+            await self._read_verified(client, digest)
+        except NotFoundError:
+            return True
+        except IntegrityError:
+            pass  # not the blob: set it aside
+        else:
+            return False
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        head = f"{self.prefix}/" if self.prefix else ""
+        with self._errors("CopyObject"):
+            await client.copy_object(
+                Bucket=self.bucket,
+                Key=f"{head}damaged/{digest}.{stamp}",
+                CopySource={"Bucket": self.bucket, "Key": self.key(digest)},
+            )
+        with self._errors("DeleteObject"):
+            await client.delete_object(Bucket=self.bucket, Key=self.key(digest))
+        return True
+
+    # -- uploads ----------------------------------------------------------------------------
+
+    async def put_files(self, items: Sequence[UploadItem]) -> int:
+        if not items:
+            return 0
+        budget = _Budget(self.buffer_bytes, self)
+        async with self._use() as client:
+
+            async def one(item: UploadItem) -> int:
+                if item.size >= self.part_threshold:
+                    return await self._put_parts(client, item, budget)
+                return await self._put_single(client, item, budget)
+
+            return sum(await _gather(items, one))
+
+    async def _put_single(self, client: Any, item: UploadItem, budget: _Budget) -> int:
+        """Read and hash the whole file in a thread, then send those bytes in one PUT."""
+        async with budget.taken(item.size + 1):
+            data, digest = await anyio.to_thread.run_sync(_read_hashing, item, 0, item.size + 1)
+            if len(data) != item.size:
+                raise _changed(item, f"it now has {len(data)} bytes or more")
+            if digest != item.digest:
+                raise _changed(item, f"its bytes hash to {digest[:16]}...")
+            await self._put_object(client, item.digest, data)
+        return item.size
+
+    async def _put_object(self, client: Any, digest: str, data: bytes) -> None:
+        """PUT unless the key exists (then the blob is stored already, and kept as it is)."""
+        with self._errors("PutObject", exists_ok=True):
+            await client.put_object(
+                Bucket=self.bucket, Key=self.key(digest), Body=data, IfNoneMatch="*"
+            )
+
+    async def _put_parts(self, client: Any, item: UploadItem, budget: _Budget) -> int:
+        """A multipart upload: parts read and hashed in order, sent PARTS_AT_ONCE at a time,
+        completed only when the whole file hashed to its digest; aborted on any failure."""
+        key = self.key(item.digest)
+        with self._errors("CreateMultipartUpload"):
+            started = await client.create_multipart_upload(Bucket=self.bucket, Key=key)
+        upload = started["UploadId"]
+        try:
+            etags = await self._send_parts(client, item, key, upload, budget)
+            parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
+            completed = False
+            with self._errors("CompleteMultipartUpload", exists_ok=True):
+                await client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload,
+                    MultipartUpload={"Parts": parts},
+                    IfNoneMatch="*",
+                )
+                completed = True
+            if not completed:  # stored already: drop our parts
+                await self._abort(client, key, upload)
+        except BaseException:
+            await self._abort(client, key, upload)
+            raise
+        return item.size
+
+    async def _send_parts(
+        self, client: Any, item: UploadItem, key: str, upload: str, budget: _Budget
+    ) -> dict[int, str]:
+        hasher = blake3.blake3()
+        etags: dict[int, str] = {}
+        sending = anyio.Semaphore(PARTS_AT_ONCE)
+        in_flight = 0
+
+        async def send(number: int, data: bytes, release: anyio.Event) -> None:
+            nonlocal in_flight
+            in_flight += 1
+            self.peak_parts = max(self.peak_parts, in_flight)
+            try:
+                with self._errors("UploadPart"):
+                    reply = await client.upload_part(
+                        Bucket=self.bucket, Key=key, UploadId=upload, PartNumber=number, Body=data
+                    )
+                etags[number] = reply["ETag"]
+            finally:
+                in_flight -= 1
+                release.set()
+                sending.release()
+
+        async with anyio.create_task_group() as tg:
+            offset, number = 0, 1
+            while offset < item.size:
+                length = min(self.part_size, item.size - offset)
+                await sending.acquire()
+                released = anyio.Event()
+                await budget.take(length)
+                tg.start_soon(budget.give_when, length, released)
+                try:
+                    data = await anyio.to_thread.run_sync(_read_into, item, offset, length, hasher)
+                except BaseException:
+                    released.set()
+                    sending.release()
+                    raise
+                tg.start_soon(send, number, data, released)
+                offset, number = offset + length, number + 1
+            tail = await anyio.to_thread.run_sync(_read_tail, item)
+            if tail or hasher.hexdigest() != item.digest:
+                why = "it grew" if tail else f"its bytes hash to {hasher.hexdigest()[:16]}..."
+                raise _changed(item, why)  # the task group cancels the parts in flight
+        return etags
+
+    async def _abort(self, client: Any, key: str, upload: str) -> None:
+        with (
+            anyio.CancelScope(shield=True),
+            contextlib.suppress(BackendUnavailableError),
+            self._errors("AbortMultipartUpload"),
+        ):
+            await client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload)
+
+    async def put_bytes(self, data: bytes) -> str:
+        digest = await _hash(data)
+        async with self._use() as client:
+            await self._put_object(client, digest, data)
+        return digest
+
+    # -- downloads --------------------------------------------------------------------------
+
+    async def get_bytes(self, digest: str) -> bytes:
+        async with self._use() as client:
+            return await self._read_verified(client, digest)
+
+    async def _read_verified(self, client: Any, digest: str) -> bytes:
+        with self._errors("GetObject", digest):
+            reply = await client.get_object(Bucket=self.bucket, Key=self.key(digest))
+            async with reply["Body"] as body:
+                data: bytes = await body.read()
+        _verify(digest, await _hash(data))
+        return data
+
+    async def get_files(self, items: Sequence[tuple[str, str]]) -> int:
+        async with self._use() as client:
+            return sum(await _gather(items, lambda pair: self._get_file(client, *pair)))
+
+    async def _get_file(self, client: Any, digest: str, dest: str) -> int:
+        """Stream one blob to a temp file beside ``dest`` (written and hashed in a thread,
+        4 MiB at a time), verify it, then rename it into place."""
+        sink = _Sink(temp_beside(dest))
+        try:
+            with self._errors("GetObject", digest):
+                reply = await client.get_object(Bucket=self.bucket, Key=self.key(digest))
+                async with reply["Body"] as body:
+                    batch: list[bytes] = []
+                    batched = 0
+                    async for chunk in body.iter_chunks(_CHUNK):
+                        batch.append(chunk)
+                        batched += len(chunk)
+                        if batched >= _CHUNK:
+                            await anyio.to_thread.run_sync(sink.write, batch)
+                            batch, batched = [], 0
+                    await anyio.to_thread.run_sync(sink.write, batch)
+            return await anyio.to_thread.run_sync(sink.finish, digest, dest)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(sink.discard)
+            raise
+
+    async def flush(self) -> None:
+        """Nothing to do: S3 acknowledges a PUT (or a completed multipart upload) only once the
+        object is durable, so every blob stored so far already is."""
+
+    # -- presigned URLs ---------------------------------------------------------------------
+
+    async def presign(self, method: str, digest: str, expires: int = 3600) -> str:
+        """A URL that lets its holder ``GET`` or ``PUT`` blob ``digest`` for ``expires``
+        seconds without credentials (for a server to hand to its clients). A presigned PUT
+        is a plain PUT: whoever receives one must be trusted to send the right bytes (the
+        server verifies them before it references the blob).
+
+        Raises:
+            InvalidInputError: ``method`` is neither GET nor PUT.
+        """
+        operations = {"GET": "get_object", "PUT": "put_object"}
+        if method.upper() not in operations:
+            raise InvalidInputError(f"presign: method must be GET or PUT, not {method!r}")
+        async with self._use() as client:
+            url: str = await client.generate_presigned_url(
+                operations[method.upper()],
+                Params={"Bucket": self.bucket, "Key": self.key(digest)},
+                ExpiresIn=expires,
+            )
+        return url
+
+    def __repr__(self) -> str:
+        return f"S3BlobStore({self.location!r})"
+
+
+class _Budget:
+    """File bytes held in memory by one upload call, bounded; the peak is recorded on
+    ``owner.peak_buffered``."""
+
+    def __init__(self, limit: int, owner: S3BlobStore) -> None:
+        self.limit, self.used, self.owner = limit, 0, owner
+        self._changed = anyio.Condition()
+
+    async def take(self, n: int) -> None:
+        n = min(n, self.limit)  # a lone file larger than the budget still goes, alone
+        async with self._changed:
+            while self.used + n > self.limit:
+                await self._changed.wait()
+            self.used += n
+            self.owner.peak_buffered = max(self.owner.peak_buffered, self.used)
+
+    async def give(self, n: int) -> None:
+        async with self._changed:
+            self.used -= min(n, self.limit)
+            self._changed.notify_all()
+
+    async def give_when(self, n: int, event: anyio.Event) -> None:
+        with anyio.CancelScope(shield=True):
+            await event.wait()
+            await self.give(n)
+
+    @contextlib.asynccontextmanager
+    async def taken(self, n: int) -> AsyncIterator[None]:
+        await self.take(n)
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.give(n)
+
+
+def _warm_session(session: AioSession) -> None:
+    """Load the config and S3 models into ``session``'s caches (blocking: in a thread)."""
+    session.get_scoped_config()
+    loader = session.get_component("data_loader")
+    original, models = loader.load_service_model, {}
+
+    def cached(service: str, kind: str, api_version: str | None = None) -> Any:
+        key = (service, kind, api_version)
+        if key not in models:
+            models[key] = original(service, kind, api_version)
+        return models[key]
+
+    loader.load_service_model = cached
+    for kind in ("service-2", "endpoint-rule-set-1", "paginators-1", "waiters-2"):
+        with contextlib.suppress(Exception):  # the last two are optional for a client
+            cached("s3", kind)
+    for name in ("endpoints", "partitions", "_retry", "sdk-default-configuration"):
+        loader.load_data(name)
+
+
+def _open(item: UploadItem) -> int:
+    try:
+        return open_regular(item.source)
+    except OSError as e:
+        raise _changed(item, why_unreadable(e)) from None
+
+
+def _read_hashing(item: UploadItem, offset: int, limit: int) -> tuple[bytes, str]:
+    """Up to ``limit`` bytes of the file from ``offset``, and their digest (blocking)."""
+    fd = _open(item)
+    try:
+        data = os.pread(fd, limit, offset)
+    finally:
+        os.close(fd)
+    return data, blake3.blake3(data).hexdigest()
+
+
+def _read_into(item: UploadItem, offset: int, length: int, hasher: Any) -> bytes:
+    """Exactly ``length`` bytes from ``offset``, fed to ``hasher`` (blocking)."""
+    fd = _open(item)
+    try:
+        data = os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+    if len(data) != length:
+        raise _changed(item, f"it ends at byte {offset + len(data)}, before {item.size}")
+    hasher.update(data)
+    return data
+
+
+def _read_tail(item: UploadItem) -> bytes:
+    """Whatever the file holds past its expected size (b"" if it did not grow)."""
+    fd = _open(item)
+    try:
+        return os.pread(fd, 1, item.size)
+    finally:
+        os.close(fd)
+
+
+async def _hash(data: bytes) -> str:
+    if len(data) > _HASH_INLINE:
+        return await anyio.to_thread.run_sync(lambda: blake3.blake3(data).hexdigest())
+    return blake3.blake3(data).hexdigest()
+
+
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
