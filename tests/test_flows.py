@@ -1,5 +1,5 @@
-"""The seed flows end to end on the local store: single run, outside a run, distributed,
-incremental."""
+"""The seed flows end to end on the local store and on PostgreSQL + S3: single run, outside a
+run, distributed, incremental."""
 
 from __future__ import annotations
 
@@ -15,6 +15,16 @@ from asyncart import (
     NotFoundError,
     SealedError,
 )
+from asyncart._store import open_store
+
+
+@pytest.fixture(params=["local", "pg"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh local store, or a fresh PostgreSQL + S3 one."""
+    if request.param == "pg":
+        location: str = request.getfixturevalue("pg_s3_store")
+        return location
+    return str(tmp_path / "store")
 
 
 async def _dataset(files: Path, name: str = "ds") -> asyncart.Artifact:
@@ -159,7 +169,8 @@ async def test_hostile_names_are_rejected_before_anything_is_written(store, file
     with pytest.raises(InvalidInputError):
         await artifact.add_dir(files / "images", name=name if name else "../x")
     assert len(artifact.manifest) == 0
-    assert not Path(store).exists()
+    if "://" not in store:
+        assert not Path(store).exists()
 
 
 async def test_file_changed_before_upload_commits_nothing(store, files):
@@ -170,7 +181,7 @@ async def test_file_changed_before_upload_commits_nothing(store, files):
         await artifact.save(project="demo", store=store)
     with pytest.raises(NotFoundError):
         await asyncart.Api("demo", store=store).artifact("ds")
-    blobs = asyncart.LocalStore(store).blobs
+    blobs = open_store(store).blobs
     assert await blobs.missing({entry.digest: entry.size}) == {entry.digest}
 
 
@@ -247,9 +258,7 @@ async def test_finishing_identical_content_closes_the_draft_without_a_version(st
     async with asyncart.init(project="demo", group="g", store=store) as run:
         same = await run.finish_artifact(asyncart.Artifact("dist", "dataset"), aliases=["again"])
     assert (same.version, same.aliases) == ("v0", ["again", "latest"])
-    state = await asyncart._repository.Repository(asyncart.LocalStore(store)).collection(
-        "demo", "dist"
-    )
+    state = await asyncart._repository.Repository(open_store(store)).collection("demo", "dist")
     assert state.pending == {} and v0.digest == same.digest
 
 

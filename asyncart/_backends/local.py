@@ -232,12 +232,14 @@ def _checked_location(root: str | os.PathLike[str]) -> str | os.PathLike[str]:
     if isinstance(root, str):
         if not root.strip():
             raise InvalidInputError(
-                "the store location is empty: give a directory or an http(s):// URL"
+                "the store location is empty: give a directory, an http(s):// URL or a "
+                "postgresql://...?blobs=s3://BUCKET/PREFIX URL"
             )
         if _URL.match(root):
             scheme = root.partition(":")[0]
             raise InvalidInputError(
-                f"unsupported store location {root!r}: a store is a directory, or a server "
-                f"at an http:// or https:// URL (not {scheme}://)"
+                f"unsupported store location {root!r}: a store is a directory, a server at "
+                "an http:// or https:// URL, or postgresql://...?blobs=s3://BUCKET/PREFIX "
+                f"(not {scheme}://)"
             )
     return root

@@ -12,16 +12,21 @@ The S3 endpoint and credentials come from the usual AWS variables: ``AWS_ENDPOIN
 
 from __future__ import annotations
 
-import contextlib
+import functools
+import importlib
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .._errors import InvalidInputError
-from .pg_log import PostgresEventLog
-from .s3_blobs import S3BlobStore
+import anyio.to_thread
 
-SCHEMES = ("postgresql://", "postgres://")
+from .._errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from .pg_log import PostgresEventLog
+    from .s3_blobs import S3BlobStore
 
 
 class PostgresS3Store:
@@ -36,10 +41,23 @@ class PostgresS3Store:
     """
 
     def __init__(self, location: str) -> None:
-        dsn, blobs = split_location(location)
+        self._dsn, self._blobs_url = split_location(location)
         self.location = _without_password(location)
-        self.log = PostgresEventLog(dsn)
-        self.blobs = S3BlobStore.from_url(blobs)
+        self._ready = self._made = False  # checked, or made, once per store object
+
+    @functools.cached_property
+    def log(self) -> PostgresEventLog:
+        """The event log, in the database."""
+        from .pg_log import PostgresEventLog
+
+        return PostgresEventLog(self._dsn)
+
+    @functools.cached_property
+    def blobs(self) -> S3BlobStore:
+        """The blobs, in the bucket."""
+        from .s3_blobs import S3BlobStore
+
+        return S3BlobStore.from_url(self._blobs_url)
 
     async def create(self) -> None:
         """Create (or migrate) the log's schema and check the bucket can be reached.
@@ -47,17 +65,22 @@ class PostgresS3Store:
         Raises:
             BackendUnavailableError: the database or the bucket cannot be reached or used.
         """
-        await self.log.create()
-        await self.blobs.check()
+        if not self._made:
+            await _import_clients()
+            await self.log.create()
+            await self.blobs.check()
+            self._ready = self._made = True
 
     async def require(self) -> None:
         """Check that the log's schema is there (the bucket is checked on first use).
 
         Raises:
-            NotFoundError: the database holds no asyncart schema.
-            BackendUnavailableError: the database cannot be reached.
+            BackendUnavailableError: the database cannot be reached or holds no schema.
         """
-        await self.log.require()
+        if not self._ready:
+            await _import_clients()
+            await self.log.require()
+            self._ready = True
 
     @asynccontextmanager
     async def _held(self) -> AsyncIterator[object]:
@@ -69,18 +92,25 @@ class PostgresS3Store:
         return self._held()
 
     async def aclose(self) -> None:
-        """Close the database pool and the S3 client now."""
-        with contextlib.suppress(Exception):
-            await self.blobs.aclose()
-        await self.log.aclose()
+        """Close the database pool and the S3 client now (those that were opened)."""
+        try:
+            if "blobs" in self.__dict__:  # made on first use (cached_property)
+                await self.blobs.aclose()
+        finally:
+            if "log" in self.__dict__:
+                await self.log.aclose()
 
     def __repr__(self) -> str:
         return f"PostgresS3Store({self.location!r})"
 
 
-def is_pg_location(location: str) -> bool:
-    """Whether ``location`` names a PostgreSQL + S3 store."""
-    return location.startswith(SCHEMES)
+async def _import_clients() -> None:
+    """Import asyncpg and the S3 client in a worker thread (botocore reads files as it loads),
+    before the first call: every call on the store comes after :meth:`create` or
+    :meth:`require` (see ``prepare_store``)."""
+    for module in (f"{__package__}.pg_log", f"{__package__}.s3_blobs"):
+        if module not in sys.modules:
+            await anyio.to_thread.run_sync(importlib.import_module, module)
 
 
 def split_location(location: str) -> tuple[str, str]:
