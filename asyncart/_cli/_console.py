@@ -130,7 +130,12 @@ class Console:
 
     def json_lines(self, lines: Sequence[str]) -> None:
         """Print JSON texts encoded already, one a line (as many ``json`` calls would)."""
-        self.out.write("".join([f"{line}\n" for line in lines]))
+        self.lines(lines)
+
+    def lines(self, lines: Sequence[str]) -> None:
+        """Print ``lines``, one a line, in one write."""
+        if lines:
+            self.out.write("\n".join(lines) + "\n")
 
     def error(self, message: str) -> None:
         print(f"asyncart: error: {message}", file=self.err)
