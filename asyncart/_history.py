@@ -160,8 +160,11 @@ def _summaries(
     cut = len(prefix)
     streams = sorted(notes)
     names = [stream[cut:] for stream in streams]
+    in_order = streams == list(notes)  # as a local log gives them: no lookups then
     with gc_paused():  # many small objects, none cyclic
-        decoded = _decode_notes([notes[stream] for stream in streams])
+        decoded = _decode_notes(
+            list(notes.values()) if in_order else [notes[stream] for stream in streams]
+        )
         out: list[ArtifactCollection | None] = []
         add, row, proxy, stamp, utc = out.append, ArtifactCollection, MappingProxyType, _stamp, UTC
         for name, note in zip(names, decoded, strict=True):
