@@ -15,10 +15,6 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from ._api import Api as Api
 from ._artifact import Artifact as Artifact
-from ._audit import AuditProblem as AuditProblem
-from ._audit import AuditProgress as AuditProgress
-from ._audit import AuditReport as AuditReport
-from ._audit import audit as audit
 from ._backends.base import BlobStore as BlobStore
 from ._backends.base import EventLog as EventLog
 from ._backends.base import Store as Store
@@ -42,29 +38,45 @@ from ._errors import SealedError as SealedError
 from ._history import ArtifactCollection as ArtifactCollection
 from ._history import LogEntry as LogEntry
 from ._lineage import RunInfo as RunInfo
-from ._run import Run as Run
-from ._run import init as init
 from ._store import STORE_ENV as STORE_ENV
 from ._transfer import Progress as Progress
 
 __version__ = "0.1.0"
 
-if _TYPE_CHECKING:  # type checkers see the import, so they still catch misspelled names
+if _TYPE_CHECKING:  # type checkers see the imports, so they still catch misspelled names
+    from ._audit import AuditProblem as AuditProblem
+    from ._audit import AuditProgress as AuditProgress
+    from ._audit import AuditReport as AuditReport
+    from ._audit import audit as audit
     from ._backends.http import HttpStore as HttpStore
+    from ._run import Run as Run
+    from ._run import init as init
 else:
+    # Imported on first use: a program that reads a local store (`asyncart ls`) needs none of
+    # them, and aiohttp (HttpStore) would double the objects the garbage collector walks
+    # (and add 0.1 s to start-up) for every program, most of which use only the local store.
+    _LAZY = {
+        "AuditProblem": "._audit",
+        "AuditProgress": "._audit",
+        "AuditReport": "._audit",
+        "audit": "._audit",
+        "HttpStore": "._backends.http",
+        "Run": "._run",
+        "init": "._run",
+    }
 
     def __getattr__(name: str) -> object:
-        """``HttpStore`` is imported on first use: aiohttp would double the objects the garbage
-        collector walks (and add 0.1 s to start-up) for every program, most of which use only
-        the local store."""
-        if name == "HttpStore":
-            from ._backends.http import HttpStore
+        """The public names of :data:`_LAZY`, imported on first use."""
+        if name in _LAZY:
+            import importlib
 
-            return HttpStore
+            value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+            globals()[name] = value
+            return value
         raise AttributeError(f"module 'asyncart' has no attribute {name!r}")
 
     def __dir__() -> list[str]:
-        return sorted({*globals(), "HttpStore"})
+        return sorted({*globals(), *_LAZY})
 
 
 __all__ = (
