@@ -15,18 +15,11 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from ._api import Api as Api
 from ._artifact import Artifact as Artifact
-from ._audit import AuditProblem as AuditProblem
-from ._audit import AuditProgress as AuditProgress
-from ._audit import AuditReport as AuditReport
-from ._audit import audit as audit
 from ._backends.base import BlobStore as BlobStore
 from ._backends.base import EventLog as EventLog
 from ._backends.base import Store as Store
 from ._backends.base import UploadItem as UploadItem
 from ._backends.local import LocalStore as LocalStore
-from ._copy import CopyProgress as CopyProgress
-from ._copy import CopyReport as CopyReport
-from ._copy import copy_store as copy_store
 from ._diff import ManifestDiff as ManifestDiff
 from ._domain.events import Entry as Entry
 from ._domain.manifest import Manifest as Manifest
@@ -45,27 +38,50 @@ from ._errors import SealedError as SealedError
 from ._history import ArtifactCollection as ArtifactCollection
 from ._history import LogEntry as LogEntry
 from ._lineage import RunInfo as RunInfo
-from ._run import Run as Run
-from ._run import init as init
 from ._store import STORE_ENV as STORE_ENV
 from ._transfer import Progress as Progress
 
 __version__ = "0.1.0"
 
-if _TYPE_CHECKING:  # type checkers see the import, so they still catch misspelled names
+if _TYPE_CHECKING:  # type checkers see the imports, so they still catch misspelled names
+    from ._audit import AuditProblem as AuditProblem
+    from ._audit import AuditProgress as AuditProgress
+    from ._audit import AuditReport as AuditReport
+    from ._audit import audit as audit
     from ._backends.http import HttpStore as HttpStore
     from ._backends.pg_s3 import PostgresS3Store as PostgresS3Store
+    from ._copy import CopyProgress as CopyProgress
+    from ._copy import CopyReport as CopyReport
+    from ._copy import copy_store as copy_store
+    from ._run import Run as Run
+    from ._run import init as init
 else:
-    import importlib as _importlib
-
-    _LAZY = {"HttpStore": "._backends.http", "PostgresS3Store": "._backends.pg_s3"}
+    # Imported on first use: a program that reads a local store (`asyncart ls`) needs none of
+    # them, and aiohttp (HttpStore), or asyncpg and the S3 client (PostgresS3Store), would
+    # double the objects the garbage collector walks (and add 0.1 s to start-up) for every
+    # program, most of which use only the local store.
+    _LAZY = {
+        "AuditProblem": "._audit",
+        "AuditProgress": "._audit",
+        "AuditReport": "._audit",
+        "audit": "._audit",
+        "CopyProgress": "._copy",
+        "CopyReport": "._copy",
+        "copy_store": "._copy",
+        "HttpStore": "._backends.http",
+        "PostgresS3Store": "._backends.pg_s3",
+        "Run": "._run",
+        "init": "._run",
+    }
 
     def __getattr__(name: str) -> object:
-        """The networked stores are imported on first use: aiohttp (or asyncpg and the S3
-        client) would double the objects the garbage collector walks, and add 0.1 s to
-        start-up, for every program, most of which use only the local store."""
+        """The public names of :data:`_LAZY`, imported on first use."""
         if name in _LAZY:
-            return getattr(_importlib.import_module(_LAZY[name], __name__), name)
+            import importlib
+
+            value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+            globals()[name] = value
+            return value
         raise AttributeError(f"module 'asyncart' has no attribute {name!r}")
 
     def __dir__() -> list[str]:

@@ -59,16 +59,14 @@ async def from_heads(log: LocalEventLog, prefix: str = PREFIX) -> dict[str, byte
 
 
 def cache_file(log: LocalEventLog, folder: str = FOLDER) -> Path:
-    return log.root / folder / ".notes"
+    """Where the cache of ``folder`` lives: beside it, in the folder above."""
+    path = log.root / folder
+    return path.parent / f".{path.name}.notes"
 
 
 def read_cache(log: LocalEventLog) -> object:
     """The cache of FOLDER as its readers see it (None: none that can be used)."""
-    fd = os.open(log.root / FOLDER, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        return local_log._read_notes_cache(fd, FOLDER)
-    finally:
-        os.close(fd)
+    return local_log._read_notes_cache(str(cache_file(log)), FOLDER)
 
 
 async def build_trusted(log: LocalEventLog, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -242,3 +240,104 @@ async def test_a_narrower_prefix_keeps_the_other_entries(
         await log.append(f"{PREFIX}b{i}", [b"r0"], 0, note=b"new")
     assert await log.notes(f"{PREFIX}b") == await from_heads(log, f"{PREFIX}b")
     assert await log.notes(PREFIX) == await from_heads(log)
+
+
+class Listings:
+    """Counts the folders listed (``os.scandir``) while installed."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        real = os.scandir
+
+        def spy(path: Any = ".") -> Any:
+            self.count += 1
+            return real(path)
+
+        monkeypatch.setattr(os, "scandir", spy)
+
+    def reset(self) -> int:
+        count, self.count = self.count, 0
+        return count
+
+
+async def test_an_unchanged_folder_is_not_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache holds the folder's listing too, trusted while the folder's ctime is the one
+    recorded (and older than the build by the margin): no name was created or removed."""
+    log = await make_log(tmp_path, [f"a{i}" for i in range(100)])
+    await build_trusted(log, monkeypatch)
+    listings, opens = Listings(monkeypatch), HeadOpens(monkeypatch)
+    for _ in range(2):
+        notes = await log.notes(PREFIX)
+        assert (listings.reset(), opens.reset()) == (0, 0)
+        assert notes == await from_heads(log) and len(notes) == 100
+        assert (listings.reset(), opens.reset()) == (1, 100)  # from_heads lists, reads all
+    await log.append(f"{PREFIX}a7", [b"r1"], 1, note=b"note of a7 1")  # in place: no new name
+    opens.reset()
+    notes = await log.notes(PREFIX)
+    assert (listings.reset(), opens.reset()) == (0, 1)
+    assert notes[f"{PREFIX}a7"] == b"note of a7 1"
+
+
+async def test_a_name_created_or_removed_makes_the_folder_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = await make_log(tmp_path, [f"a{i}" for i in range(100)])
+    await build_trusted(log, monkeypatch)
+    listings = Listings(monkeypatch)
+    await log.append(f"{PREFIX}new", [b"r0"], 0, note=b"note of new 0")
+    assert (await log.notes(PREFIX))[f"{PREFIX}new"] == b"note of new 0"
+    assert listings.reset() == 1
+    await build_trusted(log, monkeypatch)
+    listings.reset()
+    for suffix in ("log", "head", "idx"):
+        (log.root / FOLDER / f"a3.{suffix}").unlink()
+    notes = await log.notes(PREFIX)
+    assert listings.reset() == 1
+    assert f"{PREFIX}a3" not in notes and notes == await from_heads(log)
+
+
+async def test_a_name_created_just_after_the_build_is_never_missed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The racy case for the listing: a name created within a timestamp tick of the
+    folder's recorded ctime may keep it; a listing that recent is not trusted."""
+    log = await make_log(tmp_path, [f"a{i}" for i in range(100)])
+    for i in range(20):
+        await log.notes(PREFIX)  # the cache, built right now
+        await log.append(f"{PREFIX}b{i}", [b"r0"], 0, note=f"note of b{i}".encode())
+        assert (await log.notes(PREFIX))[f"{PREFIX}b{i}"] == f"note of b{i}".encode()
+    assert await log.notes(PREFIX) == await from_heads(log)
+
+
+async def test_writing_the_cache_leaves_its_folder_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache lives beside its folder, not in it: writing it would change the folder's
+    ctime, and no listing could then be trusted."""
+    log = await make_log(tmp_path, [f"a{i}" for i in range(100)])
+    folder = log.root / FOLDER
+    before = folder.stat().st_ctime_ns
+    await build_trusted(log, monkeypatch)
+    assert folder.stat().st_ctime_ns == before
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+    listings = Listings(monkeypatch)
+    assert await log.notes(PREFIX) == await from_heads(log)
+    assert listings.reset() == 1  # from_heads lists the folder; notes() did not
+
+
+async def test_a_replaced_folder_is_listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder restored from a copy (another inode) is listed, whatever its ctime."""
+    log = await make_log(tmp_path, [f"a{i}" for i in range(100)])
+    await build_trusted(log, monkeypatch)
+    folder = log.root / FOLDER
+    copy = folder.with_name("artifacts-copy")
+    copy.mkdir()
+    for path in folder.iterdir():
+        if path.name != "a5.head" and not path.name.startswith("a5."):
+            (copy / path.name).write_bytes(path.read_bytes())
+    os.rename(folder, folder.with_name("artifacts-old"))
+    os.rename(copy, folder)
+    notes = await log.notes(PREFIX)
+    assert f"{PREFIX}a5" not in notes and notes == await from_heads(log)

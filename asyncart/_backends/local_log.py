@@ -36,13 +36,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import itertools
+import operator
 import os
 import secrets
 import struct
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -488,7 +490,7 @@ class LocalEventLog:
             _walk_notes(
                 os.path.join(self.root, folder) if folder else str(self.root), folder, prefix, notes
             )
-            return {stream: notes[stream] for stream in sorted(notes)}
+        return notes
 
     def _note(self, stream: str) -> bytes:
         """The note in the stream's head, read alone (b"" if it has none). A damaged head
@@ -535,15 +537,32 @@ def _walk(folder: Path, where: str, prefix: str, names: set[str]) -> None:
 
 # -- the notes cache: a folder's notes in one file (derived, checked before each use) ---------
 
-_NOTES_CACHE = ".notes"  # a dot-file: never a stream (every stream file ends in a suffix)
-_NOTES_MAGIC = b"asyncart notes 1\n"
+_NOTES_MAGIC = b"asyncart notes 2\n"
 _NOTES_CRC = struct.Struct("<I")
 _RACY_NS = 2_000_000_000  # see _folder_notes: wider than any file timestamp's granularity
 _REWRITE_AT = 64  # stale entries that make a reader rewrite a folder's cache (or 1% of it)
+_UNKNOWN = (-1, -1, -1)  # the key of a head the cache does not vouch for: never a stat's
+_GONE = (-2, -2, -2)  # the key of a head removed since the listing: its stream has no note
 
-_CachedNote = tuple[int, int, int, bytes]  # the head's (st_ino, st_size, st_ctime_ns), its note
-_cache_decoder = msgspec.msgpack.Decoder(tuple[str, int, dict[str, _CachedNote]])
+
+class _NotesCache(msgspec.Struct, array_like=True):
+    """A folder's notes cache, in columns: one msgpack call decodes it, and its heads are
+    checked without a Python loop (``_check_heads``)."""
+
+    folder: str  # the folder it describes (its name under the root): a copy is refused
+    start: int  # time.time_ns() when its build began, before any stat
+    listed: tuple[int, int]  # the folder's (st_ino, st_ctime_ns) before it was listed
+    subfolders: list[str]  # the folders in it (not links)
+    headless: list[str]  # the streams in it with a log and no head
+    streams: list[str]  # the streams with a head, sorted (whole names)
+    files: list[str]  # their head files' names in the folder
+    keys: list[tuple[int, int, int]]  # each head's (st_ino, st_size, st_ctime_ns) ...
+    notes: list[bytes]  # ... when its note was read (_UNKNOWN: not read, or racy)
+
+
+_cache_decoder = msgspec.msgpack.Decoder(_NotesCache)
 _cache_encoder = msgspec.msgpack.Encoder()
+_head_key = operator.attrgetter("st_ino", "st_size", "st_ctime_ns")
 
 
 def _walk_notes(folder: str, where: str, prefix: str, notes: dict[str, bytes]) -> None:
@@ -559,27 +578,33 @@ def _folder_notes(folder: str, where: str, prefix: str, notes: dict[str, bytes])
     """Add the notes of the streams of one folder to ``notes``; return its subfolders that
     can hold streams under ``prefix``.
 
-    A head file's note is taken from the folder's cache (``.notes``) when the head's
-    (st_ino, st_size, st_ctime_ns) are those the cache recorded, and that ctime is older than
-    the start of the cache's build by ``_RACY_NS``; else the head is read. Why that never
-    gives a note other than the head's current one (racy-git, as git's index does):
+    The folder's cache (``.NAME.notes`` in the folder above it, ``.notes`` in the root for
+    the root) holds the folder's listing and, for each head, its note and the head's
+    (st_ino, st_size, st_ctime_ns) when it was read. A note is taken from the cache when the
+    head's stat is the one recorded and that ctime is older than the start of the cache's
+    build by ``_RACY_NS``; else the head is read. The listing is taken from the cache the
+    same way, by the folder's (st_ino, st_ctime_ns): every name created, removed or renamed
+    in a folder sets its ctime, and the cache lives outside the folder it describes so that
+    writing it does not. Why that never gives a note other than the head's current one, nor
+    a listing other than the folder's (racy-git, as git's index does):
 
-    - the cache's build took its start time, then stat'ed each head, then read its note. If
-      the head changed after the read, that write set its ctime (every write does, and
-      users cannot set ctime) to a time past the build's start, less a clock tick: the
-      recorded ctime, older than the start by more than any tick, no longer matches. A write
-      between the stat and the read left a newer note beside an older stat: no match either.
-    - a head written within a tick of a recorded stat may keep that ctime (timestamps are
+    - the cache's build took its start time, then stat'ed the folder and each head, then
+      listed the one and read the others. A change after the stat set the file's ctime
+      (every write does, and users cannot set ctime) to a time past the build's start, less
+      a clock tick: the recorded ctime, older than the start by more than any tick, no
+      longer matches.
+    - a file changed within a tick of a recorded stat may keep that ctime (timestamps are
       coarse). Such a ctime is "racily clean": it is not older than the build's start by the
-      margin, so the head is read. A head replaced by a rename (a new inode, or a reused one)
-      gets the ctime of its creation, which is new too.
+      margin, so it is not trusted (a head's key is recorded as ``_UNKNOWN``). A head
+      replaced by a rename (a new inode, or a reused one) gets the ctime of its creation,
+      which is new too.
     - the cache is checksummed and names its folder: a torn, damaged, foreign or another
       folder's cache is ignored (every head read). It is derived: rewritten by readers with a
       rename, unsynced, any error ignored.
 
     The window left: a wall clock stepped back by more than the margin between a build and
-    a later write of the same head within the same tick of its recorded ctime, with the same
-    inode and size; the next write of that head ends it.
+    a later write of the same file within the same tick of its recorded ctime, with the same
+    inode (and size); the next write of that file ends it.
     """
     start = time.time_ns()  # before any stat: see above
     try:
@@ -592,70 +617,131 @@ def _folder_notes(folder: str, where: str, prefix: str, notes: dict[str, bytes])
         os.close(dir_fd)
 
 
+class _Listing(NamedTuple):
+    subfolders: list[str]
+    headless: list[str]  # whole stream names
+    streams: list[str]  # whole stream names, sorted
+    files: list[str]  # their head files
+
+
+def _list_folder(folder: str, base: str) -> _Listing:
+    """The streams and subfolders in ``folder`` (whose streams are named ``base`` + name)."""
+    with os.scandir(folder) as listing:  # by name: entries then name their folder
+        entries = list(listing)
+    dirs = [entry for entry in entries if entry.is_dir()]  # as _walk: links are not followed
+    subfolders = sorted(entry.name for entry in dirs if not entry.is_symlink())
+    not_files = {entry.name for entry in dirs}  # files only: a project may be "x.log"
+    names = [entry.name for entry in entries if not entry.name.startswith(".")]  # caches, temps
+    if not_files:
+        names = [name for name in names if name not in not_files]
+    files = sorted(name for name in names if name.endswith(".head"))
+    streams = [base + name[:-5] for name in files]
+    with_head = set(streams)
+    logs = [base + name[:-4] for name in names if name.endswith(".log")]
+    headless = sorted(stream for stream in logs if stream not in with_head)
+    return _Listing(subfolders, headless, streams, files)
+
+
 def _notes_at(
     dir_fd: int, folder: str, where: str, prefix: str, start: int, notes: dict[str, bytes]
 ) -> list[str]:
     """``_folder_notes`` of the open folder ``dir_fd``."""
-    with os.scandir(folder) as listing:  # by name: entries then name their folder
-        entries = list(listing)
     base = f"{where}/" if where else ""
-    dirs = [entry for entry in entries if entry.is_dir()]  # as _walk: links are not followed
-    subfolders = [
-        entry.name
-        for entry in dirs
-        if not entry.is_symlink()
-        and (f"{base}{entry.name}/".startswith(prefix) or prefix.startswith(f"{base}{entry.name}/"))
-    ]
+    st = os.fstat(dir_fd)
+    listed = (st.st_ino, st.st_ctime_ns) if st.st_ctime_ns < start - _RACY_NS else (-1, -1)
+    cache_path = _notes_cache_path(folder, where)
+    cached = _read_notes_cache(cache_path, where)
+    if (
+        cached is not None
+        and where  # the root's cache lives in it: writing it changes the root
+        and cached.listed == (st.st_ino, st.st_ctime_ns)
+    ):
+        listing = _Listing(cached.subfolders, cached.headless, cached.streams, cached.files)
+        old_keys, old_notes = cached.keys, cached.notes
+        fresh_listing = False
+    else:
+        listing = _list_folder(folder, base)
+        old_keys, old_notes = _aligned(cached, listing.streams)
+        fresh_listing = True
+    keys, found, stale = _check_heads(dir_fd, listing.files, old_keys, old_notes, start)
     wanted = prefix[len(base) :] if len(prefix) > len(base) else ""  # a name here starts so
-    not_files = {entry.name for entry in dirs}  # files only: a project may be "x.log"
-    names = [
-        entry.name
-        for entry in entries
-        if not entry.name.startswith(".")  # this cache, temp files: never a stream
-    ]
+    want = base + wanted
+    notes.update(dict.fromkeys([s for s in listing.headless if s.startswith(want)], b""))
     if wanted:
-        names = [name for name in names if name.startswith(wanted)]
-    if not_files:
-        names = [name for name in names if name not in not_files]
-    # A log without its head is a stream too (a previous release's: no note).
-    notes.update(dict.fromkeys([base + n[:-4] for n in names if n.endswith(".log")], b""))
-    heads = [name for name in names if name.endswith(".head")]
-    cached = _read_notes_cache(dir_fd, where)
-    trusted_before = (cached[0] if cached else 0) - _RACY_NS
-    old = cached[1] if cached else {}
-    seen: dict[str, _CachedNote] = {}
-    stale, stat, get = 0, os.stat, old.get
-    for head in heads:  # the one loop that runs once per stream: kept lean
-        stream = head[:-5]
-        try:
-            st = stat(head, dir_fd=dir_fd)
-        except OSError:  # removed since the listing (or unreadable): read its stream
-            continue
-        hit = get(stream)
-        if (
-            hit is None
-            or hit[2] != st.st_ctime_ns
-            or hit[2] >= trusted_before
-            or hit[0] != st.st_ino
-            or hit[1] != st.st_size
-        ):
-            hit = (st.st_ino, st.st_size, st.st_ctime_ns, _head_note_at(dir_fd, head))
-            stale += 1
-        seen[stream] = hit
-    notes.update(zip([base + s for s in seen], [hit[3] for hit in seen.values()], strict=True))
-    if len(seen) < len(heads):  # a head gone since the listing: a stream listed, no note
-        for head in heads:
-            if head[:-5] not in seen:
-                notes.setdefault(base + head[:-5], b"")
-    stale += len(old) - len(old.keys() & seen.keys())  # removed streams (or outside the prefix)
-    if wanted:  # kept: those a narrower prefix did not look at
-        for stream, hit in old.items():
-            if not stream.startswith(wanted):
-                seen.setdefault(stream, hit)
-                stale -= 1
-    if stale and (stale >= _REWRITE_AT or stale * 100 >= len(seen)):
-        _write_notes_cache(dir_fd, where, start, seen)
-    return subfolders
+        pairs = zip(listing.streams, found, strict=True)
+        notes.update({stream: note for stream, note in pairs if stream.startswith(want)})
+    else:
+        notes.update(zip(listing.streams, found, strict=True))
+    if fresh_listing:  # streams created or removed since the cache (or no cache)
+        before = set(cached.streams) if cached is not None else set()
+        stale += len(before.symmetric_difference(listing.streams)) + (cached is None)
+    if _worth_writing(stale, len(listing.streams), relisted=fresh_listing and bool(where)):
+        _write_notes_cache(cache_path, _NotesCache(where, start, listed, *listing, keys, found))
+    return [
+        name
+        for name in listing.subfolders
+        if f"{base}{name}/".startswith(prefix) or prefix.startswith(f"{base}{name}/")
+    ]
+
+
+def _worth_writing(stale: int, streams: int, relisted: bool) -> bool:
+    """Whether a reader rewrites a folder's cache: when ``stale`` of its entries (heads read,
+    streams added or removed) are many or 1% of them, or when it had to list a folder big
+    enough that the next reader should not (``relisted``)."""
+    if stale and (stale >= _REWRITE_AT or stale * 100 >= streams):
+        return True
+    return relisted and streams >= _REWRITE_AT
+
+
+def _aligned(
+    cached: _NotesCache | None, streams: list[str]
+) -> tuple[list[tuple[int, int, int]], list[bytes]]:
+    """The cached keys and notes of ``streams`` (``_UNKNOWN`` and b"" where it has none)."""
+    if cached is None:
+        return [_UNKNOWN] * len(streams), [b""] * len(streams)
+    if cached.streams == streams:
+        return cached.keys, cached.notes
+    keys = dict(zip(cached.streams, cached.keys, strict=True))
+    notes = dict(zip(cached.streams, cached.notes, strict=True))
+    return [keys.get(s, _UNKNOWN) for s in streams], [notes.get(s, b"") for s in streams]
+
+
+def _check_heads(
+    dir_fd: int,
+    files: list[str],
+    old_keys: list[tuple[int, int, int]],
+    old_notes: list[bytes],
+    start: int,
+) -> tuple[list[tuple[int, int, int]], list[bytes], int]:
+    """Each head's key and note, and how many heads were read: the note cached under a key
+    that its head's stat still has, else the head's own (read after its stat). The keys
+    returned are the stats, ``_UNKNOWN`` for one too recent to be trusted (see
+    ``_folder_notes``), ``_GONE`` for a head removed since the listing (no note).
+
+    Every head is stat'ed and compared by C loops (``map``), not Python ones: a folder may
+    hold 100,000 streams."""
+    stat = functools.partial(os.stat, dir_fd=dir_fd)
+    try:
+        keys = list(map(_head_key, map(stat, files)))
+    except OSError:  # one was removed since the listing (or is unreadable): one at a time
+        keys = [_stat_key(stat, name) for name in files]
+    found = old_notes
+    changed = list(itertools.compress(range(len(keys)), map(operator.ne, keys, old_keys)))
+    if changed:
+        found, trusted_before = list(old_notes), start - _RACY_NS
+        for i in changed:
+            key = keys[i]
+            found[i] = b"" if key is _GONE else _head_note_at(dir_fd, files[i])
+            if key[2] >= trusted_before:  # racily clean: read again next time
+                keys[i] = _UNKNOWN
+    return keys, found, len(changed)
+
+
+def _stat_key(stat: Callable[[str], os.stat_result], name: str) -> tuple[int, int, int]:
+    try:
+        return _head_key(stat(name))
+    except OSError:
+        return _GONE
 
 
 def _head_note_at(dir_fd: int, name: str) -> bytes:
@@ -671,11 +757,24 @@ def _head_note_at(dir_fd: int, name: str) -> bytes:
     return head_note(data) or b""
 
 
-def _read_notes_cache(dir_fd: int, where: str) -> tuple[int, dict[str, _CachedNote]] | None:
-    """The (build start, entries) of the folder's notes cache, None if it has none that is
-    whole and its own."""
+def _open_new(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o644)
+
+
+def _notes_cache_path(folder: str, where: str) -> str:
+    """Where the cache of ``folder`` (``where`` under the root) lives: in the folder above
+    it (``.NAME.notes``: a dot-file, never a stream), so that writing it leaves the folder's
+    ctime alone; the root's in the root (``.notes``)."""
+    if not where:
+        return os.path.join(folder, ".notes")
+    parent, name = os.path.split(folder)
+    return os.path.join(parent, f".{name}.notes")
+
+
+def _read_notes_cache(path: str, where: str) -> _NotesCache | None:
+    """The notes cache at ``path``, None if there is none that is whole and ``where``'s."""
     try:
-        with open(_NOTES_CACHE, "rb", opener=functools.partial(os.open, dir_fd=dir_fd)) as f:
+        with open(path, "rb") as f:
             data = f.read()
     except OSError:
         return None
@@ -686,26 +785,27 @@ def _read_notes_cache(dir_fd: int, where: str) -> tuple[int, dict[str, _CachedNo
     if _NOTES_CRC.unpack_from(data, len(_NOTES_MAGIC))[0] != zlib.crc32(body):
         return None
     try:
-        own, start, entries = _cache_decoder.decode(body)
+        cache = _cache_decoder.decode(body)
     except msgspec.DecodeError:
         return None
-    return (start, entries) if own == where else None
+    columns = (cache.files, cache.keys, cache.notes)
+    if cache.folder != where or any(len(column) != len(cache.streams) for column in columns):
+        return None
+    return cache
 
 
-def _write_notes_cache(
-    dir_fd: int, where: str, start: int, entries: dict[str, _CachedNote]
-) -> None:
-    """Replace the folder's notes cache (best effort: unsynced, any error ignored)."""
-    body = _cache_encoder.encode((where, start, entries))
+def _write_notes_cache(path: str, cache: _NotesCache) -> None:
+    """Replace the notes cache at ``path`` (best effort: unsynced, any error ignored)."""
+    body = _cache_encoder.encode(cache)
     data = _NOTES_MAGIC + _NOTES_CRC.pack(zlib.crc32(body)) + body
-    tmp = f"{_NOTES_CACHE}.{secrets.token_hex(4)}.tmp"
+    tmp = f"{path}.{secrets.token_hex(4)}.tmp"
     try:
-        with open(tmp, "xb", opener=functools.partial(os.open, dir_fd=dir_fd)) as f:
+        with open(tmp, "xb", opener=_open_new) as f:
             f.write(data)
-        os.replace(tmp, _NOTES_CACHE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.replace(tmp, path)
     except OSError:
         with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
+            os.unlink(tmp)
 
 
 def _head_path(log: Path) -> Path:

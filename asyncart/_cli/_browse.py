@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping
+from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii as _quote  # what json.dumps uses
 
 import asyncart
@@ -34,28 +34,29 @@ async def ls(args: argparse.Namespace, console: Console) -> int:
         console.result("no artifacts", None, None)
         return 0
     names = [f"{c.project}/{c.name}" for c in found]
+    if console.quiet:  # the names alone: no table to build (a large store has 100,000 rows)
+        console.lines(names)
+        return 0
+    aliases = [c.aliases for c in found]
     columns = [
         names,
         [c.type for c in found],
         [str(c.versions) for c in found],
-        [_latest(c.aliases) for c in found],
-        [_other_aliases(c.aliases) for c in found],
-        [format_time(c.updated) for c in found],
+        [f"v{a['latest']}" if "latest" in a else "-" for a in aliases],
+        ["-" if len(a) == 1 and "latest" in a else other_aliases(a) for a in aliases],
+        _times([c.updated for c in found]),
     ]
     headers = ("ARTIFACT", "TYPE", "VERSIONS", "LATEST", "ALIASES", "UPDATED")
-    console.result(column_table(columns, headers), None, "\n".join(names))
+    console.result(column_table(columns, headers), None, None)
     return 0
 
 
-def _latest(aliases: Mapping[str, int]) -> str:
-    return f"v{aliases['latest']}" if "latest" in aliases else "-"
-
-
-def _other_aliases(aliases: Mapping[str, int]) -> str:
-    """``other_aliases``, without its work for the usual artifact: "latest" alone."""
-    if len(aliases) == 1 and "latest" in aliases:
-        return "-"
-    return other_aliases(aliases)
+def _times(times: list[datetime | None]) -> list[str]:
+    """``format_time`` of each, inline for UTC times (as the API's are): ``isoformat()``
+    with no argument to parse, cut at the seconds (as ``timespec="seconds"`` cuts)."""
+    if all(t is not None and t.tzinfo is UTC for t in times):
+        return [f"{t.isoformat()[:19]}Z" for t in times]  # type: ignore[union-attr]
+    return [format_time(t) for t in times]
 
 
 def _collection_json(c: asyncart.ArtifactCollection) -> str:

@@ -154,7 +154,12 @@ class Console:
 
     def json_lines(self, lines: Sequence[str]) -> None:
         """Print JSON texts encoded already, one a line (as many ``json`` calls would)."""
-        self.out.write("".join([f"{line}\n" for line in lines]))
+        self.lines(lines)
+
+    def lines(self, lines: Sequence[str]) -> None:
+        """Print ``lines``, one a line, in one write."""
+        if lines:
+            self.out.write("\n".join(lines) + "\n")
 
     def error(self, message: str) -> None:
         print(f"asyncart: error: {message}", file=self.err)
@@ -200,7 +205,7 @@ def format_time(when: datetime | None) -> str:
         return "-"
     if when.tzinfo is not UTC:  # the API's times are UTC already: no conversion to pay for
         when = when.astimezone(UTC)
-    return when.isoformat(timespec="seconds")[:19] + "Z"  # faster than strftime
+    return when.isoformat()[:19] + "Z"  # as timespec="seconds" cuts; faster than strftime
 
 
 def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
