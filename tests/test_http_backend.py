@@ -4,7 +4,7 @@ is special to HTTP: ranges, paging, resuming, limits."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
@@ -49,6 +49,28 @@ class TestHttpBlobStore(BlobStoreContract):
     @pytest.fixture
     def store(self, http_store: HttpStore) -> Store:
         return http_store
+
+
+@pytest.fixture
+def served_pg_s3(pg_s3_store: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A server on a PostgreSQL + S3 store: its URL and a token."""
+    server = Server(tmp_path / "served-pg-s3", store=pg_s3_store).start()
+    yield server.url, server.token("*", write=True)
+    server.stop()
+
+
+class TestHttpEventLogOnPostgresS3(EventLogContract):
+    @pytest.fixture
+    async def store(self, served_pg_s3: tuple[str, str]) -> AsyncIterator[Store]:
+        async with HttpStore(*served_pg_s3) as store:
+            yield TokenStore(store)
+
+
+class TestHttpBlobStoreOnPostgresS3(BlobStoreContract):
+    @pytest.fixture
+    async def store(self, served_pg_s3: tuple[str, str]) -> AsyncIterator[Store]:
+        async with HttpStore(*served_pg_s3, part_size=64_000, part_threshold=100_000) as store:
+            yield store  # small parts: the contract's larger blobs travel as multipart uploads
 
 
 # -- what is special to HTTP -------------------------------------------------------------------
