@@ -3,6 +3,11 @@ to a local store, and ``asyncart serve`` on it (tokens in the database)."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +15,8 @@ import pytest
 import asyncart
 from asyncart import InvalidInputError
 from asyncart._backends.pg_s3 import PostgresS3Store, split_location
+
+ASYNCART = shutil.which("asyncart", path=str(Path(sys.executable).parent)) or "asyncart"
 
 
 def test_the_location_names_both_and_hides_the_password() -> None:
@@ -55,3 +62,52 @@ async def test_copy_local_to_pg_s3_and_back(pg_s3_store: str, files: Path, tmp_p
     for stream in await src.streams(""):
         assert await dst.read(stream) == await src.read(stream)
     assert (await asyncart.copy_store(local, pg_s3_store)).records == 0  # resumed: all there
+
+
+@pytest.mark.allow_blocking
+def test_every_command_takes_the_store(pg_s3_store: str, files: Path, tmp_path: Path) -> None:
+    """The CLI on PostgreSQL + S3, as a user runs it (``$ASYNCART_STORE``), tokens included."""
+    env = {**os.environ, "ASYNCART_STORE": pg_s3_store}
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [ASYNCART, *args], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    run("put", str(files), "ds", "--type", "dataset", "--alias", "best")
+    assert run("ls", "--quiet").split() == ["uncategorized/ds"]
+    run("get", "ds:best", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "b.txt").read_text() == "beta\n"
+    assert run("audit", "--read-data").rstrip().endswith(": OK")
+    minted = run("token", "create", "--store", pg_s3_store, "--project", "demo", "--note", "ci")
+    listed = [
+        json.loads(line)
+        for line in run("token", "list", "--store", pg_s3_store, "--json").splitlines()
+    ]
+    assert [(t["projects"], t["note"]) for t in listed] == [(["demo"], "ci")]
+    run("token", "revoke", "--store", pg_s3_store, listed[0]["id"])
+    assert run("token", "list", "--store", pg_s3_store, "--json") == ""
+    assert minted.startswith("aat_")
+
+
+@pytest.mark.allow_blocking
+def test_errors_name_what_is_wrong_in_one_line(pg_s3_store: str, pg_server: str) -> None:
+    env = {**os.environ}
+    wrong_bucket = pg_s3_store.replace("blobs=s3://", "blobs=s3://no-such-bucket-")
+    closed_port = "postgresql://postgres@127.0.0.1:1/x?blobs=s3://b/p"
+    for location, why in [
+        (wrong_bucket, "does not exist"),
+        (closed_port, "127.0.0.1:1"),
+    ]:
+        done = subprocess.run(
+            [ASYNCART, "put", "--store", location, str(Path(__file__)), "x", "--type", "t"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert done.returncode == 1
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and why in lines[0] and "Traceback" not in done.stderr, lines
