@@ -183,7 +183,7 @@ def test_schema_creation_racing_in_two_processes(pg_dsn: str) -> None:
         " AND tablename LIKE 'asyncart_%'",
         "SELECT version FROM asyncart_schema",
     )
-    assert tables == [4, SCHEMA_VERSION]
+    assert tables == [5, SCHEMA_VERSION]  # streams, records, checkpoints, tokens, the version
 
 
 # -- the schema --------------------------------------------------------------------------------
