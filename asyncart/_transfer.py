@@ -161,7 +161,9 @@ async def upload(
         lacking = await blobs.missing(sizes)
         found = await maybe_thread(heavy, _note_missing, lacking, sizes, missing)
         files, total = files + found[0], total + found[1]
+        held: list[object] = [sizes, lacking]
         del sizes, lacking
+        await maybe_thread(heavy, held.clear)  # tens of thousands of strings: freed off the loop
     tracker = _Tracker(files, total, progress)
     written = 0
     for start in range(0, len(items), ASK_FILES):
@@ -173,6 +175,7 @@ async def upload(
             lambda batch, nbytes: tracker.advance(len(batch), nbytes),  # what the store wrote
         )
         written += sum(done)
+        await maybe_thread(heavy, work.clear)  # as above
     return written
 
 
