@@ -318,9 +318,8 @@ async def hash_tree(
     A file costs what its manifest entry costs: digests are kept as 32 bytes in one buffer and
     sizes in an array until the pages are laid out, and no :class:`Entry` is made.
     """
-    sizes, work, total = await anyio.to_thread.run_sync(_plan_tree, pairs)
+    sizes, work, total, digests = await anyio.to_thread.run_sync(_plan_tree, pairs)
     tracker = _Tracker(len(pairs), total, progress)
-    digests = bytearray(32 * len(pairs))
 
     def hash_range(span: range) -> int:
         nbytes = 0
@@ -340,9 +339,12 @@ async def hash_tree(
     return await anyio.to_thread.run_sync(_tree_manifest, pairs, digests, sizes)
 
 
-def _plan_tree(pairs: Sequence[tuple[str, str]]) -> tuple[array[int], list[range], int]:
+def _plan_tree(
+    pairs: Sequence[tuple[str, str]],
+) -> tuple[array[int], list[range], int, bytearray]:
     """The size of each file (checking that it is a regular file), the batches to hash (as
-    ranges of positions) and the total size."""
+    ranges of positions), the total size, and room for the digests (32 bytes each: zeroed
+    here, off the loop)."""
     sizes = array("q", (_size(local) for _, local in pairs))
     spans, start, nbytes = [], 0, 0
     for i, size in enumerate(sizes):  # as ``batches`` cuts them
@@ -352,7 +354,7 @@ def _plan_tree(pairs: Sequence[tuple[str, str]]) -> tuple[array[int], list[range
         nbytes += size
     if start < len(sizes):
         spans.append(range(start, len(sizes)))
-    return sizes, spans, sum(sizes)
+    return sizes, spans, sum(sizes), bytearray(32 * len(pairs))
 
 
 _RUN = 16_384  # entries laid out at a time: bounds the transient strings
