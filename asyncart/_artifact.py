@@ -7,12 +7,12 @@ import getpass
 import os
 import stat
 import warnings
+from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import anyio.to_thread
 
@@ -21,7 +21,7 @@ from ._backends.fileio import kind
 from ._diff import ManifestDiff, diff_manifests
 from ._domain.events import Change, Entry, FilesAdded, FilesRemoved
 from ._domain.fold import CollectionState, Version, matching_paths
-from ._domain.manifest import Manifest, Overlay
+from ._domain.manifest import EntryList, Manifest, Overlay
 from ._errors import (
     AsyncartWarning,
     IntegrityError,
@@ -39,7 +39,7 @@ from ._names import (
     check_prefix,
     parse_ref,
 )
-from ._repository import ENTRIES_PER_EVENT, DraftSpec, Repository, Transfer, chunk_entries
+from ._repository import ENTRIES_PER_EVENT, AddedChunks, DraftSpec, Repository, Transfer
 from ._store import holding_store, load_backend, open_store, prepare_store
 from ._threads import HEAVY, maybe_thread
 from ._transfer import (
@@ -49,6 +49,7 @@ from ._transfer import (
     download,
     hash_file,
     hash_files,
+    hash_tree,
     run_pool,
 )
 from ._values import check_description, check_mapping
@@ -201,7 +202,7 @@ class Artifact:
         *,
         overwrite: bool = False,
         progress: ProgressCallback | None = None,
-    ) -> list[Entry]:
+    ) -> Sequence[Entry]:
         """Add every file under a directory, as ``name/relative/path`` (default: no prefix).
 
         Files are regular files and symlinks to them. Anything else is skipped: FIFOs,
@@ -215,6 +216,8 @@ class Artifact:
 
         ``progress`` is called with a :class:`Progress` of the hashing, first with the totals,
         then after each batch of files.
+
+        Returns the entries added, in path order (a read-only sequence).
         """
         self._check_open()
         local = os.fspath(local_path)
@@ -222,9 +225,25 @@ class Artifact:
         pairs, skipped = await anyio.to_thread.run_sync(_walk, local, prefix)
         if skipped:
             warnings.warn(_skipped_warning(local, skipped), stacklevel=2)
-        entries = await hash_files(pairs, progress=progress)
-        await self._add(entries, pairs, overwrite)
-        return entries
+        heavy = len(pairs) > HEAVY
+        try:
+            tree = await hash_tree(pairs, progress=progress)
+            if self._parent is None and not len(self._entries):
+                await maybe_thread(heavy, self._add_tree, tree, pairs)  # no Entry per file
+                return EntryList(tree)
+            entries = await maybe_thread(heavy, tree.entries_at, 0, len(tree))
+            await self._add(entries, pairs, overwrite)
+            return entries
+        finally:
+            await maybe_thread(heavy, pairs.clear)  # a million strings: freed off the loop
+
+    def _add_tree(self, manifest: Manifest, tree: _Tree) -> None:
+        """Make the files of an empty root draft those of ``tree``, hashed as ``manifest``:
+        the local files are known from the tree's folder."""
+        self._entries = Overlay(manifest)  # for a root, the base holds files added here too
+        self._sources = _Sources()
+        self._sources.add_tree(tree)
+        self._built = None
 
     def remove(self, path: str | os.PathLike[str] | Entry) -> None:
         """Remove a file, or with ``dir/`` (or a directory's name) everything under it.
@@ -282,6 +301,8 @@ class Artifact:
             self._record("add", new)
 
     def _record(self, kind: str, items: list[Any]) -> None:
+        if self._parent is None:
+            return  # a root's changes are its files, whatever the order they came in
         if self._changes and self._changes[-1][0] == kind:
             self._changes[-1][1].extend(items)
         else:
@@ -306,15 +327,18 @@ class Artifact:
 
     def _spec(self) -> DraftSpec:
         files = self._entries
-        if self._parent is None:  # a root: its files are all added (the Entry objects shared)
-            changes = chunk_entries(sorted(files.added.values(), key=attrgetter("path")))
+        changes: Sequence[Change]
+        uploads: Sequence[UploadItem]
+        if self._parent is None:  # a root: its files are all added, made from its pages
+            changes = AddedChunks(self.manifest)
+            uploads = _Uploads(self.manifest, self._sources)
         else:
             changes = [c for kind, items in self._changes for c in _as_events(kind, items)]
-        uploads = [
-            UploadItem(src, entry.digest, entry.size)
-            for path, src in self._sources.items()
-            for entry in (files.added[path],)  # a source is only kept for a file added here
-        ]
+            uploads = [
+                UploadItem(src, entry.digest, entry.size)
+                for path, src in self._sources.items()
+                for entry in (files.added[path],)  # a source is only kept for a file added here
+            ]
         return DraftSpec(
             self.name,
             self.type,
@@ -529,6 +553,29 @@ class _Sources:
         self._origins: list[tuple[str, str]] = []  # (local prefix, entry path prefix)
         self._of: dict[str, int] = {}  # entry path -> its origin
         self._odd: dict[str, str] = {}  # entry path -> local file, where no origin fits
+        self._tree: tuple[str, str] | None = None  # the origin of every other path (add_tree)
+
+    def add_tree(self, tree: _Tree) -> None:
+        """Take the folder ``tree`` was read from as the origin of every path not added
+        otherwise (nothing kept per file but for the runs of files that do not fit it)."""
+        self._tree = folder, prefix = _origin(tree[:1])
+        for local, base, names in tree.runs:
+            if not (base.startswith(prefix) and folder + base[len(prefix) :] == local):
+                self._odd.update((base + name, local + name) for name in names)
+
+    def local(self, path: str) -> str:
+        """The local file of the entry added at ``path``."""
+        index = self._of.get(path)
+        if index is not None:
+            folder, prefix = self._origins[index]
+            return folder + path[len(prefix) :]
+        found = self._odd.get(path)
+        if found is not None:
+            return found
+        if self._tree is None:
+            raise KeyError(path)
+        folder, prefix = self._tree
+        return folder + path[len(prefix) :]
 
     def add(self, path: str, local: str, origin: tuple[str, str]) -> None:
         folder, prefix = origin
@@ -551,6 +598,36 @@ class _Sources:
             folder, prefix = self._origins[index]
             yield path, folder + path[len(prefix) :]
         yield from self._odd.items()
+
+
+class _Uploads(Sequence[UploadItem]):
+    """The upload of every entry of a root draft's manifest, made a slice at a time when asked
+    for (a commit of a million files holds no million items)."""
+
+    def __init__(self, manifest: Manifest, sources: _Sources) -> None:
+        self._manifest, self._sources = manifest, sources
+
+    def __len__(self) -> int:
+        return len(self._manifest)
+
+    @overload
+    def __getitem__(self, index: int) -> UploadItem: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[UploadItem]: ...
+    def __getitem__(self, index: int | slice) -> UploadItem | list[UploadItem]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                return [self[i] for i in range(start, stop, step)]
+            entries = self._manifest.entries_at(start, stop)
+        elif -len(self) <= index < len(self):
+            at = index % len(self)
+            entries = self._manifest.entries_at(at, at + 1)
+        else:
+            raise IndexError(index)
+        local = self._sources.local
+        items = [UploadItem(local(e.path), e.digest, e.size) for e in entries]
+        return items if isinstance(index, slice) else items[0]
 
 
 def _origin(sources: Sequence[tuple[str, str]]) -> tuple[str, str]:
@@ -638,28 +715,103 @@ def _user_actor() -> str:
         return "user:unknown"
 
 
-def _walk(root: str, prefix: str) -> tuple[list[tuple[str, str]], list[str]]:
+class _Tree(Sequence[tuple[str, str]]):
+    """The (entry path, local path) of every file under a folder, sorted by entry path, kept as
+    runs of files of one folder: a name per file, not two paths and a tuple (a million tuples
+    also make the garbage collector's passes long)."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, str, list[str]]] = []  # (local prefix, entry prefix, names)
+        self._ends: list[int] = []  # the position after each run
+
+    def add(self, local: str, prefix: str, names: list[str]) -> None:
+        self.runs.append((local, prefix, names))
+        self._ends.append(len(self) + len(names))
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[str, str]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[tuple[str, str]]: ...
+    def __getitem__(self, index: int | slice) -> tuple[str, str] | list[tuple[str, str]]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            return (
+                [self[i] for i in range(start, stop, step)]
+                if step != 1
+                else self._span(start, stop)
+            )
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        return self._span(index % len(self), index % len(self) + 1)[0]
+
+    def _span(self, start: int, stop: int) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        run = bisect_right(self._ends, start)
+        while start < stop:
+            local, prefix, names = self.runs[run]
+            first = self._ends[run] - len(names)
+            chosen = names[start - first : stop - first]
+            out += zip([prefix + n for n in chosen], [local + n for n in chosen], strict=True)
+            start, run = self._ends[run], run + 1
+        return out
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for local, prefix, names in self.runs:
+            for name in names:
+                yield prefix + name, local + name
+
+    def clear(self) -> None:
+        self.runs, self._ends = [], []
+
+
+def _walk(root: str, prefix: str) -> tuple[_Tree, list[str]]:
     """(``prefix`` + relative POSIX path, local path) of every file under ``root``, sorted; and
-    the paths skipped (not a regular file, a directory or a link to a file), with why."""
+    the paths skipped (not a regular file, a directory or a link to a file), with why.
+
+    Each folder's children are taken in the order of their entry paths (a folder's name sorts
+    as itself followed by '/'), depth first: then every path comes out sorted, with no sort of
+    them all."""
     if not os.path.isdir(root):
         raise NotFoundError(f"no such directory: {root}")
-    out, skipped = [], []
-    folders = [(root, prefix)]
-    while folders:  # scandir's file types need no stat per file (os.walk + isfile did one)
-        folder, base = folders.pop()
-        try:
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        folders.append((entry.path, f"{base}{entry.name}/"))
-                    elif _is_file(entry):
-                        out.append((check_entry_path(base + entry.name), entry.path))
-                    else:
-                        inside = (base + entry.name)[len(prefix) :]
-                        skipped.append(f"{inside!r} ({_what(entry)})")
-        except OSError as e:  # a folder left out would be a version missing files
-            raise InvalidInputError(f"cannot list {folder}: {e.strerror}") from None
-    return sorted(out), sorted(skipped)
+    tree, skipped = _Tree(), list[str]()
+    stack = [(root, prefix, _children(root, prefix, len(prefix), skipped))]
+    while stack:
+        folder, base, children = stack[-1]
+        names = []
+        while children and not children[-1][1]:  # the files up to the next folder
+            names.append(children.pop()[0])
+        if names:
+            tree.add(os.path.join(folder, ""), base, names)
+        if not children:
+            stack.pop()
+            continue
+        name = children.pop()[0]
+        inner, inside = os.path.join(folder, name), f"{base}{name}/"
+        stack.append((inner, inside, _children(inner, inside, len(prefix), skipped)))
+    return tree, sorted(skipped)
+
+
+def _children(folder: str, base: str, cut: int, skipped: list[str]) -> list[tuple[str, bool]]:
+    """The files and folders of ``folder`` as (name, is a folder), last first in path order;
+    what is neither goes to ``skipped``."""
+    out = []
+    try:
+        with os.scandir(folder) as entries:  # its file types need no stat per file
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    out.append((entry.name, True))
+                elif _is_file(entry):
+                    check_entry_path(base + entry.name)
+                    out.append((entry.name, False))
+                else:
+                    skipped.append(f"{(base + entry.name)[cut:]!r} ({_what(entry)})")
+    except OSError as e:  # a folder left out would be a version missing files
+        raise InvalidInputError(f"cannot list {folder}: {e.strerror}") from None
+    out.sort(key=lambda child: child[0] + "/" if child[1] else child[0], reverse=True)
+    return out
 
 
 def _is_file(entry: os.DirEntry[str]) -> bool:

@@ -12,9 +12,9 @@ import random
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import anyio
 
@@ -54,7 +54,7 @@ from ._errors import (
     InvalidInputError,
     NotFoundError,
 )
-from ._threads import HEAVY, maybe_thread
+from ._threads import HEAVY, gc_paused, maybe_thread
 from ._transfer import DEFAULT_CONCURRENCY, ProgressCallback, upload
 
 SNAPSHOT_EVERY = 32  # a version at most this many commits from a snapshot (or a root) ...
@@ -79,9 +79,9 @@ class DraftSpec:
     name: str
     type: str
     parent: int | None
-    changes: list[Change]  # draft ids are filled in at commit time
+    changes: Sequence[Change]  # draft ids are filled in at commit time
     manifest: Manifest
-    uploads: list[UploadItem]
+    uploads: Sequence[UploadItem]
     metadata: dict[str, Any] | None
     description: str | None
 
@@ -235,7 +235,7 @@ class Repository:
     # -- writing ---------------------------------------------------------------------------
 
     async def append(
-        self, state: CollectionState | RunState, bodies: Sequence[Event], actor: str
+        self, state: CollectionState | RunState, bodies: Sequence[Event | AddedChunks], actor: str
     ) -> None:
         """Append ``bodies`` after ``state.head``; raises ConflictError if the stream moved.
 
@@ -246,8 +246,8 @@ class Repository:
         # Everything taken from ``state`` is taken now, before any await: another task may
         # fold newer records into this very object meanwhile (then the log refuses the append).
         stream, head, prev, now = state.stream, state.head, state.last_hash, time.time()
-        note = note_of(state, bodies, now)
-        heavy = _count([b for b in bodies if isinstance(b, FilesAdded | FilesRemoved)]) > HEAVY
+        note = note_of(state, [b for b in bodies if not isinstance(b, AddedChunks)], now)
+        heavy = _count([b for b in bodies if isinstance(b, Change | AddedChunks)]) > HEAVY
         records, payloads, last_hash = await maybe_thread(
             heavy, _encoded, stream, head, prev, bodies, actor, now
         )
@@ -296,7 +296,7 @@ class Repository:
                     raise conflict  # still contended after every retry: let the caller decide
                 await _backoff(attempt)
 
-    async def _store_files(self, uploads: list[UploadItem], transfer: Transfer) -> None:
+    async def _store_files(self, uploads: Sequence[UploadItem], transfer: Transfer) -> None:
         if not uploads:
             return
         await upload(
@@ -326,8 +326,8 @@ class Repository:
                     state, parent, spec.manifest, changes
                 )
             draft = uuid.uuid4().hex
-            bodies: list[Event] = [*_created(state, spec), DraftOpened(draft, parent)]
-            bodies += [_with_draft(c, draft) for c in changes]
+            bodies: list[Event | AddedChunks] = [*_created(state, spec), DraftOpened(draft, parent)]
+            bodies += _for_draft(changes, draft)
             bodies += _metadata(draft, spec)
             snapshot = None if parent is None else snapshots[parent]
             bodies.append(_committed(state, draft, spec.manifest, snapshot, aliases))
@@ -341,7 +341,7 @@ class Repository:
 
     async def _relative(
         self, state: CollectionState, spec: DraftSpec
-    ) -> tuple[int | None, list[Change]]:
+    ) -> tuple[int | None, Sequence[Change]]:
         """The parent and changes to record for ``spec``. A draft built from scratch (a full
         re-log, as a daily script does) is recorded over the latest version, as the changes
         between the two: the log grows with what changed, not with the artifact."""
@@ -459,7 +459,11 @@ class Repository:
         await self._retrying(project, name, step)
 
     async def _maybe_snapshot(
-        self, state: CollectionState, parent: int | None, manifest: Manifest, changes: list[Change]
+        self,
+        state: CollectionState,
+        parent: int | None,
+        manifest: Manifest,
+        changes: Sequence[Change],
     ) -> str | None:
         """Snapshot policy: see SNAPSHOT_EVERY and SNAPSHOT_RATIO. Roots replay their own events."""
         if parent is None:
@@ -501,16 +505,43 @@ async def checkpointed(log: EventLog, stream: str) -> CollectionState:
 
 
 def _encoded(
-    stream: str, head: int, prev: str, bodies: Sequence[Event], actor: str, now: float
+    stream: str,
+    head: int,
+    prev: str,
+    bodies: Sequence[Event | AddedChunks],
+    actor: str,
+    now: float,
 ) -> tuple[list[Record], list[bytes], str]:
     """The records that append ``bodies`` at ``head`` after the record hashed ``prev``: as
-    records, encoded, and the chain hash of the last one."""
-    payloads, records = [], []
-    for seq, body in enumerate(bodies, head):
-        records.append(Record(stream, seq, now, actor, prev, body))
-        payloads.append(encode(records[-1]))
-        prev = record_hash(payloads[-1])
+    records to fold, encoded, and the chain hash of the last one.
+
+    The events of :class:`AddedChunks` are made one at a time, encoded, and kept to fold with
+    their entries dropped: folding counts a files.added record's entries but reads none, and
+    a large root commit would hold every entry of its manifest again.
+    """
+    payloads: list[bytes] = []
+    records: list[Record] = []
+    with gc_paused():  # many small objects, none cyclic
+        for body in bodies:
+            for event in body if isinstance(body, AddedChunks) else (body,):
+                record = Record(stream, head + len(payloads), now, actor, prev, event)
+                payloads.append(encode(record))
+                prev = record_hash(payloads[-1])
+                if isinstance(body, AddedChunks):
+                    record = _hollow(record)
+                records.append(record)
     return records, payloads, prev
+
+
+_NO_ENTRY = Entry("", "", 0)
+
+
+def _hollow(record: Record) -> Record:
+    """``record`` (files.added) as folding needs it: its draft and how many entries it adds
+    (one shared placeholder stands for each: 8 bytes an entry, not a few hundred)."""
+    assert isinstance(record.body, FilesAdded)
+    body = FilesAdded(record.body.draft, [_NO_ENTRY] * len(record.body.entries))
+    return Record(record.stream, record.seq, record.time, record.actor, record.prev, body)
 
 
 def _covering(seqs: Sequence[int], gap: int = 8) -> list[tuple[int, int, list[int]]]:
@@ -562,7 +593,7 @@ def _decode_chain(
     return records, prev
 
 
-def _replay_digest(base: Manifest | None, changes: list[Change]) -> Manifest:
+def _replay_digest(base: Manifest | None, changes: Sequence[Change]) -> Manifest:
     manifest = replay(base, changes)
     _ = manifest.digest  # computed here, off the loop when this runs in a thread
     return manifest
@@ -572,8 +603,17 @@ async def _backoff(attempt: int) -> None:
     await anyio.sleep(random.uniform(0, min(0.001 * 2 ** min(attempt, 6), 0.05)))
 
 
-def _count(changes: list[Change]) -> int:
-    return sum(len(c.entries) if isinstance(c, FilesAdded) else len(c.paths) for c in changes)
+def _count(changes: Sequence[Change | AddedChunks]) -> int:
+    if isinstance(changes, AddedChunks):
+        return len(changes.manifest)
+    return sum(
+        len(c.manifest)
+        if isinstance(c, AddedChunks)
+        else len(c.entries)
+        if isinstance(c, FilesAdded)
+        else len(c.paths)
+        for c in changes
+    )
 
 
 def _check_type(state: CollectionState, spec: DraftSpec) -> None:
@@ -616,6 +656,13 @@ def _new_metadata(spec: DraftSpec, version: Version) -> bool:
     return metadata or described
 
 
+def _for_draft(changes: Sequence[Change], draft: str) -> list[Event | AddedChunks]:
+    """``changes`` as events of ``draft`` (an :class:`AddedChunks` stays one, made later)."""
+    if isinstance(changes, AddedChunks):
+        return [AddedChunks(changes.manifest, draft)]
+    return [_with_draft(c, draft) for c in changes]
+
+
 def _with_draft(change: Change, draft: str) -> Change:
     if isinstance(change, FilesAdded):
         return FilesAdded(draft, change.entries)
@@ -645,6 +692,33 @@ def _changes_between(old: Manifest, new: Manifest) -> list[Change]:
     ]
     entries = new.entries
     return removed + chunk_entries([entries[p] for p in sorted(diff.added + diff.changed)])
+
+
+class AddedChunks(Sequence[FilesAdded]):
+    """The files.added events that add every entry of ``manifest`` in path order (a root
+    draft's changes), ENTRIES_PER_EVENT each, as :func:`chunk_entries` cuts them; each made
+    when asked for, so that the entries stay in the manifest's pages until they are encoded."""
+
+    def __init__(self, manifest: Manifest, draft: str = "") -> None:
+        self.manifest, self.draft = manifest, draft
+
+    def __len__(self) -> int:
+        return -(-len(self.manifest) // ENTRIES_PER_EVENT)
+
+    @overload
+    def __getitem__(self, index: int) -> FilesAdded: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[FilesAdded]: ...
+    def __getitem__(self, index: int | slice) -> FilesAdded | list[FilesAdded]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        start = (index % len(self)) * ENTRIES_PER_EVENT
+        return FilesAdded(self.draft, self.manifest.entries_at(start, start + ENTRIES_PER_EVENT))
+
+    def __iter__(self) -> Iterator[FilesAdded]:
+        return (self[i] for i in range(len(self)))
 
 
 def chunk_entries(entries: list[Entry]) -> list[Change]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from array import array
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -24,7 +25,7 @@ from ._backends.fileio import SMALL, kind, open_regular, read_small, why_unreada
 from ._domain.events import Entry
 from ._domain.manifest import Manifest
 from ._errors import InvalidInputError, NotFoundError
-from ._threads import HEAVY, maybe_thread
+from ._threads import HEAVY, gc_paused, maybe_thread
 
 DEFAULT_CONCURRENCY = min(4, max(2, os.cpu_count() or 1))
 """Transfer workers: writes overlap well up to about 4, but more threads than cores only
@@ -40,6 +41,7 @@ _CHUNK = 8 << 20
 
 T = TypeVar("T")
 R = TypeVar("R")
+B = TypeVar("B")
 
 
 @dataclass(frozen=True)
@@ -78,18 +80,18 @@ def batches(items: Iterable[T], size_of: Callable[[T], int]) -> list[list[T]]:
 
 
 async def run_pool(
-    work: Sequence[list[T]],
-    handle: Callable[[list[T]], Awaitable[R]],
+    work: Sequence[B],
+    handle: Callable[[B], Awaitable[R]],
     concurrency: int,
-    done: Callable[[list[T], R], None] | None = None,
+    done: Callable[[B, R], None] | None = None,
 ) -> list[R]:
     """Run ``handle`` over every batch with ``concurrency`` workers and bounded buffering."""
     if concurrency < 1:
         raise InvalidInputError(f"concurrency must be >= 1, got {concurrency}")
     results: list[R] = []
-    send, receive = anyio.create_memory_object_stream[list[T]](concurrency)
+    send, receive = anyio.create_memory_object_stream[B](concurrency)
 
-    async def worker(inbox: anyio.abc.ObjectReceiveStream[list[T]]) -> None:
+    async def worker(inbox: anyio.abc.ObjectReceiveStream[B]) -> None:
         async with inbox:
             async for batch in inbox:
                 result = await handle(batch)
@@ -151,17 +153,21 @@ async def upload(
     The store is asked what it lacks, then sent it, a slice of ``ASK_FILES`` items at a time:
     what a commit holds beside its items stays bounded, however many files it has.
     """
-    missing: set[str] = set()  # what the store lacks, each digest once
+    heavy = len(items) > HEAVY
+    missing: set[bytes] = set()  # what the store lacks, each digest once (as its 32 bytes)
     files = total = 0
     for start in range(0, len(items), ASK_FILES):
-        sizes = await _sizes(items[start : start + ASK_FILES])
-        lacking = await blobs.missing(sizes) - missing
-        missing |= lacking
-        files, total = files + len(lacking), total + sum(sizes[d] for d in lacking)
+        sizes = await maybe_thread(heavy, _sizes, items, start)
+        lacking = await blobs.missing(sizes)
+        found = await maybe_thread(heavy, _note_missing, lacking, sizes, missing)
+        files, total = files + found[0], total + found[1]
+        held: list[object] = [sizes, lacking]
+        del sizes, lacking
+        await maybe_thread(heavy, held.clear)  # tens of thousands of strings: freed off the loop
     tracker = _Tracker(files, total, progress)
     written = 0
     for start in range(0, len(items), ASK_FILES):
-        work = await _plan(items[start : start + ASK_FILES], missing)
+        work = await maybe_thread(heavy, _plan, items, start, missing)
         done = await run_pool(
             work,
             blobs.put_files,
@@ -169,27 +175,38 @@ async def upload(
             lambda batch, nbytes: tracker.advance(len(batch), nbytes),  # what the store wrote
         )
         written += sum(done)
+        await maybe_thread(heavy, work.clear)  # as above
     return written
 
 
-async def _sizes(items: Sequence[UploadItem]) -> dict[str, int]:
-    """Each digest's size (what ``missing`` checks)."""
-    return await maybe_thread(len(items) > HEAVY, lambda: {i.digest: i.size for i in items})
+def _sizes(items: Sequence[UploadItem], start: int) -> dict[str, int]:
+    """Each digest's size (what ``missing`` checks), of the slice of ``items`` at ``start``
+    (made here, off the loop: ``items`` may make its slices when asked)."""
+    return {i.digest: i.size for i in items[start : start + ASK_FILES]}
 
 
-async def _plan(items: Sequence[UploadItem], missing: set[str]) -> list[list[UploadItem]]:
-    """The batches of the ``items`` whose blobs are ``missing``, taking each digest out of
-    ``missing`` as it is planned (a blob of many files is sent once)."""
+def _note_missing(lacking: set[str], sizes: dict[str, int], missing: set[bytes]) -> tuple[int, int]:
+    """Add to ``missing`` the digests ``lacking`` that are not in it yet; return how many, and
+    their bytes."""
+    files = nbytes = 0
+    for digest in lacking:
+        key = bytes.fromhex(digest)
+        if key not in missing:
+            missing.add(key)
+            files, nbytes = files + 1, nbytes + sizes[digest]
+    return files, nbytes
 
-    def plan() -> list[list[UploadItem]]:
-        todo = []
-        for item in items:
-            if item.digest in missing:
-                missing.discard(item.digest)
-                todo.append(item)
-        return batches(todo, _item_size)
 
-    return await maybe_thread(len(items) > HEAVY, plan)
+def _plan(items: Sequence[UploadItem], start: int, missing: set[bytes]) -> list[list[UploadItem]]:
+    """The batches of the slice of ``items`` at ``start`` whose blobs are ``missing``, taking
+    each digest out of ``missing`` as it is planned (a blob of many files is sent once)."""
+    todo = []
+    for item in items[start : start + ASK_FILES]:
+        key = bytes.fromhex(item.digest)
+        if key in missing:
+            missing.discard(key)
+            todo.append(item)
+    return batches(todo, _item_size)
 
 
 async def hash_files(
@@ -265,12 +282,18 @@ def hash_file(path: str, size_hint: int = 0) -> tuple[str, int]:
         InvalidInputError: it is not a regular file (never read: a FIFO would block), or it
             cannot be read.
     """
+    digest, size = _hash_raw(path, size_hint)
+    return digest.hex(), size
+
+
+def _hash_raw(path: str, size_hint: int) -> tuple[bytes, int]:
+    """As :func:`hash_file`, with the digest as its 32 bytes."""
     try:
         if size_hint <= SMALL:  # read whole, with a limit near the size: a 1 MiB buffer per
             limit = min(max(size_hint, 64 << 10), SMALL) + 1  # 4 KiB file cost more than a read
             data = read_small(path, limit)
             if len(data) < limit:  # all of it (a file that grew takes the path below)
-                return blake3.blake3(data).hexdigest(), len(data)
+                return blake3.blake3(data).digest(), len(data)
         with open(open_regular(path), "rb", buffering=0) as f:
             size = os.fstat(f.fileno()).st_size
             hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if size > _CHUNK else 1)
@@ -280,9 +303,78 @@ def hash_file(path: str, size_hint: int = 0) -> tuple[str, int]:
             while n := f.readinto(buf):
                 hasher.update(view[:n])
                 total += n
-            return hasher.hexdigest(), total
+            return hasher.digest(), total
     except OSError as e:
         raise _unreadable(path, e) from None
+
+
+async def hash_tree(
+    pairs: Sequence[tuple[str, str]],
+    progress: ProgressCallback | None = None,
+) -> Manifest:
+    """Hash local files given as (entry path, local path) pairs sorted by entry path, with no
+    path twice; return their manifest.
+
+    A file costs what its manifest entry costs: digests are kept as 32 bytes in one buffer and
+    sizes in an array until the pages are laid out, and no :class:`Entry` is made.
+    """
+    sizes, work, total, digests = await anyio.to_thread.run_sync(_plan_tree, pairs)
+    tracker = _Tracker(len(pairs), total, progress)
+
+    def hash_range(span: range) -> int:
+        nbytes = 0
+        for i in span:
+            digest, size = _hash_raw(pairs[i][1], sizes[i])
+            digests[32 * i : 32 * i + 32] = digest
+            sizes[i] = size
+            nbytes += size
+        return nbytes
+
+    await run_pool(
+        work,
+        lambda span: anyio.to_thread.run_sync(hash_range, span),
+        HASH_CONCURRENCY,
+        lambda span, nbytes: tracker.advance(len(span), nbytes),
+    )
+    return await anyio.to_thread.run_sync(_tree_manifest, pairs, digests, sizes)
+
+
+def _plan_tree(
+    pairs: Sequence[tuple[str, str]],
+) -> tuple[array[int], list[range], int, bytearray]:
+    """The size of each file (checking that it is a regular file), the batches to hash (as
+    ranges of positions), the total size, and room for the digests (32 bytes each: zeroed
+    here, off the loop)."""
+    sizes = array("q", (_size(local) for _, local in pairs))
+    spans, start, nbytes = [], 0, 0
+    for i, size in enumerate(sizes):  # as ``batches`` cuts them
+        if i > start and (i - start >= BATCH_FILES or nbytes + size > BATCH_BYTES):
+            spans.append(range(start, i))
+            start, nbytes = i, 0
+        nbytes += size
+    if start < len(sizes):
+        spans.append(range(start, len(sizes)))
+    return sizes, spans, sum(sizes), bytearray(32 * len(pairs))
+
+
+_RUN = 16_384  # entries laid out at a time: bounds the transient strings
+
+
+def _tree_manifest(
+    pairs: Sequence[tuple[str, str]], digests: bytearray, sizes: array[int]
+) -> Manifest:
+    def runs() -> Iterator[tuple[list[str], list[str], array[int]]]:
+        for start in range(0, len(pairs), _RUN):
+            stop = min(start + _RUN, len(pairs))
+            hexes = digests[32 * start : 32 * stop].hex()
+            yield (
+                [path for path, _ in pairs[start:stop]],
+                [hexes[i : i + 64] for i in range(0, len(hexes), 64)],
+                sizes[start:stop],
+            )
+
+    with gc_paused():
+        return Manifest.from_columns(runs())
 
 
 async def download(

@@ -211,7 +211,8 @@ async def test_sources_of_added_files_are_exact(store, tmp_path):
     await draft.add_dir(tmp_path / "d", "in")
     await draft.add_file(tmp_path / "lone.bin", "renamed/other.txt")
     await draft.add_file(tmp_path / "lone.bin")
-    assert dict(draft._sources.items()) == {
+    sources = {path: draft._sources.local(path) for path in draft.manifest.entries}
+    assert sources == {
         "in/sub/x.txt": str(tmp_path / "d" / "sub" / "x.txt"),
         "in/y.txt": str(tmp_path / "d" / "y.txt"),
         "renamed/other.txt": str(tmp_path / "lone.bin"),

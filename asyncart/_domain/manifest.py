@@ -36,7 +36,8 @@ from collections.abc import (
     ValuesView as _ValuesView,
 )
 from dataclasses import dataclass
-from itertools import compress, count, islice
+from itertools import accumulate, compress, count, islice
+from typing import overload
 
 import blake3
 import msgspec
@@ -210,7 +211,7 @@ class Manifest:
     read-only view whose :class:`Entry` objects are made on access.
     """
 
-    __slots__ = ("_cache", "_digest", "_firsts", "_len", "_pages", "_size")
+    __slots__ = ("_cache", "_digest", "_firsts", "_len", "_pages", "_size", "_starts")
 
     def __init__(self, entries: Mapping[str, Entry] | None = None) -> None:
         if isinstance(entries, ManifestEntries):
@@ -225,12 +226,28 @@ class Manifest:
         self._size: int | None = None
         self._digest: str | None = None
         self._cache: dict[int, tuple[Sequence[str], Sequence[str]]] = {}
+        self._starts: list[int] | None = None  # the position of each page's first entry
 
     @classmethod
     def _of_pages(cls, pages: Sequence[_Page]) -> Manifest:
         manifest = cls.__new__(cls)
         manifest._init(pages)
         return manifest
+
+    @classmethod
+    def from_columns(
+        cls, runs: Iterable[tuple[Sequence[str], Sequence[str], Sequence[int]]]
+    ) -> Manifest:
+        """The manifest of entries given as runs of (paths, digests, sizes) columns, in path
+        order: no :class:`Entry` is made, and each run can go once it is laid out.
+
+        Raises:
+            ValueError: the paths do not strictly increase.
+        """
+        writer = _PageWriter()
+        for paths, digests, sizes in runs:
+            writer.add(paths, digests, sizes)
+        return cls._of_pages(writer.finish())
 
     @classmethod
     def from_snapshot(cls, data: bytes, where: str = "snapshot") -> Manifest:
@@ -335,6 +352,20 @@ class Manifest:
             hi = bisect_left(paths, stop) if stop is not None and stop <= page.last else len(paths)
             yield from map(Entry, paths[lo:hi], digests[lo:hi], page.sizes[lo:hi])
 
+    def entries_at(self, start: int, stop: int) -> list[Entry]:
+        """The entries at positions ``start`` to ``stop`` (excluded) in path order."""
+        if self._starts is None:
+            self._starts = list(accumulate(map(len, self._pages), initial=0))
+        starts, out = self._starts, list[Entry]()
+        index = max(bisect_right(starts, start) - 1, 0)
+        while index < len(self._pages) and starts[index] < stop:
+            page, at = self._pages[index], starts[index]
+            paths, digests = self._decoded(index) if index in self._cache else page.decode()
+            lo, hi = max(start - at, 0), min(stop - at, len(page))
+            out += map(Entry, paths[lo:hi], digests[lo:hi], page.sizes[lo:hi])
+            index += 1
+        return out
+
     def iter_paths(self) -> Iterator[str]:
         """Every entry path, in order."""
         for index, page in enumerate(self._pages):
@@ -410,6 +441,47 @@ class _Items(_ItemsView[str, Entry]):
 
 EMPTY = Manifest()
 """The manifest with no entries."""
+
+
+class EntryList(Sequence[Entry]):
+    """The entries of a :class:`Manifest` as a read-only sequence in path order, each
+    :class:`Entry` made on access."""
+
+    __slots__ = ("_manifest",)
+
+    def __init__(self, manifest: Manifest) -> None:
+        self._manifest = manifest
+
+    def __len__(self) -> int:
+        return len(self._manifest)
+
+    @overload
+    def __getitem__(self, index: int) -> Entry: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Entry]: ...
+    def __getitem__(self, index: int | slice) -> Entry | list[Entry]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                return [self[i] for i in range(start, stop, step)]
+            return self._manifest.entries_at(start, stop)
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        at = index % len(self)
+        return self._manifest.entries_at(at, at + 1)[0]
+
+    def __iter__(self) -> Iterator[Entry]:
+        return self._manifest.iter_entries()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
+            return NotImplemented
+        return len(self) == len(other) and all(map(operator.eq, self, other))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<EntryList {len(self)} files>"
 
 
 class Overlay(MutableMapping[str, Entry]):
