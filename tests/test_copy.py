@@ -4,7 +4,9 @@ once, resumable, and refused where the result could not be the same history."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _records import StoreWith
@@ -12,6 +14,7 @@ from _records import StoreWith
 import asyncart
 from asyncart import ConflictError, InvalidInputError, LocalStore
 from asyncart._cli import main as cli_main
+from asyncart._domain.events import FilesAdded, VersionCommitted, decode
 
 
 async def _history(store: str, files: Path) -> None:
@@ -125,31 +128,66 @@ async def test_a_server_destination_and_the_same_store_are_refused(tmp_path: Pat
 async def test_blobs_are_durable_before_the_records_that_use_them(
     tmp_path: Path, files: Path
 ) -> None:
-    """Every append to the destination comes after a flush of its blobs."""
+    """Every append to the destination comes after a flush of its blobs, and when it is made
+    the destination holds every blob its records refer to (files and snapshots)."""
     src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
     await _history(src, files)
+    for n in range(40):  # past a snapshot (every 32 versions)
+        (tmp_path / "n").write_text(str(n))
+        more = asyncart.Artifact("chain", "dataset")
+        await more.add_file(tmp_path / "n")
+        await more.save(project="demo", store=src)
     events: list[str] = []
     local = LocalStore(dst)
     await local.create()
-    store = StoreWith(local, log=_Told(local.log, events), blobs=_Told(local.blobs, events))
+
+    async def check(stream: str, payloads: Sequence[bytes], expected_seq: int) -> None:
+        sizes, snapshots = _referenced(stream, payloads, expected_seq)
+        assert not await local.blobs.missing(sizes), stream
+        for snapshot in snapshots:
+            await local.blobs.get_bytes(snapshot)  # raises unless it is there
+        events.append("append")
+
+    log = _Told(local.log, events, before_append=check)
+    store = StoreWith(local, log=log, blobs=_Told(local.blobs, events))
     await asyncart.copy_store(src, store)  # type: ignore[arg-type]
     assert events and events[0] == "flush"
     assert all(events[i - 1] == "flush" for i, e in enumerate(events) if e == "append")
+    assert any(_referenced(s, r, 0)[1] for s, r in (await _everything(src)).items())
+
+
+def _referenced(
+    stream: str, payloads: Sequence[bytes], seq: int
+) -> tuple[dict[str, int], list[str]]:
+    """The file blobs (digest -> size) and snapshot blobs that ``payloads`` refer to."""
+    sizes: dict[str, int] = {}
+    snapshots: list[str] = []
+    for n, payload in enumerate(payloads, seq):
+        body = decode(payload, stream, n).body
+        if isinstance(body, FilesAdded):
+            sizes.update((e.digest, e.size) for e in body.entries)
+        elif isinstance(body, VersionCommitted) and body.snapshot:
+            snapshots.append(body.snapshot)
+    return sizes, snapshots
 
 
 class _Told:
-    """Delegates to ``inner``, noting each append and flush in ``events``."""
+    """Delegates to ``inner``, noting each flush in ``events`` and calling ``before_append``
+    (else noting it) before each append."""
 
-    def __init__(self, inner: object, events: list[str]) -> None:
-        self.inner, self.events = inner, events
+    def __init__(self, inner: object, events: list[str], before_append: Any = None) -> None:
+        self.inner, self.events, self.before_append = inner, events, before_append
 
     def __getattr__(self, name: str) -> object:
         attr = getattr(self.inner, name)
         if name not in ("append", "flush"):
             return attr
 
-        async def told(*args: object, **kwargs: object) -> object:
-            self.events.append(name)
+        async def told(*args: Any, **kwargs: Any) -> object:
+            if name == "append" and self.before_append is not None:
+                await self.before_append(*args[:3])
+            else:
+                self.events.append(name)
             return await attr(*args, **kwargs)
 
         return told

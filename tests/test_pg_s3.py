@@ -22,8 +22,14 @@ ASYNCART = shutil.which("asyncart", path=str(Path(sys.executable).parent)) or "a
 def test_the_location_names_both_and_hides_the_password() -> None:
     dsn, blobs = split_location("postgresql://me:secret@db:5432/art?sslmode=require&blobs=s3://b/p")
     assert (dsn, blobs) == ("postgresql://me:secret@db:5432/art?sslmode=require", "s3://b/p")
-    store = PostgresS3Store("postgresql://me:secret@db/art?blobs=s3://b/p")
-    assert "secret" not in store.location and "secret" not in repr(store)
+    for location in (
+        "postgresql://me:secret@db/art?blobs=s3://b/p",
+        "postgresql://me@db/art?password=secret&blobs=s3://b/p",
+        "postgresql://me@db/art?sslpassword=secret&sslmode=require&blobs=s3://b/p",
+    ):
+        store = PostgresS3Store(location)
+        assert "secret" not in store.location and "secret" not in repr(store), store.location
+        assert "***" in store.location
     for bad in (
         "postgresql://db/art",
         "postgresql://db/art?blobs=/tmp",

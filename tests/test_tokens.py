@@ -22,6 +22,7 @@ from _serving import Server
 from asyncart import InvalidInputError, NotFoundError
 from asyncart._backends._wire import pack
 from asyncart._server._tokens import (
+    Grant,
     Grants,
     TokenFile,
     create_token,
@@ -219,3 +220,29 @@ def test_the_tokens_file_is_renamed_into_place_durably(
     create_token(tmp_path, ["demo"])
     assert synced[-1] == str(tmp_path), "the rename was not made durable in its directory"
     assert any(".tokens.json." in path for path in synced[:-1]), "the new file was not synced"
+
+
+async def test_a_flood_of_unknown_tokens_reads_the_book_one_at_a_time() -> None:
+    """Requests whose token is unknown share one reload that started after they asked: a
+    flood of bad tokens costs the token book (a database table) one read at a time."""
+
+    class Book:
+        loads = in_flight = most = 0
+
+        async def load(self) -> dict[str, Grant]:
+            self.loads += 1
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+            await anyio.sleep(0.05)
+            self.in_flight -= 1
+            return {}
+
+    book = Book()
+    grants = Grants(book)  # type: ignore[arg-type]
+    asked = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        for _ in range(50):
+            tg.start_soon(grants.refresh, asked)
+    assert (book.loads, book.most) == (1, 1)
+    await grants.refresh(time.monotonic())  # asked after that reload started: a new one
+    assert book.loads == 2

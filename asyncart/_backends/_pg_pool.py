@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 import anyio.to_thread
 import asyncpg
 
-from .._errors import AsyncartError, BackendUnavailableError
+from .._errors import AsyncartError, BackendUnavailableError, InvalidInputError
 
 CONNECT_TIMEOUT = 10.0
 """Seconds to wait for a connection (a host that drops packets fails in this time)."""
@@ -62,7 +62,12 @@ def where_of(dsn: str) -> Where:
     user = unquote(parts.username or "") or query.get("user") or os.environ.get("PGUSER", "")
     user = user or os.environ.get("LOGNAME") or os.environ.get("USER", "")  # else: getpass's
     host = parts.hostname or query.get("host") or os.environ.get("PGHOST", "localhost")
-    port = parts.port or int(query.get("port") or os.environ.get("PGPORT", "5432"))
+    try:
+        port = parts.port or int(query.get("port") or os.environ.get("PGPORT", "5432"))
+    except ValueError:
+        raise InvalidInputError(
+            f"the port of postgresql://{parts.hostname or ''}... is not a number"
+        ) from None
     database = unquote(parts.path.lstrip("/")) or query.get("dbname") or user
     return Where(host, port, database, user)
 
@@ -175,7 +180,7 @@ def _translate(error: BaseException, where: Where) -> BackendUnavailableError | 
     """Our error for ``error``, or None if it is not asyncpg's or the network's."""
     at = f"PostgreSQL at {where}"
     if isinstance(error, asyncpg.InvalidAuthorizationSpecificationError):  # and bad passwords
-        user = where.user or getpass.getuser()
+        user = where.user or "the OS user"
         return BackendUnavailableError(
             f"{at} refused user {user!r}: {_first_line(error)} (check the user and password "
             "in the DSN, $PGPASSWORD or ~/.pgpass)"

@@ -131,10 +131,18 @@ def split_location(location: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=rest)), blobs[0]
 
 
+_SECRETS = ("password", "sslpassword")
+
+
 def _without_password(location: str) -> str:
-    """``location`` for messages and logs: the password replaced by ``***``."""
+    """``location`` for messages and logs: every password (``user:PASSWORD@``,
+    ``?password=``) replaced by ``***``."""
     parts = urlsplit(location)
-    if parts.password is None:
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    masked = [(key, "***" if key in _SECRETS else value) for key, value in query]
+    if netloc == parts.netloc and masked == query:
         return location
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(masked, safe=":/*")))

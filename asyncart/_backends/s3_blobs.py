@@ -184,16 +184,16 @@ class S3BlobStore:
 
     async def _hold(self) -> Any:
         self._holders += 1
-        async with self._lock:
-            if self._client is None:
-                try:
+        try:  # also a cancellation while another task opens the client: no holder leaks
+            async with self._lock:
+                if self._client is None:
                     await self._warm()
                     stack = contextlib.AsyncExitStack()
                     self._client = await stack.enter_async_context(self._new_client())
                     self._exit = stack
-                except BaseException:
-                    self._holders -= 1
-                    raise
+        except BaseException:
+            self._holders -= 1
+            raise
         return self._client
 
     @contextlib.asynccontextmanager
@@ -358,14 +358,14 @@ class S3BlobStore:
         head = f"{self.prefix}/blobs/" if self.prefix else "blobs/"
         found: dict[str, int] = {}
         wanted = set(digests)
-        i = 0
+        i, last = 0, ""
         while i < len(digests):
-            start = self.key(digests[i])
+            start = self.key(digests[i])[:-1]  # just before the key: the key itself is listed
             with self._errors("ListObjectsV2"):
                 reply = await client.list_objects_v2(
                     Bucket=self.bucket,
                     Prefix=head,
-                    StartAfter=start[:-1],  # just before the key: the key itself is listed
+                    StartAfter=max(start, last),  # past a page of foreign keys, never back
                     MaxKeys=LIST_PAGE,
                 )
             objects = reply.get("Contents", [])
@@ -382,7 +382,16 @@ class S3BlobStore:
 
     async def _set_aside_if_bad(self, client: Any, digest: str) -> bool:
         """Unless the object of ``digest`` is the blob, copy it to ``damaged/`` and remove it;
-        True if it was removed (or was gone already)."""
+        True if it was removed (or was gone already).
+
+        Only the object that was checked is removed: another writer may have put the good blob
+        in its place meanwhile (and a version may use it already). The copy and the delete are
+        conditional on its ETag, and the ETag is checked again just before the delete, for a
+        server that ignores ``If-Match`` on delete.
+        """
+        etag = await self._etag(client, digest)
+        if etag is None:
+            return True
         try:
             await self._read_verified(client, digest)
         except NotFoundError:
@@ -391,6 +400,8 @@ class S3BlobStore:
             pass  # not the blob: set it aside
         else:
             return False
+        if await self._etag(client, digest) != etag:
+            return False  # replaced since it was checked: missing() asks again next time
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         head = f"{self.prefix}/" if self.prefix else ""
         with self._errors("CopyObject"):
@@ -398,10 +409,28 @@ class S3BlobStore:
                 Bucket=self.bucket,
                 Key=f"{head}damaged/{digest}.{stamp}",
                 CopySource={"Bucket": self.bucket, "Key": self.key(digest)},
+                CopySourceIfMatch=etag,
             )
+        if await self._etag(client, digest) != etag:
+            return False
         with self._errors("DeleteObject"):
-            await client.delete_object(Bucket=self.bucket, Key=self.key(digest))
+            try:
+                await client.delete_object(Bucket=self.bucket, Key=self.key(digest), IfMatch=etag)
+            except ClientError as e:
+                if _code(e) in ("PreconditionFailed", "412"):
+                    return False  # replaced meanwhile
+                raise
         return True
+
+    async def _etag(self, client: Any, digest: str) -> str | None:
+        """The ETag of blob ``digest``'s object (None: there is none)."""
+        try:
+            with self._errors("HeadObject", digest):
+                reply = await client.head_object(Bucket=self.bucket, Key=self.key(digest))
+        except NotFoundError:
+            return None
+        etag: str = reply["ETag"]
+        return etag
 
     # -- uploads ----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import errno
 import json
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -250,11 +251,12 @@ async def grant_of(request: web.Request) -> Grant:
     if scheme.lower() != "bearer" or not token:
         raise HttpError(401, "unauthorized", "send a token: 'Authorization: Bearer <token>'")
     grants = request.app[GRANTS]
+    asked = time.monotonic()
     if grants.stale:
-        await grants.refresh()
+        await grants.refresh(since=asked - 1.0)
     grant = grants.lookup(token.strip())
-    if grant is None:  # maybe minted a moment ago: one look tells (a reload only if it changed)
-        await grants.refresh()
+    if grant is None:  # maybe minted a moment ago: a reload that starts after we asked tells
+        await grants.refresh(since=asked)
         grant = grants.lookup(token.strip())
     if grant is None:
         raise HttpError(401, "unauthorized", "unknown token (revoked, or for another server)")

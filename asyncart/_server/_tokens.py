@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
+import anyio
 import anyio.to_thread
 
 from .._backends._durable import atomic_write
@@ -305,19 +306,29 @@ def token_book(store: Store) -> TokenBook:
 
 
 class Grants:
-    """The server's view of its tokens, reloaded when they change."""
+    """The server's view of its tokens, reloaded when they change.
+
+    One reload runs at a time, and requests that arrive while one runs share it: a flood of
+    unknown tokens costs the token book (a database table, for some stores) one read at a
+    time, not one per request.
+    """
 
     def __init__(self, book: TokenBook) -> None:
         self.book = book
         self._grants: dict[str, Grant] = {}
-        self._checked = 0.0
+        self._checked = float("-inf")  # when the last reload started
+        self._lock = anyio.Lock()
 
-    async def refresh(self) -> None:
-        """Reload the tokens if they changed."""
-        self._checked = time.monotonic()
-        grants = await self.book.load()
-        if grants is not None:
-            self._grants = grants
+    async def refresh(self, since: float | None = None) -> None:
+        """Reload the tokens if they changed, unless a reload started after ``since`` (a
+        :func:`time.monotonic` time; None: reload now)."""
+        async with self._lock:
+            if since is not None and self._checked >= since:
+                return  # a reload that started after the caller asked has finished
+            self._checked = time.monotonic()
+            grants = await self.book.load()
+            if grants is not None:
+                self._grants = grants
 
     @property
     def stale(self) -> bool:
