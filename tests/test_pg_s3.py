@@ -117,3 +117,17 @@ def test_errors_name_what_is_wrong_in_one_line(pg_s3_store: str, pg_server: str)
         assert done.returncode == 1
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and why in lines[0] and "Traceback" not in done.stderr, lines
+
+
+@pytest.mark.allow_blocking
+def test_without_the_scale_extra_the_store_says_what_to_install() -> None:
+    script = (
+        "import sys; sys.modules['asyncpg'] = None\n"  # as if asyncpg were not installed
+        "from asyncart._cli import main\n"
+        "sys.exit(main(['ls', '--store', 'postgresql://x@127.0.0.1:1/db?blobs=s3://b/p']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert "pip install 'asyncart[scale]'" in done.stderr and "Traceback" not in done.stderr

@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio.to_thread
 
-from .._errors import InvalidInputError
+from .._errors import BackendUnavailableError, InvalidInputError
 
 if TYPE_CHECKING:
     from .pg_log import PostgresEventLog
@@ -84,6 +84,7 @@ class PostgresS3Store:
 
     @asynccontextmanager
     async def _held(self) -> AsyncIterator[object]:
+        await _import_clients()
         async with self.log.held(), self.blobs.held():
             yield self
 
@@ -105,12 +106,21 @@ class PostgresS3Store:
 
 
 async def _import_clients() -> None:
-    """Import asyncpg and the S3 client in a worker thread (botocore reads files as it loads),
-    before the first call: every call on the store comes after :meth:`create` or
-    :meth:`require` (see ``prepare_store``)."""
+    """Import asyncpg and the S3 client in a worker thread (botocore reads files as it loads)
+    before the first use: every call on the store comes after :meth:`create`, :meth:`require`
+    (see ``prepare_store``) or :meth:`held`.
+
+    Raises:
+        BackendUnavailableError: they are not installed (the ``scale`` extra).
+    """
     for module in (f"{__package__}.pg_log", f"{__package__}.s3_blobs"):
         if module not in sys.modules:
-            await anyio.to_thread.run_sync(importlib.import_module, module)
+            try:
+                await anyio.to_thread.run_sync(importlib.import_module, module)
+            except ModuleNotFoundError as e:
+                raise BackendUnavailableError(
+                    f"a PostgreSQL + S3 store needs {e.name}: pip install 'asyncart[scale]'"
+                ) from None
 
 
 def split_location(location: str) -> tuple[str, str]:
