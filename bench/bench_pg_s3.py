@@ -145,7 +145,7 @@ class Plain:
         await self._make.__aexit__(None, None, None)
 
     def key(self, run: str, path: Path) -> str:
-        return f"{self.prefix}/{run}/{path.parent.name}/{path.name}"
+        return f"{self.prefix}/{run}/{path.parent.parent.name}/{path.parent.name}/{path.name}"
 
     async def put(self, key: str, path: Path) -> None:
         size = path.stat().st_size
