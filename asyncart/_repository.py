@@ -12,7 +12,7 @@ import random
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -160,7 +160,13 @@ class Repository:
         They are not chain-checked here (that would need the records before them): a manifest
         replayed from edited changes fails its recorded digest, and audit checks the chain.
         """
-        out: list[Change] = []
+        payloads = await self._change_payloads(stream, seqs)
+        big = sum(map(len, payloads)) > _BIG_READ
+        return await maybe_thread(big, decode_changes, stream, payloads, seqs)
+
+    async def _change_payloads(self, stream: str, seqs: Sequence[int]) -> list[bytes]:
+        """The undecoded records at ``seqs`` (see :meth:`changes`)."""
+        out: list[bytes] = []
         for start, stop, wanted in _covering(seqs):
             found = await self.store.log.read(stream, start, limit=stop - start)
             if len(found) != stop - start:
@@ -168,9 +174,7 @@ class Repository:
                     f"stream {stream!r}: seqs {start}..{stop - 1} hold changes of a version, "
                     f"but the log has {len(found)} of them (it was cut short)"
                 )
-            payloads = [found[seq - start] for seq in wanted]
-            big = sum(map(len, payloads)) > _BIG_READ
-            out += await maybe_thread(big, decode_changes, stream, payloads, wanted)
+            out += [found[seq - start] for seq in wanted]
         return out
 
     async def version(
@@ -200,10 +204,12 @@ class Repository:
             if base is None:
                 base = await self._snapshot(chain[-1])
         replayed = chain[:-1] if base is not None else chain  # a snapshot includes its own changes
-        changes = await self.changes(
-            state.stream, [s for v in reversed(replayed) for s in v.draft.change_seqs]
-        )
-        heavy = _count(changes) + len(base or ()) > HEAVY
+        seqs = [s for v in reversed(replayed) for s in v.draft.change_seqs]
+        payloads = await self._change_payloads(state.stream, seqs)
+        # Each change is decoded as the replay reaches it, and dropped once applied: a root of
+        # a million files is never a million decoded entries at once.
+        changes = iter_changes(state.stream, payloads, seqs)
+        heavy = sum(map(len, payloads)) > _BIG_READ or len(base or ()) > HEAVY
         manifest = await maybe_thread(heavy, _replay_digest, base, changes)
         if manifest.digest != version.commit.digest:
             raise IntegrityError(
@@ -564,7 +570,11 @@ def decode_changes(stream: str, payloads: Sequence[bytes], seqs: Sequence[int]) 
     Raises:
         IntegrityError: one is not a change record of that seq (the log was edited).
     """
-    out: list[Change] = []
+    return list(iter_changes(stream, payloads, seqs))
+
+
+def iter_changes(stream: str, payloads: Sequence[bytes], seqs: Sequence[int]) -> Iterator[Change]:
+    """:func:`decode_changes`, one record at a time, as they are asked for."""
     for seq, payload in zip(seqs, payloads, strict=True):
         record = decode(payload, stream, seq)
         if record.seq != seq or not isinstance(record.body, FilesAdded | FilesRemoved):
@@ -572,8 +582,7 @@ def decode_changes(stream: str, payloads: Sequence[bytes], seqs: Sequence[int]) 
                 f"stream {stream!r} seq {seq}: expected a change record, found "
                 f"{type(record.body).__name__} at seq {record.seq} (the log was edited)"
             )
-        out.append(record.body)
-    return out
+        yield record.body
 
 
 def _decode_chain(
@@ -593,7 +602,7 @@ def _decode_chain(
     return records, prev
 
 
-def _replay_digest(base: Manifest | None, changes: Sequence[Change]) -> Manifest:
+def _replay_digest(base: Manifest | None, changes: Iterable[Change]) -> Manifest:
     manifest = replay(base, changes)
     _ = manifest.digest  # computed here, off the loop when this runs in a thread
     return manifest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -35,12 +36,13 @@ changes = st.lists(st.one_of(adds, adds, removes), max_size=14)
 @contextmanager
 def small_pages(target: int = 4) -> Iterator[None]:
     """Pages of a few entries, so that small examples span many pages."""
-    saved = manifest_module._CUT_MASK, manifest_module.PAGE_MAX
+    saved = manifest_module._CUT_MASK, manifest_module.PAGE_MAX, manifest_module._DECODE_ROWS
     manifest_module._CUT_MASK, manifest_module.PAGE_MAX = target - 1, 2 * target
+    manifest_module._DECODE_ROWS = target  # (a bulk of entries is laid out every few)
     try:
         yield
     finally:
-        manifest_module._CUT_MASK, manifest_module.PAGE_MAX = saved
+        manifest_module._CUT_MASK, manifest_module.PAGE_MAX, manifest_module._DECODE_ROWS = saved
 
 
 def reference(base: dict[str, Entry], applied: list[Change]) -> dict[str, Entry]:
@@ -84,6 +86,42 @@ def test_replay_over_a_base_equals_a_dict(first, then, target):
         result = replay(base, then)
         check_same(result, reference(expected_base, then))
         check_same(base, expected_base)  # the base is unchanged
+
+
+def test_a_replayed_root_is_laid_out_as_its_records_come():
+    """A root's sorted records go to pages one by one: the replay never holds every decoded
+    entry at once (a million-file open would, and each garbage collection would visit them)."""
+    files, per_record = 100_000, 1_000
+
+    def record(k: int) -> FilesAdded:
+        numbers = range(k * per_record, (k + 1) * per_record)
+        return FilesAdded("d", [Entry(f"f/{i:07d}", f"{i:064x}", i) for i in numbers])
+
+    def changes() -> Iterator[Change]:  # decoded one at a time, as the log's records are
+        return (record(k) for k in range(files // per_record))
+
+    tracemalloc.start()
+    try:
+        held = [e for change in changes() for e in change.entries]  # what holding them costs
+        all_entries = tracemalloc.get_traced_memory()[0]
+        del held
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        manifest = replay(None, changes())
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert len(manifest) == files and manifest.entries["f/0012345"].size == 12345
+    assert peak < all_entries * 3 / 4, (peak, all_entries)  # (before: 1.4x)
+
+
+def test_a_root_out_of_order_or_with_a_path_again_is_sorted_once():
+    first = FilesAdded("d", [Entry(f"b/{i:03d}", "1" * 64, i) for i in range(10)])
+    earlier = FilesAdded("d", [Entry(f"a/{i:03d}", "2" * 64, i) for i in range(10)])
+    again = FilesAdded("d", [Entry("b/005", "3" * 64, 99)])
+    with small_pages(2):
+        for applied in ([first, earlier], [first, again], [first, earlier, again]):
+            check_same(replay(None, applied), reference({}, applied))
 
 
 @settings(max_examples=200, deadline=None)

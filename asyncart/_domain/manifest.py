@@ -497,17 +497,42 @@ class Overlay(MutableMapping[str, Entry]):
         self.removed: set[str] = set()  # base paths removed (and not added again)
         self._len = len(self.base)
         self._dirs: dict[str, int] | None = None  # directories of ``added``, once asked
-        self._bulk: list[Entry] = []  # entries added to an empty overlay, not yet in ``added``
+        self._sorted = True  # whether the bulk may still go to pages as it comes
+        # Entries added to an empty overlay, not yet in ``added``: laid out into pages as they
+        # come while their paths keep increasing (a replayed root's do), so a million of them
+        # are never held at once (a list of a million objects makes every garbage collection
+        # visit them all, holding the GIL); kept in ``_bulk`` to be sorted once otherwise.
+        self._writer: _PageWriter | None = None
+        self._bulk: list[Entry] = []
 
     @property
     def in_bulk(self) -> bool:
         """Whether entries were only added so far, to an empty base (none looked up yet)."""
-        return bool(self._bulk)
+        return bool(self._bulk) or self._writer is not None
+
+    def _bulk_entries(self) -> list[Entry]:
+        """Take every entry added in bulk, in the order added (the pages' ones first)."""
+        writer, bulk, self._writer, self._bulk = self._writer, self._bulk, None, []
+        if writer is None:
+            return bulk
+        return [*Manifest._of_pages(writer.finish()).iter_entries(), *bulk]
+
+    def _lay_out(self) -> None:
+        """Move ``_bulk`` into the page writer, unless its paths do not continue the pages'."""
+        if self._writer is None:
+            self._writer = _PageWriter()
+        try:
+            self._writer.add(*_columns(self._bulk))
+        except ValueError:  # out of order, or a path again: sort them all once, at the end
+            self._bulk = self._bulk_entries()
+            self._sorted = False
+        else:
+            self._bulk = []
 
     def _settle(self) -> None:
         """Move the entries added in bulk into ``added`` (needed by any lookup)."""
-        if self._bulk:
-            bulk, self._bulk = self._bulk, []
+        if self.in_bulk:
+            bulk = self._bulk_entries()
             self.added.update(zip(map(_path, bulk), bulk, strict=True))
             self._len = len(self.added)
 
@@ -559,8 +584,10 @@ class Overlay(MutableMapping[str, Entry]):
         if len(self.base) or self.added or self.removed or self._dirs is not None:
             for entry in entries:
                 self[entry.path] = entry
-        else:  # nothing to look up: keep them in order, to sort once
+        else:  # nothing to look up: lay them out as they come, or keep them to sort once
             self._bulk += entries
+            if self._sorted and len(self._bulk) >= _DECODE_ROWS:
+                self._lay_out()
 
     def matching(self, path: str) -> list[str]:
         """What ``remove(path)`` removes: ``path`` itself, else everything under ``path/``."""
@@ -602,7 +629,12 @@ class Overlay(MutableMapping[str, Entry]):
 
     def manifest(self) -> Manifest:
         """The manifest the changes make of the base."""
-        if self._bulk:  # an empty base and only additions
+        if self.in_bulk:  # an empty base and only additions
+            if self._sorted and self._bulk:
+                self._lay_out()
+            if self._sorted:
+                assert self._writer is not None  # (a copy: more entries may follow)
+                return Manifest._of_pages(list(self._writer.finish()))
             return Manifest._of_pages(_pages_of(self._bulk))
         if not self.added and not self.removed:
             return self.base
