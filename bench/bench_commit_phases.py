@@ -8,13 +8,15 @@ reuse it), ``STORE`` a new local store. Prints one JSON line: the peak RSS (MiB)
 (walk, hash, after-hash: the pages laid out; prepare+ask: what the store lacks; send;
 after-send: the records encoded and appended), ``hwm`` (VmHWM), the times, the longest
 heartbeat gap (``stall_ms``, wall clock: another busy process inflates it), the longest
-single loop callback (``step_ms``) and the most CPU the loop thread spent between two 1 ms
-beats (``loop_cpu_ms``: code on the loop, whatever the machine's load). Run it with
-``PYTHONPATH`` set to another checkout to measure that one.
+single loop callback (``step_ms``), the most CPU the loop thread spent between two 1 ms
+beats (``loop_cpu_ms``: code on the loop, whatever the machine's load) and the CPU time of the
+longest garbage collection (``gc_ms``, in any thread: it holds the GIL, so the loop waits).
+Run it with ``PYTHONPATH`` set to another checkout to measure that one.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import threading
@@ -30,6 +32,15 @@ from bench import Heartbeat
 phase = ["start"]
 peaks: dict[str, float] = {}
 loop_cpu = [0.0]
+longest_gc = [0.0]
+_gc_started = threading.local()
+
+
+def timed_gc(phase_name: str, info: dict) -> None:
+    if phase_name == "start":
+        _gc_started.at = time.thread_time()
+    elif hasattr(_gc_started, "at"):
+        longest_gc[0] = max(longest_gc[0], time.thread_time() - _gc_started.at)
 
 
 def status(key: str) -> float:
@@ -63,6 +74,7 @@ def sending(p: asyncart.Progress) -> None:
 
 async def main(src: str, store: str) -> None:
     threading.Thread(target=sampler, daemon=True).start()
+    gc.callbacks.append(timed_gc)
     heartbeat = Heartbeat()
     async with anyio.create_task_group() as tg:
         tg.start_soon(heartbeat.run)
@@ -86,6 +98,7 @@ async def main(src: str, store: str) -> None:
         "stall_ms": round(heartbeat.stall * 1e3, 1),
         "step_ms": round(heartbeat.longest_step * 1e3, 1),
         "loop_cpu_ms": round(loop_cpu[0] * 1e3, 1),
+        "gc_ms": round(longest_gc[0] * 1e3, 1),
         "files": len(saved.manifest),
         "lib": asyncart.__file__,
     }
