@@ -183,7 +183,7 @@ def test_schema_creation_racing_in_two_processes(pg_dsn: str) -> None:
         " AND tablename LIKE 'asyncart_%'",
         "SELECT version FROM asyncart_schema",
     )
-    assert tables == [5, SCHEMA_VERSION]  # streams, records, checkpoints, tokens, the version
+    assert tables == [6, SCHEMA_VERSION]  # streams, records, checkpoints, tokens, uploads, version
 
 
 # -- the schema --------------------------------------------------------------------------------
