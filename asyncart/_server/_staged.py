@@ -75,25 +75,38 @@ async def records_of(request: web.Request, body: Published) -> list[bytes]:
     fetched = await _fetch(request, sizes)
     records: list[bytes] = []
     for digest, _ in body.parts:
-        records += await _decoded(fetched[digest])
+        records += fetched[digest]
     return records
 
 
-async def _fetch(request: web.Request, sizes: dict[str, int]) -> dict[str, bytes]:
-    """Each blob of ``sizes`` (verified by the store), ``FETCHES`` at a time."""
-    out: dict[str, bytes | None] = {}
+async def _fetch(request: web.Request, sizes: dict[str, int]) -> dict[str, list[bytes]]:
+    """The records of each blob of ``sizes`` (verified by the store), ``FETCHES`` at a time;
+    each blob's bytes are dropped once decoded."""
+    out: dict[str, list[bytes]] = {}
+    gone: set[str] = set()
+    bad: list[str] = []
     limiter = anyio.CapacityLimiter(FETCHES)
 
     async def one(digest: str) -> None:
         async with limiter:
-            out[digest] = await _fetch_one(request, digest, sizes[digest])
+            data = await _fetch_one(request, digest, sizes[digest])
+            if data is None:
+                gone.add(digest)
+            elif (records := await _decoded(data)) is None:
+                bad.append(digest)
+            else:
+                out[digest] = records
 
     async with anyio.create_task_group() as group:
         for digest in sizes:
             group.start_soon(one, digest)
-    if gone := {digest for digest, data in out.items() if data is None}:
+    if gone:
         raise _missing(gone)
-    return {digest: data for digest, data in out.items() if data is not None}
+    if bad:
+        raise HttpError(
+            400, "invalid", f"part {min(bad)} of the publish is not a msgpack list of records"
+        )
+    return out
 
 
 async def _fetch_one(request: web.Request, digest: str, size: int) -> bytes | None:
@@ -135,15 +148,14 @@ def _unlink(path: str) -> None:
         os.unlink(path)
 
 
-async def _decoded(data: bytes) -> list[bytes]:
+async def _decoded(data: bytes) -> list[bytes] | None:
+    """The records of a part; None if it is not a msgpack list of records."""
     try:
         if len(data) <= SMALL_BODY:
             return _RECORDS.decode(data)
         return await anyio.to_thread.run_sync(_RECORDS.decode, data)
     except msgspec.DecodeError:  # ValidationError included
-        raise HttpError(
-            400, "invalid", "a part of the publish is not a msgpack list of records"
-        ) from None
+        return None
 
 
 def _missing(digests: set[str]) -> HttpError:
