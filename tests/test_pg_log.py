@@ -245,6 +245,20 @@ async def test_a_version_2_schema_is_refused_then_migrated_by_create(
     await old.aclose()
 
 
+async def test_a_replicas_memory_of_uploads_is_bounded_and_the_database_answers_the_rest(
+    pg_log: PostgresEventLog,
+) -> None:
+    seen = PostgresSeen(pg_log, cached=3)
+    mine = {bytes([n]) * 32 for n in range(10)}
+    await seen.add("tok", mine)
+    assert len(seen._known) == 3
+    assert await seen.uploaded("tok", mine | {b"x" * 32}) == mine  # 7 of them from the table
+    assert len(seen._known) == 3
+    assert await seen.uploaded("other", mine) == set()
+    await seen.add("tok", mine)  # again: nothing new, no error
+    assert await PostgresSeen(pg_log).uploaded("tok", mine) == mine
+
+
 async def test_create_is_idempotent_and_keeps_the_data(
     pg_log: PostgresEventLog, pg_dsn: str
 ) -> None:
