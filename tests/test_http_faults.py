@@ -217,6 +217,8 @@ async def test_oversize_requests_are_refused(server: Server, tmp_path: Path) -> 
         # --max-staged-bytes of test_http_log): this one is then refused as no record
         with pytest.raises(InvalidInputError, match="seq 0: not a record"):
             await store.log.append("demo/artifacts/x", [b"x" * (MiB + 1)], 0)
+        with pytest.raises(InvalidInputError, match="exceed this server's 2097152 limit"):
+            await store.log.append("demo/artifacts/x", [b"x" * (3 * MiB)], 0)  # a part > a blob
         assert await store.log.read("demo/artifacts/x") == []
         item = _file(tmp_path / "big", 3 * MiB)
         with pytest.raises(InvalidInputError, match="exceed this server's 2097152 limit"):

@@ -22,7 +22,7 @@ from .._errors import ConflictError, InvalidInputError, NotFoundError
 from .._threads import maybe_thread
 from ._http_client import HttpClient, Reply, RetryPolicy, error_detail, raise_for
 from ._wire import MSGPACK, TOKEN_ENV, pack, unpack
-from .http_blobs import PART_SIZE, PART_THRESHOLD, HttpBlobStore
+from .http_blobs import PART_SIZE, PART_THRESHOLD, HttpBlobStore, _first_error
 
 DEFAULT_MAX_REQUEST = 64 << 20
 """The request limit of a server that has not said otherwise (``Limits.max_request``)."""
@@ -159,9 +159,12 @@ class HttpEventLog:
                 data = await maybe_thread(True, pack, parts[index])
                 named[index] = (await self._blobs.put_bytes(data), len(data))
 
-        async with anyio.create_task_group() as group:
-            for index in range(len(parts)):
-                group.start_soon(one, index)
+        try:
+            async with anyio.create_task_group() as group:
+                for index in range(len(parts)):
+                    group.start_soon(one, index)
+        except BaseExceptionGroup as errors:
+            raise _first_error(errors) from None  # callers expect our errors, not a group
         return named
 
     async def streams(self, prefix: str = "") -> list[str]:
