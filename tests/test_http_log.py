@@ -1,5 +1,6 @@
-"""The HTTP event log on the new contract: appends of any size in bounded requests (staged,
-then published at once), ranged reads, notes and checkpoints derived by the server.
+"""The HTTP event log on the new contract: appends of any size in bounded requests (parts
+uploaded as blobs, then published at once), ranged reads, notes and checkpoints derived by the
+server.
 
 Servers are real: ``asyncart serve`` processes (``Server``), or the same app in this process
 on a loopback port where a test counts what the served store is asked (``_in_process``).
@@ -18,16 +19,17 @@ from typing import Any
 import aiohttp
 import anyio
 import anyio.to_thread
+import blake3
 import pytest
 from _records import CountingStore, chain, created
-from _serving import Proxy, Server
+from _serving import Proxy, Server, blob_count, spool_files
 from aiohttp import web
 
 import asyncart
 from asyncart import AccessDeniedError, ConflictError, InvalidInputError
 from asyncart._backends._http_client import RetryPolicy
-from asyncart._backends._wire import pack, unpack
-from asyncart._backends.http import HttpStore, packed_size, split_records
+from asyncart._backends._wire import MAX_PARTS, pack, unpack
+from asyncart._backends.http import STAGED_PART, HttpStore, packed_size, split_records
 from asyncart._backends.local import LocalStore
 from asyncart._domain.checkpoint import decode_checkpoint
 from asyncart._domain.events import DraftOpened, Entry, Event, FilesAdded, decode, record_hash
@@ -69,13 +71,17 @@ async def _blob(store: HttpStore) -> str:
     return await store.blobs.put_bytes(b"hello")
 
 
-def _staged_files(root: Path) -> list[Path]:
-    staged = root / "spool" / "staged"
-    return [p for p in staged.rglob("*") if p.is_file()] if staged.exists() else []
-
-
 def _log_requests(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [e for e in entries if str(e["path"]).startswith(("/v1/log/", "/v1/staged"))]
+    return [e for e in entries if str(e["path"]).startswith("/v1/log/")]
+
+
+def _part_uploads(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The blob PUTs of more than ``_blob``'s few bytes (whose line may come after a mark)."""
+    return [
+        e
+        for e in entries
+        if e["method"] == "PUT" and str(e["path"]).startswith("/v1/blobs/") and e["sent"] > 5
+    ]
 
 
 # -- appends of any size ----------------------------------------------------------------------
@@ -124,17 +130,19 @@ async def test_a_commit_over_the_request_limit_goes_through_in_bounded_requests(
         entries = served.access(0)
     finally:
         served.stop()
-    assert all((e["sent"] or 0) <= limit for e in entries), "a request over the limit"
+    puts = _part_uploads(entries)  # the files are small: batched, never PUT alone
+    buffered = [e for e in entries if e not in puts]  # a blob's PUT streams to disk
+    assert all((e["sent"] or 0) <= limit for e in buffered), "a request over the limit"
+    assert all(int(e["sent"]) <= STAGED_PART + max(sizes) for e in puts)
     assert {e["status"] for e in _log_requests(entries)} <= {200, 201}
-    puts = [e for e in entries if e["method"] == "PUT" and "/v1/staged/" in str(e["path"])]
-    assert len(puts) >= 2, "the records were not staged"
+    assert len(puts) >= 1, "the records were not uploaded in parts"
     assert sum(int(e["sent"]) for e in puts) >= sum(sizes)  # every record went in a part
     report = await asyncart.audit("demo", store=LocalStore(served.root))
     assert report.ok and report.versions == 1, str(report)
-    assert _staged_files(served.root) == []  # the published staging is gone
+    assert spool_files(served.root) == []  # nothing of the append stays on the server's disk
 
 
-async def test_a_staged_append_is_one_atomic_append(served: Server) -> None:
+async def test_an_append_in_parts_is_one_atomic_append(served: Server) -> None:
     token = await _mint(served, "demo", write=True)
     async with HttpStore(served.url, token) as store:
         records = chain(STREAM, _bodies(STREAM, FILES, PER_RECORD, await _blob(store)))
@@ -148,15 +156,16 @@ async def test_a_staged_append_is_one_atomic_append(served: Server) -> None:
     requests = _log_requests(served.access(mark))
     publishes = [e for e in requests if (e["method"], e["path"]) == ("POST", f"/v1/log/{STREAM}")]
     assert [e["status"] for e in publishes] == [200]  # the client knew the server's limit
-    assert all((e["sent"] or 0) <= LIMIT for e in requests)
-    assert _staged_files(served.root) == []
+    assert all((e["sent"] or 0) <= LIMIT for e in requests)  # only the parts are larger
+    assert [e["status"] for e in _part_uploads(served.access(mark))] == [201]  # < 8 MiB: one
+    assert spool_files(served.root) == []
 
 
-async def test_a_server_with_a_lower_limit_than_expected_gets_the_append_staged(
+async def test_a_server_with_a_lower_limit_than_expected_gets_the_append_in_parts(
     tmp_path: Path,
 ) -> None:
     """An append small enough to send at once without asking the server's limit (413 from a
-    server with a very low one) is staged."""
+    server with a very low one) goes in parts."""
     served = Server(tmp_path / "served", "--max-request-bytes", str(16 * KiB)).start()
     try:
         token = await _mint(served, "demo", write=True)
@@ -168,12 +177,13 @@ async def test_a_server_with_a_lower_limit_than_expected_gets_the_append_staged(
             assert len(await store.log.read(STREAM)) == len(records)
         requests = _log_requests(served.access(mark))
         posts = [e["status"] for e in requests if e["method"] == "POST"]
-        assert posts == [413, 201, 200]  # refused at once, staging started, published
+        assert posts == [413, 200]  # refused at once, then published from its part
+        assert [e["status"] for e in _part_uploads(served.access(mark))] == [201]
     finally:
         served.stop()
 
 
-async def test_a_staged_publish_that_conflicts_stores_nothing(served: Server) -> None:
+async def test_a_publish_that_conflicts_stores_nothing(served: Server) -> None:
     token = await _mint(served, "demo", write=True)
     async with HttpStore(served.url, token) as store:
         digest = await _blob(store)
@@ -187,10 +197,10 @@ async def test_a_staged_publish_that_conflicts_stores_nothing(served: Server) ->
         with pytest.raises(ConflictError):
             await store.log.append(STREAM, big, 1)
         assert len(await store.log.read(STREAM)) == 2
-    assert _staged_files(served.root) == []
+    assert spool_files(served.root) == []
 
 
-async def test_a_staged_publish_with_one_bad_record_stores_nothing(served: Server) -> None:
+async def test_a_publish_with_one_bad_record_stores_nothing(served: Server) -> None:
     token = await _mint(served, "demo", write=True)
     async with HttpStore(served.url, token) as store:
         digest = await _blob(store)
@@ -199,7 +209,7 @@ async def test_a_staged_publish_with_one_bad_record_stores_nothing(served: Serve
         with pytest.raises(InvalidInputError, match="seq 12"):
             await store.log.append(STREAM, chain(STREAM, bodies), 0)
         assert await store.log.read(STREAM) == []
-    assert _staged_files(served.root) == []
+    assert spool_files(served.root) == []
     assert not list(served.root.glob("log/demo/**/*.log"))
 
 
@@ -209,7 +219,7 @@ async def test_a_lost_publish_reply_is_answered_not_repeated(served: Server) -> 
         records = chain(STREAM, _bodies(STREAM, FILES, PER_RECORD, await _blob(direct)))
     async with (
         Proxy(
-            served.port, lose_reply_to=b"POST /v1/log/demo/artifacts/big?expected_seq=0&st"
+            served.port, lose_reply_to=b"POST /v1/log/demo/artifacts/big?expected_seq=0 "
         ) as proxy,
         HttpStore(proxy.url, token, retry=PATIENT) as store,
     ):
@@ -223,9 +233,10 @@ async def test_a_lost_publish_reply_is_answered_not_repeated(served: Server) -> 
     assert [e["status"] for e in publishes] == [200, 200]  # published, then answered
 
 
-async def test_an_append_staged_again_after_it_landed_is_recognised(served: Server) -> None:
-    """A client whose staging the server lost (a restart) stages again: if its first publish
-    had landed, the server's reply-lost check recognises the records and appends nothing."""
+async def test_an_append_sent_again_after_it_landed_is_recognised(served: Server) -> None:
+    """A client that sends its append again (its parts uploaded again, to a restarted server):
+    if its first publish had landed, the server's reply-lost check recognises the records and
+    appends nothing."""
     token = await _mint(served, "demo", write=True)
     async with HttpStore(served.url, token) as store:
         records = chain(STREAM, _bodies(STREAM, FILES, PER_RECORD, await _blob(store)))
@@ -240,7 +251,7 @@ async def test_an_append_staged_again_after_it_landed_is_recognised(served: Serv
             await store.log.append(STREAM, records, 0)
 
 
-# -- stagings belong to their token -------------------------------------------------------------
+# -- a publish names blobs its token uploaded --------------------------------------------------
 
 
 async def _call(
@@ -256,69 +267,103 @@ async def _call(
         return reply.status, unpack(data) if reply.content_type == "application/msgpack" else data
 
 
-async def test_another_token_cannot_use_a_staging(served: Server) -> None:
+async def _put_blob(s: aiohttp.ClientSession, v1: str, token: str, data: bytes) -> str:
+    """Upload ``data`` as a blob with ``token``; its digest."""
+    digest = blake3.blake3(data).hexdigest()
+    status, _ = await _call(s, "PUT", f"{v1}/blobs/{digest}", token, data)
+    assert status == 201
+    return digest
+
+
+def _publish(parts: list[tuple[str, int]]) -> bytes:
+    return pack({"parts": [list(part) for part in parts]})
+
+
+async def test_a_publish_names_only_parts_its_token_uploaded(served: Server) -> None:
     owner = await _mint(served, "demo", write=True)
-    thief = await _mint(served, "demo", write=True)  # same rights, not its own
+    thief = await _mint(served, "demo", write=True)  # same rights, not its upload
     reader = await _mint(served, "demo")
     stranger = await _mint(served, "other", write=True)
-    records = chain(STREAM, [created(STREAM)])
+    part = pack(chain(STREAM, [created(STREAM)]))
     v1 = f"{served.url}/v1"
-    publish = f"{v1}/log/{STREAM}?expected_seq=0&staged={{}}&parts=1&records=1"
+    publish = f"{v1}/log/{STREAM}?expected_seq=0"
     async with aiohttp.ClientSession() as s:
-        status, started = await _call(s, "POST", f"{v1}/staged/{STREAM}", owner)
-        assert status == 201
-        staging = started["staged"]
-        assert (await _call(s, "POST", f"{v1}/staged/{STREAM}", reader))[0] == 403
-        assert (await _call(s, "POST", f"{v1}/staged/{STREAM}", stranger))[0] == 403
-        for token in (thief, reader, stranger):
-            part = await _call(s, "PUT", f"{v1}/staged/{staging}/0", token, pack(records))
-            assert part[0] == 404, token
-            published = await _call(s, "POST", publish.format(staging), token)
-            assert published[0] in (403, 404), token  # the reader may not write at all
-            assert (await _call(s, "DELETE", f"{v1}/staged/{staging}", token))[0] == 404
-        assert served.root.joinpath("spool", "staged", staging).is_dir()  # untouched
-        assert (await _call(s, "PUT", f"{v1}/staged/{staging}/0", owner, pack(records)))[0] == 201
-        wrong = f"{v1}/log/demo/artifacts/other?expected_seq=0&staged={staging}&parts=1&records=1"
-        assert (await _call(s, "POST", wrong, owner))[0] == 400  # bound to its stream
-        assert (await _call(s, "POST", publish.format(staging), owner)) == (200, {"head": 1})
-        assert (await _call(s, "PUT", f"{v1}/staged/{staging}/1", owner, pack(records)))[0] == 404
-    assert _staged_files(served.root) == []
+        digest = await _put_blob(s, v1, owner, part)
+        body = _publish([(digest, len(part))])
+        never = _publish([(blake3.blake3(b"never stored").hexdigest(), 12)])
+        for token in (thief, stranger):
+            for named in (body, never):  # another's part looks like no part at all
+                status, error = await _call(s, "POST", publish, token, named)
+                if token == stranger:
+                    assert status == 403  # it may not write the stream at all
+                    continue
+                assert status == 400 and b"parts_missing" in error, error
+                assert b"upload the parts" in error and b"\n" not in error
+        assert (await _call(s, "POST", publish, reader, body))[0] == 403
+        wrong_size = _publish([(digest, len(part) + 1)])
+        assert (await _call(s, "POST", publish, owner, wrong_size))[0] == 400
+        async with HttpStore(served.url, owner) as store:
+            assert await store.log.read(STREAM) == []  # nothing stored by any of them
+        assert (await _call(s, "POST", publish, owner, body)) == (200, {"head": 1})
+        assert (await _call(s, "POST", publish, owner, body)) == (200, {"head": 1})  # again
+        other = "other/artifacts/big"
+        theirs = pack(chain(other, [created(other)]))
+        their_digest = await _put_blob(s, v1, stranger, theirs)
+        status, error = await _call(
+            s, "POST", f"{v1}/log/{other}?expected_seq=0", stranger, body
+        )  # the owner's part, its records of another stream: unseen, so missing
+        assert status == 400 and b"parts_missing" in error
+        hers = _publish([(their_digest, len(theirs))])
+        status, _ = await _call(s, "POST", f"{v1}/log/{other}?expected_seq=0", stranger, hers)
+        assert status == 200
+    assert spool_files(served.root) == []
 
 
-async def test_a_publish_needs_every_part(served: Server) -> None:
+async def test_a_publish_naming_a_missing_part_stores_nothing(served: Server) -> None:
     owner = await _mint(served, "demo", write=True)
     v1 = f"{served.url}/v1"
     records = chain(STREAM, [created(STREAM), DraftOpened("d")])
     async with aiohttp.ClientSession() as s:
-        staging = (await _call(s, "POST", f"{v1}/staged/{STREAM}", owner))[1]["staged"]
-        assert (await _call(s, "PUT", f"{v1}/staged/{staging}/1", owner, pack(records[1:])))[
-            0
-        ] == 201
-        url = f"{v1}/log/{STREAM}?expected_seq=0&staged={staging}&parts=2&records=2"
-        status, body = await _call(s, "POST", url, owner)
-        assert status == 400 and b"parts 1" in body
-        assert (await _call(s, "POST", url, owner))[0] == 404  # a failed publish ends it
-        assert (await _call(s, "PUT", f"{v1}/staged/{staging}/0", owner, pack([b"x"])))[0] == 404
-        assert (await _call(s, "PUT", f"{v1}/staged/nonsense/0", owner, pack([b"x"])))[0] == 404
-    assert _staged_files(served.root) == []
+        first = pack(records[:1])
+        digest = await _put_blob(s, v1, owner, first)
+        absent = blake3.blake3(pack(records[1:])).hexdigest()
+        body = _publish([(digest, len(first)), (absent, len(pack(records[1:])))])
+        status, error = await _call(s, "POST", f"{v1}/log/{STREAM}?expected_seq=0", owner, body)
+        assert status == 400 and absent.encode() in error and b"parts_missing" in error
+        garbage = await _put_blob(s, v1, owner, b"not msgpack records")
+        body = _publish([(digest, len(first)), (garbage, 19)])
+        status, error = await _call(s, "POST", f"{v1}/log/{STREAM}?expected_seq=0", owner, body)
+        assert status == 400 and b"not a msgpack list of records" in error
     async with HttpStore(served.url, owner) as store:
         assert await store.log.read(STREAM) == []
 
 
-async def test_stagings_left_behind_are_removed_at_restart(served: Server) -> None:
-    owner = await _mint(served, "demo", write=True)
-    v1 = f"{served.url}/v1"
-    async with aiohttp.ClientSession() as s:
-        staging = (await _call(s, "POST", f"{v1}/staged/{STREAM}", owner))[1]["staged"]
-        records = chain(STREAM, [created(STREAM)])
-        assert (await _call(s, "PUT", f"{v1}/staged/{staging}/0", owner, pack(records)))[0] == 201
-    assert len(_staged_files(served.root)) == 1
-    await anyio.to_thread.run_sync(served.kill)  # no cleanup on the way down
-    await anyio.to_thread.run_sync(served.start)
-    assert _staged_files(served.root) == []
-    async with aiohttp.ClientSession() as s:
-        url = f"{served.url}/v1/log/{STREAM}?expected_seq=0&staged={staging}&parts=1&records=1"
-        assert (await _call(s, "POST", url, owner))[0] == 404
+async def test_parts_a_restarted_server_forgot_are_uploaded_again(served: Server) -> None:
+    """A local server keeps who uploaded what in memory: restarted between a client's part
+    uploads and its publish, it finds the parts unseen, and the client uploads them again."""
+    token = await _mint(served, "demo", write=True)
+    drafts = [DraftOpened(f"draft-{n:04d}-" + "x" * 200) for n in range(800)]
+    records = chain(STREAM, [created(STREAM), *drafts])  # no blobs: the restart forgets them
+    assert sum(map(len, records)) > 2 * LIMIT
+    async with (
+        Proxy(served.port, hold=(b"POST /v1/log/demo/artifacts/big?expected_seq=0 ", 5.0)) as proxy,
+        HttpStore(proxy.url, token, retry=PATIENT) as store,
+        anyio.create_task_group() as group,
+    ):
+
+        async def restart_while_held() -> None:
+            with anyio.fail_after(30):
+                while proxy.hold is not None:  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+            await anyio.to_thread.run_sync(served.restart)
+
+        group.start_soon(restart_while_held)
+        mark = served.log_size()
+        assert await store.log.append(STREAM, records, 0) == len(records)
+    statuses = [e["status"] for e in _log_requests(served.access(mark)) if e["method"] == "POST"]
+    assert statuses[-2:] == [400, 200]  # the parts were unknown; uploaded again, published
+    async with HttpStore(served.url, token) as store:
+        assert len(await store.log.read(STREAM)) == len(records)
 
 
 # -- in this process: what the served store is asked --------------------------------------------
@@ -407,26 +452,31 @@ async def test_listing_asks_the_log_only_for_what_the_token_may_see(tmp_path: Pa
         assert isinstance(note, CollectionNote) and (note.name, note.versions) == ("a", 0)
 
 
-async def test_stagings_are_bounded_per_token_and_expire(tmp_path: Path) -> None:
+async def test_a_publish_is_bounded_in_bytes_and_parts(tmp_path: Path) -> None:
     root = tmp_path / "served"
-    limits = Limits(max_stagings=2, max_staged=64 * KiB)
-    async with _in_process(root, limits, staging_expiry=0.4) as (url, _):
-        one = await _token(root, "demo", write=True)
-        two = await _token(root, "demo", write=True)
+    limits = Limits(max_request=512 * KiB, max_staged=64 * KiB)  # a body of MAX_PARTS fits
+    async with _in_process(root, limits) as (url, _):
+        owner = await _token(root, "demo", write=True)
         v1 = f"{url}/v1"
+        publish = f"{v1}/log/{STREAM}?expected_seq=0"
         async with aiohttp.ClientSession() as s:
-            first = (await _call(s, "POST", f"{v1}/staged/{STREAM}", one))[1]["staged"]
-            assert (await _call(s, "POST", f"{v1}/staged/{STREAM}", one))[0] == 201
-            assert (await _call(s, "POST", f"{v1}/staged/{STREAM}", one))[0] == 429
-            assert (await _call(s, "POST", f"{v1}/staged/{STREAM}", two))[0] == 201  # per token
             big = pack([os.urandom(40 * KiB)])
-            assert (await _call(s, "PUT", f"{v1}/staged/{first}/0", one, big))[0] == 201
-            assert (await _call(s, "PUT", f"{v1}/staged/{first}/1", one, big))[0] == 413
-            with anyio.fail_after(10):  # expired, then swept (every quarter expiry)
-                while await anyio.Path(root / "spool" / "staged" / first).exists():  # noqa: ASYNC110
-                    await anyio.sleep(0.05)
-            assert (await _call(s, "PUT", f"{v1}/staged/{first}/0", one, big))[0] == 404
-            assert (await _call(s, "POST", f"{v1}/staged/{STREAM}", one))[0] == 201
+            digest = await _put_blob(s, v1, owner, big)
+            two = _publish([(digest, len(big))] * 2)  # 80 KiB named: refused before any read
+            status, error = await _call(s, "POST", publish, owner, two)
+            assert status == 413 and b"--max-staged-bytes" in error
+            many = _publish([(digest, 1)] * (MAX_PARTS + 1))
+            status, error = await _call(s, "POST", publish, owner, many)
+            assert status == 400 and f"<= {MAX_PARTS}".encode() in error
+        async with HttpStore(url, owner) as store:
+            bodies = _bodies(STREAM, 4 * FILES, PER_RECORD, await _blob(store))
+            records = chain(STREAM, bodies)
+            assert sum(map(len, records)) > limits.max_request  # so it goes in parts
+            mark = await anyio.to_thread.run_sync(blob_count, root)
+            with pytest.raises(InvalidInputError, match="max-staged-bytes"):
+                await store.log.append(STREAM, records, 0)  # refused by the client
+            assert await anyio.to_thread.run_sync(blob_count, root) == mark  # nothing sent
+            assert await store.log.read(STREAM) == []
 
 
 # -- notes and checkpoints are the server's -----------------------------------------------------
@@ -489,23 +539,3 @@ async def test_the_server_checkpoints_collections_and_a_fresh_server_starts_from
         assert served.log.starts and 0 not in served.log.starts
         assert checkpointed - 1 in served.log.starts  # the anchor
     assert (await asyncart.audit(store=root)).ok
-
-
-async def test_a_staging_holds_a_bounded_number_of_parts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("asyncart._server._staged.MAX_PARTS", 3)
-    root = tmp_path / "served"
-    async with _in_process(root, Limits()) as (url, _):
-        owner = await _token(root, "demo", write=True)
-        records = chain(STREAM, [created(STREAM), *[DraftOpened(f"d{n}") for n in range(4)]])
-        async with aiohttp.ClientSession() as s:
-            staging = (await _call(s, "POST", f"{url}/v1/staged/{STREAM}", owner))[1]["staged"]
-            for part in range(3):
-                put = f"{url}/v1/staged/{staging}/{part}"
-                assert (await _call(s, "PUT", put, owner, pack(records[part : part + 1])))[0] == 201
-            again = f"{url}/v1/staged/{staging}/2"  # sent again: replaces itself, no new part
-            assert (await _call(s, "PUT", again, owner, pack(records[2:3])))[0] == 201
-            more = pack(records[3:4])
-            status, body = await _call(s, "PUT", f"{url}/v1/staged/{staging}/3", owner, more)
-            assert status == 413 and b"at most 3 parts" in body

@@ -23,7 +23,15 @@ from _pg import TEST_DATABASE, admin, run_sync, with_database
 
 from asyncart import BackendUnavailableError, ConflictError, IntegrityError, InvalidInputError
 from asyncart._backends.base import MAX_NOTE
-from asyncart._backends.pg_log import CHANNEL, POOL_SIZE, SCHEMA_VERSION, PostgresEventLog
+from asyncart._backends.pg_log import (
+    _MIGRATIONS,
+    _SCHEMA_V1,
+    CHANNEL,
+    POOL_SIZE,
+    SCHEMA_VERSION,
+    PostgresEventLog,
+)
+from asyncart._server._pg_seen import PostgresSeen
 
 A = "p/artifacts/a"
 
@@ -183,7 +191,7 @@ def test_schema_creation_racing_in_two_processes(pg_dsn: str) -> None:
         " AND tablename LIKE 'asyncart_%'",
         "SELECT version FROM asyncart_schema",
     )
-    assert tables == [5, SCHEMA_VERSION]  # streams, records, checkpoints, tokens, the version
+    assert tables == [6, SCHEMA_VERSION]  # streams, records, checkpoints, tokens, uploads, version
 
 
 # -- the schema --------------------------------------------------------------------------------
@@ -210,6 +218,45 @@ async def test_a_newer_schema_is_refused_with_a_clear_error(
         with pytest.raises(BackendUnavailableError, match=newer) as info:
             await call
         assert "\n" not in str(info.value)
+
+
+async def test_a_version_2_schema_is_refused_then_migrated_by_create(
+    pg_dsn: str, sql: asyncpg.Connection
+) -> None:
+    """A database made by the release before the uploads table (schema 2), with a record."""
+    await sql.execute(_SCHEMA_V1 + _MIGRATIONS[1])
+    await sql.execute("INSERT INTO asyncart_schema (version) VALUES (2)")
+    await sql.execute("INSERT INTO asyncart_streams (stream, head) VALUES ($1, 1)", A)
+    await sql.execute("INSERT INTO asyncart_records VALUES ($1, 0, $2)", A, b"r0")
+    old = PostgresEventLog(pg_dsn)
+    for call in (old.require(), old.read(A)):
+        with pytest.raises(BackendUnavailableError, match="version 2, older than 3") as info:
+            await call
+        assert "\n" not in str(info.value) and "asyncart init" in str(info.value)
+    await old.create()
+    assert await sql.fetchval("SELECT version FROM asyncart_schema") == SCHEMA_VERSION == 3
+    fresh = PostgresEventLog(pg_dsn)
+    await fresh.require()
+    assert await fresh.read(A) == [b"r0"]
+    seen = PostgresSeen(fresh)
+    await seen.add("tok", {b"d" * 32})
+    assert await PostgresSeen(fresh).uploaded("tok", {b"d" * 32, b"e" * 32}) == {b"d" * 32}
+    await fresh.aclose()
+    await old.aclose()
+
+
+async def test_a_replicas_memory_of_uploads_is_bounded_and_the_database_answers_the_rest(
+    pg_log: PostgresEventLog,
+) -> None:
+    seen = PostgresSeen(pg_log, cached=3)
+    mine = {bytes([n]) * 32 for n in range(10)}
+    await seen.add("tok", mine)
+    assert len(seen._known) == 3
+    assert await seen.uploaded("tok", mine | {b"x" * 32}) == mine  # 7 of them from the table
+    assert len(seen._known) == 3
+    assert await seen.uploaded("other", mine) == set()
+    await seen.add("tok", mine)  # again: nothing new, no error
+    assert await PostgresSeen(pg_log).uploaded("tok", mine) == mine
 
 
 async def test_create_is_idempotent_and_keeps_the_data(

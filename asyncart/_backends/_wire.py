@@ -16,10 +16,7 @@ human with ``curl`` can read them::
     POST /v1/uploads/{digest}/{id}/complete?size=N -> {"size": n}            (write)
     GET  /v1/limits                  -> {"max_request", "page_bytes", "max_staged"} (any)
     POST /v1/log/{stream}?expected_seq=N [bytes..] -> {"head": n}            (write project)
-    POST /v1/staged/{stream}                      -> {"staged": id}          (write project)
-    PUT  /v1/staged/{id}/{part}  [bytes, ...]     -> {"records": n}          (its token)
-    DELETE /v1/staged/{id}                        -> {}                      (its token)
-    POST /v1/log/{stream}?expected_seq=N&staged=ID&parts=P&records=R -> {"head": n}
+    POST /v1/log/{stream}?expected_seq=N {"parts": [[digest, size], ...]} -> {"head": n}
     GET  /v1/log/{stream}?from_seq=N&limit=L      -> {"records": [...], "more": bool}
     GET  /v1/streams?prefix=P                     -> [stream, ...]           (readable ones)
     GET  /v1/notes?prefix=P                       -> {stream: note}          (readable ones)
@@ -27,9 +24,9 @@ human with ``curl`` can read them::
     GET  /v1/projects                             -> [project, ...]          (readable ones)
     POST /v1/tokens   {"projects", "write"}       -> {"token": ...}          (admin)
 
-An append larger than ``max_request`` is staged: its records go in parts (each a list of whole
-records) to a staging that only the token that started it can use, then one publish appends
-them all or none (``asyncart/_server/_staged.py``). A log page holds about ``page_bytes``;
+An append larger than ``max_request`` goes in parts: each a msgpack list of whole records,
+uploaded as a blob; then one publish names the parts and appends them all or none
+(``asyncart/_server/_staged.py``). A log page holds about ``page_bytes``;
 ``more`` is false once it reaches the stream's end. Notes and checkpoints are derived by the
 server from the records it accepted; clients cannot write them.
 
@@ -69,6 +66,20 @@ Batch = list[tuple[Digest, bytes]]
 """The body of ``/blobs/batch``: ``[[digest, bytes], ...]``."""
 Records = list[bytes]
 """The body of a log append: the records, as opaque bytes."""
+
+
+MAX_PARTS = 4096
+"""Parts one publish may name (clients send parts of 8 MiB: a 512 MiB append has 64)."""
+
+
+class Published(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of a log append whose records are in blobs: the parts, in order, as
+    ``[digest, size]`` pairs, each blob a msgpack list of records (as a posted append)."""
+
+    parts: Annotated[
+        list[tuple[Digest, Annotated[int, msgspec.Meta(ge=0)]]],
+        msgspec.Meta(min_length=1, max_length=MAX_PARTS),
+    ]
 
 
 class MintBody(msgspec.Struct, forbid_unknown_fields=True):

@@ -10,8 +10,6 @@ The token comes from the ``token`` argument, else ``$ASYNCART_TOKEN``.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
@@ -20,17 +18,22 @@ from urllib.parse import quote
 
 import anyio
 
-from .._errors import BackendUnavailableError, ConflictError, InvalidInputError, NotFoundError
-from ._http_client import HttpClient, Reply, RetryPolicy, error_detail
+from .._errors import ConflictError, InvalidInputError, NotFoundError
+from .._threads import maybe_thread
+from ._http_client import HttpClient, Reply, RetryPolicy, error_detail, raise_for
 from ._wire import MSGPACK, TOKEN_ENV, pack, unpack
-from .http_blobs import PART_SIZE, PART_THRESHOLD, HttpBlobStore
+from .http_blobs import PART_SIZE, PART_THRESHOLD, HttpBlobStore, _first_error
 
 DEFAULT_MAX_REQUEST = 64 << 20
 """The request limit of a server that has not said otherwise (``Limits.max_request``)."""
+DEFAULT_MAX_STAGED = 512 << 20
+"""The bytes of records in one append of a server that has not said otherwise
+(``Limits.max_staged``)."""
 STAGED_PART = 8 << 20
-"""The most bytes of records in one part of a staged append."""
+"""About the most bytes of records in one part of an append too large for one request (a
+larger record travels alone)."""
 _SMALL = 64 << 10  # appends this small are sent at once (a 413 says when that was wrong)
-_STAGINGS = 3  # stagings lost in a row before an append gives up
+_PARTS_AT_ONCE = 4  # parts uploaded at once
 
 
 class HttpEventLog:
@@ -38,13 +41,15 @@ class HttpEventLog:
 
     The server derives each stream's note and checkpoint itself from the records it accepts
     (a client could forge them), so :meth:`append` ignores ``note`` and :meth:`put_checkpoint`
-    does nothing. An append too large for one request (``--max-request-bytes``) is staged in
-    parts and published at once: still all or nothing.
+    does nothing. An append too large for one request (``--max-request-bytes``) is uploaded
+    in parts, as blobs, and published at once: still all or nothing, and any replica of the
+    server can take any of its requests.
     """
 
-    def __init__(self, client: HttpClient) -> None:
-        self._client = client
+    def __init__(self, client: HttpClient, blobs: HttpBlobStore) -> None:
+        self._client, self._blobs = client, blobs
         self._max_request: int | None = None  # the server's, once asked
+        self._max_staged = DEFAULT_MAX_STAGED
 
     async def read(self, stream: str, from_seq: int = 0, limit: int | None = None) -> list[bytes]:
         records: list[bytes] = []
@@ -72,8 +77,8 @@ class HttpEventLog:
             reply = await self._post(stream, payloads, expected_seq)
             if reply.status != 413:
                 return await self._appended(stream, payloads, expected_seq, reply)
-            limit = await self._learn_limit()  # the server's limit is lower than we thought
-        return await self._staged(stream, payloads, expected_seq, limit or DEFAULT_MAX_REQUEST)
+            await self._learn_limit()  # the server's limit is lower than we thought
+        return await self._in_parts(stream, payloads, expected_seq)
 
     async def _post(self, stream: str, payloads: list[bytes], expected_seq: int) -> Reply:
         body = pack(payloads)
@@ -108,60 +113,59 @@ class HttpEventLog:
         """The server's request limit (asked once; a server too old to say has the default)."""
         try:
             reply = await self._client.request("GET", "/limits")
-            self._max_request = int(unpack(reply.body)["max_request"])
+            limits = unpack(reply.body)
+            self._max_request = int(limits["max_request"])
+            self._max_staged = int(limits.get("max_staged", DEFAULT_MAX_STAGED))
         except NotFoundError:
             self._max_request = DEFAULT_MAX_REQUEST
         return self._max_request
 
-    async def _staged(
-        self, stream: str, payloads: list[bytes], expected_seq: int, max_request: int
-    ) -> int:
-        """Stage ``payloads`` in parts below ``max_request`` bytes, then publish them in one
-        append. A staging the server lost (it restarted, or the staging expired) is staged
-        again: if the first publish had landed, the server recognises the records."""
-        parts = split_records(payloads, STAGED_PART, max_request)
-        for _ in range(_STAGINGS):
-            staging = await self._stage(stream, parts)
-            if staging is None:
-                continue
+    async def _in_parts(self, stream: str, payloads: list[bytes], expected_seq: int) -> int:
+        """Upload ``payloads`` as blobs of records, then publish them in one append (see
+        ``asyncart/_server/_staged.py``). Parts the server cannot find (a restarted server
+        forgot who uploaded them) are uploaded once more; if the first publish had landed,
+        the server recognises the records."""
+        if (size := packed_size(payloads)) > self._max_staged:
+            raise InvalidInputError(
+                f"an append of {size} bytes of records is larger than the server at "
+                f"{self._client.url} takes (at most {self._max_staged}: its "
+                "--max-staged-bytes); nothing was stored"
+            )
+        parts = split_records(payloads, STAGED_PART, self._max_staged)
+        for attempt in range(2):
+            named = await self._upload(parts)
+            body = pack({"parts": named})
             reply = await self._client.request(
                 "POST",
                 _log(stream),
-                params={
-                    "expected_seq": expected_seq,
-                    "staged": staging,
-                    "parts": len(parts),
-                    "records": len(payloads),
-                },
-                ok=(200, 404, 409),
+                params={"expected_seq": expected_seq},
+                body=lambda: body,  # noqa: B023 - sent within this iteration
+                headers={"Content-Type": MSGPACK},
+                ok=(200, 400, 409),
             )
-            if reply.status != 404:
+            if reply.status != 400:
                 return await self._appended(stream, payloads, expected_seq, reply)
-        raise BackendUnavailableError(
-            f"the server at {self._client.url} lost {_STAGINGS} staged appends to {stream!r} "
-            "in a row (is it restarting?); retry later"
-        )
+            if attempt or error_detail(reply.body).get("error") != "parts_missing":
+                raise_for(reply.status, reply.body, self._client.url)
+        raise AssertionError("unreachable")
 
-    async def _stage(self, stream: str, parts: list[list[bytes]]) -> str | None:
-        """Send ``parts`` to a new staging; its id, or None if the server lost it."""
-        reply = await self._client.request("POST", "/staged/" + quote(stream, safe="/"))
-        staging: str = unpack(reply.body)["staged"]
+    async def _upload(self, parts: list[list[bytes]]) -> list[tuple[str, int]]:
+        """Upload each part as a blob (a few at once); their [digest, size] pairs, in order."""
+        named: list[tuple[str, int]] = [("", 0)] * len(parts)
+        limiter = anyio.CapacityLimiter(_PARTS_AT_ONCE)
+
+        async def one(index: int) -> None:
+            async with limiter:  # packed only here: a few packed parts in memory at once
+                data = await maybe_thread(True, pack, parts[index])
+                named[index] = (await self._blobs.put_bytes(data), len(data))
+
         try:
-            for index, part in enumerate(parts):
-                sent = await self._client.request(
-                    "PUT",
-                    f"/staged/{staging}/{index}",
-                    body=functools.partial(pack, part),  # packed again on a retry: no copy kept
-                    headers={"Content-Type": MSGPACK},
-                    ok=(201, 404),
-                )
-                if sent.status == 404:
-                    return None
-        except BaseException:
-            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await self._client.request("DELETE", f"/staged/{staging}", ok=(200, 404))
-            raise
-        return staging
+            async with anyio.create_task_group() as group:
+                for index in range(len(parts)):
+                    group.start_soon(one, index)
+        except BaseExceptionGroup as errors:
+            raise _first_error(errors) from None  # callers expect our errors, not a group
+        return named
 
     async def streams(self, prefix: str = "") -> list[str]:
         reply = await self._client.request("GET", "/streams", params={"prefix": prefix})
@@ -200,8 +204,8 @@ def split_records(payloads: Sequence[bytes], target: int, limit: int) -> list[li
         need = _bin_size(len(payload))
         if need + 5 > limit:  # 5: the largest array header
             raise InvalidInputError(
-                f"a record of {len(payload)} bytes does not fit in a request to the server "
-                f"(at most {limit} bytes: its --max-request-bytes; HTTP 413); nothing was stored"
+                f"a record of {len(payload)} bytes is larger than the server takes (at most "
+                f"{limit} bytes; HTTP 413); nothing was stored"
             )
         if not parts or size + need > min(target, limit):
             parts.append([])
@@ -261,8 +265,8 @@ class HttpStore:
             retry=retry,
             ssl=ssl,
         )
-        self.log = HttpEventLog(self._client)
         self.blobs = HttpBlobStore(self._client, part_size, part_threshold)
+        self.log = HttpEventLog(self._client, self.blobs)
 
     def held(self) -> AbstractAsyncContextManager[object]:
         """Keep the connection pool open for the block (re-entrant)."""

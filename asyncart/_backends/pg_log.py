@@ -7,7 +7,7 @@ Example::
     async with log.held():  # one pool for many calls (else each call connects)
         head = await log.append("p/artifacts/a", [b"record"], 0, note=b"summary")
 
-The schema (version 2), created and migrated by :meth:`PostgresEventLog.create` in the first
+The schema (version 3), created and migrated by :meth:`PostgresEventLog.create` in the first
 schema of the connection's ``search_path`` (``public`` unless the DSN says
 ``?search_path=NAME``)::
 
@@ -18,6 +18,8 @@ schema of the connection's ``search_path`` (``public`` unless the DSN says
     asyncart_checkpoints  (stream text COLLATE "C" PRIMARY KEY, data bytea)
     asyncart_tokens       (sha256 text PRIMARY KEY, id, projects, write, admin, note, created)
                           -- a server's tokens (hashed), shared by its replicas
+    asyncart_uploads      (token text, digest bytea, PRIMARY KEY (token, digest))
+                          -- which token uploaded which blob (its replicas' blob scope)
 
 - A stream's row holds its head (the next seq) and note. An append is one transaction: it
   updates the row where ``head = expected_seq`` (or inserts it, ``ON CONFLICT DO NOTHING``,
@@ -50,7 +52,7 @@ from .._names import check_entry_path
 from ._pg_pool import PgPool, schema_missing
 from .base import MAX_NOTE
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The schema version this code creates and knows."""
 CHANNEL = "asyncart_append"
 """The ``LISTEN`` channel of appends; each notification's payload is ``'<stream> <head>'``."""
@@ -96,6 +98,14 @@ _MIGRATIONS: dict[int, str] = {  # version n -> the DDL that makes it n + 1
         admin boolean NOT NULL,
         note text NOT NULL,
         created double precision
+    );
+    """,
+    # 3: the blobs each token uploaded, seen by every replica (asyncart/_server/_pg_seen.py)
+    2: """
+    CREATE TABLE asyncart_uploads (
+        token text NOT NULL,
+        digest bytea NOT NULL,
+        PRIMARY KEY (token, digest)
     );
     """,
 }

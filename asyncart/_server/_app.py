@@ -15,7 +15,7 @@ import anyio.to_thread
 import msgspec
 from aiohttp import web
 
-from .._backends._wire import PREFIX, MintBody, Records, project_of
+from .._backends._wire import PREFIX, MintBody, Published, Records, project_of
 from .._backends.base import EventLog, Store
 from . import _blob_routes as blobs
 from . import _staged as staged
@@ -37,10 +37,10 @@ from ._http import (
     require,
 )
 from ._scope import SCOPE, Scope
-from ._staged import STAGING_EXPIRY, STAGINGS, Stagings, keep_swept
+from ._seen import SeenBook, seen_book
 from ._tokens import ALL, Grant, Grants, TokenBook, TokenFile
 from ._uploads import UPLOAD_EXPIRY, UPLOADS, Uploads, expire_uploads
-from ._validate import Appended, Streams, check_stream
+from ._validate import Streams, check_stream
 
 STREAMS = web.AppKey("streams", Streams)
 
@@ -56,16 +56,16 @@ def make_app(
     limits: Limits | None = None,
     *,
     upload_expiry: float = UPLOAD_EXPIRY,
-    staging_expiry: float = STAGING_EXPIRY,
+    seen: SeenBook | None = None,
 ) -> web.Application:
     """An app serving ``store``; ``tokens`` is the tokens file (or a :class:`TokenBook`),
-    ``spool`` a temp directory.
+    ``spool`` a temp directory, ``seen`` where the blobs each token uploaded are noted
+    (default: the store's own place for them, see ``_seen.py``).
 
     Put ``spool`` on the store's filesystem: uploads land there before the store takes them.
     The parts of a multipart upload that no request continued, listed or completed for
     ``upload_expiry`` seconds (default 24 hours) are removed, at startup and while serving;
-    a client that comes back later sends them again. The same goes for staged appends (an
-    append too large for one request) after ``staging_expiry`` seconds (default an hour).
+    a client that comes back later sends them again.
 
     Raises:
         ValueError: an expiry is not a positive number of seconds.
@@ -78,16 +78,12 @@ def make_app(
     book = TokenFile(tokens) if isinstance(tokens, str | Path) else tokens
     app[GRANTS] = Grants(book)
     app[UPLOADS] = Uploads(Path(spool) / "parts", upload_expiry)
-    app[STAGINGS] = Stagings(
-        Path(spool) / "staged", limits.max_staged, limits.max_stagings, staging_expiry
-    )
-    app[STREAMS], app[SCOPE] = Streams(store), Scope(store)
+    app[STREAMS], app[SCOPE] = Streams(store), Scope(store, seen or seen_book(store))
     own = {store.location, str(Path(spool).absolute())}
     if isinstance(book, TokenFile):
         own.add(str(Path(book.path).absolute().parent))
     app[SERVER_PATHS] = tuple(sorted(own, key=len, reverse=True))  # longest first
     app.cleanup_ctx.append(expire_uploads)
-    app.cleanup_ctx.append(keep_swept)
     app.on_startup.append(_prepare)
     app.on_cleanup.append(_close)
     app.add_routes(
@@ -106,9 +102,6 @@ def make_app(
             web.put(f"{PREFIX}/uploads/{{digest}}/{{upload}}/{{index:\\d+}}", blobs.put_part),
             web.post(f"{PREFIX}/log/{{stream:.+}}", append),
             web.get(f"{PREFIX}/log/{{stream:.+}}", read),
-            web.post(f"{PREFIX}/staged/{{stream:.+}}", staged.start),
-            web.put(f"{PREFIX}/staged/{{id}}/{{part:\\d+}}", staged.put_part),
-            web.delete(f"{PREFIX}/staged/{{id}}", staged.discard),
             web.get(f"{PREFIX}/checkpoint/{{stream:.+}}", checkpoint),
             web.get(f"{PREFIX}/streams", streams),
             web.get(f"{PREFIX}/notes", notes),
@@ -119,7 +112,7 @@ def make_app(
     return app
 
 
-_RECORDS = msgspec.msgpack.Decoder(Records)
+_APPEND = msgspec.msgpack.Decoder(Records | Published)
 _MINT = msgspec.msgpack.Decoder(MintBody)
 _MINT_BYTES = 64 << 10
 
@@ -155,23 +148,18 @@ async def append(request: web.Request) -> web.Response:
     """POST /v1/log/{stream}?expected_seq=N: validate the posted records, stamp them with the
     token and the server's time, and append them atomically (400: refused, nothing stored).
 
-    With ``&staged=ID&parts=P&records=R`` the records are those staged under ``ID`` (see
-    ``_staged.py``) instead of the body's, published the same way, in one append."""
+    A body ``{"parts": [[digest, size], ...]}`` instead of the records names blobs that hold
+    them (an append too large for one request, see ``_staged.py``): published the same way."""
     stream = request.match_info["stream"]
     grant = await grant_of(request)
     require(grant.can_write(project_of(stream)), f"write to {stream!r}")
     check_stream(stream)
     expected = int_query(request, "expected_seq")
     scope = request.app[SCOPE]
+    body = await msgpack_body(request, _APPEND)
+    payloads = await staged.records_of(request, body) if isinstance(body, Published) else body
     check = functools.partial(scope.refuse_unseen, grant)
-
-    async def append_all(payloads: list[bytes]) -> Appended:
-        return await request.app[STREAMS].append(stream, payloads, expected, grant.id, check)
-
-    if "staged" in request.query:
-        done = await staged.publish(request, stream, grant.id, append_all)
-    else:
-        done = await append_all(await msgpack_body(request, _RECORDS))
+    done = await request.app[STREAMS].append(stream, payloads, expected, grant.id, check)
     scope.appended(stream, expected, done.records, done.last_hash)
     return msgpack_response({"head": done.head})
 

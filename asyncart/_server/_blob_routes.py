@@ -45,11 +45,9 @@ class Limits:
     page_bytes: int = 8 << 20
     """About how many record bytes one log page carries."""
     max_staged: int = 512 << 20
-    """Bytes of records one token may hold in staged appends (an append too large for one
-    request is sent in parts, then published at once): so the largest append, which the
+    """Bytes of records in one append published from parts (an append too large for one
+    request is uploaded in blobs, then published at once): so the largest append, which the
     server holds in memory to validate it."""
-    max_stagings: int = 8
-    """Staged appends one token may hold open at once."""
     max_in_flight: int = 256 << 20
     """Bytes of buffered request bodies held at once, by all requests together (the rest wait)."""
     idle_timeout: float = 30.0

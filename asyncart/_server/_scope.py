@@ -1,4 +1,5 @@
-"""Which blobs a token may see: those its projects' logs reference, and those it uploaded.
+"""Which blobs a token may see: those its projects' logs reference, and those it uploaded
+(``_seen.py``: shared by the replicas of a PostgreSQL + S3 store).
 
 Blobs are stored once for every project (dedup), but a token learns of a blob only through a
 project it may read: ``missing`` calls a blob it may not see missing, and a read of it is a 404,
@@ -10,7 +11,8 @@ The index is built per project, lazily (on the first question about it), from th
 collection streams: every file entry of any version or draft, and every snapshot. Appends
 through this server add to it as they go; a digest not found is looked for again after catching
 up with the log, so appends by another server process on the same store are seen. Digests are
-kept as 32 raw bytes.
+kept as 32 raw bytes. A token's uploads are asked about after the indexes in memory, for the
+digests those do not show (on PostgreSQL that is a query).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .._errors import AsyncartError, InvalidInputError
 from .._repository import _decode_chain
 from .._threads import maybe_thread
 from ._http import grant_of
+from ._seen import SeenBook
 from ._tokens import ALL, Grant
 
 _BIG = 256 << 10  # bytes of records above which decoding leaves the loop
@@ -43,10 +46,9 @@ class _Project:
 class Scope:
     """The blob visibility index of one server process (see the module docstring)."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, store: Store, seen: SeenBook) -> None:
+        self.store, self.seen = store, seen
         self._projects: dict[str, _Project] = {}
-        self._uploaded: dict[str, set[bytes]] = {}  # token id -> digests it uploaded
 
     async def hidden(self, grant: Grant, digests: Iterable[str]) -> set[str]:
         """The ``digests`` (hex, well formed) that ``grant`` may not see."""
@@ -58,14 +60,15 @@ class Scope:
         """The raw digests of ``wanted`` that ``grant`` may not see."""
         if grant.admin or ALL in grant.projects:
             return set()
-        wanted = wanted - self._uploaded.get(grant.id, set())
         readable = [p for p in grant.projects if grant.can_read(p)]
         for catch_up in (False, True):  # what is indexed first; then catch up and look again
             for project in readable:
                 if not wanted:
                     return set()
                 index = await self._index(project, catch_up)
-                wanted -= index.digests
+                wanted = wanted - index.digests
+            if wanted and not catch_up:  # uploads: maybe a database query, so after memory
+                wanted = wanted - await self.seen.uploaded(grant.id, wanted)
         return wanted
 
     async def refuse_unseen(self, grant: Grant, records: list[Record]) -> None:
@@ -81,10 +84,10 @@ class Scope:
                 f"its projects do not reference, such as {min(unseen).hex()}: upload them first"
             )
 
-    def uploaded(self, grant: Grant, digests: Iterable[str]) -> None:
+    async def uploaded(self, grant: Grant, digests: Iterable[str]) -> None:
         """Note that ``grant``'s token stored ``digests`` (verified): it may see them now."""
         if not (grant.admin or ALL in grant.projects):
-            self._uploaded.setdefault(grant.id, set()).update(bytes.fromhex(d) for d in digests)
+            await self.seen.add(grant.id, {bytes.fromhex(d) for d in digests})
 
     def appended(self, stream: str, first_seq: int, records: list[Record], last: str) -> None:
         """Index an append this server made to a collection stream (if its project is indexed)."""
@@ -151,4 +154,4 @@ async def hidden(request: web.Request, digests: Iterable[str]) -> set[str]:
 
 async def uploaded(request: web.Request, digests: Iterable[str]) -> None:
     """Note that the request's token uploaded ``digests`` (verified, stored)."""
-    request.app[SCOPE].uploaded(await grant_of(request), digests)
+    await request.app[SCOPE].uploaded(await grant_of(request), digests)

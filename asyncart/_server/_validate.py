@@ -9,7 +9,10 @@ did what and when is the server's word, not the client's.
 
 Folded state is cached per stream (a bounded LRU) and caught up from the log before each append,
 so another server process appending to the same store is seen; appends to one stream are
-serialized within this process, and the log's own expected-seq check catches the others.
+serialized within this process, and the log's own expected-seq check catches the others. An
+append sent again by a client that lost the reply (to this process or to another replica) finds
+its records landed and gets the head they made (``Streams._landed``), whatever its body: the
+records, or the blobs that hold them (``_staged.py``).
 """
 
 from __future__ import annotations
@@ -175,7 +178,12 @@ class Streams:
             raise InvalidInputError(f"refused append to {stream!r}: {e}") from None
         try:  # the state is folded already: its note is the note after the append
             head = await self.store.log.append(stream, encoded, expected, note_of(state))
-        except BaseException:  # another process appended (or the disk failed): re-read
+        except ConflictError:  # another process appended: maybe this append, sent again to
+            self._states.pop(stream, None)  # another replica while it ran here
+            if await self._landed(stream, payloads, expected, token_id, big):
+                return Appended(expected + len(payloads), [], "")
+            raise
+        except BaseException:  # the disk or the database failed: re-read
             self._states.pop(stream, None)
             raise
         state.last_hash = last_hash
