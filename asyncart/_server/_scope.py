@@ -40,7 +40,9 @@ class _Project:
     """The digests a project's collection streams reference, as of each stream's head."""
 
     heads: dict[str, tuple[int, str]] = field(default_factory=dict)  # stream -> (head, last hash)
-    digests: set[bytes] = field(default_factory=set)
+    # A dict, not a set: a dict of bytes is not tracked by the garbage collector, and a tracked
+    # container of millions of digests makes every full collection hold the GIL for long.
+    digests: dict[bytes, None] = field(default_factory=dict)
 
 
 class Scope:
@@ -66,7 +68,7 @@ class Scope:
                 if not wanted:
                     return set()
                 index = await self._index(project, catch_up)
-                wanted = wanted - index.digests
+                wanted = wanted - index.digests.keys()
             if wanted and not catch_up:  # uploads: maybe a database query, so after memory
                 wanted = wanted - await self.seen.uploaded(grant.id, wanted)
         return wanted
@@ -96,7 +98,7 @@ class Scope:
         if kind != "artifacts" or index is None or not records:
             return
         if index.heads.get(stream, (0, ""))[0] == first_seq:
-            index.digests.update(_referenced(records))
+            index.digests.update(dict.fromkeys(_referenced(records)))
             index.heads[stream] = (first_seq + len(records), last)
 
     async def _index(self, project: str, catch_up: bool) -> _Project:
@@ -119,7 +121,7 @@ class Scope:
             records, last = await maybe_thread(big, _decode_chain, stream, head, last, payloads)
         except (AsyncartError, msgspec.MsgspecError):
             return  # a damaged stream (audit names it) shows nothing past what is indexed
-        index.digests.update(_referenced(records))
+        index.digests.update(dict.fromkeys(_referenced(records)))
         if index.heads.get(stream, (0, ""))[0] == head:  # nobody caught up meanwhile
             index.heads[stream] = (head + len(records), last)
 

@@ -40,13 +40,14 @@ class MemorySeen:
     """The :class:`SeenBook` of one server process, in memory."""
 
     def __init__(self) -> None:
-        self._by_token: dict[str, set[bytes]] = {}
+        # dicts, not sets: untracked by the garbage collector (see ``_scope._Project``)
+        self._by_token: dict[str, dict[bytes, None]] = {}
 
     async def add(self, token: str, digests: Collection[bytes]) -> None:
-        self._by_token.setdefault(token, set()).update(digests)
+        self._by_token.setdefault(token, {}).update(dict.fromkeys(digests))
 
     async def uploaded(self, token: str, digests: Collection[bytes]) -> set[bytes]:
-        return self._by_token.get(token, set()).intersection(digests)
+        return self._by_token.get(token, {}).keys() & digests
 
 
 def seen_book(store: Store) -> SeenBook:
