@@ -39,6 +39,9 @@ PART_THRESHOLD = 128 << 20
 PART_SIZE = 64 << 20
 """Fewer, larger parts measured faster on loopback than 16 MiB ones (fewer streams competing
 for the cores: bench/bench_http.py); a dropped connection costs at most one part."""
+DIRECT_THRESHOLD = 8 << 20
+"""Files at least this large go by presigned URL, straight to S3, when the server offers it
+(as one upload in parts: the server verifies them before they become a blob)."""
 MISSING_BATCH = 10_000  # digests per `missing` request
 BATCH_BYTES = 8 << 20  # small files travel together in requests of up to this many bytes ...
 BATCH_FILES = 1000  # ... or this many files
@@ -109,8 +112,9 @@ class HttpBlobStore:
         return sum(item.size for item in items)
 
     async def _put_file(self, item: UploadItem) -> int:
-        """One file over 1 MiB: streamed in one request, or in parts when it is large."""
-        if item.size >= self.part_threshold:
+        """One file over 1 MiB: streamed in one request, or in parts when it is large (or
+        large enough to go straight to S3, until the server says it does not presign)."""
+        if item.size >= self.part_threshold or (self._presign and item.size >= DIRECT_THRESHOLD):
             return await self._put_parts(item)
         reply = await self._client.request(
             "PUT",
@@ -141,6 +145,7 @@ class HttpBlobStore:
                 where = f"/uploads/{item.digest}/{answer['upload']}"
                 part = answer.get("part_size", self.part_size)
                 urls: list[str] = answer.get("urls") or []
+                self._presign = "urls" in answer
                 put = functools.partial(self._put_part, item, where, part, urls, direct)
                 try:
                     await _gather(range(-(-item.size // part)), put)
