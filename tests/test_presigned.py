@@ -125,6 +125,9 @@ async def test_wrong_bytes_through_presigned_urls_are_refused_and_never_stored(
         assert await _complete(attacker, item.digest, upload, SIZE) == 422
     assert await blobs.missing({item.digest: SIZE}) == {item.digest}
     assert await _left_in_incoming(blobs) == []
+    async with blobs._use() as s3:  # the copy started beside the hashing was aborted
+        listed = await s3.list_multipart_uploads(Bucket=blobs.bucket, Prefix=blobs.prefix)
+    assert listed.get("Uploads", []) == []
 
 
 async def test_missing_parts_are_named_and_the_upload_kept_for_the_rest(

@@ -223,7 +223,11 @@ class HttpBlobStore:
                 if isinstance(e.__cause__, AsyncartError):  # the file failed, not the network
                     raise e.__cause__ from None
                 if attempt + 1 == policy.attempts:
-                    raise unavailable(_where(url), e, attempt + 1) from e
+                    raise BackendUnavailableError(
+                        f"S3 at {_where(url)} failed a part {attempt + 1} times "
+                        f"({str(e) or type(e).__name__}); check that this machine can reach it "
+                        "(if it cannot, the server must run with --no-presign)"
+                    ) from e
                 await asyncio.sleep(policy.delay(attempt))
         raise AssertionError("unreachable")
 

@@ -41,7 +41,7 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 from .._errors import BackendUnavailableError, IntegrityError, InvalidInputError, NotFoundError
 from .base import UploadItem
 from .fileio import open_regular, temp_beside, why_unreadable
-from .http_blobs import _changed, _gather, _Sink, _verify
+from .http_blobs import _changed, _first_error, _gather, _Sink, _verify
 
 PART_THRESHOLD = 16 << 20
 """Files at least this large are uploaded in parts (multipart), in parallel."""
@@ -751,58 +751,58 @@ class S3BlobStore:
                 raise NotFoundError(f"incoming upload {upload} is gone") from None
             raise
 
-    async def hash_incoming(self, upload: str) -> tuple[str, int, str]:
-        """(BLAKE3 digest, size, ETag) of ``upload``'s object, streamed from S3 and hashed in
-        worker threads 4 MiB at a time."""
-        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-        size = 0
-        async with self._use() as client:
-            with self._errors("GetObject"):
-                reply = await client.get_object(Bucket=self.bucket, Key=self.incoming_key(upload))
-                etag: str = reply["ETag"]
-                async with reply["Body"] as body:
-                    batch: list[bytes] = []
-                    async for chunk in body.iter_chunks(_CHUNK):
-                        batch.append(chunk)
-                        size += len(chunk)
-                        if sum(map(len, batch)) >= _CHUNK:
-                            await anyio.to_thread.run_sync(_update_all, hasher, batch)
-                            batch = []
-                    await anyio.to_thread.run_sync(_update_all, hasher, batch)
-        return hasher.hexdigest(), size, etag
+    async def adopt_incoming(self, upload: str, digest: str, size: int) -> tuple[str, int]:
+        """Make ``upload``'s object blob ``digest`` if it is: hash it as S3 returns it (BLAKE3,
+        in worker threads, 4 MiB at a time) while S3 copies it to the blob's key, and complete
+        that copy only if it hashed to ``digest`` with ``size`` bytes (else abort it: nothing
+        is stored). Return the digest and size it has.
 
-    async def adopt_incoming(self, upload: str, digest: str, size: int, etag: str) -> None:
-        """Copy ``upload``'s object (only while its ETag is ``etag``, the bytes that were
-        hashed) to blob ``digest``'s key, inside S3, unless the blob is there already.
-
-        A multipart copy, not CopyObject (which stops at 5 GB): parts of up to
-        :data:`COPY_PART` copied in parallel, completed with ``If-None-Match: *`` (a 412: the
-        blob was stored meanwhile, which is success)."""
+        The copy is conditional on the ETag of the bytes being hashed, so it copies those
+        bytes or fails; it is a multipart copy (CopyObject stops at 5 GB) of parts of up to
+        :data:`COPY_PART`, completed with ``If-None-Match: *`` (a 412: the blob was stored
+        meanwhile, which is success). Overlapping the two reads costs S3 no more than one
+        after the other, and takes about the time of the longer one.
+        """
         key, source = self.key(digest), {"Bucket": self.bucket, "Key": self.incoming_key(upload)}
         step = max(COPY_PART, -(-size // 10_000))
         async with self._use() as client:
+            with self._errors("GetObject"):
+                reply = await client.get_object(Bucket=self.bucket, Key=self.incoming_key(upload))
+            etag = reply["ETag"]
             with self._errors("CreateMultipartUpload"):
                 started = await client.create_multipart_upload(Bucket=self.bucket, Key=key)
             upload_id = started["UploadId"]
+            etags: dict[int, str] = {}
+
+            async def copy(start: int) -> int:
+                number = start // step + 1
+                with self._errors("UploadPartCopy"):
+                    copied = await client.upload_part_copy(
+                        Bucket=self.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        CopySource=source,
+                        CopySourceIfMatch=etag,
+                        CopySourceRange=f"bytes={start}-{min(start + step, size) - 1}",
+                    )
+                etags[number] = copied["CopyPartResult"]["ETag"]
+                return 0
+
             try:
-
-                async def copy(start: int) -> int:
-                    end = min(start + step, size) - 1
-                    with self._errors("UploadPartCopy"):
-                        reply = await client.upload_part_copy(
-                            Bucket=self.bucket,
-                            Key=key,
-                            UploadId=upload_id,
-                            PartNumber=start // step + 1,
-                            CopySource=source,
-                            CopySourceIfMatch=etag,
-                            CopySourceRange=f"bytes={start}-{end}",
-                        )
-                    etags[start // step + 1] = reply["CopyPartResult"]["ETag"]
-                    return 0
-
-                etags: dict[int, str] = {}
-                await _gather(range(0, size, step), copy)
+                try:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(_gather, range(0, size, step), copy)
+                        with self._errors("GetObject"):
+                            async with reply["Body"] as body:
+                                got, held = await _hash_stream(body)
+                        if (got, held) != (digest, size):
+                            tg.cancel_scope.cancel()  # the copy is aborted below
+                except BaseExceptionGroup as group:
+                    raise _first_error(group) from None
+                if (got, held) != (digest, size):
+                    await self._abort(client, key, upload_id)
+                    return got, held
                 parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
                 completed = False
                 with self._errors("CompleteMultipartUpload", exists_ok=True):
@@ -819,6 +819,7 @@ class S3BlobStore:
             except BaseException:
                 await self._abort(client, key, upload_id)
                 raise
+        return got, held
 
     async def drop_incoming(self, upload: str, upload_id: str | None = None) -> None:
         """Remove ``upload``: its object, and its multipart upload when ``upload_id`` is given
@@ -981,6 +982,21 @@ async def _hash(data: bytes) -> str:
     if len(data) > _HASH_INLINE:
         return await anyio.to_thread.run_sync(lambda: blake3.blake3(data).hexdigest())
     return blake3.blake3(data).hexdigest()
+
+
+async def _hash_stream(body: Any) -> tuple[str, int]:
+    """BLAKE3 digest and size of an S3 body, hashed in worker threads 4 MiB at a time."""
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    batch: list[bytes] = []
+    size = batched = 0
+    async for chunk in body.iter_chunks(_CHUNK):
+        batch.append(chunk)
+        batched += len(chunk)
+        if batched >= _CHUNK:
+            await anyio.to_thread.run_sync(_update_all, hasher, batch)
+            size, batch, batched = size + batched, [], 0
+    await anyio.to_thread.run_sync(_update_all, hasher, batch)
+    return hasher.hexdigest(), size + batched
 
 
 def _update_all(hasher: Any, batch: list[bytes]) -> None:

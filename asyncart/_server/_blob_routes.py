@@ -450,8 +450,9 @@ def clean_spool(spool: Path) -> None:
 # sizes and age), so any server process serves any request of an upload, and the server keeps
 # nothing. The client PUTs parts to presigned UploadPart URLs (or, with --no-presign, to the
 # server, which streams them on). `complete` trusts only S3: it lists the parts, joins them,
-# hashes the joined object as S3 returns it, and copies it to the blob's key (inside S3, only
-# while its ETag is the one hashed, and never over a stored blob), then deletes it. The parts
+# hashes the joined object as S3 returns it while S3 copies it to the blob's key (only while
+# its ETag is the one hashed), keeps the copy only if the hash is right (and never over a
+# stored blob), then deletes the joined object. The parts
 # of an abandoned upload, and an object a crash left between join and delete, are expired from
 # S3's listings (``_uploads.py``).
 
@@ -552,6 +553,8 @@ async def _relay_part(
 async def _complete_incoming(s3: S3BlobStore, upload: str, digest: str, size: int) -> None:
     """Join, verify and adopt an incoming upload (see the section's comment)."""
     gone = HttpError(400, "incomplete", "this upload expired or was completed: start another")
+    if size == 0:
+        raise HttpError(400, "invalid", "an empty blob has no parts: PUT /v1/blobs/DIGEST")
     async with s3.held():
         upload_id = await s3.find_incoming(upload)
         if upload_id is None:
@@ -571,19 +574,18 @@ async def _complete_incoming(s3: S3BlobStore, upload: str, digest: str, size: in
             await s3.drop_incoming(upload, upload_id)
             raise
         try:
-            got, held, etag = await s3.hash_incoming(upload)
-            if held != size:
-                raise HttpError(400, "invalid", f"the parts hold {held} bytes, not {size}")
-            if got != digest:
-                raise HttpError(
-                    422,
-                    "digest_mismatch",
-                    f"the parts ({size} bytes) hash to {got}, not {digest}; nothing was stored",
-                    got=got,
-                )
-            await s3.adopt_incoming(upload, digest, size, etag)
+            got, held = await s3.adopt_incoming(upload, digest, size)
         finally:  # adopted, or wrong: the incoming object goes either way
             await s3.drop_incoming(upload)
+    if held != size:
+        raise HttpError(400, "invalid", f"the parts hold {held} bytes, not {size}")
+    if got != digest:
+        raise HttpError(
+            422,
+            "digest_mismatch",
+            f"the parts ({size} bytes) hash to {got}, not {digest}; nothing was stored",
+            got=got,
+        )
 
 
 def _covered_parts(parts: dict[int, tuple[int, str]]) -> int:
