@@ -30,11 +30,11 @@ The source files are written once, before any clock starts; downloads go to new 
 folder of many files is deleted: that slows file creation on this disk for minutes). The data
 directory is printed at the end.
 
-Seen here (2 shared cores, load average 3-5 from other sessions, ``--small 2000``, medians of 3,
-2026-12-02; the full table is in the README), as a share of the plain client's throughput:
-small ingest 78% direct / 77% server, small download 115% / 84%, large ingest 90% / 83%, large
-download 98% / 46% (the server relays every byte from S3); server CPU 6.7 s per GB of large
-files, 4.8 ms per small file; appends 1,066/s into one stream, 1,321/s into new streams.
+Seen here (2 shared cores, load average 0.3-2.7, ``--small 2000 --large-mib 128``, medians of
+3, 2026-12-02; the full table is in the README), as a share of the plain client's throughput:
+large ingest 101% direct / 79% presigned server / 67% ``--no-presign``; large download 79% /
+91% / 74%; small ingest 110% / 80% / 82%, small download 66% / 52% / 52%; server CPU per GB
+of large files 1.8 s ingested presigned against 2.8 s relayed, 0.1 s downloaded against 1.0 s.
 """
 
 from __future__ import annotations
@@ -406,11 +406,14 @@ def main() -> None:
     parser.add_argument("--dir", help="where to put the data (default: a new temp directory)")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--small", type=int, help="number of 4 KiB files (default 20,000)")
+    parser.add_argument("--large-mib", type=int, help="MiB of each of the 4 large files (256)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one trial")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     if args.small:
         sizes.small_count = args.small
+    if args.large_mib:
+        sizes.large_size = args.large_mib * MIB
     root = Path(args.dir or tempfile.mkdtemp(prefix="asyncart-bench-pg-s3-"))
     load = os.getloadavg()
     results = asyncio.run(run_all(args.location, root, sizes, 1 if args.quick else args.trials))

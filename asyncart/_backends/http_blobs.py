@@ -143,7 +143,7 @@ class HttpBlobStore:
                 )
                 answer = unpack(started.body)
                 where = f"/uploads/{item.digest}/{answer['upload']}"
-                part = answer.get("part_size", self.part_size)
+                part = max(1, int(answer.get("part_size", self.part_size)))
                 urls: list[str] = answer.get("urls") or []
                 self._presign = "urls" in answer
                 put = functools.partial(self._put_part, item, where, part, urls, direct)
