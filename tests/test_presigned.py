@@ -168,6 +168,13 @@ async def test_without_presigning_parts_stream_through_the_server(
             entries = server.access(since)
             assert entries[-1]["path"] == f"/v1/blobs/{item.digest}"
             assert int(entries[-1]["bytes"]) >= SIZE  # type: ignore[call-overload]
+        async with (
+            _session(server, token) as session,
+            session.get(f"/v1/blobs/{item.digest}", headers={"Range": "bytes=1000-"}) as reply,
+        ):  # a resumed download, streamed from S3
+            assert reply.status == 206
+            assert reply.headers["Content-Range"] == f"bytes 1000-{SIZE - 1}/{SIZE}"
+            assert await reply.read() == Path(item.source).read_bytes()[1000:]
     finally:
         server.stop()
 
@@ -245,3 +252,21 @@ async def test_a_token_that_may_not_see_a_blob_gets_no_url_for_it(
             assert "url" not in (await reply.text()).lower()
         async with other.get(f"/v1/blobs/{item.digest}") as reply:
             assert reply.status == 404
+
+
+async def test_a_batch_download_leaves_large_blobs_to_their_urls(
+    served: Server, item: UploadItem, tmp_path: Path
+) -> None:
+    small = tmp_path / "small"
+    small.write_bytes(os.urandom(100_000))
+    pieces = [item, UploadItem(str(small), blake3.blake3(small.read_bytes()).hexdigest(), 100_000)]
+    async with _client(served, served.token("a", write=True)) as store:
+        await store.blobs.put_files(pieces)
+        since = served.log_size()
+        wanted = [(p.digest, str(tmp_path / f"down-{i}")) for i, p in enumerate(pieces)]
+        assert await store.blobs.get_files(wanted) == SIZE + 100_000
+    for piece, (_, dest) in zip(pieces, wanted, strict=True):
+        assert Path(dest).read_bytes() == Path(piece.source).read_bytes()
+    served_bytes = {e["path"]: int(e["bytes"] or 0) for e in served.access(since)}  # type: ignore[call-overload]
+    assert set(served_bytes) == {"/v1/blobs/fetch", "/v1/blobs/urls"}
+    assert served_bytes["/v1/blobs/fetch"] < 200_000, "the large blob is not in the batch"
