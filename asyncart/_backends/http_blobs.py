@@ -39,6 +39,9 @@ PART_THRESHOLD = 128 << 20
 PART_SIZE = 64 << 20
 """Fewer, larger parts measured faster on loopback than 16 MiB ones (fewer streams competing
 for the cores: bench/bench_http.py); a dropped connection costs at most one part."""
+DIRECT_THRESHOLD = 32 << 20
+"""Files at least this large go by presigned URL, straight to S3, when the server offers it
+(one upload in parts: the server verifies them before they become a blob)."""
 MISSING_BATCH = 10_000  # digests per `missing` request
 BATCH_BYTES = 8 << 20  # small files travel together in requests of up to this many bytes ...
 BATCH_FILES = 1000  # ... or this many files
@@ -65,7 +68,7 @@ class HttpBlobStore:
     ) -> None:
         self._client = client
         self.part_size, self.part_threshold = part_size, part_threshold
-        self._presign = True  # until the server says it has no presigned URLs (downloads)
+        self._presign = True  # until the server says it has no presigned URLs
 
     async def missing(self, sizes: Mapping[str, int]) -> set[str]:
         bodies = await maybe_thread(len(sizes) > MISSING_BATCH, _missing_bodies, sizes)
@@ -109,13 +112,13 @@ class HttpBlobStore:
         return sum(item.size for item in items)
 
     async def _put_file(self, item: UploadItem) -> int:
-        """One file over 1 MiB: streamed in one request, or in parts when it is large (by
-        presigned URL when the server offers them).
+        """One file over 1 MiB: streamed in one request, or in parts when it is large, or
+        large enough to go by presigned URL (until the server shows it does not presign).
 
-        Files below the part threshold go through the server even on S3: measured here, a
-        presigned upload of 8 or 32 MiB files took 18-31% longer than one PUT through it
-        (the server reads each blob back from S3 to verify it) for 11-31% less server CPU."""
-        if item.size >= self.part_threshold:
+        Smaller files go by one PUT: by URL they measured slower for no less server CPU, as
+        the server reads each blob back from S3 to verify it; at the threshold the URL was as
+        fast for much less server CPU."""
+        if item.size >= self.part_threshold or (self._presign and item.size >= DIRECT_THRESHOLD):
             return await self._put_parts(item)
         reply = await self._client.request(
             "PUT",
