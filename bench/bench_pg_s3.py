@@ -12,27 +12,29 @@ deduplicated against an earlier trial. In one run:
 
 1. Ingest of the small set (20,000 x 4 KiB) and of the large set (4 x 256 MiB): ``add_dir``
    (hashing) plus ``save(store=LOCATION)`` directly, and the same through ``asyncart serve
-   --store LOCATION`` on loopback (a child process, a write token), beside a plain aiobotocore
+   --store LOCATION`` on loopback (a child process, a write token) twice: as served by
+   default (large blobs by presigned URL, straight between the client and S3) and with
+   ``--no-presign`` (every byte relayed by the server), beside a plain aiobotocore
    client that PUTs the same files with the library's concurrency (the baseline): 8 files at
    once (``FILES_AT_ONCE``), files of 16 MiB or more as multipart uploads of 8 MiB parts, 4 parts
    of a file at once, at most 64 MiB of parts in memory (the S3 blob store's limits).
-2. Download of both sets, ``Artifact.download`` directly and through the server, beside the
+2. Download of both sets, ``Artifact.download`` directly and through both servers, beside the
    plain client's GETs of the same objects to files, 8 at once.
 3. Appends/s of one small record into one stream and into new streams (one writer), through
    :class:`PostgresEventLog` (``bench/bench_pg_log.py`` measures more of the log).
-4. CPU seconds per GB ingested through the server (``/proc/PID/stat``: the server process's
-   utime + stime), and the client's; the peak RSS of this process for the direct large ingest.
-   Presigned URLs are not built yet, so only the through-the-server figure exists.
+4. CPU seconds per GB ingested and downloaded through the server (``/proc/PID/stat``: the
+   server process's utime + stime), presigned beside ``--no-presign``, and the client's; the
+   peak RSS of this process for the direct large ingest.
 
 The source files are written once, before any clock starts; downloads go to new folders (no
 folder of many files is deleted: that slows file creation on this disk for minutes). The data
 directory is printed at the end.
 
-Seen here (2 shared cores, load average 3-5 from other sessions, ``--small 2000``, medians of 3,
-2026-12-02; the full table is in the README), as a share of the plain client's throughput:
-small ingest 78% direct / 77% server, small download 115% / 84%, large ingest 90% / 83%, large
-download 98% / 46% (the server relays every byte from S3); server CPU 6.7 s per GB of large
-files, 4.8 ms per small file; appends 1,066/s into one stream, 1,321/s into new streams.
+Seen here (2 shared cores, load average 0.3-2.7, ``--small 2000 --large-mib 128``, medians of
+3, 2026-12-02; the full table is in the README), as a share of the plain client's throughput:
+large ingest 101% direct / 79% presigned server / 67% ``--no-presign``; large download 79% /
+91% / 74%; small ingest 110% / 80% / 82%, small download 66% / 52% / 52%; server CPU per GB
+of large files 1.8 s ingested presigned against 2.8 s relayed, 0.1 s downloaded against 1.0 s.
 """
 
 from __future__ import annotations
@@ -61,7 +63,9 @@ from asyncart._backends.s3_blobs import BUFFER_BYTES, PART_SIZE, PART_THRESHOLD,
 
 KIB, MIB = 1 << 10, 1 << 20
 TICK = os.sysconf("SC_CLK_TCK")
-WAYS = ("plain", "direct", "server")
+WAYS = ("plain", "direct", "server", "relay")
+"""``server``: presigned URLs for large blobs (the default); ``relay``: ``serve --no-presign``."""
+SERVED = ("server", "relay")
 
 
 @dataclass
@@ -195,7 +199,7 @@ async def bounded(jobs: list[Callable[[], Awaitable[object]]], limit: int) -> No
 class Server:
     """``asyncart serve --store LOCATION`` on a free loopback port, and a write token."""
 
-    def __init__(self, location: str, project: str) -> None:
+    def __init__(self, location: str, project: str, *extra: str) -> None:
         cli = [sys.executable, "-m", "asyncart"]
         made = subprocess.run(
             [*cli, "token", "create", "--store", location, "--project", project, "--write"],
@@ -206,7 +210,7 @@ class Server:
         self.token = made.stdout.strip().split()[-1]
         log = open(os.environ.get("BENCH_SERVER_LOG", os.devnull), "a")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [*cli, "serve", "--store", location, "--port", "0"],
+            [*cli, "serve", "--store", location, "--port", "0", *extra],
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
@@ -229,19 +233,24 @@ async def one_trial(
 ) -> dict[str, float]:
     """Every way of moving each set, up then down, in an order that rotates with the trial."""
     out: dict[str, float] = {}
-    ways = WAYS[n % 3 :] + WAYS[: n % 3]
+    ways = WAYS[n % len(WAYS) :] + WAYS[: n % len(WAYS)]
     places = {way: with_prefix(location, f"{run}-{n}-{way}") for way in WAYS}
-    server = Server(places["server"], f"bench{n}")
+    servers = {
+        "server": Server(places["server"], f"bench{n}"),
+        "relay": Server(places["relay"], f"bench{n}", "--no-presign"),
+    }
     saved: dict[tuple[str, str], asyncart.Artifact] = {}
     try:
         async with (
             Plain(split_location(places["plain"])[1]) as plain,
-            asyncart.HttpStore(server.url, server.token) as remote,
+            asyncart.HttpStore(servers["server"].url, servers["server"].token) as presigned,
+            asyncart.HttpStore(servers["relay"].url, servers["relay"].token) as relayed,
         ):
+            remotes = {"server": presigned, "relay": relayed}
             for kind, paths in sets.items():
                 src = paths[0].parent.parent
                 for way in ways:
-                    cpu, server_cpu = _cpu(), server.cpu()
+                    cpu, server_cpu = _cpu(), _served_cpu(servers, way)
                     if kind == "large" and way == "direct":
                         _reset_peak_rss()
                     start = time.perf_counter()
@@ -251,17 +260,18 @@ async def one_trial(
                     else:
                         artifact = asyncart.Artifact(kind, "dataset")
                         await artifact.add_dir(src)
-                        store: Any = places["direct"] if way == "direct" else remote
+                        store: Any = remotes.get(way, places["direct"])
                         saved[kind, way] = await artifact.save(project=f"bench{n}", store=store)
                     out[f"{kind} up {way}"] = time.perf_counter() - start
                     if kind == "large" and way == "direct":
                         out["large up direct rss"] = _peak_rss_mib()
-                    if way == "server":
-                        out[f"{kind} up server cpu"] = server.cpu() - server_cpu
-                        out[f"{kind} up client cpu"] = _cpu() - cpu
+                    if way in SERVED:
+                        out[f"{kind} up {way} cpu"] = _served_cpu(servers, way) - server_cpu
+                        out[f"{kind} up {way} client cpu"] = _cpu() - cpu
             for kind, paths in sets.items():
                 for way in ways:
                     dest = root / f"down-{run}-{n}-{kind}-{way}"
+                    server_cpu = _served_cpu(servers, way)
                     start = time.perf_counter()
                     if way == "plain":
                         for sub in {p.parent.name for p in paths}:
@@ -276,14 +286,22 @@ async def one_trial(
                     else:
                         await saved[kind, way].download(dest)
                     out[f"{kind} down {way}"] = time.perf_counter() - start
+                    if way in SERVED:
+                        out[f"{kind} down {way} cpu"] = _served_cpu(servers, way) - server_cpu
                     got = sum(1 for p in dest.rglob("*.bin"))
                     assert got == len(paths), (kind, way, got)
                     if kind == "large":
                         for p in dest.rglob("*.bin"):
                             p.unlink()  # a few large files: cheap to delete, and 1 GiB each way
     finally:
-        server.stop()
+        for server in servers.values():
+            server.stop()
     return out
+
+
+def _served_cpu(servers: dict[str, Server], way: str) -> float:
+    """CPU seconds of the server process ``way`` goes through so far (0 for the others)."""
+    return servers[way].cpu() if way in servers else 0.0
 
 
 async def appends(location: str, count: int, n: int, run: str) -> dict[str, float]:
@@ -312,22 +330,31 @@ def rows(results: list[dict[str, float]], sizes: Sizes) -> list[tuple[str, str, 
         "large": (sizes.large_count, sizes.large_count * sizes.large_size),
     }
     out = []
+    names = {"direct": "direct", "server": "server", "relay": "server --no-presign"}
     for kind, (files, nbytes) in volume.items():
         label = f"{files:,} x {_size(nbytes // files)}"
         for op in ("up", "down"):
             base = med[f"{kind} {op} plain"]
             plain = f"{nbytes / base / 1e6:.1f} MB/s, {files / base:,.1f} files/s"
-            for way in ("direct", "server"):
+            for way in ("direct", "server", "relay"):
                 t = med[f"{kind} {op} {way}"]
-                what = f"{'ingest' if op == 'up' else 'download'} {label}, {way}"
+                what = f"{'ingest' if op == 'up' else 'download'} {label}, {names[way]}"
                 value = f"{nbytes / t / 1e6:.1f} MB/s, {files / t:,.1f} files/s"
                 out.append((what, value, f"plain aiobotocore: {plain}", f"{base / t:.0%}"))
     for kind, (_, nbytes) in volume.items():
         gb = nbytes / 1e9
-        server, client = med[f"{kind} up server cpu"], med[f"{kind} up client cpu"]
-        out.append(
-            (f"server CPU per GB ingested through it, {kind}", f"{server / gb:.1f} s", "", "")
-        )
+        for op, done in (("up", "ingested"), ("down", "downloaded")):
+            relayed = med[f"{kind} {op} relay cpu"] / gb
+            presigned = med[f"{kind} {op} server cpu"] / gb
+            out.append(
+                (
+                    f"server CPU per GB {done} through it, {kind}, presigned",
+                    f"{presigned:.1f} s",
+                    f"--no-presign: {relayed:.1f} s",
+                    f"{presigned / relayed:.0%}" if relayed else "",
+                )
+            )
+        client = med[f"{kind} up server client cpu"]
         out.append(
             (
                 f"client CPU per GB ingested through the server, {kind}",
@@ -379,11 +406,14 @@ def main() -> None:
     parser.add_argument("--dir", help="where to put the data (default: a new temp directory)")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--small", type=int, help="number of 4 KiB files (default 20,000)")
+    parser.add_argument("--large-mib", type=int, help="MiB of each of the 4 large files (256)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one trial")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     if args.small:
         sizes.small_count = args.small
+    if args.large_mib:
+        sizes.large_size = args.large_mib * MIB
     root = Path(args.dir or tempfile.mkdtemp(prefix="asyncart-bench-pg-s3-"))
     load = os.getloadavg()
     results = asyncio.run(run_all(args.location, root, sizes, 1 if args.quick else args.trials))

@@ -12,14 +12,21 @@ import contextlib
 import functools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
+import aiohttp
 import anyio
 import anyio.abc
 import anyio.to_thread
 import blake3
 
-from .._errors import BackendUnavailableError, FileChangedError, IntegrityError, NotFoundError
+from .._errors import (
+    AsyncartError,
+    BackendUnavailableError,
+    FileChangedError,
+    IntegrityError,
+    NotFoundError,
+)
 from .._threads import maybe_thread
 from ._http_client import TRANSIENT, HttpClient, Reply, ServerError, error_detail, unavailable
 from ._wire import MSGPACK, unpack
@@ -32,6 +39,9 @@ PART_THRESHOLD = 128 << 20
 PART_SIZE = 64 << 20
 """Fewer, larger parts measured faster on loopback than 16 MiB ones (fewer streams competing
 for the cores: bench/bench_http.py); a dropped connection costs at most one part."""
+DIRECT_THRESHOLD = 32 << 20
+"""Files at least this large go by presigned URL, straight to S3, when the server offers it
+(one upload in parts: the server verifies them before they become a blob)."""
 MISSING_BATCH = 10_000  # digests per `missing` request
 BATCH_BYTES = 8 << 20  # small files travel together in requests of up to this many bytes ...
 BATCH_FILES = 1000  # ... or this many files
@@ -58,6 +68,7 @@ class HttpBlobStore:
     ) -> None:
         self._client = client
         self.part_size, self.part_threshold = part_size, part_threshold
+        self._presign = True  # until the server says it has no presigned URLs
 
     async def missing(self, sizes: Mapping[str, int]) -> set[str]:
         bodies = await maybe_thread(len(sizes) > MISSING_BATCH, _missing_bodies, sizes)
@@ -101,8 +112,13 @@ class HttpBlobStore:
         return sum(item.size for item in items)
 
     async def _put_file(self, item: UploadItem) -> int:
-        """One file over 1 MiB: streamed in one request, or in parts when it is large."""
-        if item.size >= self.part_threshold:
+        """One file over 1 MiB: streamed in one request, or in parts when it is large, or
+        large enough to go by presigned URL (until the server shows it does not presign).
+
+        Smaller files go by one PUT: by URL they measured slower for no less server CPU, as
+        the server reads each blob back from S3 to verify it; at the threshold the URL was as
+        fast for much less server CPU."""
+        if item.size >= self.part_threshold or (self._presign and item.size >= DIRECT_THRESHOLD):
             return await self._put_parts(item)
         reply = await self._client.request(
             "PUT",
@@ -117,52 +133,107 @@ class HttpBlobStore:
     async def _put_parts(self, item: UploadItem) -> int:
         """Upload the file in parts into an upload of its own, then join them.
 
-        The server keeps finished parts: after a dropped connection only the parts it lacks
-        are sent again. If it expired the upload meanwhile, a second one starts afresh.
+        A server on S3 chooses the part size and may hand out a presigned URL per part: the
+        parts then go straight to S3 (a part whose URL fails with 403, as when it expired, goes
+        through the server). The server keeps finished parts: after a dropped connection only
+        the parts it lacks are sent again. If it expired the upload meanwhile, a second one
+        starts afresh.
         """
         size = {"size": item.size}
-        part = self.part_size
-        count = -(-item.size // part)
-
-        async def put(where: str, index: int) -> int:
-            start = index * part
-            length = min(part, item.size - start)
-
-            async def arrived() -> bool:  # after a dropped connection: did it land anyway?
-                listing = await self._client.request("GET", where, params=size)
-                return bool(unpack(listing.body).get(index) == length)
-
-            await self._client.request(
-                "PUT",
-                f"{where}/{index}",
-                params={**size, "offset": start},
-                body=lambda: _file_chunks(item, start, length),
-                headers={**_OCTETS, "Content-Length": str(length)},
-                done=arrived,
-            )
-            return length
-
-        for _ in range(2):  # a second upload if the server expired the first one meanwhile
-            started = await self._client.request("POST", f"/uploads/{item.digest}", params=size)
-            where = f"/uploads/{item.digest}/{unpack(started.body)['upload']}"
-            try:
-                await _gather(range(count), functools.partial(put, where))
-            except NotFoundError:  # the upload expired under its parts
-                reply = None
-            else:
-                reply = await self._client.request(
-                    "POST", f"{where}/complete", params=size, ok=(201, 400, 422)
+        async with _direct() as direct:
+            for _ in range(2):  # a second upload if the server expired the first one meanwhile
+                started = await self._client.request(
+                    "POST", f"/uploads/{item.digest}", params={**size, "part_size": self.part_size}
                 )
-                if reply.status != 400:
-                    _check_stored(item, reply)
+                answer = unpack(started.body)
+                where = f"/uploads/{item.digest}/{answer['upload']}"
+                part = max(1, int(answer.get("part_size", self.part_size)))
+                urls: list[str] = answer.get("urls") or []
+                self._presign = "urls" in answer
+                put = functools.partial(self._put_part, item, where, part, urls, direct)
+                try:
+                    await _gather(range(-(-item.size // part)), put)
+                except NotFoundError:  # the upload expired under its parts
+                    reply = None
+                else:
+                    reply = await self._client.request(
+                        "POST", f"{where}/complete", params=size, ok=(201, 400, 422)
+                    )
+                    if reply.status != 400:
+                        _check_stored(item, reply)
+                        return item.size
+                if not await self.missing({item.digest: item.size}):  # another client stored it
                     return item.size
-            if not await self.missing({item.digest: item.size}):  # another client stored it
-                return item.size
         why = error_detail(reply.body)["message"] if reply is not None else "upload gone"
         raise BackendUnavailableError(
             f"the server at {self._client.url} lost the parts of {item.source} twice while "
             f"they were uploaded ({why}); retry"
         )
+
+    async def _put_part(
+        self,
+        item: UploadItem,
+        where: str,
+        part: int,
+        urls: list[str],
+        direct: aiohttp.ClientSession,
+        index: int,
+    ) -> int:
+        """Send part ``index`` (to its presigned URL when there is one, else to the server)."""
+        start = index * part
+        length = min(part, item.size - start)
+        body = functools.partial(_file_chunks, item, start, length)
+        if index < len(urls) and await self._put_direct(direct, urls[index], body, length):
+            return length
+        size = {"size": item.size}
+
+        async def arrived() -> bool:  # after a dropped connection: did it land anyway?
+            listing = await self._client.request("GET", where, params=size)
+            return bool(unpack(listing.body).get(index) == length)
+
+        await self._client.request(
+            "PUT",
+            f"{where}/{index}",
+            params={**size, "offset": start},
+            body=body,
+            headers={**_OCTETS, "Content-Length": str(length)},
+            done=arrived,
+        )
+        return length
+
+    async def _put_direct(
+        self, direct: aiohttp.ClientSession, url: str, body: Callable[[], Any], length: int
+    ) -> bool:
+        """PUT a part to a presigned URL, retrying as the server's requests are; False when
+        S3 refuses the URL (403: expired), for the caller to send the part another way."""
+        policy = self._client.retry
+        for attempt in range(policy.attempts):
+            try:
+                async with direct.put(
+                    url, data=body(), headers={"Content-Length": str(length)}
+                ) as response:
+                    text = await response.text(errors="replace")
+                    if response.status == 200:
+                        return True
+                    if response.status == 403:
+                        return False
+                    if response.status < 500 and response.status != 429:
+                        raise BackendUnavailableError(
+                            f"S3 at {_where(url)} refused a part ({response.status}: "
+                            f"{_s3_code(text)})"
+                        )
+                    raise ServerError(response.status, _s3_code(text))
+            except (*TRANSIENT, ServerError) as e:
+                if isinstance(e.__cause__, AsyncartError):  # the file failed, not the network
+                    raise e.__cause__ from None
+                if attempt + 1 == policy.attempts:
+                    raise BackendUnavailableError(
+                        f"S3 at {_where(url)} failed a part {attempt + 1} times "
+                        f"({str(e) or type(e).__name__}); check that this machine can reach it "
+                        "(if it cannot, the server must run with --no-presign)"
+                    ) from e
+                await asyncio.sleep(policy.delay(attempt))
+        raise AssertionError("unreachable")
 
     async def put_bytes(self, data: bytes) -> str:
         digest = await _hash(data)
@@ -181,18 +252,51 @@ class HttpBlobStore:
 
     async def get_files(self, items: Sequence[tuple[str, str]]) -> int:
         if len(items) < 2:
-            return sum(await _gather(items, lambda pair: self._get_file(*pair)))
-        digests = sorted({digest for digest, _ in items})
-        reply = await self._client.request(
-            "POST", "/blobs/fetch", body=_const(_pack(digests)), headers={"Content-Type": MSGPACK}
-        )
-        fetched = dict(zip(digests, unpack(reply.body), strict=True))
-        small = [(d, dest, fetched[d]) for d, dest in items if fetched[d] is not None]
-        large = [(d, dest) for d, dest in items if fetched[d] is None]  # streamed one by one
+            small: list[tuple[str, str, bytes]] = []
+            large = list(items)
+        else:
+            digests = sorted({digest for digest, _ in items})
+            reply = await self._client.request(
+                "POST",
+                "/blobs/fetch",
+                body=_const(_pack(digests)),
+                headers={"Content-Type": MSGPACK},
+            )
+            fetched = dict(zip(digests, unpack(reply.body), strict=True))
+            small = [(d, dest, fetched[d]) for d, dest in items if fetched[d] is not None]
+            large = [(d, dest) for d, dest in items if fetched[d] is None]  # one by one
         written = await anyio.to_thread.run_sync(_write_verified, small)
-        return written + sum(await _gather(large, lambda pair: self._get_file(*pair)))
+        urls = await self._urls(sorted({d for d, _ in large}))
+        async with _direct() as direct:
 
-    async def _get_file(self, digest: str, dest: str) -> int:
+            async def one(pair: tuple[str, str]) -> int:
+                return await self._get_file(pair[0], pair[1], urls.get(pair[0]), direct)
+
+            return written + sum(await _gather(large, one))
+
+    async def _urls(self, digests: list[str]) -> dict[str, str | None]:
+        """Presigned URLs of ``digests`` from a server on S3 ({} from one that has none: it is
+        not asked again)."""
+        found: dict[str, str | None] = {}
+        for i in range(0, len(digests) if self._presign else 0, MISSING_BATCH):
+            reply = await self._client.request(
+                "POST",
+                "/blobs/urls",
+                body=_const(_pack(digests[i : i + MISSING_BATCH])),
+                headers={"Content-Type": MSGPACK},
+            )
+            answer = unpack(reply.body)
+            self._presign = bool(answer["presign"])
+            found.update(answer["urls"])
+        return found
+
+    async def _get_file(
+        self,
+        digest: str,
+        dest: str,
+        url: str | None = None,
+        direct: aiohttp.ClientSession | None = None,
+    ) -> int:
         """Stream one blob to ``dest`` through a temp file; resume with ``Range`` on errors.
 
         Receiving and writing overlap: a writer task writes (and hashes) one 4 MiB batch in a
@@ -210,14 +314,21 @@ class HttpBlobStore:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(writer)
                 async with send:
-                    await self._receive(digest, send)
+                    await self._receive(digest, send, url, direct)
             return await anyio.to_thread.run_sync(sink.finish, digest, dest)
         except BaseException:
             await anyio.to_thread.run_sync(sink.discard)
             raise
 
-    async def _receive(self, digest: str, send: anyio.abc.ObjectSendStream[_Batch]) -> None:
-        """Send the blob's bytes to ``send`` in order, resuming where a dropped body stopped."""
+    async def _receive(
+        self,
+        digest: str,
+        send: anyio.abc.ObjectSendStream[_Batch],
+        url: str | None = None,
+        direct: aiohttp.ClientSession | None = None,
+    ) -> None:
+        """Send the blob's bytes to ``send`` in order, resuming where a dropped body stopped
+        (from its presigned ``url`` while S3 takes it, then through the server)."""
         received = 0
         policy = self._client.retry
         for attempt in range(policy.attempts):
@@ -225,7 +336,14 @@ class HttpBlobStore:
             batched = 0
             try:
                 range_ = {"Range": f"bytes={received}-"} if received else None
-                async with self._client.stream(f"/blobs/{digest}", range_) as response:
+                if url is not None and direct is not None:
+                    opened = _get_direct(direct, url, digest, range_)
+                else:
+                    opened = self._client.stream(f"/blobs/{digest}", range_)
+                async with opened as response:
+                    if response is None:  # the URL expired: through the server from here on
+                        url = None
+                        raise ServerError(403, "the presigned URL expired")
                     if received and response.status != 206:
                         raise BackendUnavailableError(
                             f"the server at {self._client.url} ignored a Range request"
@@ -249,6 +367,49 @@ class HttpBlobStore:
 
     async def flush(self) -> None:
         await self._client.request("POST", "/blobs/flush")
+
+
+@contextlib.asynccontextmanager
+async def _direct() -> AsyncIterator[aiohttp.ClientSession]:
+    """A session for presigned S3 URLs: none of the server's headers (its token stays with
+    it), bodies as they are."""
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120),
+        auto_decompress=False,
+    ) as session:
+        yield session
+
+
+@contextlib.asynccontextmanager
+async def _get_direct(
+    session: aiohttp.ClientSession, url: str, digest: str, headers: dict[str, str] | None
+) -> AsyncIterator[aiohttp.ClientResponse | None]:
+    """GET a presigned URL; None when S3 refuses it (403: expired)."""
+    async with session.get(url, headers=headers) as response:
+        if response.status in (200, 206):
+            yield response
+            return
+        text = await response.text(errors="replace")
+        if response.status == 403:
+            yield None
+            return
+        if response.status == 404:
+            raise NotFoundError(f"blob {digest} is missing from the store at {_where(url)}")
+        if response.status >= 500 or response.status == 429:
+            raise ServerError(response.status, _s3_code(text))
+        raise BackendUnavailableError(
+            f"S3 at {_where(url)} refused a download ({response.status}: {_s3_code(text)})"
+        )
+
+
+def _where(url: str) -> str:
+    """A presigned URL without its query (the signature is a credential: never shown)."""
+    return url.split("?", 1)[0]
+
+
+def _s3_code(text: str) -> str:
+    start, end = text.find("<Code>"), text.find("</Code>")
+    return text[start + 6 : end] if 0 <= start < end else text[:100]
 
 
 class _Sink:

@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import blake3
 from aiobotocore.config import AioConfig
@@ -39,7 +41,7 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 from .._errors import BackendUnavailableError, IntegrityError, InvalidInputError, NotFoundError
 from .base import UploadItem
 from .fileio import open_regular, temp_beside, why_unreadable
-from .http_blobs import _changed, _gather, _Sink, _verify
+from .http_blobs import _changed, _first_error, _gather, _Sink, _verify
 
 PART_THRESHOLD = 16 << 20
 """Files at least this large are uploaded in parts (multipart), in parallel."""
@@ -51,6 +53,8 @@ BUFFER_BYTES = 64 << 20
 LIST_FROM = 8
 """``missing`` lists instead of HEADing once it is asked this many digests (see there)."""
 LIST_PAGE = 1000  # S3's largest page
+COPY_PART = 1 << 30
+"""Bytes of one part of the copy that turns an incoming upload into a blob (S3: at most 5 GiB)."""
 _CHUNK = 4 << 20  # downloads: bytes gathered from the socket per thread hop
 _HASH_INLINE = 1 << 20  # bytes hashed on the loop; more go to a thread
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"}
@@ -618,6 +622,263 @@ class S3BlobStore:
             )
         return url
 
+    # -- incoming uploads: a server's multipart uploads, verified before they become blobs ---
+    #
+    # A client's large upload is assembled under PREFIX/incoming/UPLOAD (never under a digest:
+    # nobody may plant bytes where a blob will be read), then hashed here and copied to its
+    # blob's key. Everything about it is in S3 (the upload, its parts, their age), so any
+    # server process can continue, complete or expire what another one started.
+
+    def incoming_key(self, upload: str) -> str:
+        """The object key that incoming upload ``upload`` assembles."""
+        head = f"{self.prefix}/" if self.prefix else ""
+        return f"{head}incoming/{upload}"
+
+    async def start_incoming(self, upload: str) -> str:
+        """Start the S3 multipart upload of ``upload``'s key; return its S3 upload id."""
+        async with self._use() as client:
+            with self._errors("CreateMultipartUpload"):
+                started = await client.create_multipart_upload(
+                    Bucket=self.bucket, Key=self.incoming_key(upload)
+                )
+        upload_id: str = started["UploadId"]
+        return upload_id
+
+    async def find_incoming(self, upload: str) -> str | None:
+        """The S3 upload id of ``upload`` (None: it was completed, aborted or never started)."""
+        key = self.incoming_key(upload)
+        async with self._use() as client:
+            with self._errors("ListMultipartUploads"):
+                reply = await client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+        found = [u["UploadId"] for u in reply.get("Uploads", []) if u["Key"] == key]
+        return found[0] if found else None
+
+    async def presign_parts(
+        self, upload: str, upload_id: str, numbers: range, expires: int
+    ) -> list[str]:
+        """URLs that let their holder PUT parts ``numbers`` of ``upload`` for ``expires``
+        seconds without credentials (nothing else: not another key, not the completion)."""
+        urls = []
+        async with self._use() as client:
+            for number in numbers:
+                params = {
+                    "Bucket": self.bucket,
+                    "Key": self.incoming_key(upload),
+                    "UploadId": upload_id,
+                    "PartNumber": number,
+                }
+                urls.append(
+                    await client.generate_presigned_url(
+                        "upload_part", Params=params, ExpiresIn=expires
+                    )
+                )
+                if number % 256 == 0:  # signing is CPU on the loop: let other requests in
+                    await anyio.lowlevel.checkpoint()
+        return urls
+
+    async def put_incoming_part(
+        self, upload: str, upload_id: str, number: int, length: int, body: AsyncIterator[bytes]
+    ) -> None:
+        """Stream ``length`` bytes of ``body`` into part ``number`` of ``upload`` (one chunk in
+        memory at a time: the part is PUT to a URL presigned for it, as a client would)."""
+        (url,) = await self.presign_parts(upload, upload_id, range(number, number + 1), 600)
+        self.requests["UploadPart"] += 1
+        headers = {"Content-Length": str(length)}
+        try:
+            async with (
+                aiohttp.ClientSession(auto_decompress=False) as session,
+                session.put(url, data=body, headers=headers) as reply,
+            ):
+                text = await reply.text(errors="replace")
+        except aiohttp.ClientError as e:  # (a failing body raises its own error, not this)
+            raise BackendUnavailableError(f"S3 at {self.location} failed a part: {e}") from None
+        if reply.status == 404:
+            raise NotFoundError(f"incoming upload {upload} is gone (expired or completed)")
+        if reply.status != 200:
+            raise BackendUnavailableError(
+                f"S3 at {self.location} answered {reply.status} to a part: {_xml_code(text)}"
+            )
+
+    async def incoming_parts(self, upload: str, upload_id: str) -> dict[int, tuple[int, str]]:
+        """part number -> (size, ETag) of every part S3 holds for ``upload`` (as S3 lists
+        them: a client's word about its parts is not needed). NotFoundError: it is gone."""
+        key, parts, marker = self.incoming_key(upload), {}, 0
+        async with self._use() as client:
+            while True:
+                with self._errors("ListParts"), self._gone(upload):
+                    reply = await client.list_parts(
+                        Bucket=self.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumberMarker=marker,
+                        MaxParts=LIST_PAGE,
+                    )
+                for part in reply.get("Parts", []):
+                    parts[int(part["PartNumber"])] = (int(part["Size"]), part["ETag"])
+                if not reply.get("IsTruncated"):
+                    return parts
+                marker = int(reply["NextPartNumberMarker"])
+
+    async def complete_incoming(
+        self, upload: str, upload_id: str, parts: Mapping[int, tuple[int, str]]
+    ) -> None:
+        """Join the listed ``parts`` into ``upload``'s object (NotFoundError: another request
+        completed it, or it expired; InvalidInputError: S3 refused the parts)."""
+        listed = [{"PartNumber": n, "ETag": parts[n][1]} for n in sorted(parts)]
+        async with self._use() as client:
+            with self._errors("CompleteMultipartUpload"), self._gone(upload):
+                try:
+                    await client.complete_multipart_upload(
+                        Bucket=self.bucket,
+                        Key=self.incoming_key(upload),
+                        UploadId=upload_id,
+                        MultipartUpload={"Parts": listed},
+                    )
+                except ClientError as e:
+                    if _code(e) in ("EntityTooSmall", "InvalidPart", "InvalidPartOrder"):
+                        raise InvalidInputError(
+                            f"S3 refused the parts of upload {upload}: {_code(e)}"
+                        ) from None
+                    raise
+
+    @contextlib.contextmanager
+    def _gone(self, upload: str) -> Iterator[None]:
+        """S3's NoSuchUpload as a NotFoundError (inside :meth:`_errors`)."""
+        try:
+            yield
+        except ClientError as e:
+            if _code(e) == "NoSuchUpload":
+                raise NotFoundError(f"incoming upload {upload} is gone") from None
+            raise
+
+    async def adopt_incoming(self, upload: str, digest: str, size: int) -> tuple[str, int]:
+        """Make ``upload``'s object blob ``digest`` if it is: hash it as S3 returns it (BLAKE3,
+        in worker threads, 4 MiB at a time) while S3 copies it to the blob's key, and complete
+        that copy only if it hashed to ``digest`` with ``size`` bytes (else abort it: nothing
+        is stored). Return the digest and size it has.
+
+        The copy is conditional on the ETag of the bytes being hashed, so it copies those
+        bytes or fails; it is a multipart copy (CopyObject stops at 5 GB) of parts of up to
+        :data:`COPY_PART`, completed with ``If-None-Match: *`` (a 412: the blob was stored
+        meanwhile, which is success). Overlapping the two reads costs S3 no more than one
+        after the other, and takes about the time of the longer one.
+        """
+        key, source = self.key(digest), {"Bucket": self.bucket, "Key": self.incoming_key(upload)}
+        step = max(COPY_PART, -(-size // 10_000))
+        async with self._use() as client:
+            with self._errors("GetObject"):
+                reply = await client.get_object(Bucket=self.bucket, Key=self.incoming_key(upload))
+            etag = reply["ETag"]
+            with self._errors("CreateMultipartUpload"):
+                started = await client.create_multipart_upload(Bucket=self.bucket, Key=key)
+            upload_id = started["UploadId"]
+            etags: dict[int, str] = {}
+
+            async def copy(start: int) -> int:
+                number = start // step + 1
+                with self._errors("UploadPartCopy"):
+                    copied = await client.upload_part_copy(
+                        Bucket=self.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        CopySource=source,
+                        CopySourceIfMatch=etag,
+                        CopySourceRange=f"bytes={start}-{min(start + step, size) - 1}",
+                    )
+                etags[number] = copied["CopyPartResult"]["ETag"]
+                return 0
+
+            try:
+                try:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(_gather, range(0, size, step), copy)
+                        with self._errors("GetObject"):
+                            async with reply["Body"] as body:
+                                got, held = await _hash_stream(body)
+                        if (got, held) != (digest, size):
+                            tg.cancel_scope.cancel()  # the copy is aborted below
+                except BaseExceptionGroup as group:
+                    raise _first_error(group) from None
+                if (got, held) != (digest, size):
+                    await self._abort(client, key, upload_id)
+                    return got, held
+                parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
+                completed = False
+                with self._errors("CompleteMultipartUpload", exists_ok=True):
+                    await client.complete_multipart_upload(
+                        Bucket=self.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        MultipartUpload={"Parts": parts},
+                        IfNoneMatch="*",
+                    )
+                    completed = True
+                if not completed:
+                    await self._abort(client, key, upload_id)
+            except BaseException:
+                await self._abort(client, key, upload_id)
+                raise
+        return got, held
+
+    async def drop_incoming(self, upload: str, upload_id: str | None = None) -> None:
+        """Remove ``upload``: its object, and its multipart upload when ``upload_id`` is given
+        (shielded: a cancelled request still cleans up; errors are left to the expiry)."""
+        key = self.incoming_key(upload)
+        with anyio.CancelScope(shield=True), contextlib.suppress(BackendUnavailableError):
+            async with self._use() as client:
+                if upload_id is not None:
+                    await self._abort(client, key, upload_id)
+                with self._errors("DeleteObject"):
+                    await client.delete_object(Bucket=self.bucket, Key=key)
+
+    async def sweep_incoming(self, cutoff: float) -> list[str]:
+        """Abort the incoming uploads started before ``cutoff`` (seconds since the epoch, S3's
+        clock) and delete incoming objects older than it (a server that died between joining
+        and deleting them left those); return their keys."""
+        head = self.incoming_key("")
+        removed = []
+        async with self._use() as client:
+            paginator = client.get_paginator("list_multipart_uploads")
+            with self._errors("ListMultipartUploads"):
+                async for page in paginator.paginate(Bucket=self.bucket, Prefix=head):
+                    for up in page.get("Uploads", []):
+                        if up["Initiated"].timestamp() < cutoff:
+                            await self._abort(client, up["Key"], up["UploadId"])
+                            removed.append(up["Key"])
+            paginator = client.get_paginator("list_objects_v2")
+            with self._errors("ListObjectsV2"):
+                async for page in paginator.paginate(Bucket=self.bucket, Prefix=head):
+                    for obj in page.get("Contents", []):
+                        if obj["LastModified"].timestamp() < cutoff:
+                            with self._errors("DeleteObject"):
+                                await client.delete_object(Bucket=self.bucket, Key=obj["Key"])
+                            removed.append(obj["Key"])
+        return removed
+
+    @contextlib.asynccontextmanager
+    async def reading(
+        self, digest: str, start: int = 0
+    ) -> AsyncIterator[tuple[int, int, AsyncIterator[bytes]]]:
+        """(the blob's size, the bytes that follow, the bytes from ``start`` on, streamed from
+        S3 and not verified: the reader verifies). NotFoundError: no such blob;
+        InvalidInputError: ``start`` is past its end."""
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key(digest)}
+        if start:
+            params["Range"] = f"bytes={start}-"
+        async with self._use() as client:
+            with self._errors("GetObject", digest):
+                try:
+                    reply = await client.get_object(**params)
+                except ClientError as e:
+                    if _code(e) == "InvalidRange":
+                        raise InvalidInputError(f"blob {digest} has no byte {start}") from None
+                    raise
+            length = int(reply["ContentLength"])
+            total = int(reply["ContentRange"].rsplit("/", 1)[1]) if start else length
+            async with reply["Body"] as body:
+                yield total, length, body.iter_chunks(_CHUNK)
+
     def __repr__(self) -> str:
         return f"S3BlobStore({self.location!r})"
 
@@ -721,6 +982,32 @@ async def _hash(data: bytes) -> str:
     if len(data) > _HASH_INLINE:
         return await anyio.to_thread.run_sync(lambda: blake3.blake3(data).hexdigest())
     return blake3.blake3(data).hexdigest()
+
+
+async def _hash_stream(body: Any) -> tuple[str, int]:
+    """BLAKE3 digest and size of an S3 body, hashed in worker threads 4 MiB at a time."""
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    batch: list[bytes] = []
+    size = batched = 0
+    async for chunk in body.iter_chunks(_CHUNK):
+        batch.append(chunk)
+        batched += len(chunk)
+        if batched >= _CHUNK:
+            await anyio.to_thread.run_sync(_update_all, hasher, batch)
+            size, batch, batched = size + batched, [], 0
+    await anyio.to_thread.run_sync(_update_all, hasher, batch)
+    return hasher.hexdigest(), size + batched
+
+
+def _update_all(hasher: Any, batch: list[bytes]) -> None:
+    for data in batch:
+        hasher.update(data)
+
+
+def _xml_code(text: str) -> str:
+    """The ``<Code>`` of an S3 error body (its first 100 characters when there is none)."""
+    start, end = text.find("<Code>"), text.find("</Code>")
+    return text[start + 6 : end] if 0 <= start < end else text[:100]
 
 
 def _code(error: ClientError) -> str:

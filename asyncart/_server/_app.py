@@ -94,6 +94,7 @@ def make_app(
             web.post(f"{PREFIX}/blobs/flush", blobs.flush),
             web.post(f"{PREFIX}/blobs/batch", blobs.upload_batch),
             web.post(f"{PREFIX}/blobs/fetch", blobs.download_batch),
+            web.post(f"{PREFIX}/blobs/urls", blobs.urls),
             web.put(f"{PREFIX}/blobs/{{digest}}", blobs.upload),
             web.get(f"{PREFIX}/blobs/{{digest}}", blobs.download),
             web.post(f"{PREFIX}/uploads/{{digest}}", blobs.start_upload),

@@ -12,8 +12,10 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import anyio.to_thread
 import blake3
@@ -23,10 +25,21 @@ from aiohttp import web
 from .._backends._wire import DIGEST, SIZED_BYTES, Batch, Digests, Sized
 from .._backends.base import BlobPaths, BlobStore, Store, UploadItem
 from .._errors import NotFoundError
-from ._http import HttpError, grant_of, int_query, msgpack_body, msgpack_response, require
+from ._http import (
+    HttpError,
+    grant_of,
+    int_query,
+    msgpack_body,
+    msgpack_response,
+    next_chunk,
+    require,
+)
 from ._scope import hidden, uploaded
 from ._spool import hash_file, receive, receive_at
 from ._uploads import UPLOADS
+
+if TYPE_CHECKING:  # imported only by a server on S3: a local server need not load botocore
+    from .._backends.s3_blobs import S3BlobStore
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,9 @@ STORE = web.AppKey("store", Store)
 _OCTETS = "application/octet-stream"
 SPOOL = web.AppKey("spool", Path)
 LIMITS = web.AppKey("limits", Limits)
+PRESIGN = web.AppKey("presign", bool)
+"""False: a server on S3 relays blob bytes itself (``--no-presign``: for S3 endpoints its
+clients cannot reach); true or unset: it hands out presigned URLs for large blobs."""
 
 
 def _digest(request: web.Request) -> str:
@@ -192,6 +208,8 @@ async def download_batch(request: web.Request) -> web.Response:
         raise _not_found(min(invisible))
     if isinstance(blobs, BlobPaths):
         found = await anyio.to_thread.run_sync(_read_small, blobs, digests)
+    elif (s3 := _s3(request)) is not None:
+        found = await _read_small_s3(s3, digests)
     else:
         found = [await _get_bytes(blobs, d) for d in digests]
     return msgpack_response(found)
@@ -238,6 +256,8 @@ async def download(request: web.Request) -> web.StreamResponse:
         if not await anyio.to_thread.run_sync(os.path.isfile, path):
             raise _not_found(digest)
         return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+    if (s3 := _s3(request)) is not None:
+        return await _relay(request, s3, digest)
     spool = str(request.app[SPOOL] / f"{digest}.{secrets.token_hex(6)}.out")
     try:
         try:
@@ -294,6 +314,8 @@ async def start_upload(request: web.Request) -> web.Response:
     require((await grant_of(request)).writes_somewhere, "upload blobs")
     digest, size = _digest(request), _size(request)
     upload = secrets.token_hex(16)
+    if (s3 := _s3(request)) is not None:
+        return await _start_incoming(request, s3, upload, size)
     where = request.app[UPLOADS].root / f"{digest}-{size}-{upload}"
     async with request.app[UPLOADS].using(where):
         await anyio.to_thread.run_sync(_create, where)
@@ -310,6 +332,8 @@ async def parts(request: web.Request) -> web.Response:
     ({} once the upload expired or completed)."""
     require((await grant_of(request)).writes_somewhere, "upload blobs")
     where = _parts_dir(request, _digest(request))
+    if (s3 := _s3(request)) is not None:
+        return msgpack_response(await _incoming_listing(s3, request.match_info["upload"]))
     async with request.app[UPLOADS].using(where):
         found = await anyio.to_thread.run_sync(_list_parts, where)
     return msgpack_response({index: length for index, (_, length) in found.items()})
@@ -338,6 +362,9 @@ async def put_part(request: web.Request) -> web.Response:
         raise HttpError(413, "too_large", f"at most {limits.max_parts} parts")  # raises)
     size = int_query(request, "size")
     limit = min(limits.max_part, max(size - offset, 0))
+    if (s3 := _s3(request)) is not None:
+        upload = request.match_info["upload"]
+        return await _relay_part(request, s3, upload, index, min(limit, _S3_PART_MAX))
     uploads = request.app[UPLOADS]
     async with uploads.using(where):
         with uploads.writing(where):
@@ -365,9 +392,12 @@ async def complete(request: web.Request) -> web.Response:
     where = _parts_dir(request, digest)
     size = int_query(request, "size")
     uploads = request.app[UPLOADS]
-    async with uploads.using(where):
-        with uploads.sealed(where):
-            await _complete(request.app[STORE], where, digest, size)
+    if (s3 := _s3(request)) is not None:
+        await _complete_incoming(s3, request.match_info["upload"], digest, size)
+    else:
+        async with uploads.using(where):
+            with uploads.sealed(where):
+                await _complete(request.app[STORE], where, digest, size)
     await uploaded(request, [digest])
     return msgpack_response({"size": size}, 201)
 
@@ -412,3 +442,211 @@ def clean_spool(spool: Path) -> None:
         leftover.unlink(missing_ok=True)
     for partial in spool.glob("parts/*/.*"):  # half-written markers; data holes are harmless
         partial.unlink(missing_ok=True)
+
+
+# -- on S3: uploads are S3 multipart uploads of PREFIX/incoming/ID, downloads by URL ----------
+#
+# The upload id names the incoming key; S3 knows the rest (its own upload id, the parts, their
+# sizes and age), so any server process serves any request of an upload, and the server keeps
+# nothing. The client PUTs parts to presigned UploadPart URLs (or, with --no-presign, to the
+# server, which streams them on). `complete` trusts only S3: it lists the parts, joins them,
+# hashes the joined object as S3 returns it while S3 copies it to the blob's key (only while
+# its ETag is the one hashed), keeps the copy only if the hash is right (and never over a
+# stored blob), then deletes the joined object. The parts
+# of an abandoned upload, and an object a crash left between join and delete, are expired from
+# S3's listings (``_uploads.py``).
+
+PART_URL_EXPIRY = 3600
+"""Seconds a presigned part URL works (a client whose URL expired sends the part through us)."""
+BLOB_URL_EXPIRY = 900
+"""Seconds a presigned download URL works (after that the client reads through us)."""
+_S3_PART_MIN, _S3_PART_MAX, _S3_PARTS = 5 << 20, 5 << 30, 10_000  # S3's multipart bounds
+_URLS_AT_ONCE = 10_000  # digests one /blobs/urls request may ask about
+
+
+def _s3(request: web.Request) -> S3BlobStore | None:
+    """The store's blobs when they are in S3 (told apart without importing botocore)."""
+    blobs = request.app[STORE].blobs
+    return cast("S3BlobStore", blobs) if hasattr(blobs, "incoming_key") else None
+
+
+def _presigning(request: web.Request) -> bool:
+    return request.app.get(PRESIGN, True)
+
+
+def part_size(size: int, wanted: int) -> int:
+    """The part size of an S3 upload of ``size`` bytes: the client's wish, within S3's bounds
+    (at least 5 MiB, at most 5 GiB, at most 10,000 parts)."""
+    return max(_S3_PART_MIN, min(wanted, _S3_PART_MAX), -(-size // _S3_PARTS))
+
+
+async def _start_incoming(
+    request: web.Request, s3: S3BlobStore, upload: str, size: int
+) -> web.Response:
+    if size == 0:
+        raise HttpError(400, "invalid", "an empty blob has no parts: PUT /v1/blobs/DIGEST")
+    part = part_size(size, int_query(request, "part_size", 64 << 20))
+    upload_id = await s3.start_incoming(upload)
+    reply: dict[str, object] = {"upload": upload, "part_size": part}
+    if _presigning(request):
+        numbers = range(1, -(-size // part) + 1)
+        reply["urls"] = await s3.presign_parts(upload, upload_id, numbers, PART_URL_EXPIRY)
+    return msgpack_response(reply, 201)
+
+
+async def _upload_id(s3: S3BlobStore, upload: str) -> str:
+    upload_id = await s3.find_incoming(upload)
+    if upload_id is None:
+        raise HttpError(404, "upload_gone", "this upload expired or was completed: start another")
+    return upload_id
+
+
+async def _incoming_listing(s3: S3BlobStore, upload: str) -> dict[int, int]:
+    """{index: size} of the parts S3 holds ({} once the upload is gone)."""
+    upload_id = await s3.find_incoming(upload)
+    if upload_id is None:
+        return {}
+    try:
+        parts = await s3.incoming_parts(upload, upload_id)
+    except NotFoundError:
+        return {}
+    return {number - 1: size for number, (size, _) in parts.items()}
+
+
+async def _relay_part(
+    request: web.Request, s3: S3BlobStore, upload: str, index: int, limit: int
+) -> web.Response:
+    """Stream one part's body on to S3 as it arrives (never whole in memory, never on disk)."""
+    length = request.content_length
+    if length is None:
+        raise HttpError(411, "length_required", "send the body with a Content-Length")
+    if length > limit:
+        raise HttpError(413, "too_large", f"{length} bytes exceed this server's {limit} limit")
+    upload_id = await _upload_id(s3, upload)
+    failed: list[BaseException] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        got = 0
+        try:
+            while chunk := await next_chunk(request):
+                got += len(chunk)
+                if got > length:
+                    raise HttpError(400, "invalid", "the body is longer than its Content-Length")
+                yield chunk
+            if got != length:  # S3 must not see a short part as a whole one: fail the request
+                raise HttpError(400, "incomplete", f"the body ended after {got} of {length} bytes")
+        except BaseException as e:
+            failed.append(e)
+            raise
+
+    try:
+        await s3.put_incoming_part(upload, upload_id, index + 1, length, body())
+    except NotFoundError:
+        raise HttpError(404, "upload_gone", "this upload expired or was completed") from None
+    except Exception:
+        if failed:
+            raise failed[0] from None
+        raise
+    return msgpack_response({"size": length}, 201)
+
+
+async def _complete_incoming(s3: S3BlobStore, upload: str, digest: str, size: int) -> None:
+    """Join, verify and adopt an incoming upload (see the section's comment)."""
+    gone = HttpError(400, "incomplete", "this upload expired or was completed: start another")
+    if size == 0:
+        raise HttpError(400, "invalid", "an empty blob has no parts: PUT /v1/blobs/DIGEST")
+    async with s3.held():
+        upload_id = await s3.find_incoming(upload)
+        if upload_id is None:
+            raise gone
+        try:
+            parts = await s3.incoming_parts(upload, upload_id)
+        except NotFoundError:
+            raise gone from None
+        covered = _covered_parts(parts)
+        if covered != size:
+            raise HttpError(400, "incomplete", f"the parts hold {covered} of {size} bytes: resend")
+        try:
+            await s3.complete_incoming(upload, upload_id, parts)
+        except NotFoundError:
+            raise gone from None
+        except BaseException:
+            await s3.drop_incoming(upload, upload_id)
+            raise
+        try:
+            got, held = await s3.adopt_incoming(upload, digest, size)
+        finally:  # adopted, or wrong: the incoming object goes either way
+            await s3.drop_incoming(upload)
+    if held != size:
+        raise HttpError(400, "invalid", f"the parts hold {held} bytes, not {size}")
+    if got != digest:
+        raise HttpError(
+            422,
+            "digest_mismatch",
+            f"the parts ({size} bytes) hash to {got}, not {digest}; nothing was stored",
+            got=got,
+        )
+
+
+def _covered_parts(parts: dict[int, tuple[int, str]]) -> int:
+    """Bytes of the parts numbered 1, 2, ... without a gap (a part past a gap is not counted,
+    and so makes the total fall short: it would end up in the middle of the blob)."""
+    if sorted(parts) != list(range(1, len(parts) + 1)):
+        return -1
+    return sum(size for size, _ in parts.values())
+
+
+async def urls(request: web.Request) -> web.Response:
+    """POST /v1/blobs/urls [digest, ...]: {"urls": {digest: URL or None}, "presign": bool}:
+    presigned GET URLs (for ``BLOB_URL_EXPIRY`` seconds) when the store is S3 and presigning is
+    on, else None (read through ``GET /v1/blobs/{digest}``). 404 for a blob the token may not
+    see, as for its bytes. The client verifies what it reads."""
+    await grant_of(request)
+    digests = await msgpack_body(request, _DIGESTS)
+    if len(digests) > _URLS_AT_ONCE:
+        raise HttpError(413, "too_large", f"at most {_URLS_AT_ONCE} digests per request")
+    if invisible := await hidden(request, digests):
+        raise _not_found(min(invisible))
+    s3 = _s3(request)
+    if s3 is None or not _presigning(request):
+        return msgpack_response({"urls": dict.fromkeys(digests), "presign": False})
+    async with s3.held():
+        found = {d: await s3.presign("GET", d, BLOB_URL_EXPIRY) for d in digests}
+    return msgpack_response({"urls": found, "presign": True})
+
+
+async def _read_small_s3(s3: S3BlobStore, digests: list[str]) -> list[bytes | None]:
+    """The batch of ``download_batch`` from S3: each blob that fits read whole, None for the
+    others (told by the size S3 announces before the body: a large one is not read)."""
+    out: list[bytes | None] = []
+    budget = BATCH_BYTES
+    async with s3.held():
+        for digest in digests:
+            try:
+                async with s3.reading(digest) as (size, _, chunks):
+                    if size > min(budget, SMALL_BLOB):
+                        out.append(None)
+                        continue
+                    out.append(b"".join([chunk async for chunk in chunks]))
+                    budget -= size
+            except NotFoundError:
+                raise _not_found(digest) from None
+    return out
+
+
+async def _relay(request: web.Request, s3: S3BlobStore, digest: str) -> web.StreamResponse:
+    """Stream a blob from S3 to the client as it arrives (with ``Range``: from its start)."""
+    start = request.http_range.start or 0
+    try:
+        async with s3.reading(digest, start) as (total, length, chunks):
+            headers = {"Content-Type": _OCTETS, "Content-Length": str(length)}
+            if start:
+                headers["Content-Range"] = f"bytes {start}-{total - 1}/{total}"
+            response = web.StreamResponse(status=206 if start else 200, headers=headers)
+            await response.prepare(request)
+            async for chunk in chunks:
+                await response.write(chunk)
+    except NotFoundError:
+        raise _not_found(digest) from None
+    await response.write_eof()
+    return response

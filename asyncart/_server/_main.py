@@ -31,7 +31,7 @@ from .._backends.local import LocalStore
 from .._errors import AsyncartError, BackendUnavailableError, InvalidInputError
 from .._store import load_backend, open_store, prepare_store
 from ._app import make_app
-from ._blob_routes import Limits
+from ._blob_routes import PRESIGN, Limits
 from ._connections import Listener, connection_cap
 from ._http import DRAIN, AccessLogger
 from ._tokens import Grant, TokenBook, token_book
@@ -50,6 +50,7 @@ async def serve(
     upload_expiry: float = UPLOAD_EXPIRY,
     tls: ssl.SSLContext | None = None,
     ready: asyncio.Event | None = None,
+    presign: bool = True,
 ) -> None:
     """Serve ``store`` (a local store's directory, or a ``postgresql://...?blobs=s3://...``
     URL) until SIGINT or SIGTERM, then drain.
@@ -59,6 +60,9 @@ async def serve(
     seconds are removed. Serve with ``tls`` anywhere but loopback: tokens travel in headers.
     ``limits`` bounds bodies, the bytes of bodies held at once, idle and slow connections and
     their number (see :class:`Limits`).
+    On S3, large blobs travel between clients and S3 by presigned URLs (the server authorizes
+    and verifies); ``presign=False`` relays them through the server instead, for an S3
+    endpoint the clients cannot reach.
     A directory that holds no store yet becomes one; so does a database without the schema.
     The tokens of a local store are in its ``tokens.json``; those of a PostgreSQL + S3 store
     in its database, so that several servers share them.
@@ -76,6 +80,7 @@ async def serve(
     limits = limits or Limits()
     async with _spool_of(opened) as spool:
         app = make_app(opened, token_book(opened), spool, limits, upload_expiry=upload_expiry)
+        app[PRESIGN] = presign
         await _run(app, host, port, limits, tls, ready)
 
 
@@ -150,7 +155,7 @@ def _cannot_listen(host: str, port: int, e: OSError) -> str:
 def serve_main(argv: Sequence[str] | None = None) -> int:
     """``asyncart serve --store DIR [--host H] [--port P] [--max-blob-bytes N]
     [--max-request-bytes N] [--max-staged-bytes N] [--max-bytes-in-flight N]
-    [--max-connections N] [--idle-timeout SECONDS] [--upload-expiry SECONDS]
+    [--max-connections N] [--idle-timeout SECONDS] [--upload-expiry SECONDS] [--no-presign]
     [--tls-cert PEM --tls-key PEM]``."""
     parser = argparse.ArgumentParser(prog="asyncart serve", description=serve.__doc__)
     add_serve_arguments(parser)
@@ -213,6 +218,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "this long (default: %(default).0f, 24 hours); its client then sends them again",
     )
     parser.add_argument(
+        "--no-presign",
+        action="store_true",
+        help="on S3, relay large blobs through the server instead of handing clients presigned "
+        "URLs (for an S3 endpoint the clients cannot reach)",
+    )
+    parser.add_argument(
         "--tls-cert", metavar="PEM", help="serve https with this certificate (chain) file"
     )
     parser.add_argument("--tls-key", metavar="PEM", help="the certificate's private key file")
@@ -244,7 +255,15 @@ def run_serve(args: argparse.Namespace) -> int:
     expiry, tls = args.upload_expiry, _tls(args.tls_cert, args.tls_key)
     try:
         asyncio.run(
-            serve(args.store, args.host, args.port, limits=limits, upload_expiry=expiry, tls=tls)
+            serve(
+                args.store,
+                args.host,
+                args.port,
+                limits=limits,
+                upload_expiry=expiry,
+                tls=tls,
+                presign=not args.no_presign,
+            )
         )
     except (AsyncartError, OSError) as e:
         print(f"asyncart serve: {_one_line(e)}", file=sys.stderr)

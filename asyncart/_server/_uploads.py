@@ -7,7 +7,11 @@ arrive is never removed under its request; a request for a directory being remov
 it is gone, then starts afresh (an empty listing: the client resends every part). The count is
 per process, like the spool itself: one server process per spool.
 
-The part requests writing into an upload are counted too: ``complete`` seals the upload only
+On S3 (``_blob_routes.py``), uploads are S3 multipart uploads and nothing of them is on local
+disk: :class:`IncomingSweeper` expires them from S3's own listings (when each started), so a
+restarted server, or any other replica of it, cleans up what a dead one left.
+
+The part requests writing into a local upload are counted too: ``complete`` seals the upload only
 when none is in flight (and no part is taken after that), so the bytes it verifies are the
 bytes it stores, and no request can write them afterwards.
 """
@@ -22,12 +26,16 @@ import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import anyio
 import anyio.to_thread
 from aiohttp import web
 
 from ._http import HttpError
+
+if TYPE_CHECKING:
+    from .._backends.s3_blobs import S3BlobStore
 
 UPLOAD_EXPIRY = 24 * 3600.0
 """Seconds after which the parts of an upload nobody continues or completes are removed."""
@@ -124,21 +132,57 @@ class Uploads:
             _log.exception("sweeping expired uploads in %s failed; trying again later", self.root)
 
 
+class IncomingSweeper:
+    """Expiry of the incoming uploads of an S3 blob store (see the module docstring): aborts
+    those started more than ``expiry`` seconds ago, and deletes incoming objects as old."""
+
+    def __init__(self, blobs: S3BlobStore, expiry: float) -> None:
+        self.blobs, self.expiry = blobs, expiry
+        self.interval = min(expiry / 4, SWEEP_INTERVAL)
+
+    async def sweep(self) -> list[str]:
+        """Remove what expired; return the keys removed."""
+        return await self.blobs.sweep_incoming(time.time() - self.expiry)
+
+    async def run(self) -> None:
+        """Sweep every ``interval`` seconds until cancelled; a failed sweep is logged."""
+        while True:
+            await anyio.sleep(self.interval)
+            await self._sweep_logged()
+
+    async def _sweep_logged(self) -> None:
+        try:
+            for key in await self.sweep():
+                _log.info("removed the expired incoming upload %s", key)
+        except Exception:  # an unreachable S3 now and then must not end the sweeps
+            _log.exception("sweeping expired uploads in %s failed; trying again later", self.blobs)
+
+
 UPLOADS = web.AppKey("uploads", Uploads)
 
 
 async def expire_uploads(app: web.Application) -> AsyncIterator[None]:
-    """An ``app.cleanup_ctx``: sweep at startup, then periodically until the app shuts down."""
+    """An ``app.cleanup_ctx``: sweep at startup, then periodically until the app shuts down
+    (the spool's uploads, and on S3 the store's incoming uploads)."""
+    from ._blob_routes import STORE  # (that module imports this one)
+
     uploads = app[UPLOADS]
-    await uploads._sweep_logged()
-    sweeper = asyncio.create_task(uploads.run(), name="asyncart expire uploads")
+    blobs = app[STORE].blobs
+    sweepers: list[Uploads | IncomingSweeper] = [uploads]
+    if hasattr(blobs, "sweep_incoming"):
+        sweepers.append(IncomingSweeper(cast("S3BlobStore", blobs), uploads.expiry))
+    for sweeper in sweepers:
+        await sweeper._sweep_logged()
+    tasks = [asyncio.create_task(s.run(), name="asyncart expire uploads") for s in sweepers]
     try:
         yield
     finally:
-        sweeper.cancel()
-        await asyncio.wait([sweeper])  # a sweep in a worker thread finishes first
-        if not sweeper.cancelled() and (error := sweeper.exception()) is not None:
-            raise error
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)  # a sweep in a worker thread finishes first
+        for task in tasks:
+            if not task.cancelled() and (error := task.exception()) is not None:
+                raise error
 
 
 def _touch(where: Path) -> None:
