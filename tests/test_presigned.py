@@ -262,6 +262,7 @@ async def test_a_batch_download_leaves_large_blobs_to_their_urls(
     pieces = [item, UploadItem(str(small), blake3.blake3(small.read_bytes()).hexdigest(), 100_000)]
     async with _client(served, served.token("a", write=True)) as store:
         await store.blobs.put_files(pieces)
+        served.access()  # waits until the upload's last line is written (the log is still)
         since = served.log_size()
         wanted = [(p.digest, str(tmp_path / f"down-{i}")) for i, p in enumerate(pieces)]
         assert await store.blobs.get_files(wanted) == SIZE + 100_000
