@@ -584,6 +584,9 @@ class S3BlobStore:
             with self._errors("GetObject", digest):
                 reply = await client.get_object(Bucket=self.bucket, Key=self.key(digest))
                 async with reply["Body"] as body:
+                    if int(reply["ContentLength"]) <= _CHUNK:  # one hop to a thread, not two
+                        data = await body.read()
+                        return await anyio.to_thread.run_sync(sink.write_all, data, digest, dest)
                     batch: list[bytes] = []
                     batched = 0
                     async for chunk in body.iter_chunks(_CHUNK):

@@ -462,6 +462,7 @@ BLOB_URL_EXPIRY = 900
 """Seconds a presigned download URL works (after that the client reads through us)."""
 _S3_PART_MIN, _S3_PART_MAX, _S3_PARTS = 5 << 20, 5 << 30, 10_000  # S3's multipart bounds
 _URLS_AT_ONCE = 10_000  # digests one /blobs/urls request may ask about
+_S3_READS = 16  # GETs of one batch download in flight at once
 
 
 def _s3(request: web.Request) -> S3BlobStore | None:
@@ -617,20 +618,32 @@ async def urls(request: web.Request) -> web.Response:
 
 async def _read_small_s3(s3: S3BlobStore, digests: list[str]) -> list[bytes | None]:
     """The batch of ``download_batch`` from S3: each blob that fits read whole, None for the
-    others (told by the size S3 announces before the body: a large one is not read)."""
-    out: list[bytes | None] = []
+    others (told by the size S3 announces before the body: a large one is not read).
+    ``_S3_READS`` at once: one GET after another made a batch wait on every round trip."""
+    out: list[bytes | None] = [None] * len(digests)
     budget = BATCH_BYTES
-    async with s3.held():
-        for digest in digests:
+    errors: list[Exception] = []
+    limiter = anyio.CapacityLimiter(_S3_READS)
+
+    async def one(index: int, digest: str) -> None:
+        nonlocal budget
+        async with limiter:
             try:
                 async with s3.reading(digest) as (size, _, chunks):
                     if size > min(budget, SMALL_BLOB):
-                        out.append(None)
-                        continue
-                    out.append(b"".join([chunk async for chunk in chunks]))
+                        return  # left to its own GET
                     budget -= size
+                    out[index] = b"".join([chunk async for chunk in chunks])
             except NotFoundError:
-                raise _not_found(digest) from None
+                errors.append(_not_found(digest))
+            except Exception as e:  # raised below, alone (not as a task group's group)
+                errors.append(e)
+
+    async with s3.held(), anyio.create_task_group() as group:
+        for index, digest in enumerate(digests):
+            group.start_soon(one, index, digest)
+    if errors:
+        raise errors[0]
     return out
 
 
