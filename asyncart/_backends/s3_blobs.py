@@ -847,14 +847,18 @@ class S3BlobStore:
         async with self._use() as client:
             paginator = client.get_paginator("list_multipart_uploads")
             with self._errors("ListMultipartUploads"):
-                async for page in paginator.paginate(Bucket=self.bucket, Prefix=head):
+                async for page in paginator.paginate(
+                    Bucket=self.bucket, Prefix=head, PaginationConfig={"PageSize": LIST_PAGE}
+                ):
                     for up in page.get("Uploads", []):
                         if up["Initiated"].timestamp() < cutoff:
                             await self._abort(client, up["Key"], up["UploadId"])
                             removed.append(up["Key"])
             paginator = client.get_paginator("list_objects_v2")
             with self._errors("ListObjectsV2"):
-                async for page in paginator.paginate(Bucket=self.bucket, Prefix=head):
+                async for page in paginator.paginate(
+                    Bucket=self.bucket, Prefix=head, PaginationConfig={"PageSize": LIST_PAGE}
+                ):
                     for obj in page.get("Contents", []):
                         if obj["LastModified"].timestamp() < cutoff:
                             with self._errors("DeleteObject"):

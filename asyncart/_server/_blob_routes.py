@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+import anyio.lowlevel
 import anyio.to_thread
 import blake3
 import msgspec
@@ -567,13 +568,10 @@ async def _complete_incoming(s3: S3BlobStore, upload: str, digest: str, size: in
         covered = _covered_parts(parts)
         if covered != size:
             raise HttpError(400, "incomplete", f"the parts hold {covered} of {size} bytes: resend")
-        try:
+        try:  # a failure leaves the parts to the expiry: a retry after an S3 hiccup keeps them
             await s3.complete_incoming(upload, upload_id, parts)
         except NotFoundError:
             raise gone from None
-        except BaseException:
-            await s3.drop_incoming(upload, upload_id)
-            raise
         try:
             got, held = await s3.adopt_incoming(upload, digest, size)
         finally:  # adopted, or wrong: the incoming object goes either way
@@ -612,7 +610,11 @@ async def urls(request: web.Request) -> web.Response:
     if s3 is None or not _presigning(request):
         return msgpack_response({"urls": dict.fromkeys(digests), "presign": False})
     async with s3.held():
-        found = {d: await s3.presign("GET", d, BLOB_URL_EXPIRY) for d in digests}
+        found: dict[str, str | None] = {}
+        for index, digest in enumerate(digests):
+            found[digest] = await s3.presign("GET", digest, BLOB_URL_EXPIRY)
+            if index % 256 == 255:  # signing is CPU on the loop: let other requests in
+                await anyio.lowlevel.checkpoint()
     return msgpack_response({"urls": found, "presign": True})
 
 
@@ -650,6 +652,8 @@ async def _read_small_s3(s3: S3BlobStore, digests: list[str]) -> list[bytes | No
 async def _relay(request: web.Request, s3: S3BlobStore, digest: str) -> web.StreamResponse:
     """Stream a blob from S3 to the client as it arrives (with ``Range``: from its start)."""
     start = request.http_range.start or 0
+    if start < 0:  # a suffix range (bytes=-N): clients resume from an offset, never need one
+        raise HttpError(416, "invalid_range", "suffix ranges are not served: ask bytes=START-")
     try:
         async with s3.reading(digest, start) as (total, length, chunks):
             headers = {"Content-Type": _OCTETS, "Content-Length": str(length)}
