@@ -184,8 +184,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-staged-bytes",
         type=int,
         default=Limits.max_staged,
-        help="bytes of records one token may hold in appends too large for one request, "
-        "which arrive in parts and are published at once (default: %(default)s)",
+        help="bytes of records of one append too large for one request (uploaded in parts "
+        "as blobs, then published at once; the server holds it to validate it) "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--max-bytes-in-flight",
