@@ -481,19 +481,7 @@ class S3BlobStore:
         upload = started["UploadId"]
         try:
             etags = await self._send_parts(client, item, key, upload, budget)
-            parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
-            completed = False
-            with self._errors("CompleteMultipartUpload", exists_ok=True):
-                await client.complete_multipart_upload(
-                    Bucket=self.bucket,
-                    Key=key,
-                    UploadId=upload,
-                    MultipartUpload={"Parts": parts},
-                    IfNoneMatch="*",
-                )
-                completed = True
-            if not completed:  # stored already: drop our parts
-                await self._abort(client, key, upload)
+            await self._complete_new(client, key, upload, etags)
         except BaseException:
             await self._abort(client, key, upload)
             raise
@@ -543,6 +531,25 @@ class S3BlobStore:
                 why = "it grew" if tail else f"its bytes hash to {hasher.hexdigest()[:16]}..."
                 raise _changed(item, why)  # the task group cancels the parts in flight
         return etags
+
+    async def _complete_new(
+        self, client: Any, key: str, upload: str, etags: dict[int, str]
+    ) -> None:
+        """Complete a multipart upload of a blob's key only if the key is not stored yet
+        (``If-None-Match: *``: good bytes are never replaced); if it is, drop the parts."""
+        parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
+        completed = False
+        with self._errors("CompleteMultipartUpload", exists_ok=True):
+            await client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload,
+                MultipartUpload={"Parts": parts},
+                IfNoneMatch="*",
+            )
+            completed = True
+        if not completed:  # stored already: drop our parts
+            await self._abort(client, key, upload)
 
     async def _abort(self, client: Any, key: str, upload: str) -> None:
         with (
@@ -809,19 +816,7 @@ class S3BlobStore:
                 if (got, held) != (digest, size):
                     await self._abort(client, key, upload_id)
                     return got, held
-                parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
-                completed = False
-                with self._errors("CompleteMultipartUpload", exists_ok=True):
-                    await client.complete_multipart_upload(
-                        Bucket=self.bucket,
-                        Key=key,
-                        UploadId=upload_id,
-                        MultipartUpload={"Parts": parts},
-                        IfNoneMatch="*",
-                    )
-                    completed = True
-                if not completed:
-                    await self._abort(client, key, upload_id)
+                await self._complete_new(client, key, upload_id, etags)
             except BaseException:
                 await self._abort(client, key, upload_id)
                 raise
