@@ -217,8 +217,9 @@ class Server:
             [*cli, "token", "create", "--store", location, "--project", project, "--write"],
             capture_output=True,
             text=True,
-            check=True,
         )
+        if made.returncode:
+            raise SystemExit(f"asyncart token create failed: {made.stderr.strip()}")
         self.token = made.stdout.strip().split()[-1]
         log = open(os.environ.get("BENCH_SERVER_LOG", os.devnull), "a")  # noqa: SIM115
         self.proc = subprocess.Popen(

@@ -297,24 +297,10 @@ class HttpBlobStore:
         url: str | None = None,
         direct: aiohttp.ClientSession | None = None,
     ) -> int:
-        """Stream one blob to ``dest`` through a temp file; resume with ``Range`` on errors.
-
-        Receiving and writing overlap: a writer task writes (and hashes) one 4 MiB batch in a
-        worker thread while the next one arrives.
-        """
+        """Stream one blob to ``dest`` through a temp file; resume with ``Range`` on errors."""
         sink = _Sink(temp_beside(dest))
-        send, receive = anyio.create_memory_object_stream[_Batch](1)
-
-        async def writer() -> None:
-            async with receive:
-                async for batch in receive:
-                    await anyio.to_thread.run_sync(sink.write, batch)
-
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(writer)
-                async with send:
-                    await self._receive(digest, send, url, direct)
+            await sink.fill(lambda send: self._receive(digest, send, url, direct))
             return await anyio.to_thread.run_sync(sink.finish, digest, dest)
         except BaseException:
             await anyio.to_thread.run_sync(sink.discard)
@@ -430,6 +416,27 @@ class _Sink:
             while view:
                 view = view[self.file.write(view) :]
             self.size += len(data)
+
+    async def fill(
+        self, receive: Callable[[anyio.abc.ObjectSendStream[_Batch]], Awaitable[None]]
+    ) -> None:
+        """Write (and hash) the batches that ``receive`` sends, each in a worker thread while
+        the next one arrives: receiving and writing overlap. Raises ``receive``'s error, not
+        a group of them."""
+        send, batches = anyio.create_memory_object_stream[_Batch](1)
+
+        async def writer() -> None:
+            async with batches:
+                async for batch in batches:
+                    await anyio.to_thread.run_sync(self.write, batch)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(writer)
+                async with send:
+                    await receive(send)
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
 
     def write_all(self, data: bytes, digest: str, dest: str) -> int:
         """:meth:`write` then :meth:`finish`: a small blob in one thread hop."""

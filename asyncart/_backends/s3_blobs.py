@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 import blake3
@@ -585,7 +586,7 @@ class S3BlobStore:
 
     async def _get_file(self, client: Any, digest: str, dest: str) -> int:
         """Stream one blob to a temp file beside ``dest`` (written and hashed in a thread,
-        4 MiB at a time), verify it, then rename it into place."""
+        4 MiB at a time, while the next 4 MiB arrive), verify it, then rename it into place."""
         sink = _Sink(temp_beside(dest))
         try:
             with self._errors("GetObject", digest):
@@ -594,15 +595,7 @@ class S3BlobStore:
                     if int(reply["ContentLength"]) <= _CHUNK:  # one hop to a thread, not two
                         data = await body.read()
                         return await anyio.to_thread.run_sync(sink.write_all, data, digest, dest)
-                    batch: list[bytes] = []
-                    batched = 0
-                    async for chunk in body.iter_chunks(_CHUNK):
-                        batch.append(chunk)
-                        batched += len(chunk)
-                        if batched >= _CHUNK:
-                            await anyio.to_thread.run_sync(sink.write, batch)
-                            batch, batched = [], 0
-                    await anyio.to_thread.run_sync(sink.write, batch)
+                    await sink.fill(lambda send: _batches(body.iter_chunks(_CHUNK), send))
             return await anyio.to_thread.run_sync(sink.finish, digest, dest)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -886,6 +879,21 @@ class S3BlobStore:
 
     def __repr__(self) -> str:
         return f"S3BlobStore({self.location!r})"
+
+
+async def _batches(
+    chunks: AsyncIterator[bytes], send: anyio.abc.ObjectSendStream[list[bytes]]
+) -> None:
+    """Send ``chunks`` on in batches of about ``_CHUNK`` bytes (one thread hop each)."""
+    batch: list[bytes] = []
+    batched = 0
+    async for chunk in chunks:
+        batch.append(chunk)
+        batched += len(chunk)
+        if batched >= _CHUNK:
+            await send.send(batch)
+            batch, batched = [], 0
+    await send.send(batch)
 
 
 class _Budget:
