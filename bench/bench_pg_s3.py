@@ -30,12 +30,11 @@ The source files are written once, before any clock starts; downloads go to new 
 folder of many files is deleted: that slows file creation on this disk for minutes). The data
 directory is printed at the end.
 
-Seen here (2 shared cores, load average 0.3-2.7, ``--small 2000 --large-mib 128``, medians of
-3, 2026-12-02; the full table is in the README), as a share of the plain client's throughput:
-large ingest 101% direct / 79% presigned server / 67% ``--no-presign``; large download 79% /
-91% / 74%; small ingest 110% / 80% / 82%, small download 66% / 52% / 52% (77% / 93% / 88% in a
-later run, once S3 batch downloads read 16 blobs at once); server CPU per GB
-of large files 1.8 s ingested presigned against 2.8 s relayed, 0.1 s downloaded against 1.0 s.
+Seen here (2 shared cores, the issue's sizes run as ``--only small`` then ``--only large``,
+medians of 3, 2026-12-03; the full table is in the README), as a share of the plain client's
+throughput: small ingest 65% direct / 101% server / 90% ``--no-presign``, small download 77% /
+76% / 80%; large ingest 97% / 74% / 66%, large download 74% / 121% / 74%; server CPU per GB of
+large files 1.9 s ingested presigned against 3.0 s relayed, 0.0 s downloaded against 1.1 s.
 """
 
 from __future__ import annotations
