@@ -29,7 +29,9 @@ from ._errors import AsyncartError as AsyncartError
 from ._errors import AsyncartWarning as AsyncartWarning
 from ._errors import BackendUnavailableError as BackendUnavailableError
 from ._errors import ConflictError as ConflictError
+from ._errors import DeletedError as DeletedError
 from ._errors import FileChangedError as FileChangedError
+from ._errors import HasAliasesError as HasAliasesError
 from ._errors import IntegrityError as IntegrityError
 from ._errors import InvalidInputError as InvalidInputError
 from ._errors import NotDurableError as NotDurableError
@@ -104,9 +106,11 @@ __all__ = (
     "ConflictError",
     "CopyProgress",
     "CopyReport",
+    "DeletedError",
     "Entry",
     "EventLog",
     "FileChangedError",
+    "HasAliasesError",
     "HttpStore",
     "IntegrityError",
     "InvalidInputError",

@@ -40,10 +40,12 @@ class Api:
 
     @holding_store
     async def artifact_versions(self, name: str, project: str | None = None) -> list[Artifact]:
-        """Every committed version of an artifact, oldest first."""
+        """Every committed version of an artifact, oldest first; deleted versions are left
+        out (``history`` shows their deletion)."""
         project = check_name(self.project if project is None else project, "project")
         state = await self._repo.collection(project, check_name(name, "artifact name"))
-        return [await load_version(self._repo, project, state, v) for v in state.versions]
+        live = [v for v in state.versions if v.deleted is None]
+        return [await load_version(self._repo, project, state, v) for v in live]
 
     @holding_store
     async def projects(self) -> list[str]:

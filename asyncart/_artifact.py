@@ -544,6 +544,30 @@ class Artifact:
         state, version = await saved.repo.version(saved.project, self.name, number, None)
         return await load_version(saved.repo, saved.project, state, version)
 
+    @holding_store
+    async def delete(self, delete_aliases: bool = False, *, dry_run: bool = False) -> None:
+        """Delete this committed version, as one ``version.deleted`` event in the log.
+
+        The version keeps its number (the next version is still one past the highest ever
+        committed); resolving it raises :class:`DeletedError`, saying who deleted it and when;
+        ``latest`` moves to the newest version left. Its records stay in the log, so ``audit``
+        still replays it; its blobs are not reclaimed (no garbage collection yet).
+
+        Args:
+            delete_aliases: also take its aliases off (``latest`` moves in any case); without
+                it, a version with aliases is refused.
+            dry_run: check that the deletion would be accepted now, and write nothing.
+
+        Raises:
+            HasAliasesError: it has aliases and ``delete_aliases`` is False (nothing deleted).
+            NotFoundError: it does not exist in the store (DeletedError: deleted already).
+            InvalidInputError: this artifact is a draft.
+        """
+        saved = self._require_saved()
+        await saved.repo.delete(
+            saved.project, self.name, saved.version.number, delete_aliases, _user_actor(), dry_run
+        )
+
 
 class _Sources:
     """The local file of each entry added to a draft, kept as the folder it was read from (an

@@ -78,6 +78,9 @@ class AuditReport:
             does not have (a blob that two collections use, or that comes back after it was
             removed, is checked, and counted, again).
         blobs_read: blobs whose bytes were read and hashed (``read_data``).
+        deleted: the deleted versions (``project/name:vN``), replayed and checked like the
+            others, but neither their blobs nor their snapshots are asked for (a collector may
+            have reclaimed them).
         collections: every artifact's versions and aliases as of the end of the log, or as of
             ``as_of``.
         problems: what is wrong, each naming its stream and, when known, the record's seq.
@@ -88,6 +91,7 @@ class AuditReport:
     versions: int = 0
     blobs: int = 0
     blobs_read: int = 0
+    deleted: list[str] = field(default_factory=list)
     collections: list[ArtifactCollection] = field(default_factory=list)
     problems: list[AuditProblem] = field(default_factory=list)
 
@@ -97,8 +101,10 @@ class AuditReport:
 
     def __str__(self) -> str:
         read = f" ({self.blobs_read} read)" if self.blobs_read else ""
+        gone = f" ({len(self.deleted)} deleted)" if self.deleted else ""
         head = (
-            f"audited {self.streams} streams, {self.records} records, {self.versions} versions, "
+            f"audited {self.streams} streams, {self.records} records, "
+            f"{self.versions} versions{gone}, "
             f"{self.blobs} blobs{read}: " + ("OK" if self.ok else f"{len(self.problems)} problems")
         )
         return "\n".join([head, *(f"  {p}" for p in self.problems)])
@@ -305,6 +311,10 @@ class _Auditor:
                 )
             )
         self.report.versions += len(state.versions)
+        project = stream.partition("/")[0]
+        self.report.deleted += [
+            f"{project}/{state.name}:v{v.number}" for v in state.versions if v.deleted is not None
+        ]
         self.report.collections.append(collection_summary(stream.partition("/")[0], state))
         last_use = {v.parent: v.number for v in state.versions if v.parent is not None}
         live: dict[int, Manifest | None] = {}  # None: it could not be replayed (reported)
@@ -364,6 +374,8 @@ class _Auditor:
         manifest, problem, uses = await maybe_thread(heavy, _derive, state, version, base, changes)
         if problem is not None:
             self.report.problems.append(AuditProblem(state.stream, version.seq, problem))
+        if version.deleted is not None:
+            return manifest  # its blobs and snapshot may be reclaimed: not asked for
         if version.commit.snapshot is not None:
             await self._snapshot(state, version, version.commit.snapshot)
         await self.blobs.add(uses)
@@ -606,6 +618,8 @@ def _derive(
     """Replay ``version`` over its parent's ``base``: its manifest, what is wrong with it
     (None if nothing), and the blobs it has that ``base`` does not."""
     manifest = replay(base, changes)
+    if version.parent is not None and state.versions[version.parent].deleted is not None:
+        base = None  # its parent's blobs were not checked: every blob of this version is new
     commit = version.commit
     problem = None
     if (manifest.digest, len(manifest), manifest.size) != (
@@ -632,6 +646,8 @@ def _new_uses(
     entries this version's changes added can be such (the rest were checked with the parent)."""
     uses: dict[str, _BlobUse] = {}
     entries, before = manifest.entries, base.entries if base is not None else {}
+    if base is None and version.parent is not None:  # over a deleted parent
+        changes = [FilesAdded("", list(entries.values()))]
     for change in changes:
         if not isinstance(change, FilesAdded):
             continue

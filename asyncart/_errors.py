@@ -4,11 +4,13 @@ Every error derives from :class:`AsyncartError`::
 
     AsyncartError
     ├── NotFoundError            an artifact, version, alias, blob or run does not exist
+    │   └── DeletedError         the version was deleted (by whom, when)
     ├── ConflictError            a stream moved on while we wrote to it (re-read, then retry)
     │   └── AlreadyFinishedError a distributed draft was committed by another finisher first
     ├── IntegrityError           bytes or records do not match their digest, checksum or hash chain
     │   └── FileChangedError     a file changed between ``add_file`` and its upload
     ├── InvalidInputError        a bad name, path or argument (also a ``ValueError``)
+    │   └── HasAliasesError      a version to delete has aliases (``delete_aliases=True``)
     ├── SealedError              a committed artifact or finished draft was modified
     └── BackendUnavailableError  the store cannot be reached or opened
         ├── AccessDeniedError    the server refused the token (missing, unknown, out of scope)
@@ -27,6 +29,19 @@ class AsyncartError(Exception):
 
 class NotFoundError(AsyncartError):
     """Raised when an artifact, version, alias, blob or run does not exist."""
+
+
+class DeletedError(NotFoundError):
+    """Raised when a version that was deleted is resolved (``name:vN``).
+
+    Attributes:
+        actor: who deleted it (the deletion record's actor).
+        time: when (seconds since the epoch).
+    """
+
+    def __init__(self, message: str, actor: str, time: float) -> None:
+        super().__init__(message)
+        self.actor, self.time = actor, time
 
 
 class ConflictError(AsyncartError):
@@ -84,6 +99,11 @@ class FileChangedError(IntegrityError):
 
 class InvalidInputError(AsyncartError, ValueError):
     """Raised for a bad name, entry path, reference or argument, before anything is written."""
+
+
+class HasAliasesError(InvalidInputError):
+    """Raised by ``Artifact.delete`` for a version that has aliases (``latest`` aside) when
+    ``delete_aliases`` is False; nothing was deleted."""
 
 
 class SealedError(AsyncartError):

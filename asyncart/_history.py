@@ -28,6 +28,7 @@ from ._domain.events import (
     RunStarted,
     UnknownEvent,
     VersionCommitted,
+    VersionDeleted,
 )
 from ._domain.fold import CollectionState
 from ._domain.notes import CollectionNote, Note, decode_note
@@ -48,9 +49,11 @@ class ArtifactCollection(msgspec.Struct, frozen=True):
         project: the project it belongs to.
         name: the artifact's name.
         type: its type (``dataset``, ``model`` ...).
-        versions: how many versions were committed.
+        versions: how many versions were committed (deleted ones included: a number is
+            never reused, so the next version is ``vN`` for N = ``versions``).
         aliases: alias -> version number, ``latest`` included.
-        updated: when its latest version was committed (None before the first one).
+        updated: when its latest version was committed (None before the first one, or once
+            every version was deleted).
     """
 
     project: str
@@ -258,6 +261,9 @@ def describe(body: Body) -> str:
         case AliasesMoved(version=version, add=add, remove=remove):
             moves = [f"+{a}" for a in add] + [f"-{a}" for a in remove]
             return f"moved aliases on v{version}: {' '.join(moves) or 'none'}"
+        case VersionDeleted(version=version, aliases=aliases):
+            also = f" and its aliases {', '.join(aliases)}" if aliases else ""
+            return f"deleted v{version}{also}"
         case RunStarted(group=group, job_type=job_type):
             return f"started run (job type {job_type or '-'}, group {group or '-'})"
         case ArtifactUsed(project=project, name=name, version=version):

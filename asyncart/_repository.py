@@ -39,6 +39,7 @@ from ._domain.events import (
     MetadataSet,
     Record,
     VersionCommitted,
+    VersionDeleted,
     decode,
     encode,
     record_hash,
@@ -50,6 +51,8 @@ from ._errors import (
     AlreadyFinishedError,
     AsyncartError,
     ConflictError,
+    DeletedError,
+    HasAliasesError,
     IntegrityError,
     InvalidInputError,
     NotFoundError,
@@ -185,9 +188,19 @@ class Repository:
         if found is None:
             what = f"v{number}" if number is not None else alias
             known = ", ".join(sorted(state.aliases)) or "none"
+            gone = sum(v.deleted is not None for v in state.versions)
+            how_many = f", {gone} of them deleted" if gone else ""
             raise NotFoundError(
                 f"artifact {project}/{name}:{what} not found "
-                f"(versions: {len(state.versions)}; aliases: {known})"
+                f"(versions: {len(state.versions)}{how_many}; aliases: {known})"
+            )
+        if (deleted := found.deleted) is not None:
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(deleted.time))
+            raise DeletedError(
+                f"artifact {project}/{name}:v{found.number} was deleted by {deleted.actor} "
+                f"at {when} (seq {deleted.seq})",
+                deleted.actor,
+                deleted.time,
             )
         return state, found
 
@@ -458,11 +471,42 @@ class Repository:
         self, project: str, name: str, number: int, add: list[str], remove: list[str], actor: str
     ) -> None:
         async def step(state: CollectionState) -> None:
-            if number >= len(state.versions):
-                raise NotFoundError(f"artifact {project}/{name}:v{number} not found")
+            await self.version(project, name, number, None)  # it exists and is not deleted
             await self.append(state, [AliasesMoved(number, add, remove)], actor)
 
         await self._retrying(project, name, step)
+
+    async def delete(
+        self,
+        project: str,
+        name: str,
+        number: int,
+        delete_aliases: bool,
+        actor: str,
+        dry_run: bool = False,
+    ) -> tuple[CollectionState, Version]:
+        """Delete version ``number`` (one version.deleted record); return the state it was
+        decided on and the version (as it was before the deletion).
+
+        Raises:
+            NotFoundError: no such version (DeletedError: it was deleted already).
+            HasAliasesError: it has aliases besides ``latest`` and not ``delete_aliases``.
+        """
+
+        async def step(state: CollectionState) -> tuple[CollectionState, Version]:
+            state, version = await self.version(project, name, number, None)
+            aliases = sorted(version.aliases - {"latest"})
+            if aliases and not delete_aliases:
+                raise HasAliasesError(
+                    f"{project}/{name}:v{number} has aliases {', '.join(aliases)}: move them "
+                    "first, or pass delete_aliases=True (--delete-aliases) to delete them too"
+                )
+            if not dry_run:  # at the head the check read: a racing alias move conflicts
+                await self.append(state, [VersionDeleted(number, aliases)], actor)
+            return state, version
+
+        result: tuple[CollectionState, Version] = await self._retrying(project, name, step)
+        return result
 
     async def _maybe_snapshot(
         self,
@@ -501,7 +545,8 @@ async def checkpointed(log: EventLog, stream: str) -> CollectionState:
         anchor = await log.read(stream, seq, limit=1)
         if not anchor or record_hash(anchor[0]) != last_hash:
             return CollectionState(stream)  # not of this stream's history (restored, edited)
-        if (latest := state.latest) is not None:  # its newest version is the log's, too
+        if state.versions:  # its newest version is the log's, too
+            latest = state.versions[-1]
             found = anchor if latest.seq == seq else await log.read(stream, latest.seq, limit=1)
             if not found or decode(found[0], stream, latest.seq).body != latest.commit:
                 return CollectionState(stream)

@@ -10,6 +10,7 @@ import anyio
 import asyncart
 
 from .._artifact import DEFAULT_PROJECT
+from .._names import parse_ref
 from ._console import Console, human_bytes
 from ._registry import api_for, command, project_option
 from ._shapes import artifact_data, as_of_text, report_data
@@ -124,6 +125,39 @@ async def alias(args: argparse.Namespace, console: Console) -> int:
         f"{args.alias} {verb} {artifact.qualified_name} (aliases: {', '.join(artifact.aliases)})"
     )
     console.result(human, artifact_data(artifact), None)
+    return 0
+
+
+def _delete_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("ref", metavar="NAME:vN", help="the version, [project/]name:vN")
+    project_option(parser)
+    parser.add_argument(
+        "--delete-aliases", action="store_true", help="take its aliases off with it"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="check only; delete nothing")
+
+
+@command(
+    "delete",
+    _delete_args,
+    "delete a version (its number is never reused; its blobs stay until gc lands)",
+    "asyncart delete mnist:v3 --dry-run",
+)
+async def delete(args: argparse.Namespace, console: Console) -> int:
+    if parse_ref(args.ref).version is None:
+        raise asyncart.InvalidInputError(
+            f"name the version to delete as NAME:vN ({args.ref!r} names an alias)"
+        )
+    async with api_for(args) as api:
+        artifact = await api.artifact(args.ref)
+        aliases = [a for a in artifact.aliases if a != "latest"]
+        data = {**artifact_data(artifact), "deleted": not args.dry_run, "dry_run": args.dry_run}
+        await artifact.delete(args.delete_aliases, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    human = f"{verb} {artifact.qualified_name}" + (
+        f" and its aliases {', '.join(aliases)}" if aliases else ""
+    )
+    console.result(human, data, artifact.qualified_name)
     return 0
 
 

@@ -21,6 +21,10 @@ CHECKPOINT_EVERY = 64
 
 _MAGIC = b"ACP1"
 _SUM = 32  # bytes of the BLAKE3 checksum that follows the magic
+FORMAT = 2
+"""Format 2 carries deletions (``Version.deleted``). A release before it refuses a format-2
+checkpoint and folds the records (it cannot trust a state holding what it does not know)."""
+_DELETED = "version.deleted"
 
 
 class _Checkpoint(msgspec.Struct, frozen=True):
@@ -39,7 +43,7 @@ def checkpoint_due(before: int, after: int) -> bool:
 
 def encode_checkpoint(state: CollectionState) -> bytes:
     """The checkpoint of a folded collection (at ``state.head``)."""
-    body = _encoder.encode(_Checkpoint(1, state))
+    body = _encoder.encode(_Checkpoint(FORMAT, state))
     return _MAGIC + blake3.blake3(body).digest() + body
 
 
@@ -61,9 +65,12 @@ def decode_checkpoint(data: bytes, stream: str) -> CollectionState:
         checkpoint = _decoder.decode(body)
     except msgspec.DecodeError as e:
         raise IntegrityError(f"{where} does not decode: {e}") from None
-    if checkpoint.format != 1:
+    if checkpoint.format not in (1, FORMAT):
         raise IntegrityError(f"{where} has format {checkpoint.format} (of a newer release?)")
     state = checkpoint.state
+    if checkpoint.format == 1 and any(u.kind == _DELETED for u in state.unknown):
+        # folded by a release that skipped deletions it did not know: the records decide
+        raise IntegrityError(f"{where} has format 1 and skipped a deletion (re-folded)")
     if state.stream != stream or state.head < 1:
         raise IntegrityError(f"{where} is of stream {state.stream!r} at head {state.head}")
     return state

@@ -79,6 +79,17 @@ class AliasesMoved(_Event, tag="aliases.moved", frozen=True):
     remove: list[str] = []
 
 
+class VersionDeleted(_Event, tag="version.deleted", frozen=True):
+    """A committed version deleted: it keeps its number (never reused) and its records.
+
+    ``aliases`` names every alias it held (``latest`` aside), which go with it: a deletion
+    that leaves one out does not fold, so no alias is ever lost unnoticed.
+    """
+
+    version: int
+    aliases: list[str] = []
+
+
 # -- run stream: one per run (lineage) ------------------------------------------------------
 
 
@@ -112,6 +123,7 @@ Event = (
     | VersionCommitted
     | DraftDiscarded
     | AliasesMoved
+    | VersionDeleted
     | RunStarted
     | ArtifactUsed
     | ArtifactLogged

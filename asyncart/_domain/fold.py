@@ -24,6 +24,7 @@ from .events import (
     RunStarted,
     UnknownEvent,
     VersionCommitted,
+    VersionDeleted,
 )
 from .manifest import Manifest, Overlay
 
@@ -47,9 +48,18 @@ class Draft:
     description: str | None = None
 
 
+@dataclass(frozen=True)
+class Deletion:
+    """Who deleted a version (the record's actor), when, and at which seq."""
+
+    actor: str
+    time: float
+    seq: int
+
+
 @dataclass
 class Version:
-    """A committed version as recorded in the log."""
+    """A committed version as recorded in the log (``deleted`` once a deletion folds)."""
 
     number: int
     draft: Draft
@@ -58,6 +68,7 @@ class Version:
     time: float
     seq: int  # of the version.committed record
     aliases: set[str] = field(default_factory=set)
+    deleted: Deletion | None = None
 
     @property
     def parent(self) -> int | None:
@@ -106,9 +117,11 @@ class CollectionState:
 
     @property
     def latest(self) -> Version | None:
-        return self.versions[-1] if self.versions else None
+        """The newest version not deleted."""
+        return next((v for v in reversed(self.versions) if v.deleted is None), None)
 
     def resolve(self, version: int | None, alias: str | None) -> Version | None:
+        """The version numbered ``version`` (deleted or not), else the one ``alias`` names."""
         if version is not None:
             return self.versions[version] if version < len(self.versions) else None
         if alias == "latest":
@@ -207,7 +220,11 @@ def _apply(state: CollectionState, record: Record) -> None:
         case AliasesMoved():
             if not 0 <= body.version < len(state.versions):
                 _broken(state, record, f"moves aliases to missing v{body.version}")
+            if state.versions[body.version].deleted is not None:
+                _broken(state, record, f"moves aliases to deleted v{body.version}")
             _move_aliases(state, body.version, add=body.add, remove=body.remove)
+        case VersionDeleted():
+            _delete(state, record, body)
         case UnknownEvent(of=kind):  # a newer release wrote it: what it means is not ours to say
             state.unknown.append(Unknown(record.seq, kind))
         case _:
@@ -243,6 +260,26 @@ def _move_aliases(state: CollectionState, number: int, add: list[str], remove: l
             state.versions[old].aliases.discard(alias)
         state.aliases[alias] = number
         state.versions[number].aliases.add(alias)
+
+
+def _delete(state: CollectionState, record: Record, body: VersionDeleted) -> None:
+    number = body.version
+    if not 0 <= number < len(state.versions):
+        _broken(state, record, f"deletes missing v{number}")
+    version = state.versions[number]
+    if version.deleted is not None:
+        _broken(state, record, f"deletes v{number}, deleted already at seq {version.deleted.seq}")
+    held = version.aliases - {"latest"}
+    if set(body.aliases) != held:
+        _broken(
+            state,
+            record,
+            f"deletes v{number} naming aliases {sorted(body.aliases)}, but it holds {sorted(held)}",
+        )
+    version.deleted = Deletion(record.actor, record.time, record.seq)
+    _move_aliases(state, number, add=[], remove=sorted(version.aliases))
+    if "latest" not in state.aliases and (latest := state.latest) is not None:
+        _move_aliases(state, latest.number, add=["latest"], remove=[])
 
 
 def _broken(state: CollectionState, record: Record, why: str) -> NoReturn:

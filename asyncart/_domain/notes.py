@@ -14,7 +14,14 @@ from collections.abc import Sequence
 import msgspec
 
 from .._backends.base import MAX_NOTE
-from .events import AliasesMoved, ArtifactUsed, CollectionCreated, Event, VersionCommitted
+from .events import (
+    AliasesMoved,
+    ArtifactUsed,
+    CollectionCreated,
+    Event,
+    VersionCommitted,
+    VersionDeleted,
+)
 from .fold import CollectionState, RunState
 
 
@@ -44,6 +51,7 @@ def collection_note(state: CollectionState, then: Sequence[Event] = (), now: flo
     name, type_, aliases = state.name, state.type, dict(state.aliases)
     versions = len(state.versions)
     updated = None if state.latest is None else state.latest.time
+    times = [v.time if v.deleted is None else None for v in state.versions]
     for body in then:
         match body:
             case CollectionCreated():
@@ -51,11 +59,19 @@ def collection_note(state: CollectionState, then: Sequence[Event] = (), now: flo
             case VersionCommitted():
                 aliases.update(dict.fromkeys(["latest", *body.aliases], versions))
                 versions, updated = versions + 1, now
+                times.append(now)
             case AliasesMoved(version=number, add=add, remove=remove):
                 for alias in remove:
                     if aliases.get(alias) == number:
                         del aliases[alias]
                 aliases.update(dict.fromkeys(add, number))
+            case VersionDeleted(version=number):  # as fold does: latest to the newest live
+                times[number] = None
+                aliases = {a: n for a, n in aliases.items() if n != number}
+                live = [n for n, t in enumerate(times) if t is not None]
+                if "latest" not in aliases and live:
+                    aliases["latest"] = live[-1]
+                updated = times[live[-1]] if live else None
     data = _encoder.encode(CollectionNote(name, type_, versions, updated, aliases))
     if len(data) <= MAX_NOTE:
         return data

@@ -46,6 +46,7 @@ from .._domain.events import (
     RunFinished,
     RunStarted,
     VersionCommitted,
+    VersionDeleted,
     decode,
     encode,
     record_hash,
@@ -72,6 +73,7 @@ _COLLECTION_EVENTS = (
     VersionCommitted,
     DraftDiscarded,
     AliasesMoved,
+    VersionDeleted,
 )
 _BIG = 256 << 10  # bytes of records above which decoding and folding leave the loop
 
@@ -307,6 +309,9 @@ def _check_body(stream: str, body: Event) -> None:
                 check_alias(alias)
         case AliasesMoved(add=add, remove=remove):
             for alias in [*add, *remove]:
+                check_alias(alias)
+        case VersionDeleted(aliases=aliases):  # the fold checks the version and its aliases
+            for alias in aliases:
                 check_alias(alias)
         case ArtifactUsed(project=project, name=name):
             check_name(project, "project")
