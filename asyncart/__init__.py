@@ -28,6 +28,7 @@ from ._errors import AlreadyFinishedError as AlreadyFinishedError
 from ._errors import AsyncartError as AsyncartError
 from ._errors import AsyncartWarning as AsyncartWarning
 from ._errors import BackendUnavailableError as BackendUnavailableError
+from ._errors import CollectedError as CollectedError
 from ._errors import ConflictError as ConflictError
 from ._errors import DeletedError as DeletedError
 from ._errors import FileChangedError as FileChangedError
@@ -55,6 +56,8 @@ if _TYPE_CHECKING:  # type checkers see the imports, so they still catch misspel
     from ._copy import CopyProgress as CopyProgress
     from ._copy import CopyReport as CopyReport
     from ._copy import copy_store as copy_store
+    from ._gc import GcReport as GcReport
+    from ._gc import gc as gc
     from ._run import Run as Run
     from ._run import init as init
 else:
@@ -70,6 +73,8 @@ else:
         "CopyProgress": "._copy",
         "CopyReport": "._copy",
         "copy_store": "._copy",
+        "GcReport": "._gc",
+        "gc": "._gc",
         "HttpStore": "._backends.http",
         "PostgresS3Store": "._backends.pg_s3",
         "Run": "._run",
@@ -93,6 +98,7 @@ else:
 __all__ = (
     "AccessDeniedError",
     "AlreadyFinishedError",
+    "CollectedError",
     "Api",
     "Artifact",
     "ArtifactCollection",
@@ -129,6 +135,8 @@ __all__ = (
     "Store",
     "UploadItem",
     "audit",
+    "gc",
+    "GcReport",
     "copy_store",
     "init",
 )

@@ -62,6 +62,25 @@ class ConflictError(AsyncartError):
         self.stream, self.expected, self.head = stream, expected, head
 
 
+class CollectedError(ConflictError):
+    """Raised by an append that references blobs checked before a garbage collection swept
+    the blob store (its collection epoch moved): some of them may be gone. Nothing was
+    appended; the library checks its blobs again and retries, and raises this only if
+    collections keep sweeping meanwhile.
+    """
+
+    def __init__(self, stream: str, expected: int, epoch: int, current: int) -> None:
+        super().__init__(
+            stream,
+            expected,
+            expected,
+            f"stream {stream!r}: a garbage collection swept the blob store (epoch {epoch} -> "
+            f"{current}) since this append's blobs were checked; nothing was appended: check "
+            "them again and retry",
+        )
+        self.epoch, self.current = epoch, current
+
+
 class AlreadyFinishedError(ConflictError):
     """Raised by ``finish_artifact`` when another finisher committed the same pending draft
     while this one worked, and this one brings files or metadata that version does not hold.

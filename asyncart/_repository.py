@@ -12,13 +12,13 @@ import random
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
 import anyio
 
-from ._backends.base import EventLog, Store, UploadItem
+from ._backends.base import EventLog, Store, Swept, UploadItem
 from ._diff import diff_manifests
 from ._domain.checkpoint import (
     checkpoint_anchor,
@@ -50,6 +50,7 @@ from ._domain.notes import note_of
 from ._errors import (
     AlreadyFinishedError,
     AsyncartError,
+    CollectedError,
     ConflictError,
     DeletedError,
     HasAliasesError,
@@ -64,7 +65,14 @@ SNAPSHOT_EVERY = 32  # a version at most this many commits from a snapshot (or a
 SNAPSHOT_RATIO = 2  # ... and at most this many times its size in entries to replay
 ENTRIES_PER_EVENT = 10_000  # a 1M-file ingest is 100 events, not 1M
 _MAX_ATTEMPTS = 200
+_COLLECTED_RETRIES = 5  # sweeps a commit outlasts before CollectedError reaches the caller
 _BIG_READ = 256 << 10  # bytes of records above which decoding leaves the loop
+
+
+class _Stored:
+    """The collection epoch a commit's blobs were last checked at (see ``_gc.py``)."""
+
+    epoch: int | None = None
 
 
 def collection_stream(project: str, name: str) -> str:
@@ -167,6 +175,10 @@ class Repository:
         big = sum(map(len, payloads)) > _BIG_READ
         return await maybe_thread(big, decode_changes, stream, payloads, seqs)
 
+    async def change_payloads(self, stream: str, seqs: Sequence[int]) -> list[bytes]:
+        """The undecoded change records at ``seqs`` (see :meth:`changes`)."""
+        return await self._change_payloads(stream, seqs)
+
     async def _change_payloads(self, stream: str, seqs: Sequence[int]) -> list[bytes]:
         """The undecoded records at ``seqs`` (see :meth:`changes`)."""
         out: list[bytes] = []
@@ -254,7 +266,11 @@ class Repository:
     # -- writing ---------------------------------------------------------------------------
 
     async def append(
-        self, state: CollectionState | RunState, bodies: Sequence[Event | AddedChunks], actor: str
+        self,
+        state: CollectionState | RunState,
+        bodies: Sequence[Event | AddedChunks],
+        actor: str,
+        epoch: int | None = None,
     ) -> None:
         """Append ``bodies`` after ``state.head``; raises ConflictError if the stream moved.
 
@@ -270,7 +286,8 @@ class Repository:
         records, payloads, last_hash = await maybe_thread(
             heavy, _encoded, stream, head, prev, bodies, actor, now
         )
-        new_head = await self.store.log.append(stream, payloads, head, note)
+        checked = {} if epoch is None else {"epoch": epoch}  # see _with_blobs
+        new_head = await self.store.log.append(stream, payloads, head, note, **checked)
         if not isinstance(state, CollectionState) or self._states.get(stream) is not state:
             return
         del self._states[stream]  # ours alone while folding, as in collection()
@@ -308,26 +325,51 @@ class Repository:
             state = await self.collection(project, name)
             try:
                 return await step(state)
-            except AlreadyFinishedError:
+            except (AlreadyFinishedError, CollectedError):
                 raise  # not a moved head: a retry would find the same
             except ConflictError as conflict:
                 if attempt == _MAX_ATTEMPTS - 1:
                     raise conflict  # still contended after every retry: let the caller decide
                 await _backoff(attempt)
 
-    async def _store_files(self, uploads: Sequence[UploadItem], transfer: Transfer) -> None:
-        if not uploads:
-            return
-        await upload(
-            self.store.blobs, uploads, concurrency=transfer.concurrency, progress=transfer.progress
-        )
-        await self.store.blobs.flush()  # blobs durable before any event references them
+    async def _store_files(self, uploads: Sequence[UploadItem], transfer: Transfer) -> int | None:
+        """Upload what of ``uploads`` is missing; return the store's collection epoch, read
+        before the check (None: a store no collector sweeps), for the append that follows."""
+        epoch = await self.store.epoch() if isinstance(self.store, Swept) else None
+        if uploads:
+            await upload(
+                self.store.blobs,
+                uploads,
+                concurrency=transfer.concurrency,
+                progress=transfer.progress,
+            )
+            await self.store.blobs.flush()  # blobs durable before any event references them
+        return epoch
+
+    async def _with_blobs(
+        self,
+        uploads: Sequence[UploadItem],
+        transfer: Transfer,
+        stored: _Stored,
+        attempt: Callable[[], Awaitable[Any]],
+    ) -> Any:
+        """Store ``uploads`` (noting the epoch in ``stored``), then run ``attempt``; if a
+        collector swept meanwhile (its append raised CollectedError), store them again (what
+        the sweep took goes up again) and retry."""
+        for tries in range(_COLLECTED_RETRIES, -1, -1):
+            stored.epoch = await self._store_files(uploads, transfer)
+            try:
+                return await attempt()
+            except CollectedError:
+                if not tries:
+                    raise
+        raise AssertionError("unreachable")
 
     async def commit(
         self, project: str, spec: DraftSpec, aliases: list[str], actor: str, transfer: Transfer
     ) -> tuple[CollectionState, Version]:
         """Single-run and incremental flows: one atomic append opens, fills and commits a draft."""
-        await self._store_files(spec.uploads, transfer)
+        stored = _Stored()
         digest = await maybe_thread(len(spec.manifest) > HEAVY, lambda: spec.manifest.digest)
         snapshots: dict[int, str | None] = {}  # by parent: a parent's chain never changes
 
@@ -335,6 +377,8 @@ class Repository:
             _check_type(state, spec)
             if spec.parent is not None and spec.parent >= len(state.versions):
                 raise InvalidInputError(f"{state.stream} has no v{spec.parent} to build upon")
+            if spec.parent is not None:  # a deleted parent raises DeletedError (see _gc.py)
+                await self.version(project, spec.name, spec.parent, None)
             if (same := _same_as_latest(state, digest)) is not None:
                 if moved := _aliases_moved(state, same, aliases):
                     await self.append(state, moved, actor)
@@ -351,11 +395,13 @@ class Repository:
             snapshot = None if parent is None else snapshots[parent]
             bodies.append(_committed(state, draft, spec.manifest, snapshot, aliases))
             number = len(state.versions)
-            await self.append(state, bodies, actor)
+            await self.append(state, bodies, actor, stored.epoch)
             self._remember((state.stream, number), spec.manifest)  # no replay needed
             return await self.version(project, spec.name, number, None)
 
-        result: tuple[CollectionState, Version] = await self._retrying(project, spec.name, step)
+        result: tuple[CollectionState, Version] = await self._with_blobs(
+            spec.uploads, transfer, stored, lambda: self._retrying(project, spec.name, step)
+        )
         return result
 
     async def _relative(
@@ -375,16 +421,18 @@ class Repository:
         self, project: str, spec: DraftSpec, distributed_id: str, actor: str, transfer: Transfer
     ) -> str:
         """Distributed flow: add files to the pending draft of ``distributed_id``; return its id."""
-        await self._store_files(spec.uploads, transfer)
+        stored = _Stored()
 
         async def step(state: CollectionState) -> str:
             _check_type(state, spec)
             bodies, draft = _open_distributed(state, spec, distributed_id)
             bodies += [_with_draft(c, draft) for c in spec.changes] + _metadata(draft, spec)
-            await self.append(state, bodies, actor)
+            await self.append(state, bodies, actor, stored.epoch)
             return draft
 
-        draft: str = await self._retrying(project, spec.name, step)
+        draft: str = await self._with_blobs(
+            spec.uploads, transfer, stored, lambda: self._retrying(project, spec.name, step)
+        )
         return draft
 
     async def finish(
@@ -406,7 +454,7 @@ class Repository:
         """
         begun = await self.collection(project, spec.name)
         since, mine = begun.head, upserted or begun.pending.get(distributed_id)
-        await self._store_files(spec.uploads, transfer)
+        stored = _Stored()
 
         async def step(state: CollectionState) -> tuple[CollectionState, Version]:
             _check_type(state, spec)
@@ -436,11 +484,13 @@ class Repository:
                 return await self.version(project, spec.name, same.number, None)
             bodies.append(_committed(state, draft, manifest, None, aliases))
             number = len(state.versions)
-            await self.append(state, bodies, actor)
+            await self.append(state, bodies, actor, stored.epoch)
             self._remember((state.stream, number), manifest)
             return await self.version(project, spec.name, number, None)
 
-        result: tuple[CollectionState, Version] = await self._retrying(project, spec.name, step)
+        result: tuple[CollectionState, Version] = await self._with_blobs(
+            spec.uploads, transfer, stored, lambda: self._retrying(project, spec.name, step)
+        )
         return result
 
     async def _finished_elsewhere(

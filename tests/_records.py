@@ -135,9 +135,9 @@ class CountingLog:
         return found
 
     async def append(
-        self, stream: str, payloads: Sequence[bytes], expected_seq: int, note: bytes = b""
+        self, stream: str, payloads: Sequence[bytes], expected_seq: int, note: bytes = b"", **kw
     ) -> int:
-        return await self.inner.append(stream, payloads, expected_seq, note)
+        return await self.inner.append(stream, payloads, expected_seq, note, **kw)
 
     async def streams(self, prefix: str = "") -> list[str]:
         self.listed.append(prefix)

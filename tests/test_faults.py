@@ -43,11 +43,11 @@ class FailingLog:
         return getattr(self.inner, name)
 
     async def append(
-        self, stream: str, payloads: Sequence[bytes], expected_seq: int, note: bytes = b""
+        self, stream: str, payloads: Sequence[bytes], expected_seq: int, note: bytes = b"", **kw
     ) -> int:
         if self.broken:
             raise OSError(5, "Input/output error")
-        return await self.inner.append(stream, payloads, expected_seq, note)
+        return await self.inner.append(stream, payloads, expected_seq, note, **kw)
 
 
 class FaultyStore:

@@ -82,6 +82,13 @@ class Published(msgspec.Struct, forbid_unknown_fields=True):
     ]
 
 
+class GcBody(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of ``POST /gc``."""
+
+    grace: float = 3600.0
+    dry_run: bool = False
+
+
 class MintBody(msgspec.Struct, forbid_unknown_fields=True):
     """The body of ``POST /tokens``."""
 

@@ -50,7 +50,13 @@ class EventLog(Protocol):
         ...
 
     async def append(
-        self, stream: str, payloads: Sequence[bytes], expected_seq: int, note: bytes = b""
+        self,
+        stream: str,
+        payloads: Sequence[bytes],
+        expected_seq: int,
+        note: bytes = b"",
+        *,
+        epoch: int | None = None,
     ) -> int:
         """Append all ``payloads`` atomically at ``expected_seq``; return the new head.
 
@@ -59,8 +65,13 @@ class EventLog(Protocol):
         number of payloads of any size is one all-or-nothing append (a backend that needs
         several requests for it stages them and publishes once).
 
+        ``epoch``: the store's collection epoch (:meth:`Swept.epoch`) read before the blobs
+        these records reference were checked. The append lands only if no garbage collection
+        swept since, checked atomically with the append (see ``asyncart/_gc.py``).
+
         Raises:
             ConflictError: the stream's head is not ``expected_seq``.
+            CollectedError: ``epoch`` is not the store's epoch any more; nothing appended.
         """
         ...
 
@@ -150,6 +161,51 @@ class BlobPaths(Protocol):
         """Store the verified file ``path`` (on the store's filesystem, written by nobody any
         more) as blob ``digest`` without copying it; a good blob already there is kept, never
         replaced. The caller removes ``path`` afterwards (blocking)."""
+        ...
+
+
+class StoredBlob(msgspec.Struct, frozen=True):
+    """A blob as the store lists it: digest, size, and when it was written (seconds)."""
+
+    digest: str
+    size: int
+    written: float
+
+
+@runtime_checkable
+class Swept(Protocol):
+    """An optional capability of a :class:`Store` whose blobs a garbage collector may sweep
+    (every store but a client's view of a server, which sweeps on its own side): its
+    *collection epoch* counts the sweeps that removed blobs. A writer reads it before it
+    checks which blobs are stored and passes it to :meth:`EventLog.append`."""
+
+    async def epoch(self) -> int | None:
+        """The store's collection epoch now (it waits while a collector sweeps); None: a
+        store that is never swept (a server's that cannot be, or an older server)."""
+        ...
+
+
+@runtime_checkable
+class Collectable(Swept, Protocol):
+    """The capability a garbage collector needs of a :class:`Store` (see ``asyncart/_gc.py``)."""
+
+    def sweeping(self) -> AbstractAsyncContextManager[None]:
+        """Hold the store's collector lock for the block: :meth:`Swept.epoch` and every
+        append that carries an epoch wait until it ends."""
+        ...
+
+    async def listed(self, shard: str) -> list[StoredBlob]:
+        """The blobs whose digests start with ``shard`` (two hex digits)."""
+        ...
+
+    async def remove(self, digests: Sequence[str]) -> None:
+        """Remove these blobs (inside :meth:`sweeping` only). The first call of a block moves
+        the epoch on, durably, before it removes anything."""
+        ...
+
+    async def leftovers(self, before: float, remove: bool) -> tuple[int, int]:
+        """Crash leftovers older than ``before`` (temporary files, empty streams, unfinished
+        uploads): (how many, bytes), removed when ``remove``."""
         ...
 
 

@@ -14,11 +14,12 @@ import os
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from ssl import SSLContext
+from typing import Any
 from urllib.parse import quote
 
 import anyio
 
-from .._errors import ConflictError, InvalidInputError, NotFoundError
+from .._errors import CollectedError, ConflictError, InvalidInputError, NotFoundError
 from .._threads import maybe_thread
 from ._http_client import HttpClient, Reply, RetryPolicy, error_detail, raise_for
 from ._wire import MSGPACK, TOKEN_ENV, pack, unpack
@@ -64,28 +65,38 @@ class HttpEventLog:
         return records if limit is None else records[:limit]  # an older server ignores it
 
     async def append(
-        self, stream: str, payloads: Sequence[bytes], expected_seq: int, note: bytes = b""
+        self,
+        stream: str,
+        payloads: Sequence[bytes],
+        expected_seq: int,
+        note: bytes = b"",
+        *,
+        epoch: int | None = None,
     ) -> int:
         """Append ``payloads`` at ``expected_seq``; ``note`` is ignored (the server derives
-        it). Raises ConflictError, or InvalidInputError when the server refuses a record."""
+        it), ``epoch`` checked by the server. Raises ConflictError (CollectedError), or
+        InvalidInputError when the server refuses a record."""
         payloads = list(payloads)
         size = packed_size(payloads)
         limit = self._max_request
+        params = {"expected_seq": expected_seq}
+        if epoch is not None:
+            params["epoch"] = epoch
         if limit is None and size > _SMALL:
             limit = await self._learn_limit()
         if size <= (limit or DEFAULT_MAX_REQUEST):
-            reply = await self._post(stream, payloads, expected_seq)
+            reply = await self._post(stream, payloads, params)
             if reply.status != 413:
                 return await self._appended(stream, payloads, expected_seq, reply)
             await self._learn_limit()  # the server's limit is lower than we thought
-        return await self._in_parts(stream, payloads, expected_seq)
+        return await self._in_parts(stream, payloads, params)
 
-    async def _post(self, stream: str, payloads: list[bytes], expected_seq: int) -> Reply:
+    async def _post(self, stream: str, payloads: list[bytes], params: dict[str, int]) -> Reply:
         body = pack(payloads)
         return await self._client.request(
             "POST",
             _log(stream),
-            params={"expected_seq": expected_seq},
+            params=params,
             body=lambda: body,
             headers={"Content-Type": MSGPACK},
             ok=(200, 409, 413),
@@ -98,10 +109,12 @@ class HttpEventLog:
         if reply.status == 200:
             head: int = unpack(reply.body)["head"]
             return head
-        head = error_detail(reply.body)["head"]
+        detail = error_detail(reply.body)
         if reply.retried and await self._landed(stream, payloads, expected_seq):
             return expected_seq + len(payloads)  # our first attempt did append; the reply was lost
-        raise ConflictError(stream, expected_seq, head)
+        if detail.get("error") == "collected":
+            raise CollectedError(stream, expected_seq, detail["epoch"], detail["current"])
+        raise ConflictError(stream, expected_seq, detail["head"])
 
     async def _landed(self, stream: str, payloads: list[bytes], expected_seq: int) -> bool:
         """Whether ``payloads`` are the records at ``expected_seq`` (records are unique: they
@@ -120,7 +133,7 @@ class HttpEventLog:
             self._max_request = DEFAULT_MAX_REQUEST
         return self._max_request
 
-    async def _in_parts(self, stream: str, payloads: list[bytes], expected_seq: int) -> int:
+    async def _in_parts(self, stream: str, payloads: list[bytes], params: dict[str, int]) -> int:
         """Upload ``payloads`` as blobs of records, then publish them in one append (see
         ``asyncart/_server/_staged.py``). Parts the server cannot find (a restarted server
         forgot who uploaded them) are uploaded once more; if the first publish had landed,
@@ -138,13 +151,13 @@ class HttpEventLog:
             reply = await self._client.request(
                 "POST",
                 _log(stream),
-                params={"expected_seq": expected_seq},
+                params=params,
                 body=lambda: body,  # noqa: B023 - sent within this iteration
                 headers={"Content-Type": MSGPACK},
                 ok=(200, 400, 409),
             )
             if reply.status != 400:
-                return await self._appended(stream, payloads, expected_seq, reply)
+                return await self._appended(stream, payloads, params["expected_seq"], reply)
             if attempt or error_detail(reply.body).get("error") != "parts_missing":
                 raise_for(reply.status, reply.body, self._client.url)
         raise AssertionError("unreachable")
@@ -271,6 +284,24 @@ class HttpStore:
     def held(self) -> AbstractAsyncContextManager[object]:
         """Keep the connection pool open for the block (re-entrant)."""
         return self._client.held()
+
+    async def epoch(self) -> int | None:
+        """The server's store's collection epoch (see :class:`~asyncart._backends.base.Swept`;
+        None: its store is never swept, or the server is older than the collector)."""
+        reply = await self._client.request("GET", "/blobs/epoch", ok=(200, 404))
+        if reply.status == 404:
+            return None
+        epoch: int | None = unpack(reply.body)["epoch"]
+        return epoch
+
+    async def collect(self, grace: float, dry_run: bool) -> dict[str, Any]:
+        """Have the server collect its store's garbage (an admin token); its report."""
+        body = pack({"grace": grace, "dry_run": dry_run})
+        reply = await self._client.request(
+            "POST", "/gc", body=lambda: body, headers={"Content-Type": MSGPACK}
+        )
+        report: dict[str, Any] = unpack(reply.body)
+        return report
 
     async def aclose(self) -> None:
         """Close the connection pool now."""

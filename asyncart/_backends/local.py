@@ -15,15 +15,16 @@ import errno
 import os
 import re
 import stat
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import anyio.to_thread
 
-from .._errors import BackendUnavailableError, InvalidInputError, NotFoundError
+from .._errors import BackendUnavailableError, CollectedError, InvalidInputError, NotFoundError
+from . import local_sweep
 from ._durable import fsync_dir, make_dirs
-from .base import UploadItem
+from .base import StoredBlob, UploadItem
 from .local_blobs import LocalBlobStore
 from .local_log import LocalEventLog
 
@@ -58,6 +59,7 @@ class LocalStore:
         self.blobs = _StoreBlobs(self.root)
         self._exists = False  # a store, once seen, stays one: checked once
         self._writable = False
+        self._bumped = False  # in the current sweep, the epoch moved on already
 
     async def require(self) -> None:
         """Check that the directory holds a store that can be read (before reading it).
@@ -153,6 +155,41 @@ class LocalStore:
         """Nothing to keep open."""
         return contextlib.nullcontext()
 
+    # -- what the garbage collector needs (base.Collectable; see local_sweep.py) -----------
+
+    async def epoch(self) -> int:
+        def read() -> int:
+            with local_sweep.locked(self.root, exclusive=False):
+                return local_sweep.read_epoch(self.root)
+
+        return await anyio.to_thread.run_sync(read)
+
+    @asynccontextmanager
+    async def _sweeping(self) -> AsyncIterator[None]:
+        fd = await anyio.to_thread.run_sync(local_sweep.lock, self.root, True)
+        self._bumped = False
+        try:
+            yield
+        finally:
+            os.close(fd)
+
+    def sweeping(self) -> AbstractAsyncContextManager[None]:
+        return self._sweeping()
+
+    async def listed(self, shard: str) -> list[StoredBlob]:
+        return await anyio.to_thread.run_sync(local_sweep.listed, self.root / "blobs", shard)
+
+    async def remove(self, digests: Sequence[str]) -> None:
+        if not self._bumped:
+            await anyio.to_thread.run_sync(local_sweep.bump_epoch, self.root)
+            self._bumped = True
+        await anyio.to_thread.run_sync(local_sweep.remove, self.root / "blobs", list(digests))
+
+    async def leftovers(self, before: float, remove: bool) -> tuple[int, int]:
+        return await anyio.to_thread.run_sync(
+            local_sweep.temp_leftovers, self.root / "blobs", before, remove
+        )
+
     async def aclose(self) -> None:
         """Nothing to release: a local store holds no connections or tasks."""
 
@@ -169,10 +206,32 @@ class _StoreLog(LocalEventLog):
         self._store_root = store_root
 
     async def append(
-        self, stream: str, payloads: Sequence[bytes], expected_seq: int, note: bytes = b""
+        self,
+        stream: str,
+        payloads: Sequence[bytes],
+        expected_seq: int,
+        note: bytes = b"",
+        *,
+        epoch: int | None = None,
     ) -> int:
         with _writing(self._store_root):
-            return await super().append(stream, payloads, expected_seq, note)
+            if epoch is None:
+                return await super().append(stream, payloads, expected_seq, note)
+            fd, current = await anyio.to_thread.run_sync(self._lock_epoch)
+            try:
+                if current != epoch:
+                    raise CollectedError(stream, expected_seq, epoch, current)
+                return await super().append(stream, payloads, expected_seq, note)
+            finally:
+                os.close(fd)  # releases the collector lock
+
+    def _lock_epoch(self) -> tuple[int, int]:
+        fd = local_sweep.lock(self._store_root, exclusive=False)
+        try:
+            return fd, local_sweep.read_epoch(self._store_root)
+        except BaseException:
+            os.close(fd)
+            raise
 
     async def put_checkpoint(self, stream: str, data: bytes) -> None:
         with _writing(self._store_root):

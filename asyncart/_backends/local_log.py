@@ -151,8 +151,16 @@ class LocalEventLog:
         return await anyio.to_thread.run_sync(self._read, stream, from_seq, limit)
 
     async def append(
-        self, stream: str, payloads: Sequence[bytes], expected_seq: int, note: bytes = b""
+        self,
+        stream: str,
+        payloads: Sequence[bytes],
+        expected_seq: int,
+        note: bytes = b"",
+        *,
+        epoch: int | None = None,
     ) -> int:
+        """See :meth:`EventLog.append`; ``epoch`` is checked by the store that holds this log
+        (``LocalStore``): a log without blobs has nothing to check it against."""
         return await anyio.to_thread.run_sync(
             self._append, stream, list(payloads), expected_seq, bytes(note)
         )

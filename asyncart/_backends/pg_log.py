@@ -253,8 +253,16 @@ class PostgresEventLog:
         return payloads
 
     async def append(
-        self, stream: str, payloads: Sequence[bytes], expected_seq: int, note: bytes = b""
+        self,
+        stream: str,
+        payloads: Sequence[bytes],
+        expected_seq: int,
+        note: bytes = b"",
+        *,
+        epoch: int | None = None,
     ) -> int:
+        if epoch is not None:  # this store has no collector yet, so no epoch to hand out
+            raise InvalidInputError("a PostgreSQL + S3 store has no collection epoch yet")
         if len(note) > MAX_NOTE:
             raise InvalidInputError(
                 f"the note of stream {stream!r} is {len(note)} bytes, over the {MAX_NOTE} a "

@@ -1,4 +1,4 @@
-"""Commands that write or check: put, get, alias, audit and copy."""
+"""Commands that write or check: put, get, alias, delete, gc, audit and copy."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import time
 
 import anyio
+import msgspec
 
 import asyncart
 
@@ -14,7 +15,7 @@ from .._names import parse_ref
 from ._console import Console, human_bytes
 from ._registry import api_for, command, project_option
 from ._shapes import artifact_data, as_of_text, report_data
-from ._values import parse_as_of, parse_fraction, split_name
+from ._values import parse_as_of, parse_duration, parse_fraction, split_name
 
 
 def _put_args(parser: argparse.ArgumentParser) -> None:
@@ -140,7 +141,7 @@ def _delete_args(parser: argparse.ArgumentParser) -> None:
 @command(
     "delete",
     _delete_args,
-    "delete a version (its number is never reused; its blobs stay until gc lands)",
+    "delete a version (its number is never reused; `asyncart gc` reclaims its blobs)",
     "asyncart delete mnist:v3 --dry-run",
 )
 async def delete(args: argparse.Namespace, console: Console) -> int:
@@ -158,6 +159,38 @@ async def delete(args: argparse.Namespace, console: Console) -> int:
         f" and its aliases {', '.join(aliases)}" if aliases else ""
     )
     console.result(human, data, artifact.qualified_name)
+    return 0
+
+
+def _gc_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--grace",
+        type=parse_duration,
+        default=3600.0,
+        metavar="DURATION",
+        help="keep unreferenced blobs written less than this long ago (default 1h)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="report only; remove nothing")
+
+
+@command(
+    "gc",
+    _gc_args,
+    "remove the blobs no live version, snapshot or open draft references (every project)",
+    "asyncart gc --dry-run --grace 1h",
+)
+async def gc(args: argparse.Namespace, console: Console) -> int:
+    report = await asyncart.gc(
+        store=args.store, token=args.token, grace=args.grace, dry_run=args.dry_run
+    )
+    verb = "would remove" if args.dry_run else "removed"
+    human = (
+        f"{verb} {report.blobs_removed} blobs ({report.bytes_removed} bytes) and "
+        f"{report.leftovers_removed} crash leftovers ({report.leftover_bytes} bytes); kept "
+        f"{report.blobs_kept} blobs ({report.young_kept} unreferenced but within the grace), "
+        f"marked from {report.collections} collections in {report.seconds:.1f} s"
+    )
+    console.result(human, msgspec.structs.asdict(report))
     return 0
 
 

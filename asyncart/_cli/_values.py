@@ -25,6 +25,19 @@ def parse_time(text: str) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+def parse_duration(text: str) -> float:
+    """A duration in seconds: ``90s``, ``30m``, ``1h``, ``7d``, ``2w`` or a plain number."""
+    if match := _AGO.fullmatch(text.strip()):
+        return timedelta(**{_UNITS[match[2]]: int(match[1])}).total_seconds()
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: use 30m, 1h, 7d or seconds")
+    return value
+
+
 def parse_as_of(text: str) -> datetime | int:
     """``--as-of``: a seq (a plain integer) or a time (see :func:`parse_time`)."""
     return int(text) if text.isdigit() else parse_time(text)

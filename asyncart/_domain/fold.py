@@ -193,6 +193,9 @@ def _apply(state: CollectionState, record: Record) -> None:
             draft = Draft(body.draft, body.parent, body.distributed_id, record.actor)
             if body.parent is not None and not 0 <= body.parent < len(state.versions):
                 _broken(state, record, f"parent v{body.parent} does not exist")
+            if body.parent is not None and state.versions[body.parent].deleted is not None:
+                # its files may be collected already: nothing may inherit them (see _gc.py)
+                _broken(state, record, f"opens a draft of deleted v{body.parent}")
             state.drafts[draft.id] = draft
             if draft.distributed_id is not None:
                 state.pending[draft.distributed_id] = draft.id

@@ -372,6 +372,12 @@ class Manifest:
             paths, _ = self._decoded(index) if index in self._cache else page.decode()
             yield from paths
 
+    def iter_digests(self) -> Iterator[str]:
+        """Every entry's digest, in path order (a page at a time: no Entry is made)."""
+        for index, page in enumerate(self._pages):
+            _, digests = self._decoded(index) if index in self._cache else page.decode()
+            yield from digests
+
     def under(self, prefix: str) -> Iterator[Entry]:
         """The entries whose path starts with ``prefix``, in order."""
         return self.iter_entries(prefix, _after_prefix(prefix))

@@ -15,8 +15,9 @@ import anyio.to_thread
 import msgspec
 from aiohttp import web
 
-from .._backends._wire import PREFIX, MintBody, Published, Records, project_of
-from .._backends.base import EventLog, Store
+from .._backends._wire import PREFIX, GcBody, MintBody, Published, Records, project_of
+from .._backends.base import EventLog, Store, Swept
+from .._gc import collect
 from . import _blob_routes as blobs
 from . import _staged as staged
 from ._blob_routes import LIMITS, SPOOL, STORE, Limits, clean_spool
@@ -108,6 +109,8 @@ def make_app(
             web.get(f"{PREFIX}/notes", notes),
             web.get(f"{PREFIX}/projects", projects),
             web.post(f"{PREFIX}/tokens", mint),
+            web.get(f"{PREFIX}/blobs/epoch", epoch_of),
+            web.post(f"{PREFIX}/gc", collect_garbage),
         ]
     )
     return app
@@ -156,11 +159,12 @@ async def append(request: web.Request) -> web.Response:
     require(grant.can_write(project_of(stream)), f"write to {stream!r}")
     check_stream(stream)
     expected = int_query(request, "expected_seq")
+    epoch = int_query(request, "epoch") if "epoch" in request.query else None
     scope = request.app[SCOPE]
     body = await msgpack_body(request, _APPEND)
     payloads = await staged.records_of(request, body) if isinstance(body, Published) else body
     check = functools.partial(scope.refuse_unseen, grant)
-    done = await request.app[STREAMS].append(stream, payloads, expected, grant.id, check)
+    done = await request.app[STREAMS].append(stream, payloads, expected, grant.id, check, epoch)
     scope.appended(stream, expected, done.records, done.last_hash)
     return msgpack_response({"head": done.head})
 
@@ -277,3 +281,23 @@ async def mint(request: web.Request) -> web.Response:
     token = await grants.book.create(body.projects, write=body.write, note=body.note)
     await grants.refresh()
     return msgpack_response({"token": token}, 201)
+
+
+async def epoch_of(request: web.Request) -> web.Response:
+    """GET /v1/blobs/epoch: the store's collection epoch (any token; ``None``: never swept
+    here), which a writer's append carries (see ``asyncart/_gc.py``)."""
+    await grant_of(request)
+    store = request.app[STORE]
+    return msgpack_response({"epoch": await store.epoch() if isinstance(store, Swept) else None})
+
+
+_GC = msgspec.msgpack.Decoder(GcBody)
+
+
+async def collect_garbage(request: web.Request) -> web.Response:
+    """POST /v1/gc {"grace": seconds, "dry_run": bool}: collect the store's garbage here, on
+    the server (an admin token); the report."""
+    require((await grant_of(request)).admin, "collect garbage")
+    body = await msgpack_body(request, _GC, _MINT_BYTES)
+    report = await collect(request.app[STORE], grace=body.grace, dry_run=body.dry_run)
+    return msgpack_response(msgspec.structs.asdict(report))

@@ -22,6 +22,7 @@ from .._backends._wire import MSGPACK, pack
 from .._errors import (
     AsyncartError,
     BackendUnavailableError,
+    CollectedError,
     ConflictError,
     FileChangedError,
     IntegrityError,
@@ -203,6 +204,9 @@ def _as_json(request: web.Request, e: Exception) -> web.Response | None:
         return next((response for response in found if response is not None), None)
     if isinstance(e, HttpError):
         return error_response(e.status, e.code, _scrubbed(request, e), **e.extra)
+    if isinstance(e, CollectedError):
+        message = _scrubbed(request, e)
+        return error_response(409, "collected", message, epoch=e.epoch, current=e.current)
     if isinstance(e, ConflictError):
         return error_response(409, "conflict", _scrubbed(request, e), head=e.head)
     if isinstance(e, AsyncartError):

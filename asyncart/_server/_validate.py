@@ -135,6 +135,7 @@ class Streams:
         expected: int,
         token_id: str,
         check: Callable[[list[Record]], Awaitable[None]] | None = None,
+        epoch: int | None = None,
     ) -> Appended:
         """Validate ``payloads`` for ``stream`` at ``expected``, stamp and append them;
         ``check`` may refuse the decoded records too (raising InvalidInputError).
@@ -151,7 +152,7 @@ class Streams:
         if lock is None:  # held only while some append to the stream runs or waits
             lock = self._locks[stream] = asyncio.Lock()
         async with lock:
-            return await self._append(stream, kind, payloads, expected, token_id, check)
+            return await self._append(stream, kind, payloads, expected, token_id, check, epoch)
 
     async def _append(
         self,
@@ -161,6 +162,7 @@ class Streams:
         expected: int,
         token_id: str,
         check: Callable[[list[Record]], Awaitable[None]] | None,
+        epoch: int | None,
     ) -> Appended:
         state = await self._current(stream, kind)
         big = sum(map(len, payloads)) > _BIG or len(payloads) > HEAVY
@@ -179,7 +181,9 @@ class Streams:
             self._states.pop(stream, None)
             raise InvalidInputError(f"refused append to {stream!r}: {e}") from None
         try:  # the state is folded already: its note is the note after the append
-            head = await self.store.log.append(stream, encoded, expected, note_of(state))
+            head = await self.store.log.append(
+                stream, encoded, expected, note_of(state), epoch=epoch
+            )
         except ConflictError:  # another process appended: maybe this append, sent again to
             self._states.pop(stream, None)  # another replica while it ran here
             if await self._landed(stream, payloads, expected, token_id, big):
