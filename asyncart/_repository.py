@@ -534,9 +534,11 @@ class Repository:
         delete_aliases: bool,
         actor: str,
         dry_run: bool = False,
+        reason: str = "",
     ) -> tuple[CollectionState, Version]:
         """Delete version ``number`` (one version.deleted record); return the state it was
-        decided on and the version (as it was before the deletion).
+        decided on and the version (as it was before the deletion). ``reason`` goes in the
+        record, for deletions a rule made (``"ttl"``, ``"retention"``).
 
         Raises:
             NotFoundError: no such version (DeletedError: it was deleted already).
@@ -552,7 +554,7 @@ class Repository:
                     "first, or pass delete_aliases=True (--delete-aliases) to delete them too"
                 )
             if not dry_run:  # at the head the check read: a racing alias move conflicts
-                await self.append(state, [VersionDeleted(number, aliases)], actor)
+                await self.append(state, [VersionDeleted(number, aliases, reason)], actor)
             return state, version
 
         result: tuple[CollectionState, Version] = await self._retrying(project, name, step)

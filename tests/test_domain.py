@@ -13,6 +13,7 @@ from asyncart._domain.events import (
     MetadataSet,
     Record,
     VersionCommitted,
+    VersionDeleted,
     decode,
     encode,
 )
@@ -142,3 +143,24 @@ def test_records_written_before_a_field_existed_still_decode():
     body = decode(old, "s", 0).body
     assert isinstance(body, VersionCommitted)
     assert (body.snapshot, body.aliases) == (None, [])
+
+
+def test_a_deletion_written_before_reason_existed_decodes_with_no_reason():
+    """``VersionDeleted.reason`` came later: older deletions decode with an empty reason."""
+    import msgspec
+
+    old = msgspec.msgpack.encode(
+        {
+            "stream": "p/artifacts/x",
+            "seq": 4,
+            "time": 0.0,
+            "actor": "u:a",
+            "prev": "",
+            "body": {"kind": "version.deleted", "version": 0, "aliases": ["best"]},
+        }
+    )
+    body = decode(old, "s", 4).body
+    assert body == VersionDeleted(0, ["best"])
+    assert body.reason == ""
+    new = Record("p/artifacts/x", 5, 0.0, "u:a", "", VersionDeleted(1, [], reason="ttl"))
+    assert decode(encode(new), "s", 5).body == VersionDeleted(1, [], reason="ttl")

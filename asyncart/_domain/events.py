@@ -83,11 +83,14 @@ class VersionDeleted(_Event, tag="version.deleted", frozen=True):
     """A committed version deleted: it keeps its number (never reused) and its records.
 
     ``aliases`` names every alias it held (``latest`` aside), which go with it: a deletion
-    that leaves one out does not fold, so no alias is ever lost unnoticed.
+    that leaves one out does not fold, so no alias is ever lost unnoticed. ``reason`` says
+    why when a rule rather than a person deleted it (e.g. ``"ttl"``, ``"retention"``); empty
+    by default, so records written before it existed decode.
     """
 
     version: int
     aliases: list[str] = []
+    reason: str = ""
 
 
 # -- run stream: one per run (lineage) ------------------------------------------------------
