@@ -62,3 +62,15 @@ async def test_discard_without_a_pending_draft_is_not_found(where: Where) -> Non
     async with asyncart.init(project="demo", store=where.store, token=where.token) as run:
         with pytest.raises(NotFoundError, match="nothing to discard: demo/ds"):
             await run.discard_artifact("ds", distributed_id="nope")
+
+
+async def test_api_discard_closes_the_draft(where: Where, tmp_path: Path) -> None:
+    init = asyncart.init(project="demo", store=where.store, token=where.token)
+    async with init as run:
+        part = asyncart.Artifact("ds", "dataset")
+        await part.add_file(_part(tmp_path, "old.txt"))
+        await run.upsert_artifact(part, "shards")
+    api = asyncart.Api("demo", where.store, where.token)
+    await api.discard_artifact("ds", "shards")
+    with pytest.raises(NotFoundError, match="no pending draft for distributed_id 'shards'"):
+        await api.discard_artifact("ds", "shards")
