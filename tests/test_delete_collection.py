@@ -3,15 +3,18 @@ through a server, and on PostgreSQL + S3."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import pytest
 from _serving import Server
 
 import asyncart
 from asyncart import NotFoundError
+from asyncart._cli import main
 
 
 @dataclass
@@ -74,3 +77,20 @@ async def test_api_discard_closes_the_draft(where: Where, tmp_path: Path) -> Non
     await api.discard_artifact("ds", "shards")
     with pytest.raises(NotFoundError, match="no pending draft for distributed_id 'shards'"):
         await api.discard_artifact("ds", "shards")
+
+
+def test_cli_discard_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = str(tmp_path / "store")
+
+    async def upsert() -> None:
+        async with asyncart.init(project="demo", store=store) as run:
+            part = asyncart.Artifact("ds", "dataset")
+            await part.add_file(_part(tmp_path, "old.txt"))
+            await run.upsert_artifact(part, "shards")
+
+    anyio.run(upsert)
+    argv = ["--store", store, "--json", "discard", "demo/ds", "--distributed-id", "shards"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["name"], out["distributed_id"]) == ("ds", "shards") and out["draft"]
+    assert main(argv) != 0  # nothing pending any more
