@@ -6,7 +6,7 @@ import os
 from contextlib import AsyncExitStack
 from datetime import datetime
 
-from ._artifact import DEFAULT_PROJECT, Artifact, load_artifact, load_version
+from ._artifact import DEFAULT_PROJECT, Artifact, _user_actor, load_artifact, load_version
 from ._backends.base import Store
 from ._errors import NotFoundError
 from ._history import ArtifactCollection, LogEntry, list_collections, read_log
@@ -37,6 +37,22 @@ class Api:
             NotFoundError: no such artifact, version or alias.
         """
         return await load_artifact(self._repo, ref, self.project)
+
+    @holding_store
+    async def discard_artifact(
+        self, name: str, distributed_id: str, project: str | None = None
+    ) -> str:
+        """Close the pending distributed version of ``distributed_id`` without committing it;
+        return the discarded draft's id.
+
+        Raises:
+            NotFoundError: nothing is pending for ``distributed_id``.
+        """
+        project = check_name(self.project if project is None else project, "project")
+        did = check_name(distributed_id, "distributed_id")
+        return await self._repo.discard(
+            project, check_name(name, "artifact name"), did, _user_actor()
+        )
 
     @holding_store
     async def artifact_versions(self, name: str, project: str | None = None) -> list[Artifact]:

@@ -560,6 +560,27 @@ class Repository:
         result: tuple[CollectionState, Version] = await self._retrying(project, name, step)
         return result
 
+    async def discard(self, project: str, name: str, distributed_id: str, actor: str) -> str:
+        """Close the pending draft of ``distributed_id`` without a version (one draft.discarded
+        record); return its id. A later upsert with the same id opens a new draft.
+
+        Raises:
+            NotFoundError: no draft of ``distributed_id`` is pending.
+        """
+
+        async def step(state: CollectionState) -> str:
+            draft = state.pending.get(distributed_id)
+            if draft is None:
+                raise NotFoundError(
+                    f"nothing to discard: {project}/{name} has no pending draft for "
+                    f"distributed_id {distributed_id!r}"
+                )
+            await self.append(state, [DraftDiscarded(draft, None)], actor)
+            return draft
+
+        draft: str = await self._retrying(project, name, step)
+        return draft
+
     async def _maybe_snapshot(
         self,
         state: CollectionState,

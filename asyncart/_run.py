@@ -160,6 +160,20 @@ class Run:
         self._upserted[(artifact.name, did)] = draft  # what a finish of this run must finish
         artifact._sealed = True
 
+    async def discard_artifact(
+        self, artifact: Artifact | str, distributed_id: str | None = None
+    ) -> None:
+        """Close the pending version of ``distributed_id`` (default: the run's group) without
+        committing it. A later upsert with the same id starts a new pending version.
+
+        Raises:
+            NotFoundError: nothing is pending for ``distributed_id``.
+        """
+        name = artifact if isinstance(artifact, str) else artifact.name
+        did = self._distributed_id(distributed_id)
+        await self._require().discard(self.project, name, did, self.actor)
+        self._upserted.pop((name, did), None)
+
     async def finish_artifact(
         self,
         artifact: Artifact,

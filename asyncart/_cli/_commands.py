@@ -194,6 +194,33 @@ async def gc(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _discard_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="the artifact, [project/]name")
+    project_option(parser)
+    parser.add_argument(
+        "--distributed-id", required=True, metavar="ID", help="whose pending version to discard"
+    )
+
+
+@command(
+    "discard",
+    _discard_args,
+    "discard a pending distributed version (nothing committed; a later upsert starts anew)",
+    "asyncart discard shards --distributed-id exp-1",
+)
+async def discard(args: argparse.Namespace, console: Console) -> int:
+    project, name = split_name(args.name, args.project)
+    async with api_for(args) as api:
+        draft = await api.discard_artifact(name, args.distributed_id, project)
+    data = {"project": project, "name": name, "distributed_id": args.distributed_id}
+    console.result(
+        f"discarded the pending {project}/{name} of {args.distributed_id}",
+        {**data, "draft": draft},
+        None,
+    )
+    return 0
+
+
 def _audit_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("project", metavar="PROJECT", nargs="?", help="default: every project")
     parser.add_argument(
