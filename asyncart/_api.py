@@ -8,7 +8,7 @@ from datetime import datetime
 
 from ._artifact import DEFAULT_PROJECT, Artifact, load_artifact, load_version
 from ._backends.base import Store
-from ._errors import NotFoundError
+from ._errors import InvalidInputError, NotFoundError
 from ._history import ArtifactCollection, LogEntry, list_collections, read_log
 from ._lineage import RunInfo, run_info
 from ._names import check_name
@@ -30,13 +30,30 @@ class Api:
         self._exits = AsyncExitStack()
 
     @holding_store
-    async def artifact(self, ref: str) -> Artifact:
+    async def artifact(self, ref: str, type: str | None = None) -> Artifact:
         """The committed artifact named by ``[project/]name[:alias|:vN]`` (alias: ``latest``).
+
+        ``type``, as in W&B, checks the artifact's type when given.
 
         Raises:
             NotFoundError: no such artifact, version or alias.
+            InvalidInputError: the artifact's type is not ``type``.
         """
-        return await load_artifact(self._repo, ref, self.project)
+        art = await load_artifact(self._repo, ref, self.project)
+        if type is not None and art.type != type:
+            raise InvalidInputError(f"artifact {ref!r} is of type {art.type!r}, not {type!r}")
+        return art
+
+    async def artifact_exists(self, ref: str, type: str | None = None) -> bool:
+        """Whether ``artifact(ref, type)`` would find a version (W&B's ``artifact_exists``).
+
+        A type that does not match counts as absent, as in W&B.
+        """
+        try:
+            await self.artifact(ref, type)
+        except (NotFoundError, InvalidInputError):
+            return False
+        return True
 
     @holding_store
     async def artifact_versions(self, name: str, project: str | None = None) -> list[Artifact]:
