@@ -11,7 +11,7 @@ from ._backends.base import Store
 from ._errors import InvalidInputError, NotFoundError
 from ._history import ArtifactCollection, LogEntry, list_collections, read_log
 from ._lineage import RunInfo, run_info
-from ._names import check_name
+from ._names import check_name, parse_ref
 from ._repository import Repository, collection_stream
 from ._store import holding_store, open_store
 
@@ -54,6 +54,20 @@ class Api:
         except (NotFoundError, InvalidInputError):
             return False
         return True
+
+    @holding_store
+    async def artifact_collection_exists(self, name: str, type: str | None = None) -> bool:
+        """Whether the collection ``[project/]name`` holds a version (deleted ones count, as
+        the collection stays), of type ``type`` when given.
+
+        W&B's ``artifact_collection_exists``; one collection's state is read, nothing more.
+        """
+        ref = parse_ref(name)
+        if ref.version is not None or ":" in name:
+            raise InvalidInputError(f"{name!r} names a version: give a collection's name")
+        project = self.project if ref.project is None else ref.project
+        state = await self._repo.collection(project, ref.name)
+        return bool(state.versions) and (type is None or state.type == type)
 
     @holding_store
     async def artifact_versions(self, name: str, project: str | None = None) -> list[Artifact]:

@@ -53,3 +53,18 @@ async def test_artifact_checks_the_type_and_artifact_exists(
     assert not await api.artifact_exists("ds:v1")
     assert not await api.artifact_exists("other")
     await api.aclose()
+
+
+async def test_artifact_collection_exists(where: tuple[str, str | None], files: Path) -> None:
+    store, token = where
+    art = asyncart.Artifact("ds", "dataset")
+    await art.add_file(files / "b.txt")
+    await art.save(project="demo", store=store, token=token)
+    api = asyncart.Api("demo", store=store, token=token)
+    assert await api.artifact_collection_exists("ds")
+    assert await api.artifact_collection_exists("demo/ds", type="dataset")
+    assert not await api.artifact_collection_exists("ds", type="model")
+    assert not await api.artifact_collection_exists("other")
+    with pytest.raises(asyncart.InvalidInputError, match="names a version"):
+        await api.artifact_collection_exists("ds:v0")
+    await api.aclose()
