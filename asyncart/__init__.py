@@ -35,6 +35,7 @@ from ._errors import FileChangedError as FileChangedError
 from ._errors import HasAliasesError as HasAliasesError
 from ._errors import IntegrityError as IntegrityError
 from ._errors import InvalidInputError as InvalidInputError
+from ._errors import MissingPathError as MissingPathError
 from ._errors import NotDurableError as NotDurableError
 from ._errors import NotFoundError as NotFoundError
 from ._errors import SealedError as SealedError
@@ -124,6 +125,7 @@ __all__ = (
     "LogEntry",
     "Manifest",
     "ManifestDiff",
+    "MissingPathError",
     "NotDurableError",
     "NotFoundError",
     "PostgresS3Store",

@@ -8,10 +8,10 @@ from datetime import datetime
 
 from ._artifact import DEFAULT_PROJECT, Artifact, _user_actor, load_artifact, load_version
 from ._backends.base import Store
-from ._errors import NotFoundError
+from ._errors import InvalidInputError, NotFoundError
 from ._history import ArtifactCollection, LogEntry, list_collections, read_log
 from ._lineage import RunInfo, run_info
-from ._names import check_name
+from ._names import check_name, parse_ref
 from ._repository import Repository, collection_stream
 from ._store import holding_store, open_store
 
@@ -30,13 +30,44 @@ class Api:
         self._exits = AsyncExitStack()
 
     @holding_store
-    async def artifact(self, ref: str) -> Artifact:
+    async def artifact(self, ref: str, type: str | None = None) -> Artifact:
         """The committed artifact named by ``[project/]name[:alias|:vN]`` (alias: ``latest``).
+
+        ``type``, as in W&B, checks the artifact's type when given.
 
         Raises:
             NotFoundError: no such artifact, version or alias.
+            InvalidInputError: the artifact's type is not ``type``.
         """
-        return await load_artifact(self._repo, ref, self.project)
+        art = await load_artifact(self._repo, ref, self.project)
+        if type is not None and art.type != type:
+            raise InvalidInputError(f"artifact {ref!r} is of type {art.type!r}, not {type!r}")
+        return art
+
+    async def artifact_exists(self, ref: str, type: str | None = None) -> bool:
+        """Whether ``artifact(ref, type)`` would find a version (W&B's ``artifact_exists``).
+
+        A type that does not match counts as absent, as in W&B.
+        """
+        try:
+            await self.artifact(ref, type)
+        except (NotFoundError, InvalidInputError):
+            return False
+        return True
+
+    @holding_store
+    async def artifact_collection_exists(self, name: str, type: str | None = None) -> bool:
+        """Whether the collection ``[project/]name`` holds a version (deleted ones count, as
+        the collection stays), of type ``type`` when given.
+
+        W&B's ``artifact_collection_exists``; one collection's state is read, nothing more.
+        """
+        ref = parse_ref(name)
+        if ref.version is not None or ":" in name:
+            raise InvalidInputError(f"{name!r} names a version: give a collection's name")
+        project = self.project if ref.project is None else ref.project
+        state = await self._repo.collection(project, ref.name)
+        return bool(state.versions) and (type is None or state.type == type)
 
     @holding_store
     async def discard_artifact(

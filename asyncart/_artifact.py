@@ -26,6 +26,7 @@ from ._errors import (
     AsyncartWarning,
     IntegrityError,
     InvalidInputError,
+    MissingPathError,
     NotFoundError,
     SealedError,
 )
@@ -252,14 +253,16 @@ class Artifact:
         the draft's manifest.
 
         Raises:
-            NotFoundError: nothing in the draft matches ``path``.
+            MissingPathError: nothing in the draft matches ``path`` (a ``NotFoundError``).
         """
         self._check_open()
         path = path.path if isinstance(path, Entry) else os.fspath(path)
         check_prefix(path)
         keys = matching_paths(self._entries, path)
         if not keys:
-            raise NotFoundError(f"cannot remove {path!r}: no such file or directory in {self.name}")
+            raise MissingPathError(
+                f"cannot remove {path!r}: no such file or directory in {self.name}"
+            )
         for key in keys:
             del self._entries[key]
             self._sources.pop(key)

@@ -4,7 +4,8 @@ Every error derives from :class:`AsyncartError`::
 
     AsyncartError
     ├── NotFoundError            an artifact, version, alias, blob or run does not exist
-    │   └── DeletedError         the version was deleted (by whom, when)
+    │   ├── DeletedError         the version was deleted (by whom, when)
+    │   └── MissingPathError     ``remove`` matched no path (also a ``FileNotFoundError``)
     ├── ConflictError            a stream moved on while we wrote to it (re-read, then retry)
     │   └── AlreadyFinishedError a distributed draft was committed by another finisher first
     ├── IntegrityError           bytes or records do not match their digest, checksum or hash chain
@@ -42,6 +43,14 @@ class DeletedError(NotFoundError):
     def __init__(self, message: str, actor: str, time: float) -> None:
         super().__init__(message)
         self.actor, self.time = actor, time
+
+
+class MissingPathError(NotFoundError, FileNotFoundError):
+    """Raised by ``remove`` when no file or directory of the draft matches the path.
+
+    It is also a ``FileNotFoundError`` because W&B raises that for the same condition: code
+    ported from W&B that catches it keeps working.
+    """
 
 
 class ConflictError(AsyncartError):
