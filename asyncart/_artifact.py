@@ -554,7 +554,7 @@ class Artifact:
         The version keeps its number (the next version is still one past the highest ever
         committed); resolving it raises :class:`DeletedError`, saying who deleted it and when;
         ``latest`` moves to the newest version left. Its records stay in the log, so ``audit``
-        still replays it; its blobs are not reclaimed (no garbage collection yet).
+        still replays it; :func:`asyncart.gc` reclaims the blobs only it held.
 
         Args:
             delete_aliases: also take its aliases off (``latest`` moves in any case); without
