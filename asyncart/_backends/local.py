@@ -159,7 +159,7 @@ class LocalStore:
 
     async def epoch(self) -> int:
         def read() -> int:
-            with local_sweep.locked(self.root, exclusive=False):
+            with _writing(self.root), local_sweep.locked(self.root, exclusive=False):
                 return local_sweep.read_epoch(self.root)
 
         return await anyio.to_thread.run_sync(read)

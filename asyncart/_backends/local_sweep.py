@@ -25,8 +25,11 @@ _TEMP = re.compile(r"\..+\.tmp")  # temp_beside's and atomic_write's temporary n
 
 
 def lock(root: Path, exclusive: bool) -> int:
-    """The collector lock, taken (blocking): its fd, which releases it when closed."""
-    fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    """The collector lock, taken (blocking): its fd, which releases it when closed.
+
+    Opened read-only (``flock`` needs no more): in a store shared by several users, the file
+    one of them made must still open for the others."""
+    fd = os.open(root / LOCK, os.O_RDONLY | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
     except BaseException:
