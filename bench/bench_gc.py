@@ -8,8 +8,9 @@ of one artifact, the other half by nothing (written two hours ago). Then, each i
 process, ``T`` times: ``asyncart gc --dry-run --grace 1h`` (marks the version, lists every
 blob, counts what would go) beside ``find blobs -type f`` (a listing of the same files, the
 floor of any collector that looks at each blob), with each one's wall time and peak RSS
-(``wait4``); then one real ``asyncart gc`` that removes the unreferenced half (last: mass
-deletes slow this disk down for minutes).
+(``wait4``; the store is built in another child, so that figure is each command's own); then
+one real ``asyncart gc`` that removes the unreferenced half (last: mass deletes slow this
+disk down for minutes).
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def timed(command: list[str]) -> tuple[float, int, bytes]:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--build"]:
+        return build(Path(sys.argv[2]), int(sys.argv[3]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", default="/tmp/bench-gc")
     parser.add_argument("--blobs", type=int, default=1_000_000)
@@ -78,7 +81,8 @@ def main() -> None:
     root = Path(args.dir) / f"store-{args.blobs}-{os.getpid()}"  # fresh: never rm -rf here
     root.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    build(root, args.blobs)
+    # built in a child: this process stays small, so each measured child's peak RSS is its own
+    subprocess.run([sys.executable, __file__, "--build", str(root), str(args.blobs)], check=True)
     print(f"built {args.blobs:,} blobs in {time.perf_counter() - start:.0f} s", flush=True)
     gc = [sys.executable, "-m", "asyncart", "--store", str(root), "--json", "gc"]
     rows: dict[str, list[tuple[float, int]]] = {"gc --dry-run": [], "find blobs -type f": []}
