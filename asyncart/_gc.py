@@ -56,6 +56,7 @@ GRACE = 3600.0
 SHARDS = [f"{i:02x}" for i in range(256)]
 _FLUSH_AT = 1 << 16  # bytes of marks buffered per shard before they go to its file
 _REMOVE_AT = 1000  # blobs removed per call
+_SHARDS_AT_ONCE = 8  # shards listed and compared with their marks at once
 _BIG_READ = 4 << 20
 
 
@@ -101,8 +102,7 @@ async def gc(
             HTTP: the server reports once, at the end).
 
     Raises:
-        InvalidInputError: a negative ``grace``; a store that cannot be collected yet
-            (PostgreSQL + S3).
+        InvalidInputError: a negative ``grace``.
         BackendUnavailableError: on a server, a token that is not an admin's.
     """
     if not grace >= 0:
@@ -130,8 +130,8 @@ async def collect(
     """
     if not isinstance(store, Collectable):
         raise InvalidInputError(
-            f"the store at {store.location} cannot be collected yet (only a local store, "
-            "directly or through its server)"
+            f"the store at {store.location} cannot be collected here (a server's store is "
+            "collected by the server: asyncart gc with an admin token)"
         )
     started = time.time()
     report = GcReport(dry_run=dry_run, grace=grace)
@@ -308,13 +308,18 @@ async def _candidates(
     progress: Progress | None,
 ) -> None:
     """Write to ``out`` the blobs neither marked nor written after ``before``, shard by shard
-    (so that memory holds one shard's marks at a time)."""
+    (so that memory holds the marks of a few shards at a time), ``_SHARDS_AT_ONCE`` shards at
+    once (listing a shard of a remote store is a request, or many)."""
     f = await anyio.to_thread.run_sync(open, out, "wb")
-    with f:
-        for done, shard in enumerate(SHARDS, 1):
+    shards, done = iter(SHARDS), 0
+
+    async def worker() -> None:
+        nonlocal done
+        for shard in shards:
+            listed = await store.listed(shard)
             marked = await anyio.to_thread.run_sync(marks.load, shard)
             found = []
-            for blob in await store.listed(shard):
+            for blob in listed:
                 report.blobs_kept += 1
                 report.bytes_kept += blob.size
                 digest = bytes.fromhex(blob.digest)
@@ -325,8 +330,14 @@ async def _candidates(
                 else:
                     found.append(_CANDIDATE.pack(digest, blob.size))
             await anyio.to_thread.run_sync(f.write, b"".join(found))
+            done += 1
             if progress is not None:
                 progress("sweep", done, len(SHARDS))
+
+    with f:
+        async with anyio.create_task_group() as group:
+            for _ in range(_SHARDS_AT_ONCE):
+                group.start_soon(worker)
 
 
 async def _remark(repo: Repository, heads: dict[str, int], report: GcReport) -> set[str]:

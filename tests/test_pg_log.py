@@ -191,7 +191,8 @@ def test_schema_creation_racing_in_two_processes(pg_dsn: str) -> None:
         " AND tablename LIKE 'asyncart_%'",
         "SELECT version FROM asyncart_schema",
     )
-    assert tables == [6, SCHEMA_VERSION]  # streams, records, checkpoints, tokens, uploads, version
+    assert tables == [7, SCHEMA_VERSION]  # streams, records, checkpoints, tokens, uploads,
+    # epoch, version
 
 
 # -- the schema --------------------------------------------------------------------------------
@@ -230,17 +231,19 @@ async def test_a_version_2_schema_is_refused_then_migrated_by_create(
     await sql.execute("INSERT INTO asyncart_records VALUES ($1, 0, $2)", A, b"r0")
     old = PostgresEventLog(pg_dsn)
     for call in (old.require(), old.read(A)):
-        with pytest.raises(BackendUnavailableError, match="version 2, older than 3") as info:
+        older = f"version 2, older than {SCHEMA_VERSION}"
+        with pytest.raises(BackendUnavailableError, match=older) as info:
             await call
         assert "\n" not in str(info.value) and "asyncart init" in str(info.value)
     await old.create()
-    assert await sql.fetchval("SELECT version FROM asyncart_schema") == SCHEMA_VERSION == 3
+    assert await sql.fetchval("SELECT version FROM asyncart_schema") == SCHEMA_VERSION == 4
     fresh = PostgresEventLog(pg_dsn)
     await fresh.require()
     assert await fresh.read(A) == [b"r0"]
     seen = PostgresSeen(fresh)
     await seen.add("tok", {b"d" * 32})
     assert await PostgresSeen(fresh).uploaded("tok", {b"d" * 32, b"e" * 32}) == {b"d" * 32}
+    assert await fresh.epoch() == 0  # schema 4: the collection epoch, from 0
     await fresh.aclose()
     await old.aclose()
 

@@ -7,7 +7,7 @@ Example::
     async with log.held():  # one pool for many calls (else each call connects)
         head = await log.append("p/artifacts/a", [b"record"], 0, note=b"summary")
 
-The schema (version 3), created and migrated by :meth:`PostgresEventLog.create` in the first
+The schema (version 4), created and migrated by :meth:`PostgresEventLog.create` in the first
 schema of the connection's ``search_path`` (``public`` unless the DSN says
 ``?search_path=NAME``)::
 
@@ -20,6 +20,7 @@ schema of the connection's ``search_path`` (``public`` unless the DSN says
                           -- a server's tokens (hashed), shared by its replicas
     asyncart_uploads      (token text, digest bytea, PRIMARY KEY (token, digest))
                           -- which token uploaded which blob (its replicas' blob scope)
+    asyncart_epoch        (epoch bigint)                -- one row: the collection epoch
 
 - A stream's row holds its head (the next seq) and note. An append is one transaction: it
   updates the row where ``head = expected_seq`` (or inserts it, ``ON CONFLICT DO NOTHING``,
@@ -35,6 +36,13 @@ schema of the connection's ``search_path`` (``public`` unless the DSN says
 - Records reference no stream row (no foreign key): the stream's lock already orders
   appends, and a per-row check would cost every insert.
 - Checkpoints have their own table: saving one never waits for, or blocks, an append.
+- The collector lock (see ``asyncart/_gc.py``) is an advisory lock keyed by the schema's
+  name: a garbage collector holds it exclusively (on its session) while it sweeps; an append
+  that carries an epoch takes it shared for its transaction and reads the epoch in a later
+  statement (so its snapshot sees every sweep that has let go). Waiters poll with
+  ``pg_try_...`` rather than block on a connection: in a server the collector and the
+  appenders share one pool, and blocked appenders holding every connection would starve the
+  collector's own reads.
 
 The first call of a log checks the schema (:meth:`PostgresEventLog.require`) once. asyncpg
 runs on asyncio only.
@@ -45,14 +53,21 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
+import anyio
 import asyncpg
 
-from .._errors import BackendUnavailableError, ConflictError, IntegrityError, InvalidInputError
+from .._errors import (
+    BackendUnavailableError,
+    CollectedError,
+    ConflictError,
+    IntegrityError,
+    InvalidInputError,
+)
 from .._names import check_entry_path
 from ._pg_pool import PgPool, schema_missing
 from .base import MAX_NOTE
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The schema version this code creates and knows."""
 CHANNEL = "asyncart_append"
 """The ``LISTEN`` channel of appends; each notification's payload is ``'<stream> <head>'``."""
@@ -63,6 +78,8 @@ PostgreSQL connection is a server process, and a fleet of workers shares its
 ``max_connections`` (100 by default)."""
 
 _LOCK = 0x6173796E63617274  # "asyncart": the advisory lock that serializes create()
+_SWEEP_KEY = f"{0x61726763}, hashtext(current_schema())"  # "argc", per schema
+_SWEEP_POLL = 0.05  # seconds between tries of the collector lock while a collector sweeps
 _COPY_AT = 64  # records, or
 _COPY_BYTES = 1 << 20  # bytes: from here an append COPYs its records (faster than unnest)
 
@@ -107,6 +124,14 @@ _MIGRATIONS: dict[int, str] = {  # version n -> the DDL that makes it n + 1
         digest bytea NOT NULL,
         PRIMARY KEY (token, digest)
     );
+    """,
+    # 4: the collection epoch (asyncart/_gc.py)
+    3: """
+    CREATE TABLE asyncart_epoch (
+        epoch bigint NOT NULL,
+        one boolean PRIMARY KEY DEFAULT true CHECK (one)
+    );
+    INSERT INTO asyncart_epoch (epoch) VALUES (0);
     """,
 }
 
@@ -261,8 +286,6 @@ class PostgresEventLog:
         *,
         epoch: int | None = None,
     ) -> int:
-        if epoch is not None:  # this store has no collector yet, so no epoch to hand out
-            raise InvalidInputError("a PostgreSQL + S3 store has no collection epoch yet")
         if len(note) > MAX_NOTE:
             raise InvalidInputError(
                 f"the note of stream {stream!r} is {len(note)} bytes, over the {MAX_NOTE} a "
@@ -271,8 +294,12 @@ class PostgresEventLog:
         check_entry_path(stream)
         records = list(payloads)
         copied = len(records) >= _COPY_AT or sum(map(len, records)) >= _COPY_BYTES
-        async with self.connection() as conn:
+        async with self._appending(epoch) as conn:
             try:
+                if epoch is not None:
+                    current = await conn.fetchval("SELECT epoch FROM asyncart_epoch")
+                    if current != epoch:
+                        raise CollectedError(stream, expected_seq, epoch, current)
                 if copied:
                     head = await _append_copied(conn, stream, records, expected_seq, note)
                 else:
@@ -286,6 +313,55 @@ class PostgresEventLog:
             if head is None:
                 raise ConflictError(stream, expected_seq, await _head(conn, stream))
         return int(head)
+
+    @asynccontextmanager
+    async def _appending(self, epoch: int | None) -> AsyncIterator[asyncpg.Connection]:
+        """A connection for an append; with an ``epoch``, in a transaction that holds the
+        collector lock shared (tried until no collector sweeps)."""
+        if epoch is None:
+            async with self.connection() as conn:
+                yield conn
+            return
+        while True:
+            async with self.connection() as conn, conn.transaction():
+                if await conn.fetchval(f"SELECT pg_try_advisory_xact_lock_shared({_SWEEP_KEY})"):
+                    yield conn
+                    return
+            await anyio.sleep(_SWEEP_POLL)
+
+    # -- what the garbage collector needs (see asyncart/_gc.py) --------------------------------
+
+    async def epoch(self) -> int:
+        """The collection epoch, once no collector sweeps (see ``Swept.epoch``)."""
+        while True:
+            async with self.connection() as conn:
+                value = await conn.fetchval(
+                    f"SELECT CASE WHEN pg_try_advisory_xact_lock_shared({_SWEEP_KEY}) "
+                    "THEN (SELECT epoch FROM asyncart_epoch) END"
+                )
+            if value is not None:
+                return int(value)
+            await anyio.sleep(_SWEEP_POLL)
+
+    @asynccontextmanager
+    async def sweeping(self) -> AsyncIterator[None]:
+        """Hold the collector lock exclusively for the block, on a connection of its own (it
+        waits for the appends that hold it shared; those that come later wait for it)."""
+        async with self.connection() as conn:
+            await conn.execute(f"SELECT pg_advisory_lock({_SWEEP_KEY})")
+            try:
+                yield
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await conn.execute(f"SELECT pg_advisory_unlock({_SWEEP_KEY})")
+
+    async def bump_epoch(self) -> int:
+        """Move the epoch on (committed, so durable) inside :meth:`sweeping`; the new one."""
+        async with self.connection() as conn:
+            epoch: int = await conn.fetchval(
+                "UPDATE asyncart_epoch SET epoch = epoch + 1 RETURNING epoch"
+            )
+        return epoch
 
     async def streams(self, prefix: str = "") -> list[str]:
         async with self.connection() as conn:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import importlib
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import anyio.to_thread
 
 from .._errors import BackendUnavailableError, InvalidInputError
+from .base import StoredBlob
 
 if TYPE_CHECKING:
     from .pg_log import PostgresEventLog
@@ -44,6 +45,7 @@ class PostgresS3Store:
         self._dsn, self._blobs_url = split_location(location)
         self.location = _without_password(location)
         self._ready = self._made = False  # checked, or made, once per store object
+        self._bumped = False  # in the current sweep, the epoch moved on already
 
     @functools.cached_property
     def log(self) -> PostgresEventLog:
@@ -100,6 +102,36 @@ class PostgresS3Store:
         finally:
             if "log" in self.__dict__:
                 await self.log.aclose()
+
+    # -- what the garbage collector needs (base.Collectable; see asyncart/_gc.py) -----------
+
+    async def epoch(self) -> int:
+        """The collection epoch (in the database), once no collector sweeps."""
+        return await self.log.epoch()
+
+    @asynccontextmanager
+    async def _sweeping(self) -> AsyncIterator[None]:
+        self._bumped = False
+        async with self.log.sweeping():
+            yield
+
+    def sweeping(self) -> AbstractAsyncContextManager[None]:
+        """Hold the collector lock (a PostgreSQL advisory lock) for the block."""
+        return self._sweeping()
+
+    async def listed(self, shard: str) -> list[StoredBlob]:
+        return await self.blobs.listed(shard)
+
+    async def remove(self, digests: Sequence[str]) -> None:
+        if not self._bumped:
+            await self.log.bump_epoch()
+            self._bumped = True
+        await self.blobs.remove(digests)
+
+    async def leftovers(self, before: float, remove: bool) -> tuple[int, int]:
+        """Multipart uploads no process has written to since ``before`` (and the objects of
+        incoming uploads a server left); streams cannot be left half-made in a database."""
+        return await self.blobs.stale_uploads(before, remove)
 
     def __repr__(self) -> str:
         return f"PostgresS3Store({self.location!r})"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -40,7 +41,7 @@ from aiobotocore.session import AioSession
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
 from .._errors import BackendUnavailableError, IntegrityError, InvalidInputError, NotFoundError
-from .base import UploadItem
+from .base import StoredBlob, UploadItem
 from .fileio import open_regular, temp_beside, why_unreadable
 from .http_blobs import _changed, _first_error, _gather, _Sink, _verify
 
@@ -57,6 +58,8 @@ LIST_PAGE = 100
 """Keys asked per LIST page (S3 allows 1,000): botocore parses a page on the event loop, at
 about 0.1 ms of CPU per key, so smaller pages keep that under the loop's stall budget; the
 CPU per key is the same, only the requests are more."""
+_DELETE_AT = 1000  # keys per DeleteObjects (S3's most)
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 COPY_PART = 1 << 30
 """Bytes of one part of the copy that turns an incoming upload into a blob (S3: at most 5 GiB)."""
 _CHUNK = 4 << 20  # downloads: bytes gathered from the socket per thread hop
@@ -853,6 +856,95 @@ class S3BlobStore:
                                 await client.delete_object(Bucket=self.bucket, Key=obj["Key"])
                             removed.append(obj["Key"])
         return removed
+
+    # -- what the garbage collector needs (see asyncart/_gc.py) ------------------------------
+
+    async def listed(self, shard: str) -> list[StoredBlob]:
+        """The blobs whose digests start with ``shard``, as S3 lists them (its clock)."""
+        head = self.key(shard + "0" * 62).rsplit("/", 1)[0] + "/"
+        found = []
+        async with self._use() as client:
+            paginator = client.get_paginator("list_objects_v2")
+            with self._errors("ListObjectsV2"):
+                async for page in paginator.paginate(
+                    Bucket=self.bucket, Prefix=head, PaginationConfig={"PageSize": LIST_PAGE}
+                ):
+                    for obj in page.get("Contents", []):
+                        digest = obj["Key"][len(head) :]
+                        if _DIGEST.fullmatch(digest) and digest.startswith(shard):
+                            found.append(
+                                StoredBlob(digest, obj["Size"], obj["LastModified"].timestamp())
+                            )
+        return found
+
+    async def remove(self, digests: Sequence[str]) -> None:
+        """Delete these blobs (``DeleteObjects``, up to 1,000 keys a request)."""
+        async with self._use() as client:
+            for i in range(0, len(digests), _DELETE_AT):
+                keys = [{"Key": self.key(d)} for d in digests[i : i + _DELETE_AT]]
+                with self._errors("DeleteObjects"):
+                    reply = await client.delete_objects(
+                        Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True}
+                    )
+                failed = [e for e in reply.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+                if failed:
+                    raise BackendUnavailableError(
+                        f"S3 at {self.location} did not delete {len(failed)} blobs "
+                        f"({failed[0].get('Key')}: {failed[0].get('Code')})"
+                    )
+
+    async def stale_uploads(self, before: float, remove: bool) -> tuple[int, int]:
+        """Multipart uploads of blobs (a writer's own, or a server's incoming ones) with no
+        part written since ``before``, and incoming objects older than it: a process that
+        died mid-upload left them (a live one's newest part is younger). (How many, bytes),
+        aborted or deleted when ``remove``."""
+        head = f"{self.prefix}/" if self.prefix else ""
+        count = size = 0
+        async with self._use() as client:
+            for prefix in (f"{head}blobs/", self.incoming_key("")):
+                paginator = client.get_paginator("list_multipart_uploads")
+                with self._errors("ListMultipartUploads"):
+                    pages = [
+                        page
+                        async for page in paginator.paginate(
+                            Bucket=self.bucket,
+                            Prefix=prefix,
+                            PaginationConfig={"PageSize": LIST_PAGE},
+                        )
+                    ]
+                for up in (up for page in pages for up in page.get("Uploads", [])):
+                    if up["Initiated"].timestamp() >= before:
+                        continue
+                    parts = await self._parts(client, up["Key"], up["UploadId"])
+                    if any(written >= before for written, _ in parts):
+                        continue
+                    count, size = count + 1, size + sum(n for _, n in parts)
+                    if remove:
+                        await self._abort(client, up["Key"], up["UploadId"])
+            paginator = client.get_paginator("list_objects_v2")
+            with self._errors("ListObjectsV2"):
+                async for page in paginator.paginate(
+                    Bucket=self.bucket,
+                    Prefix=self.incoming_key(""),
+                    PaginationConfig={"PageSize": LIST_PAGE},
+                ):
+                    for obj in page.get("Contents", []):
+                        if obj["LastModified"].timestamp() < before:
+                            count, size = count + 1, size + obj["Size"]
+                            if remove:
+                                with self._errors("DeleteObject"):
+                                    await client.delete_object(Bucket=self.bucket, Key=obj["Key"])
+        return count, size
+
+    async def _parts(self, client: Any, key: str, upload: str) -> list[tuple[float, int]]:
+        """(written, size) of each part of a multipart upload."""
+        paginator = client.get_paginator("list_parts")
+        found = []
+        with self._errors("ListParts"):
+            async for page in paginator.paginate(Bucket=self.bucket, Key=key, UploadId=upload):
+                for part in page.get("Parts", []):
+                    found.append((part["LastModified"].timestamp(), int(part["Size"])))
+        return found
 
     @contextlib.asynccontextmanager
     async def reading(

@@ -78,7 +78,9 @@ async def serve(
         raise InvalidInputError(f"{store} is a server: serve the store it serves, not it")
     await prepare_store(opened, create=True)
     limits = limits or Limits()
-    async with _spool_of(opened) as spool:
+    # Held while serving: one database pool and one S3 client for every request, not a
+    # connection and a client made (and closed) per request.
+    async with opened.held(), _spool_of(opened) as spool:
         app = make_app(opened, token_book(opened), spool, limits, upload_expiry=upload_expiry)
         app[PRESIGN] = presign
         await _run(app, host, port, limits, tls, ready)
