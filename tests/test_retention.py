@@ -146,6 +146,21 @@ async def test_ttl_is_stored_read_back_and_inherited(where: Where, tmp_path: Pat
     assert any(", ttl 30d" in e.summary for e in entries if e.kind == "version.committed")
 
 
+async def test_a_distributed_version_takes_the_finishers_ttl(tmp_path: Path) -> None:
+    where = Where(str(tmp_path / "store"))
+    (tmp_path / "part").write_text("a shard")
+    async with asyncart.init(project="demo", store=where.store, group="g") as run:
+        shard = asyncart.Artifact("ds", "dataset")
+        await shard.add_file(str(tmp_path / "part"))
+        await run.upsert_artifact(shard)
+        last = asyncart.Artifact("ds", "dataset")
+        last.ttl = timedelta(hours=3)
+        finished = await run.finish_artifact(last)
+    assert finished.ttl == timedelta(hours=3)
+    report = await _apply(where, v0_time(finished) + 4 * 3600)
+    assert [(d.version, d.reason) for d in report.deleted] == [(0, "ttl expired")]
+
+
 def test_a_record_written_before_ttl_decodes_without_one() -> None:
     old = {"kind": "version.committed", "draft": "d", "version": 0, "digest": "0" * 64}
     body = {**old, "file_count": 0, "size": 0, "snapshot": None, "aliases": []}
@@ -328,12 +343,13 @@ async def test_a_project_rule_is_set_on_each_collection_and_can_be_cleared(
 
 
 async def test_apply_retention_expires_ttl_too(where: Where, tmp_path: Path) -> None:
-    v0 = await _save(where, tmp_path, "short", ttl=timedelta(hours=1))
     await _save(where, tmp_path, "long", ttl=timedelta(days=7))
-    report = await _apply(where, v0_time(v0) + 2 * 3600)
-    assert [(d.version, d.reason) for d in report.deleted] == [(0, "ttl expired")]
+    v1 = await _save(where, tmp_path, "short", ttl=timedelta(hours=1))
+    report = await _apply(where, v0_time(v1) + 2 * 3600)
+    assert [(d.version, d.reason) for d in report.deleted] == [(1, "ttl expired")]
     assert report.versions_expired == 1
-    assert await _live(where) == ["v1"]
+    assert await _live(where) == ["v0"]
+    assert (await _api(where).artifact("ds:latest")).version == "v0"  # latest moved back
 
 
 @pytest.mark.parametrize(
