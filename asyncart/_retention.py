@@ -32,7 +32,8 @@ from ._repository import Repository
 from ._store import load_backend, open_store, prepare_store
 
 ACTOR = "user:asyncart-gc"
-"""Who deletes what a rule deletes (a server adds the token the request came with)."""
+"""Who a rule's deletions are recorded as (over HTTP, ``apply_retention``'s server appends the
+id of the token that asked, as for every append; ``gc`` there runs on the server itself)."""
 TTL_REASON = "ttl expired"
 
 
@@ -50,7 +51,7 @@ class RetentionRule(msgspec.Struct, frozen=True, kw_only=True):
         return ", ".join([*parts, "keep aliased" if self.keep_aliased else "aliased too"])
 
 
-class Expired(msgspec.Struct, frozen=True):
+class RuleDeletion(msgspec.Struct, frozen=True):
     """A version a rule deleted (or, in a dry run, would delete), and why."""
 
     project: str
@@ -67,7 +68,7 @@ class RetentionReport(msgspec.Struct, kw_only=True):
     collections: int = 0
     versions_expired: int = 0  # by their ttl
     versions_retention: int = 0  # by a retention rule
-    deleted: list[Expired] = []
+    deleted: list[RuleDeletion] = []
 
 
 def check_ttl(ttl: object) -> float | None:
@@ -134,7 +135,7 @@ def rule_of(body: RetentionSet | None) -> RetentionRule | None:
 
 def plan(state: CollectionState, now: float) -> list[tuple[Version, str]]:
     """The live versions of ``state`` its rules delete at ``now``, oldest first, with the
-    reason (pure). Expired versions go first; the retention rule judges those left."""
+    reason (pure). RuleDeletion versions go first; the retention rule judges those left."""
     live = [v for v in state.versions if v.deleted is None]
     expired = {v.number for v in live if v.commit.ttl is not None and v.time + v.commit.ttl <= now}
     doomed = [(v, TTL_REASON) for v in live if v.number in expired]
@@ -161,7 +162,7 @@ def _aliased(version: Version) -> bool:
 
 async def expire_collection(
     repo: Repository, project: str, name: str, now: float, dry_run: bool
-) -> list[Expired]:
+) -> list[RuleDeletion]:
     """Delete (unless ``dry_run``) what :func:`plan` says of a collection; what went.
 
     A version deleted meanwhile by someone else is skipped, and so is one that gained an alias
@@ -177,7 +178,7 @@ async def expire_collection(
                 await repo.delete(project, name, version.number, anyway, ACTOR, reason=reason)
             except (DeletedError, HasAliasesError):
                 continue
-        gone.append(Expired(project, name, version.number, reason, aliases))
+        gone.append(RuleDeletion(project, name, version.number, reason, aliases))
     return gone
 
 
@@ -301,7 +302,7 @@ async def apply_retention(
         return report
 
 
-def count(report: RetentionReport, gone: list[Expired]) -> None:
+def count(report: RetentionReport, gone: list[RuleDeletion]) -> None:
     report.deleted += gone
     expired = sum(g.reason == TTL_REASON for g in gone)
     report.versions_expired += expired

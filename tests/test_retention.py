@@ -352,6 +352,19 @@ async def test_apply_retention_expires_ttl_too(where: Where, tmp_path: Path) -> 
     assert (await _api(where).artifact("ds:latest")).version == "v0"  # latest moved back
 
 
+async def test_expired_versions_go_first_and_the_rule_judges_the_rest(tmp_path: Path) -> None:
+    where = Where(str(tmp_path / "store"))
+    await _save(where, tmp_path, "a")
+    await _save(where, tmp_path, "b")
+    v2 = await _save(where, tmp_path, "c", ttl=timedelta(hours=1))
+    await asyncart.set_retention("demo/ds", keep_last=2, store=where.store)
+    early = await _apply(where, v0_time(v2), dry_run=True)  # before v2 expires: v0 would go
+    assert [d.version for d in early.deleted] == [0]
+    report = await _apply(where, v0_time(v2) + 2 * 3600)
+    assert [(d.version, d.reason) for d in report.deleted] == [(2, "ttl expired")]
+    assert await _live(where) == ["v0", "v1"]  # the last 2 of those left
+
+
 @pytest.mark.parametrize(
     "kw, why",
     [
