@@ -192,6 +192,32 @@ async def test_checkpoints_carry_ttl_and_the_retention_rule(tmp_path: Path) -> N
     assert state.retention == RetentionSet(30, None, True)
 
 
+async def test_a_format_2_checkpoint_that_skipped_a_rule_is_folded_again(tmp_path: Path) -> None:
+    import blake3
+
+    from asyncart._domain.checkpoint import _MAGIC, decode_checkpoint
+    from asyncart._domain.events import record_hash
+    from asyncart._domain.fold import CollectionState, Unknown, fold
+    from asyncart._history import read_records
+
+    where = Where(str(tmp_path / "store"))
+    await _save(where, tmp_path, "one")
+    await asyncart.set_retention("demo/ds", keep_last=3, store=where.store)
+    store = LocalStore(where.store)
+    records = await read_records(store, STREAM)
+    old = fold(CollectionState(STREAM), records[:-1])  # as a release before rules folded it
+    old.unknown.append(Unknown(len(records) - 1, "retention.set"))
+    old.head, old.last_hash = len(records), record_hash((await store.log.read(STREAM))[-1])
+    body = msgspec.msgpack.encode({"format": 2, "state": old})
+    data = _MAGIC + blake3.blake3(body).digest() + body
+    with pytest.raises(asyncart.IntegrityError, match="skipped a retention rule"):
+        decode_checkpoint(data, STREAM)
+    await store.log.put_checkpoint(STREAM, data)
+    assert (await checkpointed(store.log, STREAM)).head == 0  # ignored: folded from seq 0
+    rules = await asyncart.retention_rules(store=where.store)
+    assert rules == {"demo/ds": asyncart.RetentionRule(keep_last=3)}
+
+
 # -- expiry by gc ---------------------------------------------------------------------------
 
 
@@ -397,6 +423,40 @@ def test_the_server_refuses_a_bad_rule_or_ttl() -> None:
             _check_body(STREAM, bad)
     with pytest.raises(InvalidInputError, match="ttl must be positive"):
         _check_body(STREAM, VersionCommitted("d", 0, "0" * 64, 0, 0, ttl=0.0))
+
+
+@pytest.fixture
+def tokens(server: Server) -> tuple[str, str]:
+    """A write token and a read token of project demo."""
+    return server.token("demo", write=True), server.token("demo")
+
+
+async def test_over_http_a_bad_rule_is_refused_and_a_read_token_cannot_set_one(
+    server: Server, tokens: tuple[str, str], tmp_path: Path
+) -> None:
+    import aiohttp
+    from _records import chain
+
+    from asyncart._backends._wire import pack
+    from asyncart._backends.http import HttpStore
+    from asyncart._domain.events import record_hash
+
+    where = Where(server.url, tokens[0])
+    await _save(where, tmp_path, "one")
+    async with HttpStore(where.store, where.token) as store:
+        stored = await store.log.read(STREAM)
+    url = f"{where.store}/v1/log/{STREAM}?expected_seq={len(stored)}"
+    headers = {"Authorization": f"Bearer {where.token}", "Content-Type": "application/msgpack"}
+    async with aiohttp.ClientSession() as session:
+        for body in [RetentionSet(0), RetentionSet(None, -DAY)]:
+            records = chain(STREAM, [body], len(stored), record_hash(stored[-1]))
+            async with session.post(url, data=pack(records), headers=headers) as response:
+                assert response.status == 400, await response.read()
+    async with HttpStore(where.store, where.token) as store:
+        assert await store.log.read(STREAM) == stored  # nothing stored
+    with pytest.raises(asyncart.AccessDeniedError):
+        await asyncart.set_retention("demo/ds", keep_last=1, store=where.store, token=tokens[1])
+    assert await asyncart.retention_rules(store=where.store, token=where.token) == {}
 
 
 async def test_gc_applies_retention_rules(collectable: Where, tmp_path: Path) -> None:
