@@ -524,3 +524,14 @@ async def test_the_retention_command(tmp_path: Path) -> None:
     done = _cli(where.store, "retention", "set", "demo/ds", "--keep-last", "0")
     assert done.returncode == 1 and "keep_last must be an int of 1 or more" in done.stderr
     assert (await asyncart.audit(store=where.store)).ok
+
+
+async def test_the_gc_command_says_what_rules_deleted(tmp_path: Path) -> None:
+    where = Where(str(tmp_path / "store"))
+    await _save(where, tmp_path, "brief", ttl=timedelta(microseconds=1))
+    dry = json.loads(_ok(where.store, "gc", "--dry-run", "--grace", "0", "--json"))
+    assert (dry["versions_expired"], dry["versions_retention"], dry["blobs_removed"]) == (1, 0, 0)
+    text = _ok(where.store, "gc", "--grace", "0")
+    assert "removed 1 blobs" in text
+    assert text.strip().endswith("first deleted 1 versions (1 by their ttl, 0 by retention rules)")
+    assert await _live(where) == []
