@@ -42,6 +42,11 @@ from ._errors import SealedError as SealedError
 from ._history import ArtifactCollection as ArtifactCollection
 from ._history import LogEntry as LogEntry
 from ._lineage import RunInfo as RunInfo
+from ._retention import RetentionReport as RetentionReport
+from ._retention import RetentionRule as RetentionRule
+from ._retention import apply_retention as apply_retention
+from ._retention import retention_rules as retention_rules
+from ._retention import set_retention as set_retention
 from ._store import STORE_ENV as STORE_ENV
 from ._transfer import Progress as Progress
 
@@ -130,15 +135,20 @@ __all__ = (
     "NotFoundError",
     "PostgresS3Store",
     "Progress",
+    "RetentionReport",
+    "RetentionRule",
     "Run",
     "RunInfo",
     "STORE_ENV",
     "SealedError",
     "Store",
     "UploadItem",
+    "apply_retention",
     "audit",
     "gc",
     "GcReport",
     "copy_store",
     "init",
+    "retention_rules",
+    "set_retention",
 )

@@ -10,7 +10,7 @@ import warnings
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, overload
 
@@ -41,6 +41,7 @@ from ._names import (
     parse_ref,
 )
 from ._repository import ENTRIES_PER_EVENT, AddedChunks, DraftSpec, Repository, Transfer
+from ._retention import check_ttl
 from ._store import holding_store, load_backend, open_store, prepare_store
 from ._threads import HEAVY, maybe_thread
 from ._transfer import (
@@ -90,6 +91,7 @@ class Artifact:
     """
 
     _built: Manifest | None = None  # the draft's manifest, until its files change again
+    _ttl: float | None = None  # a draft's ttl in seconds (a committed version's is its commit's)
 
     def __init__(
         self,
@@ -163,6 +165,27 @@ class Artifact:
     def size(self) -> int:
         """Total bytes of the artifact's files."""
         return self.manifest.size
+
+    @property
+    def ttl(self) -> timedelta | None:
+        """How long after its commit this version lives: the garbage collector (and
+        :func:`asyncart.apply_retention`) deletes it once that has passed, aliases and all.
+
+        A ``timedelta`` or None (the default: forever). Set it on a draft before it is logged;
+        ``new_draft()`` inherits it, as in W&B. A draft whose content equals the latest
+        version's commits nothing, so that version's ttl stays.
+
+        Raises:
+            InvalidInputError: (setting) not a positive ``timedelta`` or None.
+            SealedError: (setting) the version is committed.
+        """
+        seconds = self._saved.version.commit.ttl if self._saved else self._ttl
+        return None if seconds is None else timedelta(seconds=seconds)
+
+    @ttl.setter
+    def ttl(self, value: timedelta | None) -> None:
+        self._check_open()
+        self._ttl = check_ttl(value)
 
     def __repr__(self) -> str:
         state = self.qualified_name if self._saved else f"{self.name} (draft)"
@@ -351,6 +374,7 @@ class Artifact:
             uploads,
             check_mapping(self.metadata, "metadata"),  # again: it may have changed since
             check_description(self.description),
+            ttl=self._ttl,
         )
 
     def _target(
@@ -476,6 +500,7 @@ class Artifact:
         saved = self._require_saved()
         draft = Artifact(self.name, self.type, self.description, dict(self.metadata))
         draft._parent = saved
+        draft._ttl = saved.version.commit.ttl
         draft._entries = Overlay(saved.manifest)  # the parent's entries are never copied
         return draft
 

@@ -48,6 +48,7 @@ from ._backends.http import HttpStore
 from ._domain.fold import CollectionState
 from ._errors import InvalidInputError
 from ._repository import Repository, iter_changes
+from ._retention import RetentionReport, count, expire_collection
 from ._store import load_backend, open_store, prepare_store
 from ._threads import maybe_thread
 
@@ -74,6 +75,8 @@ class GcReport(msgspec.Struct, kw_only=True):
     leftovers_removed: int = 0  # crash leftovers (temporary files...)
     leftover_bytes: int = 0
     remarked: int = 0  # streams that moved while the collector marked
+    versions_expired: int = 0  # deleted first, their ttl passed (see _retention.py)
+    versions_retention: int = 0  # deleted first, by their collection's retention rule
     seconds: float = 0.0
 
 
@@ -88,6 +91,7 @@ async def gc(
     grace: float = GRACE,
     dry_run: bool = False,
     progress: Progress | None = None,
+    now: float | None = None,
 ) -> GcReport:
     """Remove every blob of the store that no live version, snapshot or open draft references,
     in every project, safely while others write (see the README's "Deleting and collecting").
@@ -100,6 +104,12 @@ async def gc(
         dry_run: remove nothing; report what would go.
         progress: called with (phase, done, total) as marking and sweeping go (not over
             HTTP: the server reports once, at the end).
+        now: the time (UNIX seconds) at which versions' ttl and retention rules are judged
+            (default: the collector's clock).
+
+    Versions whose ttl has passed, and those retention rules let go, are deleted first
+    (:func:`asyncart.apply_retention`), so the blobs only they held go in the same run; a
+    dry run counts those versions but still marks their blobs.
 
     Raises:
         InvalidInputError: a negative ``grace``.
@@ -112,8 +122,8 @@ async def gc(
     await prepare_store(opened, create=False)
     async with opened.held():
         if isinstance(opened, HttpStore):
-            return msgspec.convert(await opened.collect(grace, dry_run), GcReport)
-        return await collect(opened, grace=grace, dry_run=dry_run, progress=progress)
+            return msgspec.convert(await opened.collect(grace, dry_run, now), GcReport)
+        return await collect(opened, grace=grace, dry_run=dry_run, progress=progress, now=now)
 
 
 async def collect(
@@ -122,6 +132,7 @@ async def collect(
     grace: float = GRACE,
     dry_run: bool = False,
     progress: Progress | None = None,
+    now: float | None = None,
 ) -> GcReport:
     """:func:`gc` on an opened store of this process (a server runs it on its own).
 
@@ -141,6 +152,7 @@ async def collect(
     try:
         marks = _Marks(Path(scratch))
         repo = Repository(store)
+        await _expire(repo, report, started if now is None else now)
         heads = await _mark_store(repo, marks, report, progress)
         candidates = Path(scratch) / "candidates"
         await _candidates(store, marks, candidates, started - grace, report, progress)
@@ -232,6 +244,15 @@ async def _collection_streams(repo: Repository) -> list[tuple[str, str, str]]:
         if kind and project and "/" not in project:
             found.append((stream, project, name))
     return found
+
+
+async def _expire(repo: Repository, report: GcReport, now: float) -> None:
+    """Delete (dry run: count) what versions' ttl and retention rules let go."""
+    found = RetentionReport(dry_run=report.dry_run)
+    for _, project, name in await _collection_streams(repo):
+        count(found, await expire_collection(repo, project, name, now, report.dry_run))
+    report.versions_expired = found.versions_expired
+    report.versions_retention = found.versions_retention
 
 
 async def _mark_store(

@@ -24,6 +24,7 @@ from ._domain.events import (
     FilesRemoved,
     MetadataSet,
     Record,
+    RetentionSet,
     RunFinished,
     RunStarted,
     UnknownEvent,
@@ -33,6 +34,7 @@ from ._domain.events import (
 from ._domain.fold import CollectionState
 from ._domain.notes import CollectionNote, Note, decode_note
 from ._repository import Repository, _decode_chain, collection_stream
+from ._retention import duration_text, rule_of
 from ._threads import HEAVY, gc_paused, maybe_thread
 
 READ_CHUNK = 1024
@@ -261,9 +263,12 @@ def describe(body: Body) -> str:
         case AliasesMoved(version=version, add=add, remove=remove):
             moves = [f"+{a}" for a in add] + [f"-{a}" for a in remove]
             return f"moved aliases on v{version}: {' '.join(moves) or 'none'}"
-        case VersionDeleted(version=version, aliases=aliases):
+        case VersionDeleted(version=version, aliases=aliases, reason=reason):
             also = f" and its aliases {', '.join(aliases)}" if aliases else ""
-            return f"deleted v{version}{also}"
+            return f"deleted v{version}{also}" + (f" ({reason})" if reason else "")
+        case RetentionSet():
+            rule = rule_of(body)
+            return f"set the retention rule: {rule}" if rule else "cleared the retention rule"
         case RunStarted(group=group, job_type=job_type):
             return f"started run (job type {job_type or '-'}, group {group or '-'})"
         case ArtifactUsed(project=project, name=name, version=version):
@@ -282,6 +287,8 @@ def _committed(body: VersionCommitted) -> str:
     )
     if body.aliases:
         text += f", aliases {', '.join(body.aliases)}"
+    if body.ttl is not None:
+        text += f", ttl {duration_text(body.ttl)}"
     return text + (", snapshot" if body.snapshot else "")
 
 

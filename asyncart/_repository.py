@@ -95,6 +95,7 @@ class DraftSpec:
     uploads: Sequence[UploadItem]
     metadata: dict[str, Any] | None
     description: str | None
+    ttl: float | None = None  # seconds (Artifact.ttl)
 
 
 @dataclass
@@ -393,7 +394,7 @@ class Repository:
             bodies += _for_draft(changes, draft)
             bodies += _metadata(draft, spec)
             snapshot = None if parent is None else snapshots[parent]
-            bodies.append(_committed(state, draft, spec.manifest, snapshot, aliases))
+            bodies.append(_committed(state, draft, spec.manifest, snapshot, aliases, spec.ttl))
             number = len(state.versions)
             await self.append(state, bodies, actor, stored.epoch)
             self._remember((state.stream, number), spec.manifest)  # no replay needed
@@ -482,7 +483,7 @@ class Repository:
                 if closing := closing + _aliases_moved(state, same, aliases):
                     await self.append(state, closing, actor)
                 return await self.version(project, spec.name, same.number, None)
-            bodies.append(_committed(state, draft, manifest, None, aliases))
+            bodies.append(_committed(state, draft, manifest, None, aliases, spec.ttl))
             number = len(state.versions)
             await self.append(state, bodies, actor, stored.epoch)
             self._remember((state.stream, number), manifest)
@@ -803,11 +804,15 @@ def _metadata(draft: str, spec: DraftSpec) -> list[Event]:
 
 
 def _committed(
-    state: CollectionState, draft: str, manifest: Manifest, snapshot: str | None, aliases: list[str]
+    state: CollectionState,
+    draft: str,
+    manifest: Manifest,
+    snapshot: str | None,
+    aliases: list[str],
+    ttl: float | None = None,
 ) -> VersionCommitted:
-    return VersionCommitted(
-        draft, len(state.versions), manifest.digest, len(manifest), manifest.size, snapshot, aliases
-    )
+    number, count, size = len(state.versions), len(manifest), manifest.size
+    return VersionCommitted(draft, number, manifest.digest, count, size, snapshot, aliases, ttl)
 
 
 def _changes_between(old: Manifest, new: Manifest) -> list[Change]:

@@ -87,6 +87,7 @@ class GcBody(msgspec.Struct, forbid_unknown_fields=True):
 
     grace: float = 3600.0
     dry_run: bool = False
+    now: float | None = None  # when ttl and retention rules are judged (default: the server's)
 
 
 class MintBody(msgspec.Struct, forbid_unknown_fields=True):

@@ -190,6 +190,12 @@ async def gc(args: argparse.Namespace, console: Console) -> int:
         f"{report.blobs_kept} blobs ({report.young_kept} unreferenced but within the grace), "
         f"marked from {report.collections} collections in {report.seconds:.1f} s"
     )
+    if rules := report.versions_expired + report.versions_retention:
+        human += (
+            f"; first {'would delete' if args.dry_run else 'deleted'} {rules} versions "
+            f"({report.versions_expired} by their ttl, {report.versions_retention} by "
+            "retention rules)"
+        )
     console.result(human, msgspec.structs.asdict(report))
     return 0
 

@@ -64,6 +64,7 @@ class VersionCommitted(_Event, tag="version.committed", frozen=True):
     size: int
     snapshot: str | None = None  # blob digest of the materialized manifest, if written
     aliases: list[str] = []
+    ttl: float | None = None  # seconds after the commit when the collector deletes it
 
 
 class DraftDiscarded(_Event, tag="draft.discarded", frozen=True):
@@ -91,6 +92,19 @@ class VersionDeleted(_Event, tag="version.deleted", frozen=True):
     version: int
     aliases: list[str] = []
     reason: str = ""
+
+
+class RetentionSet(_Event, tag="retention.set", frozen=True):
+    """The collection's retention rule, replacing any before it (see ``asyncart._retention``).
+
+    A version goes when it is none of the newest ``keep_last`` live versions, holds no alias
+    (``latest`` counts) unless ``keep_aliased`` is off, and is older than ``older_than``
+    seconds; a rule with neither ``keep_last`` nor ``older_than`` clears the rule.
+    """
+
+    keep_last: int | None = None
+    older_than: float | None = None
+    keep_aliased: bool = True
 
 
 # -- run stream: one per run (lineage) ------------------------------------------------------
@@ -127,6 +141,7 @@ Event = (
     | DraftDiscarded
     | AliasesMoved
     | VersionDeleted
+    | RetentionSet
     | RunStarted
     | ArtifactUsed
     | ArtifactLogged

@@ -20,6 +20,7 @@ from .events import (
     FilesRemoved,
     MetadataSet,
     Record,
+    RetentionSet,
     RunFinished,
     RunStarted,
     UnknownEvent,
@@ -108,6 +109,7 @@ class CollectionState:
     pending: dict[str, str] = field(default_factory=dict)  # distributed_id -> open draft id
     closed: dict[str, Closed] = field(default_factory=dict)  # closed distributed drafts, by id
     unknown: list[Unknown] = field(default_factory=list)
+    retention: RetentionSet | None = None  # the rule in force, if any
 
     def closes(self, distributed_id: str, since: int = 0) -> list[Closed]:
         """The drafts of ``distributed_id`` closed at ``since`` or later, oldest first."""
@@ -228,6 +230,8 @@ def _apply(state: CollectionState, record: Record) -> None:
             _move_aliases(state, body.version, add=body.add, remove=body.remove)
         case VersionDeleted():
             _delete(state, record, body)
+        case RetentionSet(keep_last=keep_last, older_than=older_than):
+            state.retention = None if keep_last is None and older_than is None else body
         case UnknownEvent(of=kind):  # a newer release wrote it: what it means is not ours to say
             state.unknown.append(Unknown(record.seq, kind))
         case _:

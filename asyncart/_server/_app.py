@@ -299,5 +299,5 @@ async def collect_garbage(request: web.Request) -> web.Response:
     the server (an admin token); the report."""
     require((await grant_of(request)).admin, "collect garbage")
     body = await msgpack_body(request, _GC, _MINT_BYTES)
-    report = await collect(request.app[STORE], grace=body.grace, dry_run=body.dry_run)
+    report = await collect(request.app[STORE], grace=body.grace, dry_run=body.dry_run, now=body.now)
     return msgpack_response(msgspec.structs.asdict(report))

@@ -43,6 +43,7 @@ from .._domain.events import (
     FilesRemoved,
     MetadataSet,
     Record,
+    RetentionSet,
     RunFinished,
     RunStarted,
     VersionCommitted,
@@ -56,6 +57,7 @@ from .._domain.notes import note_of
 from .._errors import AsyncartError, ConflictError, IntegrityError, InvalidInputError
 from .._names import check_alias, check_entry_path, check_name, check_prefix
 from .._repository import _decode_chain, checkpointed
+from .._retention import check_rule, check_seconds
 from .._threads import HEAVY, maybe_thread
 from .._values import check_description, check_mapping
 
@@ -74,6 +76,7 @@ _COLLECTION_EVENTS = (
     DraftDiscarded,
     AliasesMoved,
     VersionDeleted,
+    RetentionSet,
 )
 _BIG = 256 << 10  # bytes of records above which decoding and folding leave the loop
 
@@ -311,12 +314,15 @@ def _check_body(stream: str, body: Event) -> None:
                 _check_digest(snapshot)
             for alias in aliases:
                 check_alias(alias)
+            check_seconds(body.ttl, "ttl")
         case AliasesMoved(add=add, remove=remove):
             for alias in [*add, *remove]:
                 check_alias(alias)
         case VersionDeleted(aliases=aliases):  # the fold checks the version and its aliases
             for alias in aliases:
                 check_alias(alias)
+        case RetentionSet():
+            check_rule(body)
         case ArtifactUsed(project=project, name=name):
             check_name(project, "project")
             check_name(name, "artifact name")
