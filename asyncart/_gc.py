@@ -43,10 +43,12 @@ from pathlib import Path
 import anyio.to_thread
 import msgspec
 
+from ._artifact import _user_actor
 from ._backends.base import Collectable, Store
 from ._backends.http import HttpStore
 from ._domain.fold import CollectionState
 from ._errors import InvalidInputError
+from ._expiry import DRAFT_TTL, expire_drafts
 from ._repository import Repository, iter_changes
 from ._store import load_backend, open_store, prepare_store
 from ._threads import maybe_thread
@@ -73,6 +75,7 @@ class GcReport(msgspec.Struct, kw_only=True):
     leftovers_removed: int = 0  # crash leftovers (temporary files...)
     leftover_bytes: int = 0
     remarked: int = 0  # streams that moved while the collector marked
+    drafts_expired: int = 0  # open drafts discarded first, untouched for draft_ttl
     seconds: float = 0.0
 
 
@@ -87,6 +90,7 @@ async def gc(
     grace: float = GRACE,
     dry_run: bool = False,
     progress: Progress | None = None,
+    draft_ttl: float | None = DRAFT_TTL,
 ) -> GcReport:
     """Remove every blob of the store that no live version, snapshot or open draft references,
     in every project, safely while others write (see the README's "Deleting and collecting").
@@ -99,6 +103,10 @@ async def gc(
         dry_run: remove nothing; report what would go.
         progress: called with (phase, done, total) as marking and sweeping go (not over
             HTTP: the server reports once, at the end).
+        draft_ttl: first discard every pending distributed draft untouched (no record of
+            it appended) for this many seconds, with a ``draft.discarded`` record saying it
+            expired, so that its blobs go in the same run; None: never. A dry run counts
+            them (``drafts_expired``) but discards nothing and still marks their blobs.
 
     Raises:
         InvalidInputError: a negative ``grace``; a store that cannot be collected yet
@@ -107,13 +115,18 @@ async def gc(
     """
     if not grace >= 0:
         raise InvalidInputError(f"grace must be 0 or more seconds, not {grace}")
+    if draft_ttl is not None and not draft_ttl >= 0:
+        raise InvalidInputError(f"draft_ttl must be 0 or more seconds, or None, not {draft_ttl}")
     await load_backend(store)
     opened = open_store(store, token)
     await prepare_store(opened, create=False)
     async with opened.held():
         if isinstance(opened, HttpStore):
-            return msgspec.convert(await opened.collect(grace, dry_run), GcReport)
-        return await collect(opened, grace=grace, dry_run=dry_run, progress=progress)
+            reply = await opened.collect(grace, dry_run, draft_ttl=draft_ttl)
+            return msgspec.convert(reply, GcReport)
+        return await collect(
+            opened, grace=grace, dry_run=dry_run, progress=progress, draft_ttl=draft_ttl
+        )
 
 
 async def collect(
@@ -122,8 +135,11 @@ async def collect(
     grace: float = GRACE,
     dry_run: bool = False,
     progress: Progress | None = None,
+    draft_ttl: float | None = DRAFT_TTL,
+    now: float | None = None,
 ) -> GcReport:
-    """:func:`gc` on an opened store of this process (a server runs it on its own).
+    """:func:`gc` on an opened store of this process (a server runs it on its own);
+    ``now`` is the time drafts' expiry is judged at (default: the collector's clock).
 
     Raises:
         InvalidInputError: the store cannot be collected here.
@@ -141,6 +157,8 @@ async def collect(
     try:
         marks = _Marks(Path(scratch))
         repo = Repository(store)
+        if draft_ttl is not None:
+            await _expire_drafts(repo, report, (started if now is None else now) - draft_ttl)
         heads = await _mark_store(repo, marks, report, progress)
         candidates = Path(scratch) / "candidates"
         await _candidates(store, marks, candidates, started - grace, report, progress)
@@ -234,6 +252,14 @@ async def _collection_streams(repo: Repository) -> list[tuple[str, str, str]]:
     return found
 
 
+async def _expire_drafts(repo: Repository, report: GcReport, before: float) -> None:
+    """Discard (dry run: count) the drafts untouched since ``before`` (see _expiry.py)."""
+    actor = _user_actor()
+    for _, project, name in await _collection_streams(repo):
+        found = await expire_drafts(repo, project, name, before, actor, report.dry_run)
+        report.drafts_expired += found
+
+
 async def _mark_store(
     repo: Repository, marks: _Marks, report: GcReport, progress: Progress | None
 ) -> dict[str, int]:
@@ -262,7 +288,10 @@ async def mark_collection(
     changes are its manifest).
     """
     marked: set[int] = set()  # live versions whose every blob is marked
-    snapshots = [v.commit.snapshot for v in state.versions if v.commit.snapshot is not None]
+    # No version committed before a collection deletion can be read again (each of them was
+    # deleted, and nothing may be built on a deleted version): their snapshots are not kept.
+    after = -1 if state.deleted is None else state.deleted.seq
+    snapshots = [v.commit.snapshot for v in state.versions if v.commit.snapshot and v.seq > after]
     mark(snapshots)
     for version in state.versions:
         if version.deleted is not None:

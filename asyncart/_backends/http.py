@@ -294,9 +294,11 @@ class HttpStore:
         epoch: int | None = unpack(reply.body)["epoch"]
         return epoch
 
-    async def collect(self, grace: float, dry_run: bool) -> dict[str, Any]:
+    async def collect(
+        self, grace: float, dry_run: bool, draft_ttl: float | None = 7 * 86400.0
+    ) -> dict[str, Any]:
         """Have the server collect its store's garbage (an admin token); its report."""
-        body = pack({"grace": grace, "dry_run": dry_run})
+        body = pack({"grace": grace, "dry_run": dry_run, "draft_ttl": draft_ttl})
         reply = await self._client.request(
             "POST", "/gc", body=lambda: body, headers={"Content-Type": MSGPACK}
         )

@@ -21,10 +21,14 @@ CHECKPOINT_EVERY = 64
 
 _MAGIC = b"ACP1"
 _SUM = 32  # bytes of the BLAKE3 checksum that follows the magic
-FORMAT = 2
-"""Format 2 carries deletions (``Version.deleted``). A release before it refuses a format-2
-checkpoint and folds the records (it cannot trust a state holding what it does not know)."""
+FORMAT = 3
+"""Format 2 carries deletions (``Version.deleted``); format 3 also collection deletions
+(``CollectionState.deleted``) and when each open draft was last touched (``Draft.updated``).
+A release refuses a newer format and folds the records (it cannot trust a state holding what
+it does not know); an older format is taken when it lacks nothing that matters (see
+:func:`decode_checkpoint`)."""
 _DELETED = "version.deleted"
+_COLLECTION_DELETED = "collection.deleted"
 
 
 class _Checkpoint(msgspec.Struct, frozen=True):
@@ -65,15 +69,25 @@ def decode_checkpoint(data: bytes, stream: str) -> CollectionState:
         checkpoint = _decoder.decode(body)
     except msgspec.DecodeError as e:
         raise IntegrityError(f"{where} does not decode: {e}") from None
-    if checkpoint.format not in (1, FORMAT):
+    if checkpoint.format not in (1, 2, FORMAT):
         raise IntegrityError(f"{where} has format {checkpoint.format} (of a newer release?)")
     state = checkpoint.state
-    if checkpoint.format == 1 and any(u.kind == _DELETED for u in state.unknown):
-        # folded by a release that skipped deletions it did not know: the records decide
-        raise IntegrityError(f"{where} has format 1 and skipped a deletion (re-folded)")
+    _check_older(checkpoint.format, state, where)
     if state.stream != stream or state.head < 1:
         raise IntegrityError(f"{where} is of stream {state.stream!r} at head {state.head}")
     return state
+
+
+def _check_older(format: int, state: CollectionState, where: str) -> None:
+    """Refuse an older checkpoint whose state lacks what this release folds: the records
+    decide then (a replay, nothing lost)."""
+    skipped = {u.kind for u in state.unknown}
+    if format == 1 and _DELETED in skipped:  # folded by a release that skipped deletions
+        raise IntegrityError(f"{where} has format 1 and skipped a deletion (re-folded)")
+    if format < 3 and _COLLECTION_DELETED in skipped:
+        raise IntegrityError(f"{where} has format {format} and skipped a collection deletion")
+    if format < 3 and state.drafts:  # their last touch is unknown: expiry would see them old
+        raise IntegrityError(f"{where} has format {format} and open drafts (re-folded)")
 
 
 def checkpoint_anchor(state: CollectionState) -> tuple[int, str]:

@@ -67,10 +67,15 @@ class VersionCommitted(_Event, tag="version.committed", frozen=True):
 
 
 class DraftDiscarded(_Event, tag="draft.discarded", frozen=True):
-    """A pending draft closed without a new version (its content equals ``same_as``)."""
+    """A pending draft closed without a new version (its content equals ``same_as``).
+
+    ``reason`` says why when the collector rather than a person closed it (``"expired"``:
+    untouched for longer than its ``draft_ttl``); empty by default, so older records decode.
+    """
 
     draft: str
     same_as: int | None = None
+    reason: str = ""
 
 
 class AliasesMoved(_Event, tag="aliases.moved", frozen=True):
@@ -90,6 +95,15 @@ class VersionDeleted(_Event, tag="version.deleted", frozen=True):
 
     version: int
     aliases: list[str] = []
+    reason: str = ""
+
+
+class CollectionDeleted(_Event, tag="collection.deleted", frozen=True):
+    """Every version of the collection deleted at once, its aliases taken off and its open
+    drafts closed (who and when: the record's actor and time). Numbers are never reused: a
+    version logged to the same name later continues after the highest ever committed.
+    """
+
     reason: str = ""
 
 
@@ -127,6 +141,7 @@ Event = (
     | DraftDiscarded
     | AliasesMoved
     | VersionDeleted
+    | CollectionDeleted
     | RunStarted
     | ArtifactUsed
     | ArtifactLogged
