@@ -423,13 +423,27 @@ class Repository:
         return latest.number, await maybe_thread(heavy, _changes_between, base, spec.manifest)
 
     async def upsert(
-        self, project: str, spec: DraftSpec, distributed_id: str, actor: str, transfer: Transfer
+        self,
+        project: str,
+        spec: DraftSpec,
+        distributed_id: str,
+        actor: str,
+        transfer: Transfer,
+        upserted: str | None = None,
     ) -> str:
-        """Distributed flow: add files to the pending draft of ``distributed_id``; return its id."""
+        """Distributed flow: add files to the pending draft of ``distributed_id``; return its id.
+
+        ``upserted``: the draft this caller upserted to before; if deleting the collection
+        closed it, DeletedError is raised rather than a new draft opened (that would bring the
+        collection back holding only the later files).
+        """
         stored = _Stored()
 
         async def step(state: CollectionState) -> str:
             _check_type(state, spec)
+            closed = state.closed.get(upserted) if upserted else None
+            if closed is not None and state.deleted and state.deleted.seq == closed.seq:
+                raise _collection_deleted(f"the draft of {distributed_id!r} was closed: ", state)
             bodies, draft = _open_distributed(state, spec, distributed_id)
             bodies += [_with_draft(c, draft) for c in spec.changes] + _metadata(draft, spec)
             await self.append(state, bodies, actor, stored.epoch)

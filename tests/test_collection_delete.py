@@ -150,7 +150,7 @@ async def test_delete_collection_end_to_end(where: Where, tmp_path: Path) -> Non
     assert (await asyncart.audit("demo", store=where.store, token=where.token)).ok
 
 
-async def test_a_finish_of_a_draft_the_deletion_closed_says_so(where: Where, tmp_path) -> None:
+async def test_an_upsert_or_finish_of_a_draft_the_deletion_closed_says_so(where, tmp_path) -> None:
     await _log(where, tmp_path / "0", {"f.txt": "zero"})
     path = tmp_path / "part.txt"
     path.write_text("part")
@@ -159,8 +159,14 @@ async def test_a_finish_of_a_draft_the_deletion_closed_says_so(where: Where, tmp
         await part.add_file(path)
         await run.upsert_artifact(part, "g")
         await _api(where).delete_collection("ds")
+        more = asyncart.Artifact("ds", "dataset")
+        await more.add_file(path)
+        with pytest.raises(DeletedError, match="draft of 'g' was closed: the collection demo/ds"):
+            await run.upsert_artifact(more, "g")  # not a new draft, bringing the name back
         with pytest.raises(DeletedError, match="draft of 'g' was closed: the collection demo/ds"):
             await run.finish_artifact(asyncart.Artifact("ds", "dataset"), "g")
+    with pytest.raises(DeletedError):
+        await _api(where).artifact("ds")
 
 
 @pytest.fixture
