@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import msgspec
 import pytest
-from _records import created
+from _records import chain, created
 from _serving import Server
 
 import asyncart
@@ -109,7 +109,7 @@ async def test_delete_collection_end_to_end(where: Where, tmp_path: Path) -> Non
     assert (was.name, was.versions, dict(was.aliases)) == ("ds", 2, {"latest": 1, "best": 1})
     assert (await api.artifact("ds:best")).version == "v1"  # a dry run deletes nothing
 
-    was = await api.delete_collection("ds")
+    was = await api.delete_collection("ds", reason="cleanup")
     assert (was.versions, dict(was.aliases)) == (2, {"latest": 1, "best": 1})
     with pytest.raises(DeletedError, match=r"demo/ds:v0 was deleted with its collection by user:"):
         await api.artifact("ds:v0")
@@ -128,8 +128,8 @@ async def test_delete_collection_end_to_end(where: Where, tmp_path: Path) -> Non
         await api.delete_collection("ds")  # deleted already
     with pytest.raises(NotFoundError, match="demo/nope not found"):
         await api.delete_collection("nope")
-    kinds = [e.kind for e in await api.history("ds")]
-    assert kinds[-1] == "collection.deleted"
+    last = (await api.history("ds"))[-1]
+    assert (last.kind, last.summary) == ("collection.deleted", "deleted the collection (cleanup)")
 
     report = await asyncart.audit("demo", store=where.store, token=where.token)
     assert report.ok, report
@@ -419,3 +419,35 @@ async def test_an_old_checkpoint_with_open_drafts_costs_a_replay(tmp_path: Path)
 def test_a_discard_reason_is_optional() -> None:
     state = _folded([*_HISTORY, DraftDiscarded("p")])
     assert state.pending == {} and state.closed["p"].version is None
+
+
+async def test_the_server_checks_a_collection_deletion(tokens, tmp_path: Path) -> None:
+    import aiohttp
+
+    from asyncart._backends._wire import pack
+    from asyncart._backends.http import HttpStore
+    from asyncart._domain.events import record_hash
+
+    url, token = tokens
+    await _log(Where(url, token["write"]), tmp_path / "0", {"f.txt": "zero"})
+
+    async def post(body: CollectionDeleted) -> int:
+        async with HttpStore(url, token["write"]) as store:
+            stored = await store.log.read(STREAM)
+        payload = chain(STREAM, [body], len(stored), record_hash(stored[-1]))
+        headers = {"Authorization": f"Bearer {token['write']}"}
+        headers["Content-Type"] = "application/msgpack"
+        address = f"{url}/v1/log/{STREAM}?expected_seq={len(stored)}"
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(address, data=pack(payload), headers=headers) as response,
+        ):
+            return response.status
+
+    assert await post(CollectionDeleted("x" * 1001)) == 400  # a reason too long
+    assert (await _api(Where(url, token["write"])).artifact("ds")).version == "v0"
+    assert await post(CollectionDeleted("by hand")) == 200
+    assert await post(CollectionDeleted()) == 400  # deleted already: the fold refuses it
+    entry = (await _api(Where(url, token["write"])).history("ds"))[-1]
+    assert (entry.kind, entry.data["reason"]) == ("collection.deleted", "by hand")
+    assert "@token:" in entry.actor  # stamped by the server
