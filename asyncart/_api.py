@@ -145,7 +145,8 @@ class Api:
 
     @holding_store
     async def artifact_collections(self, project: str | None = None) -> list[ArtifactCollection]:
-        """Every artifact of a project (default: this Api's), sorted by name.
+        """Every artifact of a project (default: this Api's), sorted by name; a deleted
+        collection (:meth:`delete_collection`) is left out.
 
         Read from the streams' notes (no records), so the cost grows with the number of
         artifacts, not with their history; an artifact whose note is missing or unusable (a
