@@ -1,8 +1,10 @@
 """Garbage collection: remove the blobs nothing live refers to, and never one a writer relies on.
 
 **What is kept** (the *marks*): every blob of every version not deleted, every snapshot (of any
-version: a live version may be read from a deleted one's), and every blob an open draft holds
-(its added files and its parent's); plus every blob written less than ``grace`` ago (an upload
+version: a live version may be read from a deleted one's; but for versions older than their
+collection's deletion, from which nothing can be read), and every blob an open draft holds
+(its added files and its parent's; drafts untouched for ``draft_ttl`` are discarded first, see
+``_expiry.py``); plus every blob written less than ``grace`` ago (an upload
 whose commit has not landed yet is not wasted; its safety does not rest on the grace). Marks
 are taken over every project of the store: projects share blobs.
 
