@@ -451,3 +451,36 @@ async def test_the_server_checks_a_collection_deletion(tokens, tmp_path: Path) -
     entry = (await _api(Where(url, token["write"])).history("ds"))[-1]
     assert (entry.kind, entry.data["reason"]) == ("collection.deleted", "by hand")
     assert "@token:" in entry.actor  # stamped by the server
+
+
+async def test_commits_racing_a_collection_deletion_and_gc_lose_nothing(
+    collected: Where, tmp_path: Path
+) -> None:
+    """A commit that lands after the deletion starts the collection anew (as a root): every
+    version left live downloads complete after a collection at grace 0, and audit is clean."""
+    where = collected
+    await _log(where, tmp_path / "first", {"f": "first", "s": "shared"})
+    saved: list[asyncart.Artifact] = []
+    some = anyio.Event()
+
+    async def commit() -> None:
+        for n in range(8):
+            saved.append(await _log(where, tmp_path / f"c{n}", {"f": f"c{n}", "s": "shared"}))
+            if n == 2:
+                some.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(commit)
+        await some.wait()
+        await _api(where).delete_collection("ds")
+    await asyncart.gc(store=where.store, token=where.admin, grace=0)
+    after = await _log(where, tmp_path / "after", {"f": "after", "s": "shared"})
+    assert after.version == "v9"  # numbers go on past every version, deleted or not
+    state_versions = await _api(where).artifact_versions("ds")
+    for artifact in state_versions:
+        out = Path(await artifact.download(str(tmp_path / "out" / artifact.version)))
+        assert (out / "s").read_text() == "shared"
+    report = await asyncart.audit(store=where.store, token=where.admin)
+    assert report.ok, report
+    assert len(report.deleted) + len(state_versions) == 10
+    assert "demo/ds:v0" in report.deleted
