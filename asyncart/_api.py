@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 from contextlib import AsyncExitStack
-from datetime import datetime
+from datetime import UTC, datetime
+from types import MappingProxyType
 
 from ._artifact import DEFAULT_PROJECT, Artifact, _user_actor, load_artifact, load_version
 from ._backends.base import Store
@@ -58,7 +59,7 @@ class Api:
     @holding_store
     async def artifact_collection_exists(self, name: str, type: str | None = None) -> bool:
         """Whether the collection ``[project/]name`` holds a version (deleted ones count, as
-        the collection stays), of type ``type`` when given.
+        the collection stays, unless it was deleted as a whole), of type ``type`` when given.
 
         W&B's ``artifact_collection_exists``; one collection's state is read, nothing more.
         """
@@ -67,7 +68,8 @@ class Api:
             raise InvalidInputError(f"{name!r} names a version: give a collection's name")
         project = self.project if ref.project is None else ref.project
         state = await self._repo.collection(project, ref.name)
-        return bool(state.versions) and (type is None or state.type == type)
+        live = bool(state.versions) and not state.gone
+        return live and (type is None or state.type == type)
 
     @holding_store
     async def discard_artifact(
@@ -83,6 +85,47 @@ class Api:
         did = check_name(distributed_id, "distributed_id")
         return await self._repo.discard(
             project, check_name(name, "artifact name"), did, _user_actor()
+        )
+
+    @holding_store
+    async def delete_collection(
+        self, name: str, project: str | None = None, *, dry_run: bool = False, reason: str = ""
+    ) -> ArtifactCollection:
+        """Delete a whole artifact collection, as one ``collection.deleted`` event (W&B's
+        ``api.artifact_collection(type, name).delete()``); return it as it was before.
+
+        Every version is deleted and its aliases taken off; open (pending distributed) drafts
+        are closed. Resolving any of its versions or aliases then raises :class:`DeletedError`
+        saying who deleted the collection and when; listings leave it out; ``audit`` still
+        replays it and reports its versions as deleted; :func:`asyncart.gc` reclaims the blobs
+        only it held. Numbers are never reused: logging the same name again (with the same
+        type) starts a new version one past the highest ever committed.
+
+        Args:
+            name: the collection, ``[project/]name``.
+            project: its project (default: this Api's).
+            dry_run: check that the deletion would be accepted now, and write nothing.
+            reason: recorded with the deletion (shown by ``history``).
+
+        Raises:
+            NotFoundError: no such collection (DeletedError: it was deleted already).
+        """
+        ref = parse_ref(name)
+        if ref.version is not None or ":" in name:
+            raise InvalidInputError(f"{name!r} names a version: give a collection's name")
+        project = check_name(ref.project or project or self.project, "project")
+        state, aliases = await self._repo.delete_collection(
+            project, check_name(ref.name, "artifact name"), _user_actor(), dry_run, reason
+        )
+        latest = aliases.get("latest")
+        updated = None if latest is None else state.versions[latest].time
+        return ArtifactCollection(
+            project,
+            state.name,
+            state.type,
+            len(state.versions),
+            MappingProxyType(aliases),
+            None if updated is None else datetime.fromtimestamp(updated, UTC),
         )
 
     @holding_store
@@ -102,7 +145,8 @@ class Api:
 
     @holding_store
     async def artifact_collections(self, project: str | None = None) -> list[ArtifactCollection]:
-        """Every artifact of a project (default: this Api's), sorted by name.
+        """Every artifact of a project (default: this Api's), sorted by name; a deleted
+        collection (:meth:`delete_collection`) is left out.
 
         Read from the streams' notes (no records), so the cost grows with the number of
         artifacts, not with their history; an artifact whose note is missing or unusable (a

@@ -29,7 +29,7 @@ from ._domain.fold import CollectionState, RunState, Version, fold, fold_run, re
 from ._domain.manifest import Manifest
 from ._domain.notes import decode_note, note_of
 from ._errors import AsyncartError, IntegrityError, InvalidInputError, NotFoundError
-from ._history import READ_CHUNK, ArtifactCollection, collection_summary
+from ._history import GONE, READ_CHUNK, ArtifactCollection, collection_summary
 from ._names import check_name
 from ._repository import Repository, decode_changes
 from ._store import load_backend, open_store, prepare_store
@@ -82,7 +82,8 @@ class AuditReport:
             others, but neither their blobs nor their snapshots are asked for (a collector may
             have reclaimed them).
         collections: every artifact's versions and aliases as of the end of the log, or as of
-            ``as_of``.
+            ``as_of`` (a deleted collection is not one: its versions are in ``deleted``).
+        collections_deleted: the deleted collections (``project/name``).
         problems: what is wrong, each naming its stream and, when known, the record's seq.
     """
 
@@ -93,6 +94,7 @@ class AuditReport:
     blobs_read: int = 0
     deleted: list[str] = field(default_factory=list)
     collections: list[ArtifactCollection] = field(default_factory=list)
+    collections_deleted: list[str] = field(default_factory=list)
     problems: list[AuditProblem] = field(default_factory=list)
 
     @property
@@ -315,7 +317,10 @@ class _Auditor:
         self.report.deleted += [
             f"{project}/{state.name}:v{v.number}" for v in state.versions if v.deleted is not None
         ]
-        self.report.collections.append(collection_summary(stream.partition("/")[0], state))
+        if (summary := collection_summary(project, state)) is not GONE:
+            self.report.collections.append(summary)
+        else:
+            self.report.collections_deleted.append(f"{project}/{state.name}")
         last_use = {v.parent: v.number for v in state.versions if v.parent is not None}
         live: dict[int, Manifest | None] = {}  # None: it could not be replayed (reported)
         for window in _windows(state.versions):

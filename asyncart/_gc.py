@@ -1,8 +1,10 @@
 """Garbage collection: remove the blobs nothing live refers to, and never one a writer relies on.
 
 **What is kept** (the *marks*): every blob of every version not deleted, every snapshot (of any
-version: a live version may be read from a deleted one's), and every blob an open draft holds
-(its added files and its parent's); plus every blob written less than ``grace`` ago (an upload
+version: a live version may be read from a deleted one's; but for versions older than their
+collection's deletion, from which nothing can be read), and every blob an open draft holds
+(its added files and its parent's; drafts untouched for ``draft_ttl`` are discarded first, see
+``_expiry.py``); plus every blob written less than ``grace`` ago (an upload
 whose commit has not landed yet is not wasted; its safety does not rest on the grace). Marks
 are taken over every project of the store: projects share blobs.
 
@@ -43,10 +45,12 @@ from pathlib import Path
 import anyio.to_thread
 import msgspec
 
+from ._artifact import _user_actor
 from ._backends.base import Collectable, Store
 from ._backends.http import HttpStore
 from ._domain.fold import CollectionState
 from ._errors import InvalidInputError
+from ._expiry import DRAFT_TTL, expire_drafts
 from ._repository import Repository, iter_changes
 from ._retention import RetentionReport, count, expire_collection
 from ._store import load_backend, open_store, prepare_store
@@ -77,6 +81,7 @@ class GcReport(msgspec.Struct, kw_only=True):
     remarked: int = 0  # streams that moved while the collector marked
     versions_expired: int = 0  # deleted first, their ttl passed (see _retention.py)
     versions_retention: int = 0  # deleted first, by their collection's retention rule
+    drafts_expired: int = 0  # open drafts discarded first, untouched for draft_ttl
     seconds: float = 0.0
 
 
@@ -92,6 +97,7 @@ async def gc(
     dry_run: bool = False,
     progress: Progress | None = None,
     now: float | None = None,
+    draft_ttl: float | None = DRAFT_TTL,
 ) -> GcReport:
     """Remove every blob of the store that no live version, snapshot or open draft references,
     in every project, safely while others write (see the README's "Deleting and collecting").
@@ -104,8 +110,12 @@ async def gc(
         dry_run: remove nothing; report what would go.
         progress: called with (phase, done, total) as marking and sweeping go (not over
             HTTP: the server reports once, at the end).
-        now: the time (UNIX seconds) at which versions' ttl and retention rules are judged
-            (default: the collector's clock).
+        now: the time (UNIX seconds) at which versions' ttl, retention rules and drafts'
+            expiry are judged (default: the collector's clock).
+        draft_ttl: first discard every pending distributed draft untouched (no record of
+            it appended) for this many seconds, with a ``draft.discarded`` record saying it
+            expired, so that its blobs go in the same run; None: never. A dry run counts
+            them (``drafts_expired``) but discards nothing and still marks their blobs.
 
     Versions whose ttl has passed, and those retention rules let go, are deleted first
     (:func:`asyncart.apply_retention`), so the blobs only they held go in the same run; a
@@ -117,13 +127,18 @@ async def gc(
     """
     if not grace >= 0:
         raise InvalidInputError(f"grace must be 0 or more seconds, not {grace}")
+    if draft_ttl is not None and not draft_ttl >= 0:
+        raise InvalidInputError(f"draft_ttl must be 0 or more seconds, or None, not {draft_ttl}")
     await load_backend(store)
     opened = open_store(store, token)
     await prepare_store(opened, create=False)
     async with opened.held():
         if isinstance(opened, HttpStore):
-            return msgspec.convert(await opened.collect(grace, dry_run, now), GcReport)
-        return await collect(opened, grace=grace, dry_run=dry_run, progress=progress, now=now)
+            reply = await opened.collect(grace, dry_run, now, draft_ttl)
+            return msgspec.convert(reply, GcReport)
+        return await collect(
+            opened, grace=grace, dry_run=dry_run, progress=progress, now=now, draft_ttl=draft_ttl
+        )
 
 
 async def collect(
@@ -132,9 +147,12 @@ async def collect(
     grace: float = GRACE,
     dry_run: bool = False,
     progress: Progress | None = None,
+    draft_ttl: float | None = DRAFT_TTL,
     now: float | None = None,
 ) -> GcReport:
-    """:func:`gc` on an opened store of this process (a server runs it on its own).
+    """:func:`gc` on an opened store of this process (a server runs it on its own);
+    ``now`` is the time ttl, retention rules and drafts' expiry are judged at (default: the
+    collector's clock).
 
     Raises:
         InvalidInputError: the store cannot be collected here.
@@ -152,7 +170,10 @@ async def collect(
     try:
         marks = _Marks(Path(scratch))
         repo = Repository(store)
-        await _expire(repo, report, started if now is None else now)
+        now = started if now is None else now
+        await _expire(repo, report, now)
+        if draft_ttl is not None:
+            await _expire_drafts(repo, report, now - draft_ttl)
         heads = await _mark_store(repo, marks, report, progress)
         candidates = Path(scratch) / "candidates"
         await _candidates(store, marks, candidates, started - grace, report, progress)
@@ -255,6 +276,14 @@ async def _expire(repo: Repository, report: GcReport, now: float) -> None:
     report.versions_retention = found.versions_retention
 
 
+async def _expire_drafts(repo: Repository, report: GcReport, before: float) -> None:
+    """Discard (dry run: count) the drafts untouched since ``before`` (see _expiry.py)."""
+    actor = _user_actor()
+    for _, project, name in await _collection_streams(repo):
+        found = await expire_drafts(repo, project, name, before, actor, report.dry_run)
+        report.drafts_expired += found
+
+
 async def _mark_store(
     repo: Repository, marks: _Marks, report: GcReport, progress: Progress | None
 ) -> dict[str, int]:
@@ -283,7 +312,10 @@ async def mark_collection(
     changes are its manifest).
     """
     marked: set[int] = set()  # live versions whose every blob is marked
-    snapshots = [v.commit.snapshot for v in state.versions if v.commit.snapshot is not None]
+    # No version committed before a collection deletion can be read again (each of them was
+    # deleted, and nothing may be built on a deleted version): their snapshots are not kept.
+    after = -1 if state.deleted is None else state.deleted.seq
+    snapshots = [v.commit.snapshot for v in state.versions if v.commit.snapshot and v.seq > after]
     mark(snapshots)
     for version in state.versions:
         if version.deleted is not None:

@@ -18,6 +18,7 @@ from ._domain.events import (
     ArtifactUsed,
     Body,
     CollectionCreated,
+    CollectionDeleted,
     DraftDiscarded,
     DraftOpened,
     FilesAdded,
@@ -71,8 +72,14 @@ class ArtifactCollection(msgspec.Struct, frozen=True):
         return f"{self.project}/{self.name} ({self.type}): {versions}; {aliases}"
 
 
+GONE = ArtifactCollection("", "", "", 0, MappingProxyType({}), None)
+"""What :func:`note_summary` gives for a deleted collection (listings leave it out)."""
+
+
 def collection_summary(project: str, state: CollectionState) -> ArtifactCollection:
-    """Summarize a folded collection state."""
+    """Summarize a folded collection state (:data:`GONE` if the collection was deleted)."""
+    if state.gone:
+        return GONE
     latest = state.latest
     return ArtifactCollection(
         project,
@@ -94,6 +101,8 @@ def note_summary(project: str, name: str, data: bytes) -> ArtifactCollection | N
 
 def _decoded_summary(project: str, name: str, note: Note | None) -> ArtifactCollection | None:
     """``note_summary`` of a note decoded already."""
+    if type(note) is CollectionNote and note.deleted and note.name == name:
+        return GONE
     if type(note) is not CollectionNote or not note.complete or not _plausible(note, name):
         return None
     updated = None if note.updated is None else datetime.fromtimestamp(note.updated, UTC)
@@ -150,6 +159,8 @@ async def list_collections(repo: Repository, project: str) -> list[ArtifactColle
     names, summaries = await maybe_thread(len(notes) > HEAVY, _summaries, project, prefix, notes)
     for i in [i for i, summary in enumerate(summaries) if summary is None]:
         summaries[i] = collection_summary(project, await repo.collection(project, names[i]))
+    if any(summary is GONE for summary in summaries):
+        summaries = [summary for summary in summaries if summary is not GONE]
     return summaries  # type: ignore[return-value]  # every None was replaced
 
 
@@ -258,7 +269,9 @@ def describe(body: Body) -> str:
             return "set " + (" and ".join(parts) or "nothing")
         case VersionCommitted():
             return _committed(body)
-        case DraftDiscarded(draft=draft, same_as=same_as):
+        case DraftDiscarded(draft=draft, same_as=same_as, reason=reason):
+            if same_as is None:
+                return f"discarded draft {draft[:8]}" + (f" ({reason})" if reason else "")
             return f"closed draft {draft[:8]} without a version (same content as v{same_as})"
         case AliasesMoved(version=version, add=add, remove=remove):
             moves = [f"+{a}" for a in add] + [f"-{a}" for a in remove]
@@ -269,6 +282,8 @@ def describe(body: Body) -> str:
         case RetentionSet():
             rule = rule_of(body)
             return f"set the retention rule: {rule}" if rule else "cleared the retention rule"
+        case CollectionDeleted(reason=reason):
+            return "deleted the collection" + (f" ({reason})" if reason else "")
         case RunStarted(group=group, job_type=job_type):
             return f"started run (job type {job_type or '-'}, group {group or '-'})"
         case ArtifactUsed(project=project, name=name, version=version):

@@ -30,6 +30,7 @@ from ._domain.events import (
     AliasesMoved,
     Change,
     CollectionCreated,
+    CollectionDeleted,
     DraftDiscarded,
     DraftOpened,
     Entry,
@@ -198,6 +199,9 @@ class Repository:
     ) -> tuple[CollectionState, Version]:
         state = await self.collection(project, name)
         found = state.resolve(number, alias)
+        if found is None and state.gone and state.deleted is not None:
+            what = f"v{number}" if number is not None else alias
+            raise _collection_deleted(f"artifact {project}/{name}:{what} not found: ", state)
         if found is None:
             what = f"v{number}" if number is not None else alias
             known = ", ".join(sorted(state.aliases)) or "none"
@@ -209,8 +213,9 @@ class Repository:
             )
         if (deleted := found.deleted) is not None:
             when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(deleted.time))
+            how = " with its collection" if deleted.collection else ""
             raise DeletedError(
-                f"artifact {project}/{name}:v{found.number} was deleted by {deleted.actor} "
+                f"artifact {project}/{name}:v{found.number} was deleted{how} by {deleted.actor} "
                 f"at {when} (seq {deleted.seq})",
                 deleted.actor,
                 deleted.time,
@@ -419,13 +424,27 @@ class Repository:
         return latest.number, await maybe_thread(heavy, _changes_between, base, spec.manifest)
 
     async def upsert(
-        self, project: str, spec: DraftSpec, distributed_id: str, actor: str, transfer: Transfer
+        self,
+        project: str,
+        spec: DraftSpec,
+        distributed_id: str,
+        actor: str,
+        transfer: Transfer,
+        upserted: str | None = None,
     ) -> str:
-        """Distributed flow: add files to the pending draft of ``distributed_id``; return its id."""
+        """Distributed flow: add files to the pending draft of ``distributed_id``; return its id.
+
+        ``upserted``: the draft this caller upserted to before; if deleting the collection
+        closed it, DeletedError is raised rather than a new draft opened (that would bring the
+        collection back holding only the later files).
+        """
         stored = _Stored()
 
         async def step(state: CollectionState) -> str:
             _check_type(state, spec)
+            closed = state.closed.get(upserted) if upserted else None
+            if closed is not None and state.deleted and state.deleted.seq == closed.seq:
+                raise _collection_deleted(f"the draft of {distributed_id!r} was closed: ", state)
             bodies, draft = _open_distributed(state, spec, distributed_id)
             bodies += [_with_draft(c, draft) for c in spec.changes] + _metadata(draft, spec)
             await self.append(state, bodies, actor, stored.epoch)
@@ -504,6 +523,8 @@ class Repository:
         actor: str,
     ) -> tuple[CollectionState, Version]:
         """The draft was finished by another: return its version if this finish adds nothing."""
+        if closed.version is None and state.deleted and state.deleted.seq == closed.seq:
+            raise _collection_deleted(f"the draft of {closed.distributed_id!r} was closed: ", state)
         if closed.version is None:
             raise AlreadyFinishedError(state.stream, closed.distributed_id, None, state.head)
         version = state.versions[closed.version]
@@ -582,6 +603,30 @@ class Repository:
         draft: str = await self._retrying(project, name, step)
         return draft
 
+    async def delete_collection(
+        self, project: str, name: str, actor: str, dry_run: bool = False, reason: str = ""
+    ) -> tuple[CollectionState, dict[str, int]]:
+        """Delete every version of a collection, its aliases and open drafts (one
+        collection.deleted record); return the state it was decided on (folded past the
+        deletion once it is appended) and the aliases it had.
+
+        Raises:
+            NotFoundError: no such collection (DeletedError: it was deleted already).
+        """
+
+        async def step(state: CollectionState) -> tuple[CollectionState, dict[str, int]]:
+            if not state.head:
+                raise NotFoundError(f"artifact {project}/{name} not found")
+            if state.gone:
+                raise _collection_deleted("", state)
+            aliases = dict(state.aliases)
+            if not dry_run:  # at the head the check read: a racing commit or upsert conflicts
+                await self.append(state, [CollectionDeleted(reason)], actor)
+            return state, aliases
+
+        result: tuple[CollectionState, dict[str, int]] = await self._retrying(project, name, step)
+        return result
+
     async def _maybe_snapshot(
         self,
         state: CollectionState,
@@ -605,6 +650,19 @@ class Repository:
         digest = await self.store.blobs.put_bytes(data)
         await self.store.blobs.flush()
         return digest
+
+
+def _collection_deleted(prefix: str, state: CollectionState) -> DeletedError:
+    """The error for a collection deleted as a whole (``state.deleted``)."""
+    assert state.deleted is not None
+    deleted, where = state.deleted, state.stream.replace("/artifacts/", "/", 1)
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(deleted.time))
+    return DeletedError(
+        f"{prefix}the collection {where} was deleted by {deleted.actor} at {when} "
+        f"(seq {deleted.seq})",
+        deleted.actor,
+        deleted.time,
+    )
 
 
 async def checkpointed(log: EventLog, stream: str) -> CollectionState:

@@ -155,7 +155,12 @@ class Run:
         did = self._distributed_id(distributed_id)
         spec = await artifact._prepare()
         draft = await self._require().upsert(
-            self.project, spec, did, self.actor, Transfer(concurrency, progress)
+            self.project,
+            spec,
+            did,
+            self.actor,
+            Transfer(concurrency, progress),
+            self._upserted.get((artifact.name, did)),
         )
         self._upserted[(artifact.name, did)] = draft  # what a finish of this run must finish
         artifact._sealed = True

@@ -22,6 +22,7 @@ from asyncart._domain.checkpoint import (
 from asyncart._domain.events import (
     AliasesMoved,
     CollectionCreated,
+    CollectionDeleted,
     DraftDiscarded,
     DraftOpened,
     Entry,
@@ -153,14 +154,22 @@ def _digest(n: int) -> str:
 @st.composite
 def histories(draw) -> list[Event]:
     """A valid collection history: drafts (single and distributed), removals, metadata,
-    commits over parents, discards and alias moves."""
+    commits over parents, discards, alias moves and deletions of the whole collection."""
     bodies: list[Event] = [CollectionCreated("ds", "dataset")]
     manifests: list[dict[str, Entry]] = []
     drafts: dict[str, tuple[int | None, list]] = {}
+    dead = 0  # versions below this number were deleted with the collection
+    actions = ["open", "add", "remove", "meta", "commit", "alias", "drop"]
     for step in range(draw(st.integers(1, 30))):
-        action = draw(st.sampled_from(["open", "add", "remove", "meta", "commit", "alias"]))
+        action = draw(st.sampled_from(actions))
+        if action == "drop" and len(manifests) > dead:  # not twice in a row
+            bodies.append(CollectionDeleted())
+            drafts.clear()
+            dead = len(manifests)
+            continue
         if action == "open" or not drafts:
-            parent = draw(st.none() | st.integers(0, len(manifests) - 1)) if manifests else None
+            live = len(manifests) > dead
+            parent = draw(st.none() | st.integers(dead, len(manifests) - 1)) if live else None
             draft = f"d{step}"
             distributed = draw(st.none() | st.just(f"g{step}"))
             bodies.append(DraftOpened(draft, parent, distributed))
@@ -178,8 +187,8 @@ def histories(draw) -> list[Event]:
             value = draw(st.integers(-(2**63), 2**63 - 1))
             bodies.append(MetadataSet(draft, {"k": value}, "described"))
             continue
-        elif action == "alias" and manifests:
-            number = draw(st.integers(0, len(manifests) - 1))
+        elif action == "alias" and len(manifests) > dead:
+            number = draw(st.integers(dead, len(manifests) - 1))
             bodies.append(AliasesMoved(number, add=[draw(st.sampled_from(["best", "prod"]))]))
             continue
         else:

@@ -88,6 +88,7 @@ class GcBody(msgspec.Struct, forbid_unknown_fields=True):
     grace: float = 3600.0
     dry_run: bool = False
     now: float | None = None  # when ttl and retention rules are judged (default: the server's)
+    draft_ttl: float | None = 7 * 86400.0  # see asyncart/_expiry.py
 
 
 class MintBody(msgspec.Struct, forbid_unknown_fields=True):

@@ -295,10 +295,15 @@ class HttpStore:
         return epoch
 
     async def collect(
-        self, grace: float, dry_run: bool, now: float | None = None
+        self,
+        grace: float,
+        dry_run: bool,
+        now: float | None = None,
+        draft_ttl: float | None = 7 * 86400.0,
     ) -> dict[str, Any]:
         """Have the server collect its store's garbage (an admin token); its report."""
-        body = pack({"grace": grace, "dry_run": dry_run, **({} if now is None else {"now": now})})
+        fields = {"grace": grace, "dry_run": dry_run, "draft_ttl": draft_ttl}
+        body = pack({**fields, **({} if now is None else {"now": now})})
         reply = await self._client.request(
             "POST", "/gc", body=lambda: body, headers={"Content-Type": MSGPACK}
         )

@@ -130,10 +130,17 @@ async def alias(args: argparse.Namespace, console: Console) -> int:
 
 
 def _delete_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("ref", metavar="NAME:vN", help="the version, [project/]name:vN")
+    parser.add_argument(
+        "ref", metavar="NAME:vN", help="the version, [project/]name:vN (or NAME: --collection)"
+    )
     project_option(parser)
     parser.add_argument(
         "--delete-aliases", action="store_true", help="take its aliases off with it"
+    )
+    parser.add_argument(
+        "--collection",
+        action="store_true",
+        help="delete the whole collection NAME: every version, alias and open draft",
     )
     parser.add_argument("--dry-run", action="store_true", help="check only; delete nothing")
 
@@ -145,6 +152,8 @@ def _delete_args(parser: argparse.ArgumentParser) -> None:
     "asyncart delete mnist:v3 --dry-run",
 )
 async def delete(args: argparse.Namespace, console: Console) -> int:
+    if args.collection:
+        return await _delete_collection(args, console)
     if parse_ref(args.ref).version is None:
         raise asyncart.InvalidInputError(
             f"name the version to delete as NAME:vN ({args.ref!r} names an alias)"
@@ -162,6 +171,25 @@ async def delete(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+async def _delete_collection(args: argparse.Namespace, console: Console) -> int:
+    project, name = split_name(args.ref, args.project or DEFAULT_PROJECT)
+    async with api_for(args) as api:
+        was = await api.delete_collection(name, project, dry_run=args.dry_run)
+    data = {
+        "project": was.project,
+        "name": was.name,
+        "type": was.type,
+        "versions": was.versions,
+        "aliases": dict(was.aliases),
+        "deleted": not args.dry_run,
+        "dry_run": args.dry_run,
+    }
+    verb = "would delete" if args.dry_run else "deleted"
+    human = f"{verb} the collection {project}/{name} ({was.versions} versions numbered)"
+    console.result(human, data, f"{project}/{name}")
+    return 0
+
+
 def _gc_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--grace",
@@ -170,7 +198,18 @@ def _gc_args(parser: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         help="keep unreferenced blobs written less than this long ago (default 1h)",
     )
+    parser.add_argument(
+        "--draft-ttl",
+        type=_draft_ttl,
+        default=7 * 86400.0,
+        metavar="DURATION",
+        help="first discard pending drafts untouched this long (default 7d; 'never': keep)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="report only; remove nothing")
+
+
+def _draft_ttl(text: str) -> float | None:
+    return None if text.strip() == "never" else parse_duration(text)
 
 
 @command(
@@ -181,10 +220,16 @@ def _gc_args(parser: argparse.ArgumentParser) -> None:
 )
 async def gc(args: argparse.Namespace, console: Console) -> int:
     report = await asyncart.gc(
-        store=args.store, token=args.token, grace=args.grace, dry_run=args.dry_run
+        store=args.store,
+        token=args.token,
+        grace=args.grace,
+        dry_run=args.dry_run,
+        draft_ttl=args.draft_ttl,
     )
     verb = "would remove" if args.dry_run else "removed"
+    discarded = "would discard" if args.dry_run else "discarded"
     human = (
+        f"{discarded} {report.drafts_expired} expired drafts; "
         f"{verb} {report.blobs_removed} blobs ({report.bytes_removed} bytes) and "
         f"{report.leftovers_removed} crash leftovers ({report.leftover_bytes} bytes); kept "
         f"{report.blobs_kept} blobs ({report.young_kept} unreferenced but within the grace), "

@@ -22,12 +22,14 @@ CHECKPOINT_EVERY = 64
 _MAGIC = b"ACP1"
 _SUM = 32  # bytes of the BLAKE3 checksum that follows the magic
 FORMAT = 3
-"""Format 2 carries deletions (``Version.deleted``), format 3 retention rules and versions'
-``ttl``. A release before a format refuses its checkpoints and folds the records (it cannot
-trust a state holding what it does not know). A release before format 3 drops the ``ttl``
-of the versions it folds, unseen: such a release should not write to a store that uses it."""
-_DELETED = "version.deleted"
-_RETENTION = "retention.set"
+"""Format 2 carries deletions (``Version.deleted``); format 3 collection deletions
+(``CollectionState.deleted``), when each open draft was last touched (``Draft.updated``),
+retention rules, versions' ``ttl``, tags and edits. A checkpoint of another format is refused
+and the records are folded: a newer one may hold what this release does not know, and an older
+release skipped or dropped what format 3 carries, so its state may lack what the records say
+(a longer read, once: the next checkpoint is of this format). A release before format 3 drops
+what it does not know from the versions it folds, unseen: it should not write to a store that
+uses it."""
 
 
 class _Checkpoint(msgspec.Struct, frozen=True):
@@ -68,14 +70,11 @@ def decode_checkpoint(data: bytes, stream: str) -> CollectionState:
         checkpoint = _decoder.decode(body)
     except msgspec.DecodeError as e:
         raise IntegrityError(f"{where} does not decode: {e}") from None
-    if checkpoint.format not in (1, 2, FORMAT):
+    if checkpoint.format > FORMAT:
         raise IntegrityError(f"{where} has format {checkpoint.format} (of a newer release?)")
+    if checkpoint.format < FORMAT:  # it may lack what format 3 carries: the records decide
+        raise IntegrityError(f"{where} has format {checkpoint.format}, older than {FORMAT}")
     state = checkpoint.state
-    if checkpoint.format == 1 and any(u.kind == _DELETED for u in state.unknown):
-        # folded by a release that skipped deletions it did not know: the records decide
-        raise IntegrityError(f"{where} has format 1 and skipped a deletion (re-folded)")
-    if checkpoint.format < 3 and any(u.kind == _RETENTION for u in state.unknown):
-        raise IntegrityError(f"{where} has format {checkpoint.format} and skipped a retention rule")
     if state.stream != stream or state.head < 1:
         raise IntegrityError(f"{where} is of stream {state.stream!r} at head {state.head}")
     return state

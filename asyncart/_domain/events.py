@@ -68,10 +68,15 @@ class VersionCommitted(_Event, tag="version.committed", frozen=True):
 
 
 class DraftDiscarded(_Event, tag="draft.discarded", frozen=True):
-    """A pending draft closed without a new version (its content equals ``same_as``)."""
+    """A pending draft closed without a new version (its content equals ``same_as``).
+
+    ``reason`` says why when the collector rather than a person closed it (``"expired"``:
+    untouched for longer than its ``draft_ttl``); empty by default, so older records decode.
+    """
 
     draft: str
     same_as: int | None = None
+    reason: str = ""
 
 
 class AliasesMoved(_Event, tag="aliases.moved", frozen=True):
@@ -105,6 +110,13 @@ class RetentionSet(_Event, tag="retention.set", frozen=True):
     keep_last: int | None = None
     older_than: float | None = None
     keep_aliased: bool = True
+class CollectionDeleted(_Event, tag="collection.deleted", frozen=True):
+    """Every version of the collection deleted at once, its aliases taken off and its open
+    drafts closed (who and when: the record's actor and time). Numbers are never reused: a
+    version logged to the same name later continues after the highest ever committed.
+    """
+
+    reason: str = ""
 
 
 # -- run stream: one per run (lineage) ------------------------------------------------------
@@ -142,6 +154,7 @@ Event = (
     | AliasesMoved
     | VersionDeleted
     | RetentionSet
+    | CollectionDeleted
     | RunStarted
     | ArtifactUsed
     | ArtifactLogged

@@ -13,6 +13,7 @@ from .events import (
     ArtifactUsed,
     Change,
     CollectionCreated,
+    CollectionDeleted,
     DraftDiscarded,
     DraftOpened,
     Entry,
@@ -47,15 +48,18 @@ class Draft:
     touched: int = 0  # entries added plus paths removed by those records
     metadata: dict[str, Any] | None = None
     description: str | None = None
+    updated: float = 0.0  # time of its last record: draft expiry counts from it (see _gc.py)
 
 
 @dataclass(frozen=True)
 class Deletion:
-    """Who deleted a version (the record's actor), when, and at which seq."""
+    """Who deleted a version (the record's actor), when, and at which seq; ``collection``:
+    with its whole collection (a collection.deleted record)."""
 
     actor: str
     time: float
     seq: int
+    collection: bool = False
 
 
 @dataclass
@@ -110,6 +114,13 @@ class CollectionState:
     closed: dict[str, Closed] = field(default_factory=dict)  # closed distributed drafts, by id
     unknown: list[Unknown] = field(default_factory=list)
     retention: RetentionSet | None = None  # the rule in force, if any
+    deleted: Deletion | None = None  # the latest collection.deleted
+
+    @property
+    def gone(self) -> bool:
+        """Whether the collection is deleted: no version was committed since its deletion."""
+        deleted = self.deleted
+        return deleted is not None and (not self.versions or self.versions[-1].seq < deleted.seq)
 
     def closes(self, distributed_id: str, since: int = 0) -> list[Closed]:
         """The drafts of ``distributed_id`` closed at ``since`` or later, oldest first."""
@@ -193,6 +204,7 @@ def _apply(state: CollectionState, record: Record) -> None:
             state.name, state.type = name, type_
         case DraftOpened():
             draft = Draft(body.draft, body.parent, body.distributed_id, record.actor)
+            draft.updated = record.time
             if body.parent is not None and not 0 <= body.parent < len(state.versions):
                 _broken(state, record, f"parent v{body.parent} does not exist")
             if body.parent is not None and state.versions[body.parent].deleted is not None:
@@ -204,9 +216,11 @@ def _apply(state: CollectionState, record: Record) -> None:
         case FilesAdded() | FilesRemoved():
             draft = _draft(state, record, body.draft)
             draft.change_seqs.append(record.seq)
+            draft.updated = record.time
             draft.touched += len(body.entries) if isinstance(body, FilesAdded) else len(body.paths)
         case MetadataSet():
             draft = _draft(state, record, body.draft)
+            draft.updated = record.time
             if body.metadata:  # {} sets nothing: a finisher without metadata keeps the upserts'
                 draft.metadata = body.metadata
             if body.description is not None:
@@ -232,6 +246,8 @@ def _apply(state: CollectionState, record: Record) -> None:
             _delete(state, record, body)
         case RetentionSet(keep_last=keep_last, older_than=older_than):
             state.retention = None if keep_last is None and older_than is None else body
+        case CollectionDeleted():
+            _delete_collection(state, record)
         case UnknownEvent(of=kind):  # a newer release wrote it: what it means is not ours to say
             state.unknown.append(Unknown(record.seq, kind))
         case _:
@@ -287,6 +303,20 @@ def _delete(state: CollectionState, record: Record, body: VersionDeleted) -> Non
     _move_aliases(state, number, add=[], remove=sorted(version.aliases))
     if "latest" not in state.aliases and (latest := state.latest) is not None:
         _move_aliases(state, latest.number, add=["latest"], remove=[])
+
+
+def _delete_collection(state: CollectionState, record: Record) -> None:
+    if state.gone and state.deleted is not None:
+        _broken(state, record, f"deletes the collection, deleted at seq {state.deleted.seq}")
+    deletion = Deletion(record.actor, record.time, record.seq, collection=True)
+    for version in state.versions:
+        version.aliases.clear()
+        if version.deleted is None:
+            version.deleted = deletion
+    state.aliases.clear()
+    for draft in list(state.drafts):  # a racing upsert conflicts: none is closed unseen
+        _close(state, record, draft, None)
+    state.deleted = deletion
 
 
 def _broken(state: CollectionState, record: Record, why: str) -> NoReturn:

@@ -18,6 +18,7 @@ from .events import (
     AliasesMoved,
     ArtifactUsed,
     CollectionCreated,
+    CollectionDeleted,
     Event,
     VersionCommitted,
     VersionDeleted,
@@ -32,6 +33,7 @@ class CollectionNote(msgspec.Struct, frozen=True, tag="collection", tag_field="n
     updated: float | None  # when the latest version was committed
     aliases: dict[str, int] = {}
     complete: bool = True  # False: the aliases did not fit; fold the stream for them
+    deleted: bool = False  # the collection was deleted (and nothing committed since)
 
 
 class RunNote(msgspec.Struct, frozen=True, tag="run", tag_field="note"):
@@ -52,13 +54,14 @@ def collection_note(state: CollectionState, then: Sequence[Event] = (), now: flo
     versions = len(state.versions)
     updated = None if state.latest is None else state.latest.time
     times = [v.time if v.deleted is None else None for v in state.versions]
+    deleted = state.gone
     for body in then:
         match body:
             case CollectionCreated():
                 name, type_ = body.name, body.type
             case VersionCommitted():
                 aliases.update(dict.fromkeys(["latest", *body.aliases], versions))
-                versions, updated = versions + 1, now
+                versions, updated, deleted = versions + 1, now, False
                 times.append(now)
             case AliasesMoved(version=number, add=add, remove=remove):
                 for alias in remove:
@@ -72,10 +75,15 @@ def collection_note(state: CollectionState, then: Sequence[Event] = (), now: flo
                 if "latest" not in aliases and live:
                     aliases["latest"] = live[-1]
                 updated = times[live[-1]] if live else None
-    data = _encoder.encode(CollectionNote(name, type_, versions, updated, aliases))
+            case CollectionDeleted():
+                aliases, updated, deleted = {}, None, True
+                times = [None] * len(times)
+    data = _encoder.encode(CollectionNote(name, type_, versions, updated, aliases, True, deleted))
     if len(data) <= MAX_NOTE:
         return data
-    data = _encoder.encode(CollectionNote(name, type_, versions, updated, complete=False))
+    data = _encoder.encode(
+        CollectionNote(name, type_, versions, updated, complete=False, deleted=deleted)
+    )
     return data if len(data) <= MAX_NOTE else b""  # a huge type: no note, readers fold
 
 

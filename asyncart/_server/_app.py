@@ -295,9 +295,15 @@ _GC = msgspec.msgpack.Decoder(GcBody)
 
 
 async def collect_garbage(request: web.Request) -> web.Response:
-    """POST /v1/gc {"grace": seconds, "dry_run": bool}: collect the store's garbage here, on
-    the server (an admin token); the report."""
+    """POST /v1/gc {"grace": seconds, "dry_run": bool, "draft_ttl": seconds | None}: collect
+    the store's garbage here, on the server (an admin token); the report."""
     require((await grant_of(request)).admin, "collect garbage")
     body = await msgpack_body(request, _GC, _MINT_BYTES)
-    report = await collect(request.app[STORE], grace=body.grace, dry_run=body.dry_run, now=body.now)
+    report = await collect(
+        request.app[STORE],
+        grace=body.grace,
+        dry_run=body.dry_run,
+        now=body.now,
+        draft_ttl=body.draft_ttl,
+    )
     return msgpack_response(msgspec.structs.asdict(report))

@@ -36,6 +36,7 @@ from .._domain.events import (
     ArtifactLogged,
     ArtifactUsed,
     CollectionCreated,
+    CollectionDeleted,
     DraftDiscarded,
     DraftOpened,
     Event,
@@ -77,7 +78,9 @@ _COLLECTION_EVENTS = (
     AliasesMoved,
     VersionDeleted,
     RetentionSet,
+    CollectionDeleted,
 )
+_REASON = 1000  # characters of a deletion's or discard's reason
 _BIG = 256 << 10  # bytes of records above which decoding and folding leave the loop
 
 State = CollectionState | RunState
@@ -323,6 +326,9 @@ def _check_body(stream: str, body: Event) -> None:
                 check_alias(alias)
         case RetentionSet():
             check_rule(body)
+        case CollectionDeleted(reason=reason) | DraftDiscarded(reason=reason):
+            if len(reason) > _REASON:
+                raise InvalidInputError(f"a reason of {len(reason)} characters (at most {_REASON})")
         case ArtifactUsed(project=project, name=name):
             check_name(project, "project")
             check_name(name, "artifact name")
