@@ -392,16 +392,14 @@ def test_checkpoints_carry_the_deletion_and_when_drafts_were_touched() -> None:
     assert restored.drafts["p"].updated == pending.drafts["p"].updated > 0
 
 
-def test_an_older_checkpoint_is_used_unless_it_lacks_what_matters() -> None:
-    done = _folded(_HISTORY[:3])  # no open draft, no collection deletion
-    assert decode_checkpoint(_format(2, done), STREAM) == done
-    with pytest.raises(asyncart.IntegrityError, match="format 2 and open drafts"):
-        decode_checkpoint(_format(2, _folded(_HISTORY)), STREAM)  # when touched is unknown
+def test_an_older_checkpoint_is_refused_so_the_records_decide() -> None:
     skipped = _folded(_HISTORY[:3])  # as a release that knew no collection.deleted folded it
     skipped.unknown.append(Unknown(3, "collection.deleted"))
     skipped.head += 1
-    with pytest.raises(asyncart.IntegrityError, match="skipped a collection deletion"):
-        decode_checkpoint(_format(2, skipped), STREAM)
+    for state in (_folded(_HISTORY[:3]), _folded(_HISTORY), skipped):
+        with pytest.raises(asyncart.IntegrityError, match="format 2, older than 3"):
+            decode_checkpoint(_format(2, state), STREAM)
+    assert decode_checkpoint(encode_checkpoint(_folded(_HISTORY)), STREAM) == _folded(_HISTORY)
 
 
 async def test_an_old_checkpoint_with_open_drafts_costs_a_replay(tmp_path: Path) -> None:

@@ -110,6 +110,8 @@ class RetentionSet(_Event, tag="retention.set", frozen=True):
     keep_last: int | None = None
     older_than: float | None = None
     keep_aliased: bool = True
+
+
 class CollectionDeleted(_Event, tag="collection.deleted", frozen=True):
     """Every version of the collection deleted at once, its aliases taken off and its open
     drafts closed (who and when: the record's actor and time). Numbers are never reused: a
