@@ -29,6 +29,7 @@ from ._domain.events import (
     UnknownEvent,
     VersionCommitted,
     VersionDeleted,
+    VersionEdited,
 )
 from ._domain.fold import CollectionState
 from ._domain.notes import CollectionNote, Note, decode_note
@@ -264,6 +265,8 @@ def describe(body: Body) -> str:
         case VersionDeleted(version=version, aliases=aliases):
             also = f" and its aliases {', '.join(aliases)}" if aliases else ""
             return f"deleted v{version}{also}"
+        case VersionEdited(version=version):
+            return f"edited v{version}: " + _edited(body)
         case RunStarted(group=group, job_type=job_type):
             return f"started run (job type {job_type or '-'}, group {group or '-'})"
         case ArtifactUsed(project=project, name=name, version=version):
@@ -283,6 +286,14 @@ def _committed(body: VersionCommitted) -> str:
     if body.aliases:
         text += f", aliases {', '.join(body.aliases)}"
     return text + (", snapshot" if body.snapshot else "")
+
+
+def _edited(body: VersionEdited) -> str:
+    metadata, tags = body.metadata, body.tags
+    parts = [] if metadata is None else [f"metadata {_listed(sorted(metadata)) or '(cleared)'}"]
+    parts += [] if body.description is None else ["description"]
+    parts += [] if tags is None else [f"tags {_listed(tags) or '(none)'}"]
+    return ", ".join(parts)
 
 
 def _count(n: int, noun: str) -> str:

@@ -21,10 +21,12 @@ CHECKPOINT_EVERY = 64
 
 _MAGIC = b"ACP1"
 _SUM = 32  # bytes of the BLAKE3 checksum that follows the magic
-FORMAT = 2
-"""Format 2 carries deletions (``Version.deleted``). A release before it refuses a format-2
-checkpoint and folds the records (it cannot trust a state holding what it does not know)."""
-_DELETED = "version.deleted"
+FORMAT = 3
+"""Format 2 carries deletions (``Version.deleted``); format 3 tags and edits (``Draft.tags``,
+``Version.edited``). A checkpoint of an older format is refused and the records are folded: a
+release before format 3 folded ``metadata.set`` without its tags and skipped ``version.edited``,
+so its state may lack what the records say (a longer read, once: the next checkpoint is of
+this format)."""
 
 
 class _Checkpoint(msgspec.Struct, frozen=True):
@@ -65,12 +67,11 @@ def decode_checkpoint(data: bytes, stream: str) -> CollectionState:
         checkpoint = _decoder.decode(body)
     except msgspec.DecodeError as e:
         raise IntegrityError(f"{where} does not decode: {e}") from None
-    if checkpoint.format not in (1, FORMAT):
+    if checkpoint.format > FORMAT:
         raise IntegrityError(f"{where} has format {checkpoint.format} (of a newer release?)")
+    if checkpoint.format < FORMAT:  # it may lack tags, edits or deletions: the records decide
+        raise IntegrityError(f"{where} has format {checkpoint.format}, older than {FORMAT}")
     state = checkpoint.state
-    if checkpoint.format == 1 and any(u.kind == _DELETED for u in state.unknown):
-        # folded by a release that skipped deletions it did not know: the records decide
-        raise IntegrityError(f"{where} has format 1 and skipped a deletion (re-folded)")
     if state.stream != stream or state.head < 1:
         raise IntegrityError(f"{where} is of stream {state.stream!r} at head {state.head}")
     return state

@@ -25,6 +25,7 @@ from .events import (
     UnknownEvent,
     VersionCommitted,
     VersionDeleted,
+    VersionEdited,
 )
 from .manifest import Manifest, Overlay
 
@@ -46,6 +47,7 @@ class Draft:
     touched: int = 0  # entries added plus paths removed by those records
     metadata: dict[str, Any] | None = None
     description: str | None = None
+    tags: list[str] = field(default_factory=list)  # once committed, the version's (edits too)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class Version:
     seq: int  # of the version.committed record
     aliases: set[str] = field(default_factory=set)
     deleted: Deletion | None = None
+    edited: float | None = None  # when a version.edited record last changed it
 
     @property
     def parent(self) -> int | None:
@@ -209,6 +212,8 @@ def _apply(state: CollectionState, record: Record) -> None:
                 draft.metadata = body.metadata
             if body.description is not None:
                 draft.description = body.description
+            if body.tags:
+                draft.tags = _union(draft.tags, body.tags)
         case VersionCommitted():
             if body.version != len(state.versions):
                 _broken(state, record, f"commits v{body.version}, expected v{len(state.versions)}")
@@ -228,6 +233,8 @@ def _apply(state: CollectionState, record: Record) -> None:
             _move_aliases(state, body.version, add=body.add, remove=body.remove)
         case VersionDeleted():
             _delete(state, record, body)
+        case VersionEdited():
+            _edit(state, record, body)
         case UnknownEvent(of=kind):  # a newer release wrote it: what it means is not ours to say
             state.unknown.append(Unknown(record.seq, kind))
         case _:
@@ -283,6 +290,30 @@ def _delete(state: CollectionState, record: Record, body: VersionDeleted) -> Non
     _move_aliases(state, number, add=[], remove=sorted(version.aliases))
     if "latest" not in state.aliases and (latest := state.latest) is not None:
         _move_aliases(state, latest.number, add=["latest"], remove=[])
+
+
+def _edit(state: CollectionState, record: Record, body: VersionEdited) -> None:
+    """A version's metadata, description or tags replaced (kept on its draft, where the
+    commit left them: a committed draft is the version's alone)."""
+    if not 0 <= body.version < len(state.versions):
+        _broken(state, record, f"edits missing v{body.version}")
+    version = state.versions[body.version]
+    if version.deleted is not None:
+        _broken(state, record, f"edits deleted v{body.version}")
+    if body.metadata is None and body.description is None and body.tags is None:
+        _broken(state, record, f"edits nothing of v{body.version}")
+    draft = version.draft
+    if body.metadata is not None:
+        draft.metadata = body.metadata or None
+    if body.description is not None:
+        draft.description = body.description or None
+    if body.tags is not None:
+        draft.tags = list(body.tags)
+    version.edited = record.time
+
+
+def _union(old: list[str], new: list[str]) -> list[str]:
+    return list(dict.fromkeys([*old, *new]))
 
 
 def _broken(state: CollectionState, record: Record, why: str) -> NoReturn:

@@ -47,6 +47,7 @@ from .._domain.events import (
     RunStarted,
     VersionCommitted,
     VersionDeleted,
+    VersionEdited,
     decode,
     encode,
     record_hash,
@@ -54,7 +55,7 @@ from .._domain.events import (
 from .._domain.fold import CollectionState, RunState, fold, fold_run
 from .._domain.notes import note_of
 from .._errors import AsyncartError, ConflictError, IntegrityError, InvalidInputError
-from .._names import check_alias, check_entry_path, check_name, check_prefix
+from .._names import check_alias, check_entry_path, check_name, check_prefix, check_tags
 from .._repository import _decode_chain, checkpointed
 from .._threads import HEAVY, maybe_thread
 from .._values import check_description, check_mapping
@@ -74,6 +75,7 @@ _COLLECTION_EVENTS = (
     DraftDiscarded,
     AliasesMoved,
     VersionDeleted,
+    VersionEdited,
 )
 _BIG = 256 << 10  # bytes of records above which decoding and folding leave the loop
 
@@ -325,6 +327,13 @@ def _check_body(stream: str, body: Event) -> None:
         case MetadataSet(metadata=metadata, description=description):  # as the library checks
             check_mapping(metadata, "metadata")
             check_description(description)
+            if body.tags is not None:
+                check_tags(body.tags)
+        case VersionEdited(metadata=metadata, description=description, tags=tags):
+            check_mapping(metadata, "metadata")  # the fold checks the version, and that it
+            check_description(description)  # sets something
+            if tags is not None:
+                check_tags(tags)
         case RunStarted(group=group, job_type=job_type, config=config):
             for value, what in [(group, "group"), (job_type, "job_type")]:
                 if value is not None:
