@@ -85,9 +85,12 @@ class _Loaded:
 class Artifact:
     """A named, typed set of files.
 
-    A new ``Artifact`` is a draft: add files to it, then log it with ``Run.log_artifact`` or
-    ``save``. Logging returns a committed artifact (``version`` like ``"v0"``), which never changes;
-    ``new_draft()`` starts the next version from it, without re-reading unchanged files.
+    A new ``Artifact`` is a draft (``state`` ``"PENDING"``): add files to it, then log it with
+    ``Run.log_artifact`` or ``save``. Logging makes it the committed version (``version`` like
+    ``"v0"``, ``name`` like ``"mnist:v0"``, as in W&B) and returns it. A version's files never
+    change; its ``metadata``, ``description``, ``tags`` and ``aliases`` can, stored by
+    ``save()``. ``new_draft()`` starts the next version from it, without re-reading unchanged
+    files.
 
     ``metadata`` is a JSON-compatible dict with str keys (NaN is stored as null, infinities are
     refused; see ``asyncart._values`` for the depth and size limits) and ``description`` a str.

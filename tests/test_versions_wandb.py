@@ -82,7 +82,17 @@ async def test_tags_are_set_on_a_draft_and_stored_with_the_version(
 
 @pytest.mark.parametrize(
     "tags",
-    ["one-str", ["a/b"], ["x" * 129], [""], [" lead"], ["two  spaces\n"], [3], None],
+    [
+        "one-str",
+        ["a/b"],
+        ["x" * 129],
+        [""],
+        [" lead"],
+        ["two  spaces\n"],
+        [3],
+        None,
+        [f"t{i}" for i in range(257)],
+    ],
 )
 async def test_invalid_tags_are_refused(tags: object, tmp_path: Path) -> None:
     draft = await _draft(tmp_path)
@@ -228,7 +238,9 @@ async def test_log_artifact_and_finish_artifact_update_the_artifact_passed_in(
             await draft.add_file(tmp_path / "f-zero.txt", "g.txt")
 
         same = await _draft(tmp_path)  # identical content: it becomes the latest
+        same.tags = ["not-applied"]
         assert await run.log_artifact(same) is same and same.version == "v0"
+        assert same.tags == [] and same.aliases == ["best", "first", "latest"]
 
         part = await _draft(tmp_path, "part")
         part.tags = ["shard-a"]
@@ -246,13 +258,14 @@ async def test_log_artifact_and_finish_artifact_update_the_artifact_passed_in(
 
 async def test_new_draft_deep_copies_metadata_and_keeps_no_tags(tmp_path: Path) -> None:
     store = str(tmp_path / "store")
-    draft = await _draft(tmp_path, metadata={"nested": {"k": [1]}})
+    draft = await _draft(tmp_path, metadata={"nested": {"k": [1]}}, description="kept")
     draft.tags = ["t"]
     v0 = await draft.save("demo", store)
     child = v0.new_draft()
     child.metadata["nested"]["k"].append(2)
     assert v0.metadata == {"nested": {"k": [1]}}
-    assert (child.tags, child.name, child.state) == ([], "ds", "PENDING")
+    assert (child.tags, child.aliases, child.name, child.state) == ([], [], "ds", "PENDING")
+    assert child.description == "kept"
     local = tmp_path / "g.txt"
     local.write_text("more")
     await child.add_file(local)
