@@ -157,7 +157,7 @@ class Artifact:
     @property
     def state(self) -> str:
         """``"PENDING"`` for a draft, ``"COMMITTED"`` for a version, ``"DELETED"`` once
-        :meth:`delete` deleted it (or it was loaded deleted), as W&B says."""
+        :meth:`delete` deleted it, as W&B says."""
         if self._saved is None:
             return "PENDING"
         return "DELETED" if self._deleted or self._saved.version.deleted else "COMMITTED"
@@ -253,7 +253,7 @@ class Artifact:
         return self.manifest.size
 
     def __repr__(self) -> str:
-        state = self.qualified_name if self._saved else f"{self._name} (draft)"
+        state = self.qualified_name if self._saved else f"{self.name} (draft)"
         return f"<Artifact {state} type={self.type} files={len(self.manifest)}>"
 
     # -- building a draft ------------------------------------------------------------------
@@ -349,7 +349,7 @@ class Artifact:
         keys = matching_paths(self._entries, path)
         if not keys:
             raise MissingPathError(
-                f"cannot remove {path!r}: no such file or directory in {self._name}"
+                f"cannot remove {path!r}: no such file or directory in {self.name}"
             )
         for key in keys:
             del self._entries[key]
@@ -375,10 +375,10 @@ class Artifact:
         for entry in entries:
             old = self._entries.get(entry.path)
             if old is None:
-                check_file_or_dir(entry.path, self._entries, tree, self._name)
+                check_file_or_dir(entry.path, self._entries, tree, self.name)
             elif old.digest != entry.digest and not overwrite:
                 raise InvalidInputError(
-                    f"{entry.path!r} is already in {self._name} with other content; "
+                    f"{entry.path!r} is already in {self.name} with other content; "
                     "pass overwrite=True or remove() it first"
                 )
         new = [e for e in entries if self._entries.get(e.path) != e]
@@ -408,7 +408,7 @@ class Artifact:
         if self._saved is not None:
             raise SealedError(f"{self.qualified_name} is committed and immutable; use new_draft()")
         if self._sealed:
-            raise SealedError(f"this draft of {self._name} was already logged; create a new one")
+            raise SealedError(f"this draft of {self.name} was already logged; create a new one")
 
     # -- committing ------------------------------------------------------------------------
 
@@ -436,7 +436,7 @@ class Artifact:
                 for entry in (files.added[path],)  # a source is only kept for a file added here
             ]
         return DraftSpec(
-            self._name,
+            self.name,
             self.type,
             self._parent.version.number if self._parent else None,
             changes,
@@ -456,7 +456,7 @@ class Artifact:
         if self._parent is not None:
             if project not in (None, self._parent.project):
                 raise InvalidInputError(
-                    f"a draft of {self._parent.project}/{self._name} is saved in its own project"
+                    f"a draft of {self._parent.project}/{self.name} is saved in its own project"
                 )
             return self._parent.repo, self._parent.project
         repo = Repository(open_store(store, token))
@@ -507,7 +507,7 @@ class Artifact:
             parent.repo.store.location,
         ):
             raise InvalidInputError(
-                f"a draft of {parent.project}/{self._name} (store {parent.repo.store.location}) "
+                f"a draft of {parent.project}/{self.name} (store {parent.repo.store.location}) "
                 f"can only be logged there, not in {project} (store {repo.store.location})"
             )
         spec = await self._prepare()
@@ -560,7 +560,7 @@ class Artifact:
 
     def _require_saved(self) -> _Saved:
         if self._saved is None:
-            raise InvalidInputError(f"{self._name} is a draft: log or save it first")
+            raise InvalidInputError(f"{self.name} is a draft: log or save it first")
         return self._saved
 
     @holding_store
@@ -578,7 +578,7 @@ class Artifact:
         """
         saved = self._require_saved()
         target = (
-            Path(root) if root is not None else Path("artifacts") / f"{self._name}:{self.version}"
+            Path(root) if root is not None else Path("artifacts") / self.name  # NAME:vN
         )
         await download(
             saved.repo.store.blobs,

@@ -392,3 +392,13 @@ def test_cli_tag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "invalid tag 'a/b'" in capsys.readouterr().err
     assert main(["tag", "ds:v9", "--store", store, "--add", "x"]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+async def test_a_committed_artifact_downloads_to_artifacts_name_vn_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    saved = await (await _draft(tmp_path)).save("demo", str(tmp_path / "store"))
+    root = await saved.download()
+    assert root == Path("artifacts") / "ds:v0"
+    assert (tmp_path / "artifacts" / "ds:v0" / "f.txt").read_text() == "zero"
