@@ -31,6 +31,7 @@ from asyncart._domain.events import (
     MetadataSet,
     Record,
     VersionCommitted,
+    VersionEdited,
     decode,
     record_hash,
 )
@@ -152,13 +153,14 @@ def _digest(n: int) -> str:
 
 @st.composite
 def histories(draw) -> list[Event]:
-    """A valid collection history: drafts (single and distributed), removals, metadata,
-    commits over parents, discards and alias moves."""
+    """A valid collection history: drafts (single and distributed), removals, metadata and
+    tags, commits over parents, discards, alias moves and edits."""
     bodies: list[Event] = [CollectionCreated("ds", "dataset")]
     manifests: list[dict[str, Entry]] = []
     drafts: dict[str, tuple[int | None, list]] = {}
     for step in range(draw(st.integers(1, 30))):
-        action = draw(st.sampled_from(["open", "add", "remove", "meta", "commit", "alias"]))
+        actions = ["open", "add", "remove", "meta", "commit", "alias", "edit"]
+        action = draw(st.sampled_from(actions))
         if action == "open" or not drafts:
             parent = draw(st.none() | st.integers(0, len(manifests) - 1)) if manifests else None
             draft = f"d{step}"
@@ -176,7 +178,13 @@ def histories(draw) -> list[Event]:
             change = FilesRemoved(draft, draw(st.lists(st.sampled_from(["a", "c/", "f"]))))
         elif action == "meta":
             value = draw(st.integers(-(2**63), 2**63 - 1))
-            bodies.append(MetadataSet(draft, {"k": value}, "described"))
+            tags = draw(st.none() | st.lists(st.sampled_from(["t1", "t2"]), max_size=2))
+            bodies.append(MetadataSet(draft, {"k": value}, "described", tags))
+            continue
+        elif action == "edit" and manifests:
+            number = draw(st.integers(0, len(manifests) - 1))
+            tags = draw(st.lists(st.sampled_from(["t1", "t2", "t3"]), max_size=2))
+            bodies.append(VersionEdited(number, draw(st.none() | st.just({})), "edited", tags))
             continue
         elif action == "alias" and manifests:
             number = draw(st.integers(0, len(manifests) - 1))

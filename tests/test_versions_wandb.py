@@ -402,3 +402,24 @@ async def test_a_committed_artifact_downloads_to_artifacts_name_vn_by_default(
     root = await saved.download()
     assert root == Path("artifacts") / "ds:v0"
     assert (tmp_path / "artifacts" / "ds:v0" / "f.txt").read_text() == "zero"
+
+
+async def test_audit_re_derives_edits_and_names_a_checkpoint_that_lost_them(
+    tmp_path: Path,
+) -> None:
+    store_dir = str(tmp_path / "store")
+    draft = await _draft(tmp_path)
+    draft.tags = ["a"]
+    v0 = await draft.save("demo", store_dir)
+    v0.tags = ["b"]
+    await v0.save()
+    store = asyncart.LocalStore(store_dir)
+    state = fold(CollectionState(STREAM), await read_records(store, STREAM))
+    state.last_hash = record_hash((await store.log.read(STREAM))[-1])
+    assert (await asyncart.audit("demo", store=store_dir)).ok
+    state.versions[0].draft.tags = ["a"]  # as if the edit had been skipped
+    await store.log.put_checkpoint(STREAM, encode_checkpoint(state))
+    report = await asyncart.audit("demo", store=store_dir)
+    assert [
+        p.message for p in report.problems if "disagrees" in p.message and "versions" in p.message
+    ]
