@@ -30,6 +30,7 @@ from ._errors import (
     NotFoundError,
     SealedError,
 )
+from ._history import ArtifactCollection, collection_summary
 from ._lineage import RunInfo, actor_run_id, run_info, runs_using
 from ._names import (
     PathTree,
@@ -38,9 +39,10 @@ from ._names import (
     check_file_or_dir,
     check_name,
     check_prefix,
+    check_tags,
     parse_ref,
 )
-from ._repository import ENTRIES_PER_EVENT, AddedChunks, DraftSpec, Repository, Transfer
+from ._repository import ENTRIES_PER_EVENT, AddedChunks, DraftSpec, Edit, Repository, Transfer
 from ._retention import check_ttl
 from ._store import holding_store, load_backend, open_store, prepare_store
 from ._threads import HEAVY, maybe_thread
@@ -70,12 +72,26 @@ class _Saved:
     manifest: Manifest
 
 
+@dataclass
+class _Loaded:
+    """A committed version's editable fields as loaded: what ``save`` compares them with."""
+
+    metadata: dict[str, Any]
+    description: str | None
+    tags: list[str]
+    aliases: list[str]
+    updated: float | None = None
+
+
 class Artifact:
     """A named, typed set of files.
 
-    A new ``Artifact`` is a draft: add files to it, then log it with ``Run.log_artifact`` or
-    ``save``. Logging returns a committed artifact (``version`` like ``"v0"``), which never changes;
-    ``new_draft()`` starts the next version from it, without re-reading unchanged files.
+    A new ``Artifact`` is a draft (``state`` ``"PENDING"``): add files to it, then log it with
+    ``Run.log_artifact`` or ``save``. Logging makes it the committed version (``version`` like
+    ``"v0"``, ``name`` like ``"mnist:v0"``, as in W&B) and returns it. A version's files never
+    change; its ``metadata``, ``description``, ``tags`` and ``aliases`` can, stored by
+    ``save()``. ``new_draft()`` starts the next version from it, without re-reading unchanged
+    files.
 
     ``metadata`` is a JSON-compatible dict with str keys (NaN is stored as null, infinities are
     refused; see ``asyncart._values`` for the depth and size limits) and ``description`` a str.
@@ -100,10 +116,15 @@ class Artifact:
         description: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        self.name = check_name(name, "artifact name")
+        self._name = check_name(name, "artifact name")
         self.type = check_name(type, "artifact type")
         self.description = check_description(description)
         self.metadata: dict[str, Any] = check_mapping(metadata, "metadata") or {}  # a deep copy
+        self._tags: list[str] = []
+        self._aliases: list[str] = []  # a draft's: added to those it is logged with
+        self._loaded = _Loaded({}, None, [], [])  # a committed version's fields as loaded
+        self._summary: ArtifactCollection | None = None
+        self._deleted = False
         self._entries = Overlay()  # the parent's manifest (if any) and the changes over it
         self._sources = _Sources()  # the local file of each file added here
         self._changes: list[tuple[str, list[Any]]] = []  # ("add", entries) | ("remove", paths)
@@ -114,14 +135,68 @@ class Artifact:
     # -- what it is ------------------------------------------------------------------------
 
     @property
+    def name(self) -> str:
+        """``NAME:vN`` once committed (as W&B names a version), else the draft's ``NAME``;
+        ``collection.name`` is the plain name of a committed one."""
+        return f"{self._name}:{self.version}" if self._saved else self._name
+
+    @property
+    def source_name(self) -> str:
+        """As :attr:`name` (W&B's name in the source collection: no version here is linked)."""
+        return self.name
+
+    @property
+    def collection(self) -> ArtifactCollection | None:
+        """The collection of a committed version (all the versions of its name) as it was when
+        this version was loaded; None for a draft."""
+        return self._summary
+
+    @property
     def version(self) -> str | None:
         """``"vN"`` once committed, else None."""
         return f"v{self._saved.version.number}" if self._saved else None
 
     @property
+    def state(self) -> str:
+        """``"PENDING"`` for a draft, ``"COMMITTED"`` for a version, ``"DELETED"`` once
+        :meth:`delete` deleted it, as W&B says."""
+        if self._saved is None:
+            return "PENDING"
+        return "DELETED" if self._deleted or self._saved.version.deleted else "COMMITTED"
+
+    def is_draft(self) -> bool:
+        """Whether this artifact is a draft, not (yet) a committed version."""
+        return self._saved is None
+
+    @property
     def aliases(self) -> list[str]:
-        """The aliases pointing at this version when it was loaded (``latest`` among them)."""
-        return sorted(self._saved.version.aliases) if self._saved else []
+        """The aliases of this version when it was loaded (``latest`` among them); of a draft,
+        those it is to get when logged (besides ``log_artifact``'s ``aliases``).
+
+        Assign or change the list, then ``await artifact.save()`` to move them (``latest``
+        cannot be added or removed: it follows the newest version)."""
+        return self._aliases
+
+    @aliases.setter
+    def aliases(self, aliases: Sequence[str]) -> None:
+        _check_aliases(aliases)
+        self._aliases = list(dict.fromkeys(aliases))
+
+    @property
+    def tags(self) -> list[str]:
+        """The version's tags (a list of str: 1-128 letters, digits, ``_``, ``.``, ``-`` and
+        inner spaces each), set on a draft before it is logged, or changed on a committed
+        version and stored with ``await artifact.save()``.
+
+        Raises:
+            InvalidInputError: on assignment, a tag that is not valid (checked again when the
+                artifact is logged or saved, so ``artifact.tags.append(tag)`` works).
+        """
+        return self._tags
+
+    @tags.setter
+    def tags(self, tags: Sequence[str]) -> None:
+        self._tags = check_tags(tags)
 
     @property
     def digest(self) -> str:
@@ -144,7 +219,20 @@ class Artifact:
     @property
     def qualified_name(self) -> str:
         """``project/name:vN`` for a committed artifact, else the bare name."""
-        return f"{self.project}/{self.name}:{self.version}" if self._saved else self.name
+        return f"{self.project}/{self._name}:{self.version}" if self._saved else self._name
+
+    @property
+    def updated_at(self) -> datetime | None:
+        """When this version was last edited (its metadata, description or tags), else when it
+        was committed (UTC), as loaded; None for a draft."""
+        if self._saved is None:
+            return None
+        return datetime.fromtimestamp(self._loaded.updated or self._saved.version.time, UTC)
+
+    @property
+    def file_count(self) -> int:
+        """How many files the artifact has."""
+        return self._file_count()
 
     @property
     def committed(self) -> bool:
@@ -335,6 +423,11 @@ class Artifact:
             self._changes.append((kind, list(items)))
 
     def _check_open(self) -> None:
+        if self._saved is not None and self._sealed:
+            raise SealedError(
+                f"this draft of {self._name} was already logged, as {self.qualified_name}, which "
+                "is committed and immutable; use new_draft()"
+            )
         if self._saved is not None:
             raise SealedError(f"{self.qualified_name} is committed and immutable; use new_draft()")
         if self._sealed:
@@ -375,6 +468,7 @@ class Artifact:
             check_mapping(self.metadata, "metadata"),  # again: it may have changed since
             check_description(self.description),
             ttl=self._ttl,
+            tags=check_tags(self._tags),
         )
 
     def _target(
@@ -402,11 +496,24 @@ class Artifact:
         concurrency: int = DEFAULT_CONCURRENCY,
         token: str | None = None,
     ) -> Artifact:
-        """Commit this draft outside any run; return the committed artifact.
+        """Commit this draft outside any run; or store the edits of a committed version.
 
-        A draft made by ``new_draft()`` goes to its parent's project and store. ``token`` is
-        for a server store (default ``$ASYNCART_TOKEN``).
+        A draft becomes the version it committed (this object: ``version``, ``state`` ...
+        are set), which is also returned. A draft made by ``new_draft()`` goes to its
+        parent's project and store. ``token`` is for a server store (default
+        ``$ASYNCART_TOKEN``).
+
+        On a committed version, the changes made to its ``metadata``, ``description``,
+        ``tags`` and ``aliases`` since it was loaded are stored (one ``version.edited`` record,
+        and an ``aliases.moved`` one; nothing when nothing changed), and this object is
+        reloaded. Its files cannot change (``SealedError``: use ``new_draft()``).
+
+        Raises:
+            InvalidInputError: an invalid value, or ``latest`` added or removed.
+            NotFoundError: the version no longer exists (DeletedError: it was deleted).
         """
+        if self._saved is not None:
+            return await self._save_edits(project, aliases)
         await load_backend(store)
         repo, project = self._target(project, store, token)
         await prepare_store(repo.store, create=True)
@@ -429,9 +536,46 @@ class Artifact:
             )
         spec = await self._prepare()
         _check_aliases(aliases)
-        state, version = await repo.commit(project, spec, list(aliases), actor, transfer)
+        wanted = list(dict.fromkeys([*aliases, *(a for a in self._aliases if a != "latest")]))
+        state, version = await repo.commit(project, spec, wanted, actor, transfer)
         self._sealed = True
-        return await load_version(repo, project, state, version)
+        return self._become(await load_version(repo, project, state, version))
+
+    def _become(self, committed: Artifact) -> Artifact:
+        """Make this (logged) draft the version it committed, as W&B does; return it."""
+        self.__dict__.clear()
+        self.__dict__.update(committed.__dict__)
+        self._sealed = True  # its files were logged: SealedError says so
+        return self
+
+    @holding_store
+    async def _save_edits(self, project: str | None, aliases: Sequence[str]) -> Artifact:
+        saved = self._require_saved()
+        if project not in (None, saved.project):
+            raise InvalidInputError(f"{self.qualified_name} is saved in its own project")
+        loaded = self._loaded
+        metadata = check_mapping(self.metadata, "metadata") or {}
+        description = check_description(self.description)
+        tags = check_tags(self._tags)
+        _check_aliases(aliases)
+        wanted = list(dict.fromkeys([*self._aliases, *aliases]))
+        _check_aliases(wanted)
+        edit = Edit(
+            metadata if metadata != loaded.metadata else None,
+            (description or "") if description != loaded.description else None,
+            [t for t in tags if t not in loaded.tags],
+            [t for t in loaded.tags if t not in tags],
+            _alias_list([a for a in wanted if a not in loaded.aliases]),
+            _alias_list([a for a in loaded.aliases if a not in wanted]),
+        )
+        number = saved.version.number
+        await saved.repo.edit(saved.project, self._name, number, edit, _user_actor())
+        state, version = await saved.repo.version(saved.project, self._name, number, None)
+        reloaded = await load_version(saved.repo, saved.project, state, version)
+        sealed = self._sealed
+        self._become(reloaded)
+        self._sealed = sealed
+        return self
 
     # -- reading a committed version -------------------------------------------------------
 
@@ -458,7 +602,7 @@ class Artifact:
         """
         saved = self._require_saved()
         target = (
-            Path(root) if root is not None else Path("artifacts") / f"{self.name}:{self.version}"
+            Path(root) if root is not None else Path("artifacts") / self.name  # NAME:vN
         )
         await download(
             saved.repo.store.blobs,
@@ -498,7 +642,7 @@ class Artifact:
         Unchanged files are never read, hashed or uploaded again.
         """
         saved = self._require_saved()
-        draft = Artifact(self.name, self.type, self.description, dict(self.metadata))
+        draft = Artifact(self._name, self.type, self.description, dict(self.metadata))
         draft._parent = saved
         draft._ttl = saved.version.commit.ttl
         draft._entries = Overlay(saved.manifest)  # the parent's entries are never copied
@@ -522,7 +666,7 @@ class Artifact:
         """
         saved = self._require_saved()
         return await runs_using(
-            saved.repo, saved.project, (saved.project, self.name, saved.version.number)
+            saved.repo, saved.project, (saved.project, self._name, saved.version.number)
         )
 
     async def diff(self, other: Artifact) -> ManifestDiff:
@@ -558,7 +702,7 @@ class Artifact:
         if both := set(add) & set(remove):
             raise InvalidInputError(f"cannot both add and remove {', '.join(sorted(both))}")
         number = saved.version.number
-        state = await saved.repo.collection(saved.project, self.name)
+        state = await saved.repo.collection(saved.project, self._name)
         for alias in remove:
             if state.aliases.get(alias) != number:
                 raise NotFoundError(
@@ -567,9 +711,9 @@ class Artifact:
                 )
         if add or remove:
             await saved.repo.move_aliases(
-                saved.project, self.name, number, add, remove, _user_actor()
+                saved.project, self._name, number, add, remove, _user_actor()
             )
-        state, version = await saved.repo.version(saved.project, self.name, number, None)
+        state, version = await saved.repo.version(saved.project, self._name, number, None)
         return await load_version(saved.repo, saved.project, state, version)
 
     @holding_store
@@ -593,8 +737,9 @@ class Artifact:
         """
         saved = self._require_saved()
         await saved.repo.delete(
-            saved.project, self.name, saved.version.number, delete_aliases, _user_actor(), dry_run
+            saved.project, self._name, saved.version.number, delete_aliases, _user_actor(), dry_run
         )
+        self._deleted = self._deleted or not dry_run
 
 
 class _Sources:
@@ -720,6 +865,15 @@ async def load_version(
     artifact = Artifact(state.name, state.type)
     # as stored (not checked again: a read never fails on what was once accepted), but a copy
     artifact.description, artifact.metadata = draft.description, copy.deepcopy(draft.metadata or {})
+    artifact._tags, artifact._aliases = list(draft.tags), sorted(version.aliases)
+    artifact._loaded = _Loaded(
+        copy.deepcopy(artifact.metadata),
+        draft.description,
+        list(draft.tags),
+        list(artifact._aliases),
+        version.edited,
+    )
+    artifact._summary = collection_summary(project, state)
     artifact._saved = _Saved(repo, project, state, version, manifest)
     return artifact
 

@@ -31,6 +31,7 @@ from ._domain.events import (
     UnknownEvent,
     VersionCommitted,
     VersionDeleted,
+    VersionEdited,
 )
 from ._domain.fold import CollectionState
 from ._domain.notes import CollectionNote, Note, decode_note
@@ -284,6 +285,8 @@ def describe(body: Body) -> str:
             return f"set the retention rule: {rule}" if rule else "cleared the retention rule"
         case CollectionDeleted(reason=reason):
             return "deleted the collection" + (f" ({reason})" if reason else "")
+        case VersionEdited(version=version):
+            return f"edited v{version}: " + _edited(body)
         case RunStarted(group=group, job_type=job_type):
             return f"started run (job type {job_type or '-'}, group {group or '-'})"
         case ArtifactUsed(project=project, name=name, version=version):
@@ -305,6 +308,14 @@ def _committed(body: VersionCommitted) -> str:
     if body.ttl is not None:
         text += f", ttl {duration_text(body.ttl)}"
     return text + (", snapshot" if body.snapshot else "")
+
+
+def _edited(body: VersionEdited) -> str:
+    metadata, tags = body.metadata, body.tags
+    parts = [] if metadata is None else [f"metadata {_listed(sorted(metadata)) or '(cleared)'}"]
+    parts += [] if body.description is None else ["description"]
+    parts += [] if tags is None else [f"tags {_listed(tags) or '(none)'}"]
+    return ", ".join(parts)
 
 
 def _count(n: int, noun: str) -> str:

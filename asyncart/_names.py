@@ -32,6 +32,36 @@ def check_alias(alias: str) -> str:
     return alias
 
 
+_TAG = re.compile(r"[A-Za-z0-9_.-]+(?: +[A-Za-z0-9_.-]+)*")
+MAX_TAG_CHARS = 128
+MAX_TAGS = 256  # tags are read with every version: a version is not a place for a list
+
+
+def check_tag(tag: object) -> str:
+    """Return ``tag`` if it is a valid tag: 1-128 letters, digits, '_', '.', '-' and inner
+    spaces (as W&B's, in ASCII); else raise InvalidInputError."""
+    if not isinstance(tag, str) or len(tag) > MAX_TAG_CHARS or not _TAG.fullmatch(tag):
+        shown = tag[:140] if isinstance(tag, str) else tag
+        raise InvalidInputError(
+            f"invalid tag {shown!r}: use 1-{MAX_TAG_CHARS} letters, digits, '_', '.', '-' "
+            "and spaces between them"
+        )
+    return tag
+
+
+def check_tags(tags: object) -> list[str]:
+    """The valid tags of ``tags`` (a list or tuple of str), each once, in their order; else
+    InvalidInputError."""
+    if isinstance(tags, str) or not isinstance(tags, list | tuple):
+        raise InvalidInputError(
+            f"tags must be a list of str, not {type(tags).__name__} (a str is one tag: [tag])"
+        )
+    checked = list(dict.fromkeys(check_tag(tag) for tag in tags))
+    if len(checked) > MAX_TAGS:
+        raise InvalidInputError(f"{len(checked)} tags: a version holds at most {MAX_TAGS}")
+    return checked
+
+
 MAX_SEGMENT_BYTES = 255  # NAME_MAX of Linux, macOS and Windows filesystems
 MAX_PATH_BYTES = 4096  # PATH_MAX of Linux: a longer entry path could never be downloaded
 

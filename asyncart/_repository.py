@@ -41,6 +41,7 @@ from ._domain.events import (
     Record,
     VersionCommitted,
     VersionDeleted,
+    VersionEdited,
     decode,
     encode,
     record_hash,
@@ -97,6 +98,22 @@ class DraftSpec:
     metadata: dict[str, Any] | None
     description: str | None
     ttl: float | None = None  # seconds (Artifact.ttl)
+    tags: Sequence[str] = ()
+
+
+@dataclass
+class Edit:
+    """What an edit of a committed version changes: each of ``metadata`` and ``description``
+    replaced unless None (``""`` clears the description), tags and aliases added and removed.
+    Tags and aliases are applied to the version as the log holds it at the append (another
+    writer's edits of other tags or aliases stay)."""
+
+    metadata: dict[str, Any] | None = None
+    description: str | None = None
+    add_tags: Sequence[str] = ()
+    remove_tags: Sequence[str] = ()
+    add_aliases: Sequence[str] = ()
+    remove_aliases: Sequence[str] = ()
 
 
 @dataclass
@@ -548,6 +565,29 @@ class Repository:
 
         await self._retrying(project, name, step)
 
+    async def edit(self, project: str, name: str, number: int, edit: Edit, actor: str) -> None:
+        """Change what ``edit`` says of version ``number``, in one append (a version.edited
+        record for its fields, an aliases.moved one for its aliases); nothing when it changes
+        nothing.
+
+        Raises:
+            NotFoundError: no such version (DeletedError: it was deleted).
+        """
+
+        async def step(state: CollectionState) -> None:
+            state, version = await self.version(project, name, number, None)
+            bodies: list[Event] = []
+            if (edited := _edited(version, edit)) is not None:
+                bodies.append(edited)
+            add = [a for a in edit.add_aliases if state.aliases.get(a) != number]
+            remove = [a for a in edit.remove_aliases if state.aliases.get(a) == number]
+            if add or remove:  # an alias moved elsewhere meanwhile is not this version's
+                bodies.append(AliasesMoved(number, add, remove))
+            if bodies:
+                await self.append(state, bodies, actor)
+
+        await self._retrying(project, name, step)
+
     async def delete(
         self,
         project: str,
@@ -839,7 +879,25 @@ def _new_metadata(spec: DraftSpec, version: Version) -> bool:
     """Whether ``spec`` sets metadata or a description that ``version`` does not have."""
     metadata = bool(spec.metadata) and spec.metadata != version.draft.metadata
     described = spec.description is not None and spec.description != version.draft.description
-    return metadata or described
+    return metadata or described or not set(spec.tags) <= set(version.draft.tags)
+
+
+def _edited(version: Version, edit: Edit) -> VersionEdited | None:
+    """The version.edited record that makes ``version`` what ``edit`` says (None: it is)."""
+    draft = version.draft
+    metadata = edit.metadata
+    if metadata is not None and metadata == (draft.metadata or {}):
+        metadata = None
+    description = edit.description
+    if description is not None and (description or None) == draft.description:
+        description = None
+    old = draft.tags
+    new = [t for t in old if t not in edit.remove_tags]
+    new += [t for t in dict.fromkeys(edit.add_tags) if t not in new]
+    tags = None if new == old else new
+    if metadata is None and description is None and tags is None:
+        return None
+    return VersionEdited(version.number, metadata, description, tags)
 
 
 def _for_draft(changes: Sequence[Change], draft: str) -> list[Event | AddedChunks]:
@@ -856,9 +914,9 @@ def _with_draft(change: Change, draft: str) -> Change:
 
 
 def _metadata(draft: str, spec: DraftSpec) -> list[Event]:
-    if spec.metadata is None and spec.description is None:
+    if spec.metadata is None and spec.description is None and not spec.tags:
         return []
-    return [MetadataSet(draft, spec.metadata, spec.description)]
+    return [MetadataSet(draft, spec.metadata, spec.description, list(spec.tags) or None)]
 
 
 def _committed(

@@ -122,13 +122,14 @@ class Run:
     ) -> Artifact:
         """Upload the draft's new files and commit it as the next version; return that version.
 
-        Content identical to the latest version makes no new version: the latest is returned
-        (and ``aliases`` move to it).
+        ``artifact`` becomes that version, as in W&B (``artifact.version`` is set) and is
+        returned. Content identical to the latest version makes no new version: it becomes
+        the latest (and ``aliases`` move to it; the draft's metadata and tags are not applied).
         """
         committed = await artifact._commit(
             self._require(), self.project, aliases, self.actor, Transfer(concurrency, progress)
         )
-        await self._record(ArtifactLogged(committed.name, _number(committed)))
+        await self._record(ArtifactLogged(committed._name, _number(committed)))
         return committed
 
     def _distributed_id(self, distributed_id: str | None) -> str:
@@ -162,7 +163,7 @@ class Run:
             Transfer(concurrency, progress),
             self._upserted.get((artifact.name, did)),
         )
-        self._upserted[(artifact.name, did)] = draft  # what a finish of this run must finish
+        self._upserted[(artifact._name, did)] = draft  # what a finish of this run must finish
         artifact._sealed = True
 
     async def discard_artifact(
@@ -174,7 +175,7 @@ class Run:
         Raises:
             NotFoundError: nothing is pending for ``distributed_id``.
         """
-        name = artifact if isinstance(artifact, str) else artifact.name
+        name = artifact if isinstance(artifact, str) else artifact._name
         did = self._distributed_id(distributed_id)
         await self._require().discard(self.project, name, did, self.actor)
         self._upserted.pop((name, did), None)
@@ -188,7 +189,8 @@ class Run:
         progress: ProgressCallback | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
     ) -> Artifact:
-        """Add the artifact's files (maybe none) and commit the pending version; return it.
+        """Add the artifact's files (maybe none) and commit the pending version; return it
+        (``artifact`` itself, which becomes that version, as in W&B).
 
         The pending version is the one this run upserted to, else the one pending when the
         call begins. If another finisher commits it meanwhile, that version is returned when
@@ -209,12 +211,12 @@ class Run:
             list(aliases),
             self.actor,
             Transfer(concurrency, progress),
-            upserted=self._upserted.get((artifact.name, did)),
+            upserted=self._upserted.get((artifact._name, did)),
         )
-        self._upserted.pop((artifact.name, did), None)
+        self._upserted.pop((artifact._name, did), None)
         artifact._sealed = True
-        committed = await load_version(repo, self.project, state, version)
-        await self._record(ArtifactLogged(committed.name, version.number))
+        committed = artifact._become(await load_version(repo, self.project, state, version))
+        await self._record(ArtifactLogged(committed._name, version.number))
         return committed
 
     async def use_artifact(self, ref: str | Artifact) -> Artifact:
@@ -222,7 +224,7 @@ class Run:
         if isinstance(ref, Artifact):
             ref = ref.qualified_name
         artifact = await load_artifact(self._require(), ref, self.project)
-        await self._record(ArtifactUsed(artifact.project or "", artifact.name, _number(artifact)))
+        await self._record(ArtifactUsed(artifact.project or "", artifact._name, _number(artifact)))
         return artifact
 
 

@@ -32,6 +32,7 @@ from asyncart._domain.events import (
     MetadataSet,
     Record,
     VersionCommitted,
+    VersionEdited,
     decode,
     record_hash,
 )
@@ -153,13 +154,14 @@ def _digest(n: int) -> str:
 
 @st.composite
 def histories(draw) -> list[Event]:
-    """A valid collection history: drafts (single and distributed), removals, metadata,
-    commits over parents, discards, alias moves and deletions of the whole collection."""
+    """A valid collection history: drafts (single and distributed), removals, metadata and
+    tags, commits over parents, discards, alias moves, edits and deletions of the whole
+    collection."""
     bodies: list[Event] = [CollectionCreated("ds", "dataset")]
     manifests: list[dict[str, Entry]] = []
     drafts: dict[str, tuple[int | None, list]] = {}
     dead = 0  # versions below this number were deleted with the collection
-    actions = ["open", "add", "remove", "meta", "commit", "alias", "drop"]
+    actions = ["open", "add", "remove", "meta", "commit", "alias", "edit", "drop"]
     for step in range(draw(st.integers(1, 30))):
         action = draw(st.sampled_from(actions))
         if action == "drop" and len(manifests) > dead:  # not twice in a row
@@ -185,7 +187,13 @@ def histories(draw) -> list[Event]:
             change = FilesRemoved(draft, draw(st.lists(st.sampled_from(["a", "c/", "f"]))))
         elif action == "meta":
             value = draw(st.integers(-(2**63), 2**63 - 1))
-            bodies.append(MetadataSet(draft, {"k": value}, "described"))
+            tags = draw(st.none() | st.lists(st.sampled_from(["t1", "t2"]), max_size=2))
+            bodies.append(MetadataSet(draft, {"k": value}, "described", tags))
+            continue
+        elif action == "edit" and len(manifests) > dead:
+            number = draw(st.integers(dead, len(manifests) - 1))
+            tags = draw(st.lists(st.sampled_from(["t1", "t2", "t3"]), max_size=2))
+            bodies.append(VersionEdited(number, draw(st.none() | st.just({})), "edited", tags))
             continue
         elif action == "alias" and len(manifests) > dead:
             number = draw(st.integers(dead, len(manifests) - 1))

@@ -2,8 +2,8 @@
 
 Each subcommand is an ``async def NAME(args, console) -> int`` registered with
 :func:`command`, next to a small function that declares its arguments, in a module of this
-package that is imported below (``_commands``: put, get, alias, audit; ``_browse``: ls,
-versions, show, diff, log). Adding one::
+package that is imported below (``_commands``: put, get, alias, audit; ``_versions``: tag;
+``_browse``: ls, versions, show, diff, log). Adding one::
 
     def _serve_args(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--port", type=int, default=8080, help="where to listen")
@@ -30,7 +30,7 @@ import anyio
 
 import asyncart
 
-from . import _browse, _commands, _retention  # noqa: F401  (importing them registers their commands)
+from . import _browse, _commands, _retention, _versions  # noqa: F401  (they register commands)
 from ._console import Console
 from ._registry import COMMANDS, command
 

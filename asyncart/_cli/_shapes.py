@@ -14,11 +14,12 @@ def artifact_data(artifact: asyncart.Artifact) -> dict[str, Any]:
     return {
         "artifact": artifact.qualified_name,
         "project": artifact.project,
-        "name": artifact.name,
+        "name": artifact.collection.name if artifact.collection else artifact.name,
         "type": artifact.type,
         "version": artifact.version,
         "digest": artifact.digest,
         "aliases": artifact.aliases,
+        "tags": artifact.tags,
         "files": len(artifact.manifest),
         "bytes": artifact.size,
         "created_at": artifact.created_at,

@@ -54,6 +54,7 @@ class MetadataSet(_Event, tag="metadata.set", frozen=True):
     draft: str
     metadata: dict[str, Any] | None = None
     description: str | None = None
+    tags: list[str] | None = None  # added to the draft's (the upserts of a draft add up)
 
 
 class VersionCommitted(_Event, tag="version.committed", frozen=True):
@@ -119,6 +120,18 @@ class CollectionDeleted(_Event, tag="collection.deleted", frozen=True):
     """
 
     reason: str = ""
+class VersionEdited(_Event, tag="version.edited", frozen=True):
+    """A committed version's descriptive fields changed (its files never do).
+
+    Only the fields that changed are set, each to its whole new value; None leaves a field as
+    it was. ``metadata`` ``{}`` clears it, ``description`` ``""`` clears it (to None), ``tags``
+    ``[]`` removes them all. An edit that sets nothing does not fold.
+    """
+
+    version: int
+    metadata: dict[str, Any] | None = None
+    description: str | None = None
+    tags: list[str] | None = None
 
 
 # -- run stream: one per run (lineage) ------------------------------------------------------
@@ -157,6 +170,7 @@ Event = (
     | VersionDeleted
     | RetentionSet
     | CollectionDeleted
+    | VersionEdited
     | RunStarted
     | ArtifactUsed
     | ArtifactLogged

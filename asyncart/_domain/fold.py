@@ -27,6 +27,7 @@ from .events import (
     UnknownEvent,
     VersionCommitted,
     VersionDeleted,
+    VersionEdited,
 )
 from .manifest import Manifest, Overlay
 
@@ -49,6 +50,7 @@ class Draft:
     metadata: dict[str, Any] | None = None
     description: str | None = None
     updated: float = 0.0  # time of its last record: draft expiry counts from it (see _gc.py)
+    tags: list[str] = field(default_factory=list)  # once committed, the version's (edits too)
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class Version:
     seq: int  # of the version.committed record
     aliases: set[str] = field(default_factory=set)
     deleted: Deletion | None = None
+    edited: float | None = None  # when a version.edited record last changed it
 
     @property
     def parent(self) -> int | None:
@@ -225,6 +228,8 @@ def _apply(state: CollectionState, record: Record) -> None:
                 draft.metadata = body.metadata
             if body.description is not None:
                 draft.description = body.description
+            if body.tags:
+                draft.tags = _union(draft.tags, body.tags)
         case VersionCommitted():
             if body.version != len(state.versions):
                 _broken(state, record, f"commits v{body.version}, expected v{len(state.versions)}")
@@ -248,6 +253,8 @@ def _apply(state: CollectionState, record: Record) -> None:
             state.retention = None if keep_last is None and older_than is None else body
         case CollectionDeleted():
             _delete_collection(state, record)
+        case VersionEdited():
+            _edit(state, record, body)
         case UnknownEvent(of=kind):  # a newer release wrote it: what it means is not ours to say
             state.unknown.append(Unknown(record.seq, kind))
         case _:
@@ -317,6 +324,28 @@ def _delete_collection(state: CollectionState, record: Record) -> None:
     for draft in list(state.drafts):  # a racing upsert conflicts: none is closed unseen
         _close(state, record, draft, None)
     state.deleted = deletion
+def _edit(state: CollectionState, record: Record, body: VersionEdited) -> None:
+    """A version's metadata, description or tags replaced (kept on its draft, where the
+    commit left them: a committed draft is the version's alone)."""
+    if not 0 <= body.version < len(state.versions):
+        _broken(state, record, f"edits missing v{body.version}")
+    version = state.versions[body.version]
+    if version.deleted is not None:
+        _broken(state, record, f"edits deleted v{body.version}")
+    if body.metadata is None and body.description is None and body.tags is None:
+        _broken(state, record, f"edits nothing of v{body.version}")
+    draft = version.draft
+    if body.metadata is not None:
+        draft.metadata = body.metadata or None
+    if body.description is not None:
+        draft.description = body.description or None
+    if body.tags is not None:
+        draft.tags = list(body.tags)
+    version.edited = record.time
+
+
+def _union(old: list[str], new: list[str]) -> list[str]:
+    return list(dict.fromkeys([*old, *new]))
 
 
 def _broken(state: CollectionState, record: Record, why: str) -> NoReturn:

@@ -49,6 +49,7 @@ from .._domain.events import (
     RunStarted,
     VersionCommitted,
     VersionDeleted,
+    VersionEdited,
     decode,
     encode,
     record_hash,
@@ -56,7 +57,7 @@ from .._domain.events import (
 from .._domain.fold import CollectionState, RunState, fold, fold_run
 from .._domain.notes import note_of
 from .._errors import AsyncartError, ConflictError, IntegrityError, InvalidInputError
-from .._names import check_alias, check_entry_path, check_name, check_prefix
+from .._names import check_alias, check_entry_path, check_name, check_prefix, check_tags
 from .._repository import _decode_chain, checkpointed
 from .._retention import check_rule, check_seconds
 from .._threads import HEAVY, maybe_thread
@@ -79,6 +80,7 @@ _COLLECTION_EVENTS = (
     VersionDeleted,
     RetentionSet,
     CollectionDeleted,
+    VersionEdited,
 )
 _REASON = 1000  # characters of a deletion's or discard's reason
 _BIG = 256 << 10  # bytes of records above which decoding and folding leave the loop
@@ -337,6 +339,13 @@ def _check_body(stream: str, body: Event) -> None:
         case MetadataSet(metadata=metadata, description=description):  # as the library checks
             check_mapping(metadata, "metadata")
             check_description(description)
+            if body.tags is not None:
+                check_tags(body.tags)
+        case VersionEdited(metadata=metadata, description=description, tags=tags):
+            check_mapping(metadata, "metadata")  # the fold checks the version, and that it
+            check_description(description)  # sets something
+            if tags is not None:
+                check_tags(tags)
         case RunStarted(group=group, job_type=job_type, config=config):
             for value, what in [(group, "group"), (job_type, "job_type")]:
                 if value is not None:
