@@ -30,7 +30,7 @@ import anyio
 
 import asyncart
 
-from . import _browse, _commands  # noqa: F401  (importing them registers their commands)
+from . import _browse, _commands, _files  # noqa: F401  (importing them registers their commands)
 from ._console import Console
 from ._registry import COMMANDS, command
 
