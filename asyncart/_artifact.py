@@ -482,9 +482,13 @@ class Artifact:
         _check_aliases(aliases)
         state, version = await repo.commit(project, spec, list(aliases), actor, transfer)
         self._sealed = True
-        if self._new_files is not None and (folder := self._new_files.take()):
-            await anyio.to_thread.run_sync(shutil.rmtree, folder, True)  # uploaded: not needed
+        await self._drop_new_files()
         return await load_version(repo, project, state, version)
+
+    async def _drop_new_files(self) -> None:
+        """Remove the files ``new_file`` wrote, once the draft is logged (uploaded by then)."""
+        if self._new_files is not None and (folder := self._new_files.take()):
+            await anyio.to_thread.run_sync(shutil.rmtree, folder, True)
 
     # -- reading a committed version -------------------------------------------------------
 

@@ -91,24 +91,32 @@ class ArtifactFiles:
         if isinstance(names, str):
             raise InvalidInputError("names must be a list of paths, not a string")
         self._artifact, self._manifest, self.per_page = artifact, manifest, per_page
-        self._named: list[Entry] | None = None
-        if names is not None:  # those in the version, in path order (as W&B, others left out)
-            found = (manifest.get(name) for name in set(names) if isinstance(name, str))
+        self._names = None if names is None else list(names)
+        self._named: list[Entry] | None = None  # the entries of ``names``, once looked up
+
+    def _lookup(self) -> list[Entry]:
+        """The entries of ``names`` in the version, in path order (others left out, as W&B)."""
+        if self._named is None:
+            assert self._names is not None
+            found = (self._manifest.get(n) for n in set(self._names) if isinstance(n, str))
             self._named = sorted((e for e in found if e is not None), key=lambda e: e.path)
+        return self._named
 
     def __len__(self) -> int:
-        return len(self._named) if self._named is not None else len(self._manifest)
+        return len(self._manifest) if self._names is None else len(self._lookup())
 
     async def pages(self) -> AsyncIterator[list[ArtifactEntry]]:
         """The entries, ``per_page`` at a time (a large page is made in a worker thread)."""
+        if self._names is not None:
+            await maybe_thread(len(self._names) > HEAVY, self._lookup)
         heavy = self.per_page > HEAVY
         for start in range(0, len(self), self.per_page):
             yield await maybe_thread(heavy, self._page, start)
 
     def _page(self, start: int) -> list[ArtifactEntry]:
         stop = start + self.per_page
-        if self._named is not None:
-            entries = self._named[start:stop]
+        if self._names is not None:
+            entries = self._lookup()[start:stop]
         else:
             entries = self._manifest.entries_at(start, stop)
         return [ArtifactEntry(self._artifact, e) for e in entries]

@@ -159,6 +159,7 @@ class Run:
         )
         self._upserted[(artifact.name, did)] = draft  # what a finish of this run must finish
         artifact._sealed = True
+        await artifact._drop_new_files()
 
     async def discard_artifact(
         self, artifact: Artifact | str, distributed_id: str | None = None
@@ -208,6 +209,7 @@ class Run:
         )
         self._upserted.pop((artifact.name, did), None)
         artifact._sealed = True
+        await artifact._drop_new_files()
         committed = await load_version(repo, self.project, state, version)
         await self._record(ArtifactLogged(committed.name, version.number))
         return committed

@@ -190,7 +190,7 @@ async def test_files_are_listed_a_page_at_a_time(where, tmp_path):
         saved.files(names="f000.txt")
 
 
-async def test_a_large_listing_pages_off_the_loop(tmp_path):
+async def test_a_large_listing_pages_off_the_loop(tmp_path, monkeypatch):
     """Pages above a few thousand entries are made in a thread (blockbuster checks the loop);
     the pages are made one at a time from the manifest."""
     src = tmp_path / "big"
@@ -200,8 +200,17 @@ async def test_a_large_listing_pages_off_the_loop(tmp_path):
     artifact = asyncart.Artifact("big", "dataset")
     await artifact.add_dir(src)
     saved = await artifact.save("demo", str(tmp_path / "store"))
+    spans: list[tuple[int, int]] = []
+    entries_at = asyncart.Manifest.entries_at
+
+    def recorded(manifest: asyncart.Manifest, start: int, stop: int) -> list[asyncart.Entry]:
+        spans.append((start, stop))
+        return entries_at(manifest, start, stop)
+
+    monkeypatch.setattr(asyncart.Manifest, "entries_at", recorded)
     sizes = [len(page) async for page in saved.files(per_page=2500).pages()]
     assert sizes == [2500, 2500, 1000]
+    assert spans == [(0, 2500), (2500, 5000), (5000, 7500)]  # a page made at a time
 
 
 # -- download: prefix, and leaving good files in place ----------------------------------------
@@ -231,8 +240,10 @@ async def test_downloading_again_fetches_only_what_changed(where, tmp_path):
 
     mark = where.server.log_size() if where.server else 0
     artifact, counted = await _counted(where)
-    await artifact.download(root)
+    seen: list[asyncart.Progress] = []
+    await artifact.download(root, progress=seen.append)
     assert (counted.files, counted.bytes) == (0, 0)  # everything was in place
+    assert (seen[-1].files_done, seen[-1].bytes_done) == (len(FILES), total)  # done, kept
     if where.server:
         assert _blob_gets(where.server, mark) == []
 
@@ -344,6 +355,31 @@ async def test_new_file_adds_nothing_when_its_block_fails(tmp_path, monkeypatch)
     root = await saved.download(tmp_path / "out")
     assert _listing(root) == ["a.txt"] and (root / "a.txt").read_text() == "two"
     assert os.listdir(tmp_path / "tmp") == []
+
+
+async def test_new_file_in_a_run_logged_upserted_and_finished(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    store = str(tmp_path / "store")
+    async with asyncart.init("demo", group="g", store=store) as run:
+        logged = asyncart.Artifact("notes", "text")
+        async with logged.new_file("n.txt") as f:
+            await f.write("logged")
+        await run.log_artifact(logged)
+        assert os.listdir(tmp_path / "tmp") == []
+        part = asyncart.Artifact("shards", "dataset")
+        async with part.new_file("s0.txt") as f:
+            await f.write("shard 0")
+        await run.upsert_artifact(part)
+        assert os.listdir(tmp_path / "tmp") == []
+        last = asyncart.Artifact("shards", "dataset")
+        async with last.new_file("s1.txt") as f:
+            await f.write("shard 1")
+        finished = await run.finish_artifact(last)
+        assert os.listdir(tmp_path / "tmp") == []
+    assert sorted(finished.manifest.entries) == ["s0.txt", "s1.txt"]
+    root = await finished.download(tmp_path / "out")
+    assert (root / "s1.txt").read_text() == "shard 1"
 
 
 async def test_add_file_is_tmp_names_the_file_by_its_content(tmp_path):
