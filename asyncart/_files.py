@@ -3,8 +3,10 @@ that mirrors a version, and the temporary files that ``new_file`` writes into a 
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -133,20 +135,41 @@ class ArtifactFiles:
 def remove_others(root: Path, manifest: Manifest) -> list[str]:
     """Remove everything under ``root`` that is not a file of ``manifest`` (blocking): other
     files, links (never followed) and the directories left empty. Return the removed paths,
-    relative to ``root``, sorted."""
-    removed = []
-    for folder, dirs, files in os.walk(root, topdown=False):
+    relative to ``root`` (a directory's with a final ``/``), sorted.
+
+    Each removal is relative to its folder's open descriptor: a directory swapped for a link
+    meanwhile cannot lead it outside ``root``.
+
+    Raises:
+        InvalidInputError: something cannot be removed (naming it, and why).
+    """
+    removed: list[str] = []
+    for folder, dirs, files, fd in os.fwalk(root, topdown=False):
         base = os.path.relpath(folder, root)
         prefix = "" if base == "." else base.replace(os.sep, "/") + "/"
-        links = [d for d in dirs if os.path.islink(os.path.join(folder, d))]
-        for name in [*files, *links]:  # a link to a directory is not walked into: a file here
+        for name in files:
             if prefix + name not in manifest:
-                os.unlink(os.path.join(folder, name))
-                removed.append(prefix + name)
-        if prefix and not os.listdir(folder):
-            os.rmdir(folder)
-            removed.append(prefix)
+                _remove(os.unlink, name, fd, prefix + name, root, removed)
+        for name in dirs:  # walked already (bottom up): empty now, or holding version files
+            if stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                _remove(os.unlink, name, fd, prefix + name, root, removed)  # not followed
+            else:
+                _remove(os.rmdir, name, fd, prefix + name + "/", root, removed)
     return sorted(removed)
+
+
+def _remove(
+    how: Callable[..., None], name: str, fd: int, path: str, root: Path, removed: list[str]
+) -> None:
+    try:
+        how(name, dir_fd=fd)
+    except OSError as e:
+        if how is os.rmdir and e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            return  # it holds files of the version
+        raise InvalidInputError(
+            f"cannot remove {path!r} under {root}, which is not in the version: {e.strerror or e}"
+        ) from None
+    removed.append(path)
 
 
 def tmp_name(name: str, digest: str) -> str:

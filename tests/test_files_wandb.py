@@ -285,6 +285,18 @@ async def test_checkout_removes_what_the_version_does_not_hold(where, tmp_path):
     await artifact.verify(root)
 
 
+async def test_checkout_refuses_a_directory_in_a_files_place_and_removes_nothing(tmp_path):
+    saved = await _saved(Where(str(tmp_path / "store")), tmp_path)
+    root = tmp_path / "work"
+    (root / "a.txt").mkdir(parents=True)  # a directory where a file of the version goes
+    (root / "extra.txt").write_text("stays: the checkout failed before removing anything")
+    with pytest.raises(InvalidInputError, match=r"refusing to overwrite .*a.txt: not a regular"):
+        await saved.checkout(root)
+    assert (root / "extra.txt").exists()
+    with pytest.raises(InvalidInputError, match="is a draft"):
+        await asyncart.Artifact("d", "dataset").checkout(root)
+
+
 async def test_verify_raises_a_value_error_naming_each_file(tmp_path, monkeypatch):
     saved = await _saved(Where(str(tmp_path / "store")), tmp_path)
     monkeypatch.chdir(tmp_path)
