@@ -10,12 +10,14 @@ import stat
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING
+
+import anyio
 
 from ._domain.events import Entry
 from ._domain.manifest import Manifest
-from ._errors import InvalidInputError
+from ._errors import InvalidInputError, NotFoundError
 from ._threads import HEAVY, maybe_thread
 
 if TYPE_CHECKING:
@@ -214,3 +216,28 @@ class DraftFiles:
             threading.Thread(target=shutil.rmtree, args=(self._folder, True)).start()
         except RuntimeError:  # the interpreter is shutting down: no more threads
             shutil.rmtree(self._folder, ignore_errors=True)
+
+
+async def artifact_from_path(
+    path: str | os.PathLike[str], name: str | None, type: str | None, run_id: str
+) -> Artifact:
+    """The draft W&B's ``run.log_artifact(path, name=None, type=None)`` builds: a directory's
+    files, or one file, named ``run-RUN_ID-BASENAME`` and typed ``unspecified`` by default.
+
+    Raises:
+        NotFoundError: nothing is at ``path``.
+        InvalidInputError: the name (given or made) is not a valid artifact name.
+    """
+    from ._artifact import Artifact  # the artifact module imports this one
+
+    local = os.fspath(path)
+    base = PurePath(local).name
+    artifact = Artifact(name or f"run-{run_id}-{base}", type or "unspecified")
+    where = anyio.Path(local)
+    if await where.is_dir():
+        await artifact.add_dir(local)
+    elif await where.exists():
+        await artifact.add_file(local)
+    else:
+        raise NotFoundError(f"cannot log {local}: no such file or directory")
+    return artifact

@@ -442,6 +442,25 @@ async def test_add_dir_does_not_follow_a_linked_directory_and_says_so(tmp_path):
     assert sorted(artifact.manifest.entries) == FILES
 
 
+async def test_log_artifact_of_a_path_builds_the_artifact(where, tmp_path):
+    src = _tree(tmp_path / "src")
+    async with asyncart.init("demo", id="r1", store=where.store, token=where.token) as run:
+        folder = await run.log_artifact(str(src) + "/")
+        assert (folder.name, folder.type, folder.version) == ("run-r1-src", "unspecified", "v0")
+        assert sorted(folder.manifest.entries) == FILES
+        one = await run.log_artifact(src / "a.txt", name="alpha", type="text", aliases=["x"])
+        assert (one.name, one.type, list(one.manifest.entries)) == ("alpha", "text", ["a.txt"])
+        assert "x" in one.aliases
+        with pytest.raises(NotFoundError, match="no such file or directory"):
+            await run.log_artifact(tmp_path / "absent")
+        with pytest.raises(InvalidInputError, match="for logging a path"):
+            await run.log_artifact(asyncart.Artifact("d", "dataset"), name="other")
+    info = await asyncart.Api("demo", where.store, where.token).run("r1")
+    assert info.logged == (("run-r1-src", 0), ("alpha", 0))
+    got = await asyncart.Api("demo", where.store, where.token).artifact("alpha:x")
+    assert (await got.logged_by()).id == "r1"
+
+
 # -- the command line -----------------------------------------------------------------------
 
 
