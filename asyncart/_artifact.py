@@ -282,7 +282,8 @@ class Artifact:
 
         Files are regular files and symlinks to them. Anything else is skipped: FIFOs,
         devices and sockets (reading them would block or never end), symlinked directories
-        (not followed), broken or looping links. Skipped paths are reported in one
+        (not followed: a link can loop, lead outside the tree, or add the same files under
+        two paths), broken or looping links. Skipped paths are reported in one
         :class:`~asyncart.AsyncartWarning` per call (turn it into an error with
         ``warnings.simplefilter("error", asyncart.AsyncartWarning)``). A directory that cannot
         be listed, or a file name that is not UTF-8 or too long for an entry path, is an
