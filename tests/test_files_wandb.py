@@ -413,7 +413,7 @@ async def test_add_file_is_tmp_names_the_file_by_its_content(tmp_path):
     assert sorted(saved.manifest.entries) == sorted([first.path, second.path, packed.path])
 
 
-async def test_add_dir_merge_is_ws_name_for_overwrite(tmp_path):
+async def test_add_dir_merge_is_wandbs_name_for_overwrite(tmp_path):
     src = _tree(tmp_path / "src")
     artifact = asyncart.Artifact("ds", "dataset")
     await artifact.add_dir(src)
