@@ -35,10 +35,14 @@ from ._errors import FileChangedError as FileChangedError
 from ._errors import HasAliasesError as HasAliasesError
 from ._errors import IntegrityError as IntegrityError
 from ._errors import InvalidInputError as InvalidInputError
+from ._errors import MissingEntryError as MissingEntryError
 from ._errors import MissingPathError as MissingPathError
 from ._errors import NotDurableError as NotDurableError
 from ._errors import NotFoundError as NotFoundError
 from ._errors import SealedError as SealedError
+from ._errors import VerificationError as VerificationError
+from ._files import ArtifactEntry as ArtifactEntry
+from ._files import ArtifactFiles as ArtifactFiles
 from ._history import ArtifactCollection as ArtifactCollection
 from ._history import LogEntry as LogEntry
 from ._lineage import RunInfo as RunInfo
@@ -108,6 +112,8 @@ __all__ = (
     "Api",
     "Artifact",
     "ArtifactCollection",
+    "ArtifactEntry",
+    "ArtifactFiles",
     "AsyncartError",
     "AsyncartWarning",
     "AuditProblem",
@@ -130,6 +136,7 @@ __all__ = (
     "LogEntry",
     "Manifest",
     "ManifestDiff",
+    "MissingEntryError",
     "MissingPathError",
     "NotDurableError",
     "NotFoundError",
@@ -143,6 +150,7 @@ __all__ = (
     "SealedError",
     "Store",
     "UploadItem",
+    "VerificationError",
     "apply_retention",
     "audit",
     "gc",

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import getpass
 import os
+import shutil
 import stat
 import warnings
 from bisect import bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, overload
 
+import anyio
 import anyio.to_thread
 
 from ._backends.base import Store, UploadItem
@@ -24,11 +28,21 @@ from ._domain.fold import CollectionState, Version, matching_paths
 from ._domain.manifest import EntryList, Manifest, Overlay
 from ._errors import (
     AsyncartWarning,
-    IntegrityError,
     InvalidInputError,
+    MissingEntryError,
     MissingPathError,
     NotFoundError,
     SealedError,
+    VerificationError,
+)
+from ._files import (
+    DEFAULT_PER_PAGE,
+    WRITE_MODES,
+    ArtifactEntry,
+    ArtifactFiles,
+    DraftFiles,
+    remove_others,
+    tmp_name,
 )
 from ._history import ArtifactCollection, collection_summary
 from ._lineage import RunInfo, actor_run_id, run_info, runs_using
@@ -108,6 +122,7 @@ class Artifact:
 
     _built: Manifest | None = None  # the draft's manifest, until its files change again
     _ttl: float | None = None  # a draft's ttl in seconds (a committed version's is its commit's)
+    _new_files: DraftFiles | None = None  # where new_file writes, until the commit
 
     def __init__(
         self,
@@ -287,8 +302,13 @@ class Artifact:
         name: str | None = None,
         *,
         overwrite: bool = False,
+        is_tmp: bool = False,
     ) -> Entry:
         """Add one file as ``name`` (default: the file's own name); hashes it now.
+
+        With ``is_tmp`` (W&B's name), the name is made unique by content: the first hex digits
+        of the digest go between its stem and suffixes (``data.csv`` becomes
+        ``data.1a2b3c4d5e6f7a8b9c0d.csv``), so files of other content never clash.
 
         Only a regular file (or a symbolic link to one) can be added: a FIFO, a device like
         ``/dev/zero`` or a directory is refused without being opened.
@@ -304,8 +324,58 @@ class Artifact:
         local = os.fspath(local_path)
         path = check_entry_path(name if name is not None else os.path.basename(local))
         [entry] = await hash_files([(path, local)])
+        if is_tmp:
+            path = check_entry_path(tmp_name(path, entry.digest))
+            entry = Entry(path, entry.digest, entry.size)
         await self._add([entry], [(path, local)], overwrite)
         return entry
+
+    @contextlib.asynccontextmanager
+    async def new_file(
+        self, name: str, mode: str = "w", encoding: str | None = None, *, overwrite: bool = False
+    ) -> AsyncIterator[anyio.AsyncFile[Any]]:
+        """Write a file into the draft as ``name``: its content is added when the block ends.
+
+        Yields an :class:`anyio.AsyncFile` opened with ``mode`` (``"w"``: text, in
+        ``encoding``, default UTF-8; ``"wb"``: bytes; also ``"w+"``, ``"x"``...): its calls are
+        awaited (``await f.write(...)``), so writing never blocks the event loop. The file
+        lives in a folder of the system's temporary directory (``$TMPDIR``) until the draft is
+        committed, and is removed then; if the block raises, nothing is added and the file is
+        removed at once.
+
+        Example::
+
+            async with artifact.new_file("config/params.json") as f:
+                await f.write(json.dumps(params))
+
+        Raises:
+            InvalidInputError: a bad ``name`` or ``mode``, or ``name`` is already in the draft
+                and ``overwrite`` is False (checked before the block runs).
+        """
+        self._check_open()
+        path = check_entry_path(name)
+        if mode not in WRITE_MODES:
+            modes = ", ".join(sorted(WRITE_MODES))
+            raise InvalidInputError(f"new_file mode must be one of {modes}, not {mode!r}")
+        if not overwrite and path in self._entries:
+            raise InvalidInputError(
+                f"{path!r} is already in {self.name}; pass overwrite=True or remove() it first"
+            )
+        if self._new_files is None:
+            self._new_files = DraftFiles()
+        local = await self._new_files.new_path(anyio.to_thread.run_sync)
+        encoding = (encoding or "utf-8") if "b" not in mode else None
+        file = anyio.wrap_file(
+            await anyio.to_thread.run_sync(functools.partial(open, local, mode, encoding=encoding))
+        )
+        try:
+            async with file:
+                yield file
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.Path(local).unlink(missing_ok=True)
+            raise
+        await self.add_file(local, path, overwrite=overwrite)
 
     async def add_dir(
         self,
@@ -313,13 +383,18 @@ class Artifact:
         name: str | None = None,
         *,
         overwrite: bool = False,
+        merge: bool = False,
         progress: ProgressCallback | None = None,
     ) -> Sequence[Entry]:
         """Add every file under a directory, as ``name/relative/path`` (default: no prefix).
 
+        ``merge=True`` is W&B's name for ``overwrite=True``: a path already in the draft with
+        other content takes the new content (without either, that is an ``InvalidInputError``).
+
         Files are regular files and symlinks to them. Anything else is skipped: FIFOs,
         devices and sockets (reading them would block or never end), symlinked directories
-        (not followed), broken or looping links. Skipped paths are reported in one
+        (not followed: a link can loop, lead outside the tree, or add the same files under
+        two paths), broken or looping links. Skipped paths are reported in one
         :class:`~asyncart.AsyncartWarning` per call (turn it into an error with
         ``warnings.simplefilter("error", asyncart.AsyncartWarning)``). A directory that cannot
         be listed, or a file name that is not UTF-8 or too long for an entry path, is an
@@ -332,6 +407,7 @@ class Artifact:
         Returns the entries added, in path order (a read-only sequence).
         """
         self._check_open()
+        overwrite = overwrite or merge
         local = os.fspath(local_path)
         prefix = check_entry_path(name.rstrip("/")) + "/" if name else ""
         pairs, skipped = await anyio.to_thread.run_sync(_walk, local, prefix)
@@ -539,6 +615,7 @@ class Artifact:
         wanted = list(dict.fromkeys([*aliases, *(a for a in self._aliases if a != "latest")]))
         state, version = await repo.commit(project, spec, wanted, actor, transfer)
         self._sealed = True
+        await self._drop_new_files()
         return self._become(await load_version(repo, project, state, version))
 
     def _become(self, committed: Artifact) -> Artifact:
@@ -577,6 +654,11 @@ class Artifact:
         self._sealed = sealed
         return self
 
+    async def _drop_new_files(self) -> None:
+        """Remove the files ``new_file`` wrote, once the draft is logged (uploaded by then)."""
+        if self._new_files is not None and (folder := self._new_files.take()):
+            await anyio.to_thread.run_sync(shutil.rmtree, folder, True)
+
     # -- reading a committed version -------------------------------------------------------
 
     def _store_in_use(self) -> Store:
@@ -591,39 +673,92 @@ class Artifact:
     async def download(
         self,
         root: str | os.PathLike[str] | None = None,
+        path_prefix: str | None = None,
         *,
         progress: ProgressCallback | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
     ) -> Path:
         """Write the exact files of this version under ``root``; return the root.
 
-        ``root`` defaults to ``./artifacts/NAME:vN``. Existing files at entry paths are replaced;
-        other files are left alone. Every byte written is verified against its digest.
+        ``root`` defaults to ``./artifacts/NAME:vN``. ``path_prefix`` (as in W&B, a plain
+        string prefix: ``"images/"``, or ``"img"`` for ``img1.png`` too) downloads only the
+        files whose path starts with it. A file already at an entry's path with the right
+        size and digest is left in place and nothing is fetched for it (size first: a file of
+        another size is not read), so downloading an unchanged version again costs a hash of
+        the local files; other files at entry paths are replaced, and files that are not in
+        the version are left alone (see :meth:`checkout`). Every byte written is verified
+        against its digest.
+
+        Raises:
+            MissingPathError: no file of the version starts with ``path_prefix``.
         """
         saved = self._require_saved()
-        target = (
-            Path(root) if root is not None else Path("artifacts") / self.name  # NAME:vN
-        )
-        await download(
-            saved.repo.store.blobs,
-            saved.manifest,
-            target,
-            concurrency=concurrency,
-            progress=progress,
-        )
+        entries: Manifest | list[Entry] = saved.manifest
+        if path_prefix is not None:
+            entries = await maybe_thread(
+                len(saved.manifest) > HEAVY, _under_prefix, saved.manifest, path_prefix
+            )
+            if not entries:
+                raise MissingPathError(
+                    f"no file of {self.qualified_name} starts with {path_prefix!r}"
+                )
+        return await self._download_entries(entries, root, progress, concurrency)
+
+    @holding_store
+    async def _download_entries(
+        self,
+        entries: Manifest | Sequence[Entry],
+        root: str | os.PathLike[str] | None,
+        progress: ProgressCallback | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> Path:
+        saved = self._require_saved()
+        target = self._default_root(root)
+        blobs = saved.repo.store.blobs
+        await download(blobs, entries, target, concurrency=concurrency, progress=progress)
         return target
 
-    async def verify(self, root: str | os.PathLike[str]) -> None:
-        """Check that ``root`` holds every file of this version with the right bytes.
+    def _default_root(self, root: str | os.PathLike[str] | None) -> Path:
+        return Path(root) if root is not None else Path("artifacts") / self.name  # NAME:vN
+
+    @holding_store
+    async def checkout(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> Path:
+        """Make ``root`` hold exactly this version's files; return the root.
+
+        As :meth:`download` (files with the right content are left in place, nothing fetched
+        for them), then everything else under ``root`` is removed: files and symbolic links
+        that are not in the version (links are never followed), and the directories left
+        empty. ``root`` defaults to ``./artifacts/NAME:vN``.
+        """
+        saved = self._require_saved()
+        target = await self.download(root, progress=progress, concurrency=concurrency)
+        await anyio.to_thread.run_sync(remove_others, target, saved.manifest)
+        return target
+
+    async def verify(self, root: str | os.PathLike[str] | None = None) -> None:
+        """Check that ``root`` (default ``./artifacts/NAME:vN``) holds every file of this
+        version with the right bytes.
 
         Files under ``root`` that are not in the artifact are ignored.
 
         Raises:
-            IntegrityError: listing the missing and changed files.
+            VerificationError: naming the missing and changed files (an ``IntegrityError``,
+                and a ``ValueError`` as W&B raises).
         """
         saved = self._require_saved()
-        base = Path(root)
-        work = batches(saved.manifest.entries.values(), lambda e: e.size)
+        base = self._default_root(root)
+        work = await maybe_thread(
+            len(saved.manifest) > HEAVY,
+            batches,
+            saved.manifest.entries.values(),
+            _entry_size,
+        )
         found = await run_pool(
             work,
             lambda batch: anyio.to_thread.run_sync(_verify_batch, base, batch),
@@ -632,9 +767,38 @@ class Artifact:
         problems = sorted(p for batch in found for p in batch)
         if problems:
             shown = "; ".join(problems[:20]) + (" ..." if len(problems) > 20 else "")
-            raise IntegrityError(
-                f"{root} does not match {self.qualified_name}: {len(problems)} problems: {shown}"
+            raise VerificationError(
+                f"{base} does not match {self.qualified_name}: {len(problems)} problems: {shown}"
             )
+
+    def get_entry(self, name: str) -> ArtifactEntry:
+        """The file ``name`` of this version: ``path``, ``digest``, ``size``, ``ref``, and
+        ``await entry.download(root=None)``.
+
+        Raises:
+            MissingEntryError: no file of the version is ``name`` (a ``KeyError`` too, as
+                W&B raises).
+        """
+        saved = self._require_saved()
+        entry = saved.manifest.get(name) if isinstance(name, str) else None
+        if entry is None:
+            raise MissingEntryError(f"{self.qualified_name} has no file {name!r}")
+        return ArtifactEntry(self, entry)
+
+    def get_path(self, name: str) -> ArtifactEntry:
+        """W&B's older name for :meth:`get_entry` (the same entry)."""
+        return self.get_entry(name)
+
+    def files(
+        self, names: Sequence[str] | None = None, per_page: int = DEFAULT_PER_PAGE
+    ) -> ArtifactFiles:
+        """The files of this version, ``per_page`` at a time: ``async for entry in
+        artifact.files()`` (or ``.pages()`` for lists); ``len()`` counts them.
+
+        With ``names``, only those paths, in path order (names not in the version are left
+        out, as in W&B).
+        """
+        return ArtifactFiles(self, self._require_saved().manifest, names, per_page)
 
     def new_draft(self) -> Artifact:
         """Start a new version from this one: add, remove or replace a few files, then log it.
@@ -1061,3 +1225,11 @@ def _verify_batch(root: Path, entries: list[Entry]) -> list[str]:
         if (digest, size) != (entry.digest, entry.size):
             problems.append(f"changed {entry.path}")
     return problems
+
+
+def _entry_size(entry: Entry) -> int:
+    return entry.size
+
+
+def _under_prefix(manifest: Manifest, prefix: str) -> list[Entry]:
+    return list(manifest.under(prefix))

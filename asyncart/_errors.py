@@ -6,10 +6,12 @@ Every error derives from :class:`AsyncartError`::
     ├── NotFoundError            an artifact, version, alias, blob or run does not exist
     │   ├── DeletedError         the version was deleted (by whom, when)
     │   └── MissingPathError     ``remove`` matched no path (also a ``FileNotFoundError``)
+    │       └── MissingEntryError ``get_entry`` found no such file (also a ``KeyError``)
     ├── ConflictError            a stream moved on while we wrote to it (re-read, then retry)
     │   └── AlreadyFinishedError a distributed draft was committed by another finisher first
     ├── IntegrityError           bytes or records do not match their digest, checksum or hash chain
-    │   └── FileChangedError     a file changed between ``add_file`` and its upload
+    │   ├── FileChangedError     a file changed between ``add_file`` and its upload
+    │   └── VerificationError    ``verify`` found files that differ (also a ``ValueError``)
     ├── InvalidInputError        a bad name, path or argument (also a ``ValueError``)
     │   └── HasAliasesError      a version to delete has aliases (``delete_aliases=True``)
     ├── SealedError              a committed artifact or finished draft was modified
@@ -46,11 +48,21 @@ class DeletedError(NotFoundError):
 
 
 class MissingPathError(NotFoundError, FileNotFoundError):
-    """Raised by ``remove`` when no file or directory of the draft matches the path.
+    """Raised by ``remove`` when no file or directory of the draft matches the path (and by
+    ``download`` when no file starts with its ``path_prefix``).
 
     It is also a ``FileNotFoundError`` because W&B raises that for the same condition: code
     ported from W&B that catches it keeps working.
     """
+
+
+class MissingEntryError(MissingPathError, KeyError):
+    """Raised by ``Artifact.get_entry`` (and ``get_path``) when the version has no such file.
+
+    It is also a ``KeyError`` because W&B raises that for the same condition.
+    """
+
+    __str__ = Exception.__str__  # the message as is (a KeyError would quote it)
 
 
 class ConflictError(AsyncartError):
@@ -123,6 +135,14 @@ class IntegrityError(AsyncartError):
 
 class FileChangedError(IntegrityError):
     """Raised when a file's bytes no longer match the digest computed by ``add_file``."""
+
+
+class VerificationError(IntegrityError, ValueError):
+    """Raised by ``Artifact.verify`` when files under the root are missing or differ from the
+    version; the message names them.
+
+    It is also a ``ValueError`` because W&B raises that for the same condition.
+    """
 
 
 class InvalidInputError(AsyncartError, ValueError):

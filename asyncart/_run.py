@@ -13,6 +13,7 @@ from ._artifact import DEFAULT_PROJECT, Artifact, load_artifact, load_version
 from ._backends.base import Store
 from ._domain.events import ArtifactLogged, ArtifactUsed, RunFinished, RunStarted
 from ._errors import InvalidInputError
+from ._files import artifact_from_path
 from ._names import check_name
 from ._repository import Repository, Transfer
 from ._store import load_backend, open_store, prepare_store
@@ -114,9 +115,11 @@ class Run:
 
     async def log_artifact(
         self,
-        artifact: Artifact,
+        artifact: Artifact | str | os.PathLike[str],
         aliases: Sequence[str] = (),
         *,
+        name: str | None = None,
+        type: str | None = None,
         progress: ProgressCallback | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
     ) -> Artifact:
@@ -125,7 +128,15 @@ class Run:
         ``artifact`` becomes that version, as in W&B (``artifact.version`` is set) and is
         returned. Content identical to the latest version makes no new version: it becomes
         the latest (and ``aliases`` move to it; the draft's metadata and tags are not applied).
+
+        ``artifact`` may also be a directory or file path, as in W&B: the draft is made of its
+        files, named ``name`` (default ``run-RUN_ID-BASENAME``) and typed ``type`` (default
+        ``unspecified``); ``name`` and ``type`` are for a path only.
         """
+        if not isinstance(artifact, Artifact):
+            artifact = await artifact_from_path(artifact, name, type, self.id)
+        elif name is not None or type is not None:
+            raise InvalidInputError("name= and type= are for logging a path; this is an Artifact")
         committed = await artifact._commit(
             self._require(), self.project, aliases, self.actor, Transfer(concurrency, progress)
         )
@@ -161,10 +172,11 @@ class Run:
             did,
             self.actor,
             Transfer(concurrency, progress),
-            self._upserted.get((artifact.name, did)),
+            self._upserted.get((artifact._name, did)),
         )
         self._upserted[(artifact._name, did)] = draft  # what a finish of this run must finish
         artifact._sealed = True
+        await artifact._drop_new_files()
 
     async def discard_artifact(
         self, artifact: Artifact | str, distributed_id: str | None = None
@@ -215,6 +227,7 @@ class Run:
         )
         self._upserted.pop((artifact._name, did), None)
         artifact._sealed = True
+        await artifact._drop_new_files()
         committed = artifact._become(await load_version(repo, self.project, state, version))
         await self._record(ArtifactLogged(committed._name, version.number))
         return committed

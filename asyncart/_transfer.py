@@ -386,31 +386,57 @@ def _tree_manifest(
 
 async def download(
     blobs: BlobStore,
-    manifest: Manifest,
+    manifest: Manifest | Sequence[Entry],
     root: Path,
     *,
     concurrency: int = DEFAULT_CONCURRENCY,
     progress: ProgressCallback | None = None,
-) -> None:
-    """Write every entry of ``manifest`` under ``root``, verified; never writes outside ``root``."""
-    entries = list(manifest.entries.values())
-    work = await anyio.to_thread.run_sync(_plan_download, root, entries)
-    tracker = _Tracker(len(entries), manifest.size, progress)
+) -> int:
+    """Write every entry of ``manifest`` (or of a list of entries) under ``root``, verified;
+    never writes outside ``root``. Return the bytes fetched from the store.
+
+    A file already at an entry's path with the entry's size and digest is left in place and
+    nothing is fetched for it (its size is compared first: a file of another size is never
+    read), so downloading an unchanged version again reads local files only.
+    """
+    work, sizes, files, total = await anyio.to_thread.run_sync(_plan_download, root, manifest)
+    tracker = _Tracker(files, total, progress)
+    fetched = 0
 
     async def fetch(batch: list[tuple[str, str]]) -> int:
+        nonlocal fetched
+        stale = await anyio.to_thread.run_sync(_stale, batch, sizes)
         try:
-            return await blobs.get_files(batch)
+            fetched += await blobs.get_files(stale) if stale else 0
         except OSError as e:
-            if not _under(e, batch):
+            if not _under(e, stale):
                 raise  # not about the files written here (a network error is an OSError)
             raise InvalidInputError(
                 f"cannot download into {root}: writing {e.filename} failed: "
                 f"{e.strerror or e}; {_DOWNLOAD_ADVICE.get(e.errno or 0, 'choose another root')}"
             ) from None
+        return sum(sizes[digest] for digest, _ in batch)  # in place now, fetched or kept
 
     await run_pool(
         work, fetch, concurrency, lambda batch, nbytes: tracker.advance(len(batch), nbytes)
     )
+    return fetched
+
+
+def _stale(batch: list[tuple[str, str]], sizes: dict[str, int]) -> list[tuple[str, str]]:
+    """The (digest, destination) pairs of ``batch`` whose destination does not hold the blob
+    already: missing, not a regular file, of another size, or of other bytes (blocking)."""
+    out = []
+    for digest, dest in batch:
+        try:
+            st = os.stat(dest, follow_symlinks=False)
+            same = stat.S_ISREG(st.st_mode) and st.st_size == sizes[digest]
+            same = same and hash_file(dest, st.st_size) == (digest, sizes[digest])
+        except (OSError, NotFoundError, InvalidInputError):  # gone or unreadable: fetch it
+            same = False
+        if not same:
+            out.append((digest, dest))
+    return out
 
 
 _DOWNLOAD_ADVICE = {
@@ -430,14 +456,19 @@ def _under(error: OSError, batch: list[tuple[str, str]]) -> bool:
     }
 
 
-def _plan_download(root: Path, entries: list[Entry]) -> list[list[tuple[str, str]]]:
-    """Batches of (digest, destination) pairs, with every destination directory made safely."""
+def _plan_download(
+    root: Path, manifest: Manifest | Sequence[Entry]
+) -> tuple[list[list[tuple[str, str]]], dict[str, int], int, int]:
+    """Batches of (digest, destination) pairs, with every destination directory made safely;
+    each digest's size; and how many files and bytes there are."""
+    entries = list(manifest.entries.values() if isinstance(manifest, Manifest) else manifest)
     targets = _prepare_dirs(root, entries)
     sizes = {entry.digest: entry.size for entry in entries}
-    return batches(
+    work = batches(
         [(e.digest, dest) for e, dest in zip(entries, targets, strict=True)],
         lambda pair: sizes[pair[0]],
     )
+    return work, sizes, len(entries), sum(e.size for e in entries)
 
 
 def _prepare_dirs(root: Path, entries: list[Entry]) -> list[str]:

@@ -73,6 +73,9 @@ def _get_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dest", metavar="DEST", nargs="?", help="default ./artifacts/NAME:vN")
     project_option(parser)
     parser.add_argument("--verify", action="store_true", help="re-hash the files afterwards")
+    parser.add_argument(
+        "--path-prefix", metavar="P", help="only the files whose path starts with P (as W&B)"
+    )
 
 
 @command(
@@ -84,19 +87,23 @@ def _get_args(parser: argparse.ArgumentParser) -> None:
 )
 async def get(args: argparse.Namespace, console: Console) -> int:
     started = time.monotonic()
+    if args.verify and args.path_prefix is not None:
+        raise asyncart.InvalidInputError("--verify checks every file: not with --path-prefix")
     async with api_for(args) as api:
         artifact = await api.artifact(args.ref)
         with console.progress("downloading") as bar:
-            root = await artifact.download(args.dest, progress=bar)
+            root = await artifact.download(args.dest, args.path_prefix, progress=bar)
         if args.verify:
             await artifact.verify(root)
     seconds = time.monotonic() - started
     checked = "; verified" if args.verify else ""
-    human = (
-        f"downloaded {artifact.qualified_name} to {root}: {len(artifact.manifest)} files, "
-        f"{human_bytes(artifact.size)} in {seconds:.2f} s{checked}"
-    )
+    what = f"{len(artifact.manifest)} files, {human_bytes(artifact.size)}"
+    if args.path_prefix is not None:
+        what = f"the files starting with {args.path_prefix!r}"
+    human = f"downloaded {artifact.qualified_name} to {root}: {what} in {seconds:.2f} s{checked}"
     data = {**artifact_data(artifact), "dest": str(root), "verified": args.verify}
+    if args.path_prefix is not None:
+        data["path_prefix"] = args.path_prefix
     console.result(human, data, str(root))
     return 0
 

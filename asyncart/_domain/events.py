@@ -120,6 +120,8 @@ class CollectionDeleted(_Event, tag="collection.deleted", frozen=True):
     """
 
     reason: str = ""
+
+
 class VersionEdited(_Event, tag="version.edited", frozen=True):
     """A committed version's descriptive fields changed (its files never do).
 

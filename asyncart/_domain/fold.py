@@ -324,6 +324,8 @@ def _delete_collection(state: CollectionState, record: Record) -> None:
     for draft in list(state.drafts):  # a racing upsert conflicts: none is closed unseen
         _close(state, record, draft, None)
     state.deleted = deletion
+
+
 def _edit(state: CollectionState, record: Record, body: VersionEdited) -> None:
     """A version's metadata, description or tags replaced (kept on its draft, where the
     commit left them: a committed draft is the version's alone)."""
