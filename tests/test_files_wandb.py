@@ -446,7 +446,7 @@ async def test_log_artifact_of_a_path_builds_the_artifact(where, tmp_path):
     src = _tree(tmp_path / "src")
     async with asyncart.init("demo", id="r1", store=where.store, token=where.token) as run:
         folder = await run.log_artifact(str(src) + "/")
-        assert (folder.name, folder.type, folder.version) == ("run-r1-src", "unspecified", "v0")
+        assert (folder.name, folder.type, folder.version) == ("run-r1-src:v0", "unspecified", "v0")
         assert sorted(folder.manifest.entries) == FILES
         one = await run.log_artifact(src / "a.txt", name="alpha", type="text", aliases=["x"])
         assert (one.name, one.type, list(one.manifest.entries)) == ("alpha", "text", ["a.txt"])
