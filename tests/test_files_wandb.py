@@ -449,7 +449,7 @@ async def test_log_artifact_of_a_path_builds_the_artifact(where, tmp_path):
         assert (folder.name, folder.type, folder.version) == ("run-r1-src:v0", "unspecified", "v0")
         assert sorted(folder.manifest.entries) == FILES
         one = await run.log_artifact(src / "a.txt", name="alpha", type="text", aliases=["x"])
-        assert (one.name, one.type, list(one.manifest.entries)) == ("alpha", "text", ["a.txt"])
+        assert (one.name, one.type, list(one.manifest.entries)) == ("alpha:v0", "text", ["a.txt"])
         assert "x" in one.aliases
         with pytest.raises(NotFoundError, match="no such file or directory"):
             await run.log_artifact(tmp_path / "absent")
