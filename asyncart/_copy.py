@@ -21,12 +21,13 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from ._backends.base import BlobPaths, Store, UploadItem
+from ._backends.base import BlobPaths, Store, Swept, UploadItem
 from ._domain.events import FilesAdded, Record, VersionCommitted, decode
 from ._domain.fold import CollectionState, RunState, fold, fold_run
 from ._domain.notes import note_of
-from ._errors import ConflictError, InvalidInputError
+from ._errors import CollectedError, ConflictError, InvalidInputError
 from ._names import check_name
+from ._repository import COLLECTED_RETRIES
 from ._store import load_backend, open_store, prepare_store
 from ._threads import maybe_thread
 from ._transfer import DEFAULT_CONCURRENCY, batches, run_pool
@@ -157,14 +158,34 @@ class _Copier:
             if have != page[: len(have)]:
                 raise _other_history(stream, seq)
             if len(have) < len(page):
-                await self._blobs(records[len(have) :])
                 new = page[len(have) :]
-                await dst.append(stream, new, seq + len(have), note_of(folded))
+                await self._append(stream, records[len(have) :], new, seq + len(have), folded)
                 self.records += len(new)
             seq += len(page)
             self._tell()
         if await dst.read(stream, seq, 1):
             raise _other_history(stream, seq)
+
+    async def _append(
+        self,
+        stream: str,
+        records: Sequence[Record],
+        payloads: list[bytes],
+        at: int,
+        folded: CollectionState | RunState,
+    ) -> None:
+        """Copy the blobs of ``records``, then append them, as a commit does: carrying the
+        destination's collection epoch, read before its blobs were checked (see _gc.py), and
+        checking them again if a collection swept meanwhile."""
+        for tries in range(COLLECTED_RETRIES, -1, -1):
+            epoch = await self.dst.epoch() if isinstance(self.dst, Swept) else None
+            await self._blobs(records)
+            try:
+                await self.dst.log.append(stream, payloads, at, note_of(folded), epoch=epoch)
+                return
+            except CollectedError:
+                if not tries:
+                    raise
 
     async def _blobs(self, records: Sequence[Record]) -> None:
         """Copy the blobs ``records`` refer to that the destination lacks, and make them

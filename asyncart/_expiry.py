@@ -10,13 +10,11 @@ makes the append conflict, and the draft, touched again, is judged anew.
 from __future__ import annotations
 
 from ._domain.events import DraftDiscarded
-from ._domain.fold import CollectionState
+from ._domain.fold import EXPIRED, CollectionState
 from ._repository import Repository
 
 DRAFT_TTL: float | None = 7 * 86400.0
 """Seconds an open draft may stay untouched before ``gc`` discards it (None: never)."""
-EXPIRED = "expired"
-"""The reason of a discard made by expiry."""
 
 
 def expired_drafts(state: CollectionState, before: float) -> list[str]:

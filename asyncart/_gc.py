@@ -34,6 +34,7 @@ of the store is compared with its own marks only.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import shutil
 import struct
@@ -46,7 +47,7 @@ import anyio.to_thread
 import msgspec
 
 from ._artifact import _user_actor
-from ._backends.base import Collectable, Store
+from ._backends.base import Collectable, Store, StoredBlob
 from ._backends.http import HttpStore
 from ._domain.fold import CollectionState
 from ._errors import InvalidInputError
@@ -122,13 +123,11 @@ async def gc(
     dry run counts those versions but still marks their blobs.
 
     Raises:
-        InvalidInputError: a negative ``grace``.
+        InvalidInputError: a ``grace``, ``draft_ttl`` or ``now`` that is not a finite number
+            (``grace`` and ``draft_ttl``: 0 or more).
         BackendUnavailableError: on a server, a token that is not an admin's.
     """
-    if not grace >= 0:
-        raise InvalidInputError(f"grace must be 0 or more seconds, not {grace}")
-    if draft_ttl is not None and not draft_ttl >= 0:
-        raise InvalidInputError(f"draft_ttl must be 0 or more seconds, or None, not {draft_ttl}")
+    _check_times(grace, draft_ttl, now)
     await load_backend(store)
     opened = open_store(store, token)
     await prepare_store(opened, create=False)
@@ -155,8 +154,10 @@ async def collect(
     collector's clock).
 
     Raises:
-        InvalidInputError: the store cannot be collected here.
+        InvalidInputError: the store cannot be collected here; a ``grace``, ``draft_ttl``
+            or ``now`` that is not a finite number (``grace`` and ``draft_ttl``: 0 or more).
     """
+    _check_times(grace, draft_ttl, now)
     if not isinstance(store, Collectable):
         raise InvalidInputError(
             f"the store at {store.location} cannot be collected here (a server's store is "
@@ -197,6 +198,12 @@ async def collect(
     report.bytes_kept -= report.bytes_removed
     report.seconds = time.time() - started
     return report
+
+
+def _check_times(grace: float, draft_ttl: float | None, now: float | None) -> None:
+    for value, what in ((grace, "grace"), (draft_ttl, "draft_ttl"), (now, "now")):
+        if value is not None and not (math.isfinite(value) and (what == "now" or value >= 0)):
+            raise InvalidInputError(f"{what} must be a finite number of seconds, not {value}")
 
 
 _CANDIDATE = struct.Struct("<32sQ")  # digest, size
@@ -370,19 +377,11 @@ async def _candidates(
         nonlocal done
         for shard in shards:
             listed = await store.listed(shard)
-            marked = await anyio.to_thread.run_sync(marks.load, shard)
-            found = []
-            for blob in listed:
-                report.blobs_kept += 1
-                report.bytes_kept += blob.size
-                digest = bytes.fromhex(blob.digest)
-                if digest in marked:
-                    continue
-                if blob.written >= before:
-                    report.young_kept += 1
-                else:
-                    found.append(_CANDIDATE.pack(digest, blob.size))
-            await anyio.to_thread.run_sync(f.write, b"".join(found))
+            found, young = await anyio.to_thread.run_sync(_unmarked, marks, shard, listed, before)
+            report.blobs_kept += len(listed)
+            report.bytes_kept += sum(blob.size for blob in listed)
+            report.young_kept += young
+            await anyio.to_thread.run_sync(f.write, found)
             done += 1
             if progress is not None:
                 progress("sweep", done, len(SHARDS))
@@ -391,6 +390,24 @@ async def _candidates(
         async with anyio.create_task_group() as group:
             for _ in range(_SHARDS_AT_ONCE):
                 group.start_soon(worker)
+
+
+def _unmarked(
+    marks: _Marks, shard: str, listed: list[StoredBlob], before: float
+) -> tuple[bytes, int]:
+    """The candidates of one shard, packed, and how many unmarked blobs the grace keeps
+    (blocking: a shard of a large store holds thousands of blobs)."""
+    marked = marks.load(shard)
+    found, young = [], 0
+    for blob in listed:
+        digest = bytes.fromhex(blob.digest)
+        if digest in marked:
+            continue
+        if blob.written >= before:
+            young += 1
+        else:
+            found.append(_CANDIDATE.pack(digest, blob.size))
+    return b"".join(found), young
 
 
 async def _remark(repo: Repository, heads: dict[str, int], report: GcReport) -> set[str]:

@@ -67,7 +67,7 @@ SNAPSHOT_EVERY = 32  # a version at most this many commits from a snapshot (or a
 SNAPSHOT_RATIO = 2  # ... and at most this many times its size in entries to replay
 ENTRIES_PER_EVENT = 10_000  # a 1M-file ingest is 100 events, not 1M
 _MAX_ATTEMPTS = 200
-_COLLECTED_RETRIES = 5  # sweeps a commit outlasts before CollectedError reaches the caller
+COLLECTED_RETRIES = 5  # sweeps a commit outlasts before CollectedError reaches the caller
 _BIG_READ = 256 << 10  # bytes of records above which decoding leaves the loop
 
 
@@ -379,7 +379,7 @@ class Repository:
         """Store ``uploads`` (noting the epoch in ``stored``), then run ``attempt``; if a
         collector swept meanwhile (its append raised CollectedError), store them again (what
         the sweep took goes up again) and retry."""
-        for tries in range(_COLLECTED_RETRIES, -1, -1):
+        for tries in range(COLLECTED_RETRIES, -1, -1):
             stored.epoch = await self._store_files(uploads, transfer)
             try:
                 return await attempt()
@@ -394,7 +394,8 @@ class Repository:
         """Single-run and incremental flows: one atomic append opens, fills and commits a draft."""
         stored = _Stored()
         digest = await maybe_thread(len(spec.manifest) > HEAVY, lambda: spec.manifest.digest)
-        snapshots: dict[int, str | None] = {}  # by parent: a parent's chain never changes
+        # by parent (a parent's chain never changes) and epoch: after a sweep, put it again
+        snapshots: dict[tuple[int, int | None], str | None] = {}
 
         async def step(state: CollectionState) -> tuple[CollectionState, Version]:
             _check_type(state, spec)
@@ -407,15 +408,15 @@ class Repository:
                     await self.append(state, moved, actor)
                 return await self.version(project, spec.name, same.number, None)
             parent, changes = await self._relative(state, spec)
-            if parent is not None and parent not in snapshots:
-                snapshots[parent] = await self._maybe_snapshot(
+            if parent is not None and (parent, stored.epoch) not in snapshots:
+                snapshots[parent, stored.epoch] = await self._maybe_snapshot(
                     state, parent, spec.manifest, changes
                 )
             draft = uuid.uuid4().hex
             bodies: list[Event | AddedChunks] = [*_created(state, spec), DraftOpened(draft, parent)]
             bodies += _for_draft(changes, draft)
             bodies += _metadata(draft, spec)
-            snapshot = None if parent is None else snapshots[parent]
+            snapshot = None if parent is None else snapshots[parent, stored.epoch]
             bodies.append(_committed(state, draft, spec.manifest, snapshot, aliases, spec.ttl))
             number = len(state.versions)
             await self.append(state, bodies, actor, stored.epoch)
@@ -460,8 +461,8 @@ class Repository:
         async def step(state: CollectionState) -> str:
             _check_type(state, spec)
             closed = state.closed.get(upserted) if upserted else None
-            if closed is not None and state.deleted and state.deleted.seq == closed.seq:
-                raise _collection_deleted(f"the draft of {distributed_id!r} was closed: ", state)
+            if closed is not None and closed.version is None:
+                _raise_if_gone(closed, state)
             bodies, draft = _open_distributed(state, spec, distributed_id)
             bodies += [_with_draft(c, draft) for c in spec.changes] + _metadata(draft, spec)
             await self.append(state, bodies, actor, stored.epoch)
@@ -540,8 +541,8 @@ class Repository:
         actor: str,
     ) -> tuple[CollectionState, Version]:
         """The draft was finished by another: return its version if this finish adds nothing."""
-        if closed.version is None and state.deleted and state.deleted.seq == closed.seq:
-            raise _collection_deleted(f"the draft of {closed.distributed_id!r} was closed: ", state)
+        if closed.version is None:
+            _raise_if_gone(closed, state)
         if closed.version is None:
             raise AlreadyFinishedError(state.stream, closed.distributed_id, None, state.head)
         version = state.versions[closed.version]
@@ -690,6 +691,25 @@ class Repository:
         digest = await self.store.blobs.put_bytes(data)
         await self.store.blobs.flush()
         return digest
+
+
+def _raise_if_gone(closed: Closed, state: CollectionState) -> None:
+    """Raise DeletedError if a draft was closed, with no version, by the deletion of its
+    collection or by the collector's draft expiry: an upsert or finish of it must not open a
+    new draft that would hold only the files sent since (the earlier ones are in no version).
+    """
+    if state.deleted and state.deleted.seq == closed.seq:
+        raise _collection_deleted(f"the draft of {closed.distributed_id!r} was closed: ", state)
+    if closed.expired is not None:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(closed.expired))
+        raise DeletedError(
+            f"{state.stream.replace('/artifacts/', '/', 1)}: the pending draft of "
+            f"{closed.distributed_id!r} expired (gc discarded it at {when}, seq {closed.seq}, "
+            "untouched for longer than its draft_ttl); the files upserted to it are in no "
+            "version: upsert them again (a new run) to a new draft",
+            "gc",
+            closed.expired,
+        )
 
 
 def _collection_deleted(prefix: str, state: CollectionState) -> DeletedError:

@@ -47,7 +47,7 @@ class Server:
         args = ["serve", "--store", self.store, "--port", str(self.port), *self.extra]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                ["timeout", "-s", "KILL", "120", sys.executable, "-m", "asyncart._server", *args],
+                ["timeout", "-s", "KILL", "300", sys.executable, "-m", "asyncart._server", *args],
                 stdout=subprocess.PIPE,
                 stderr=log,
                 start_new_session=True,  # its own process group: `timeout` and the server

@@ -15,7 +15,7 @@ from _records import chain, created
 from _serving import Server
 
 import asyncart
-from asyncart import AccessDeniedError, AlreadyFinishedError, DeletedError, NotFoundError
+from asyncart import AccessDeniedError, DeletedError, NotFoundError
 from asyncart._backends.local import LocalStore
 from asyncart._cli import main
 from asyncart._domain.checkpoint import _MAGIC, decode_checkpoint, encode_checkpoint
@@ -287,7 +287,7 @@ async def test_draft_expiry_discards_only_the_old_drafts(tmp_path: Path) -> None
     async with asyncart.init(project="demo", store=store, group="g") as run:
         done = await run.finish_artifact(asyncart.Artifact("new", "dataset"))
         assert done.version == "v0" and set(done.manifest.entries) == {"new-g.txt"}
-        with pytest.raises(AlreadyFinishedError, match="as no version"):
+        with pytest.raises(DeletedError, match="draft of 'g' expired"):
             await run.finish_artifact(asyncart.Artifact("old", "dataset"))
     assert (await asyncart.audit(store=store)).ok
 
@@ -313,15 +313,36 @@ async def test_draft_expiry_through_gc_dry_run_and_ttl(collected: Where, tmp_pat
 
 
 async def test_an_upserter_after_its_draft_expired_is_told(tmp_path: Path) -> None:
-    store, path = str(tmp_path / "store"), tmp_path / "part.txt"
+    """After expiry, neither the run that upserted nor a finisher opens a new draft holding
+    only the later files (the earlier ones would be silently left out of the version)."""
+    store, path, later = str(tmp_path / "store"), tmp_path / "part.txt", tmp_path / "b.txt"
     path.write_text("part")
+    later.write_text("later")
     async with asyncart.init(project="demo", store=store, group="g") as run:
         part = asyncart.Artifact("ds", "dataset")
         await part.add_file(path)
         await run.upsert_artifact(part)
         await collect(LocalStore(store), grace=0, draft_ttl=0)
-        with pytest.raises(AlreadyFinishedError):
+        again = asyncart.Artifact("ds", "dataset")
+        await again.add_file(later)
+        with pytest.raises(DeletedError, match="draft of 'g' expired") as info:
+            await run.upsert_artifact(again)
+        assert info.value.actor == "gc"
+        with pytest.raises(DeletedError, match="expired"):
             await run.finish_artifact(asyncart.Artifact("ds", "dataset"))
+    async with asyncart.init(project="demo", store=store, group="g") as other:
+        with pytest.raises(DeletedError, match="expired"):  # nothing pending, nothing brought
+            await other.finish_artifact(asyncart.Artifact("ds", "dataset"))
+    assert await asyncart.Api("demo", store).artifact_versions("ds") == []
+
+
+async def test_a_deleted_collection_takes_its_retention_rule_along(tmp_path: Path) -> None:
+    where = Where(str(tmp_path / "store"))
+    await _log(where, tmp_path / "0", {"f.txt": "zero"})
+    await asyncart.set_retention("demo/ds", keep_last=1, store=where.store)
+    await _api(where).delete_collection("ds")
+    await _log(where, tmp_path / "1", {"f.txt": "one"})
+    assert await asyncart.retention_rules("demo/ds", store=where.store) == {}
 
 
 def test_cli_gc_draft_ttl(tmp_path: Path, capsys) -> None:

@@ -15,6 +15,7 @@ import asyncart
 from asyncart import ConflictError, InvalidInputError, LocalStore
 from asyncart._cli import main as cli_main
 from asyncart._domain.events import FilesAdded, VersionCommitted, decode
+from asyncart._gc import collect
 
 
 async def _history(store: str, files: Path) -> None:
@@ -203,3 +204,41 @@ def test_cli_copy_json(tmp_path: Path, files: Path, capsys: pytest.CaptureFixtur
     data = json.loads(capsys.readouterr().out)
     assert data["streams"] == 4 and data["blobs"] == 6
     assert cli_main(["audit", "--store", dst]) == 0
+
+
+class _SweptAfterCheck(StoreWith):
+    """A destination swept by a garbage collection right after the copy's first blob check."""
+
+    def __init__(self, store: LocalStore) -> None:
+        super().__init__(store, blobs=self)
+        self.checks = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner.blobs, name)
+
+    async def epoch(self) -> int:
+        return await self.inner.epoch()
+
+    async def missing(self, sizes: dict[str, int]) -> set[str]:
+        found = await self.inner.blobs.missing(sizes)
+        self.checks += 1
+        if self.checks == 1:
+            assert (await collect(self.inner, grace=0)).blobs_removed == 1
+        return found
+
+
+async def test_a_copy_carries_the_destinations_epoch(tmp_path: Path) -> None:
+    """A blob the destination held unreferenced (so the copy skipped it) and a collection then
+    swept: the append is refused, the copy checks again and sends it, and nothing is lost."""
+    src, dst = str(tmp_path / "src"), LocalStore(tmp_path / "dst")
+    (tmp_path / "f.txt").write_bytes(b"held by dst, referenced by nothing there")
+    art = asyncart.Artifact("ds", "dataset")
+    await art.add_file(tmp_path / "f.txt")
+    await art.save(project="demo", store=src)
+    await dst.create()
+    await dst.blobs.put_bytes(b"held by dst, referenced by nothing there")
+    swept = _SweptAfterCheck(dst)
+    await asyncart.copy_store(src, swept)
+    assert swept.checks == 2  # refused once, checked again
+    audit = await asyncart.audit(store=str(tmp_path / "dst"), read_data=True)
+    assert audit.ok, audit.problems

@@ -345,3 +345,32 @@ async def test_committers_racing_a_collector_never_lose_a_blob(
         await version.download(str(tmp_path / "check" / version.version))
     audit = await asyncart.audit(store=where.store, token=where.admin, read_data=True)
     assert audit.ok, audit.problems
+
+
+async def test_on_postgres_a_sweep_waiting_for_another_moves_the_epoch_itself(
+    pg_s3_store: str,
+) -> None:
+    """Two sweeps of one store object (a server's two gc requests): the second, which waited
+    for the lock while the first removed, still moves the epoch before its own removal."""
+    store = open_store(pg_s3_store)
+    assert isinstance(store, PostgresS3Store)
+    await prepare_store(store, create=True)
+    epochs: list[int] = []
+
+    async def epoch_now() -> int:  # Swept.epoch() would wait for the sweep that asks
+        async with store.log.connection() as conn:
+            return int(await conn.fetchval("SELECT epoch FROM asyncart_epoch"))
+
+    async def second() -> None:
+        async with store.sweeping():
+            await store.remove([await store.blobs.put_bytes(b"second")])
+            epochs.append(await epoch_now())
+
+    async with store.held():
+        first = await store.blobs.put_bytes(b"first")
+        async with anyio.create_task_group() as group, store.sweeping():
+            group.start_soon(second)
+            await anyio.sleep(0.2)  # the second sweep waits for the lock meanwhile
+            await store.remove([first])
+            epochs.append(await epoch_now())
+    assert epochs == [1, 2]

@@ -340,6 +340,13 @@ def test_an_edit_of_a_missing_or_deleted_version_or_of_nothing_does_not_fold() -
         [Record(STREAM, i, 0.0, "u", "", b) for i, b in enumerate([*opened, *twice])],
     )
     assert state.drafts["d"].tags == ["a", "b", "c"]  # the upserts' tags add up
+    many = [MetadataSet("d", tags=[f"a{i}" for i in range(200)]), MetadataSet("d", tags=["b"])]
+    many.append(MetadataSet("d", tags=[f"c{i}" for i in range(100)]))
+    with pytest.raises(asyncart.IntegrityError, match="over 256 tags"):  # else never editable
+        fold(
+            CollectionState(STREAM),
+            [Record(STREAM, i, 0.0, "u", "", b) for i, b in enumerate([*opened, *many])],
+        )
 
 
 @pytest.fixture

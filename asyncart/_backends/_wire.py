@@ -85,10 +85,10 @@ class Published(msgspec.Struct, forbid_unknown_fields=True):
 class GcBody(msgspec.Struct, forbid_unknown_fields=True):
     """The body of ``POST /gc``."""
 
-    grace: float = 3600.0
+    grace: Annotated[float, msgspec.Meta(ge=0)]
     dry_run: bool = False
-    now: float | None = None  # when ttl and retention rules are judged (default: the server's)
-    draft_ttl: float | None = 7 * 86400.0  # see asyncart/_expiry.py
+    now: float | None = None  # when ttl, rules and drafts' expiry are judged (None: the server's)
+    draft_ttl: Annotated[float, msgspec.Meta(ge=0)] | None = None  # absent: no draft expires
 
 
 class MintBody(msgspec.Struct, forbid_unknown_fields=True):

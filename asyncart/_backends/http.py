@@ -298,8 +298,8 @@ class HttpStore:
         self,
         grace: float,
         dry_run: bool,
-        now: float | None = None,
-        draft_ttl: float | None = 7 * 86400.0,
+        now: float | None,
+        draft_ttl: float | None,
     ) -> dict[str, Any]:
         """Have the server collect its store's garbage (an admin token); its report."""
         fields = {"grace": grace, "dry_run": dry_run, "draft_ttl": draft_ttl}

@@ -111,8 +111,8 @@ class PostgresS3Store:
 
     @asynccontextmanager
     async def _sweeping(self) -> AsyncIterator[None]:
-        self._bumped = False
         async with self.log.sweeping():
+            self._bumped = False  # under the lock: a sweep that ran before it bumped its own
             yield
 
     def sweeping(self) -> AbstractAsyncContextManager[None]:

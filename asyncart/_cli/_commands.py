@@ -11,6 +11,8 @@ import msgspec
 import asyncart
 
 from .._artifact import DEFAULT_PROJECT
+from .._expiry import DRAFT_TTL
+from .._gc import GRACE
 from .._names import parse_ref
 from ._console import Console, human_bytes
 from ._registry import api_for, command, project_option
@@ -201,14 +203,14 @@ def _gc_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--grace",
         type=parse_duration,
-        default=3600.0,
+        default=GRACE,
         metavar="DURATION",
         help="keep unreferenced blobs written less than this long ago (default 1h)",
     )
     parser.add_argument(
         "--draft-ttl",
         type=_draft_ttl,
-        default=7 * 86400.0,
+        default=DRAFT_TTL,
         metavar="DURATION",
         help="first discard pending drafts untouched this long (default 7d; 'never': keep)",
     )

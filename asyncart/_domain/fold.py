@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from .._errors import IntegrityError
+from .._names import MAX_TAGS
 from .events import (
     AliasesMoved,
     ArtifactLogged,
@@ -30,6 +31,9 @@ from .events import (
     VersionEdited,
 )
 from .manifest import Manifest, Overlay
+
+EXPIRED = "expired"
+"""The reason of a ``draft.discarded`` by the collector's draft expiry (asyncart/_expiry.py)."""
 
 
 @dataclass
@@ -91,6 +95,7 @@ class Closed:
     distributed_id: str
     seq: int
     version: int | None  # None: closed without naming a version
+    expired: float | None = None  # when, if the collector discarded it as expired
 
 
 @dataclass(frozen=True)
@@ -230,6 +235,8 @@ def _apply(state: CollectionState, record: Record) -> None:
                 draft.description = body.description
             if body.tags:
                 draft.tags = _union(draft.tags, body.tags)
+                if len(draft.tags) > MAX_TAGS:  # upserts add up: the version must stay editable
+                    _broken(state, record, f"gives draft {body.draft} over {MAX_TAGS} tags")
         case VersionCommitted():
             if body.version != len(state.versions):
                 _broken(state, record, f"commits v{body.version}, expected v{len(state.versions)}")
@@ -240,7 +247,7 @@ def _apply(state: CollectionState, record: Record) -> None:
         case DraftDiscarded():
             if body.same_as is not None and not 0 <= body.same_as < len(state.versions):
                 _broken(state, record, f"discards a draft as equal to missing v{body.same_as}")
-            _close(state, record, body.draft, body.same_as)
+            _close(state, record, body.draft, body.same_as, body.reason == EXPIRED)
         case AliasesMoved():
             if not 0 <= body.version < len(state.versions):
                 _broken(state, record, f"moves aliases to missing v{body.version}")
@@ -268,14 +275,21 @@ def _draft(state: CollectionState, record: Record, draft_id: str) -> Draft:
     return draft
 
 
-def _close(state: CollectionState, record: Record, draft_id: str, version: int | None) -> Draft:
+def _close(
+    state: CollectionState,
+    record: Record,
+    draft_id: str,
+    version: int | None,
+    expired: bool = False,
+) -> Draft:
     draft = _draft(state, record, draft_id)
     del state.drafts[draft_id]
     if draft.distributed_id is not None:
         if state.pending.get(draft.distributed_id) == draft_id:
             del state.pending[draft.distributed_id]
         # remembered so that a racing finisher of the same draft can tell (Repository.finish)
-        state.closed[draft_id] = Closed(draft_id, draft.distributed_id, record.seq, version)
+        when = record.time if expired else None
+        state.closed[draft_id] = Closed(draft_id, draft.distributed_id, record.seq, version, when)
     return draft
 
 
@@ -324,6 +338,7 @@ def _delete_collection(state: CollectionState, record: Record) -> None:
     for draft in list(state.drafts):  # a racing upsert conflicts: none is closed unseen
         _close(state, record, draft, None)
     state.deleted = deletion
+    state.retention = None  # the rule was the deleted collection's, not a later one's
 
 
 def _edit(state: CollectionState, record: Record, body: VersionEdited) -> None:
