@@ -89,6 +89,7 @@ class GcBody(msgspec.Struct, forbid_unknown_fields=True):
     dry_run: bool = False
     now: float | None = None  # when ttl and retention rules are judged (default: the server's)
     draft_ttl: float | None = 7 * 86400.0  # see asyncart/_expiry.py
+    project: str | None = None  # whose rules and drafts only (marks span every project)
 
 
 class MintBody(msgspec.Struct, forbid_unknown_fields=True):
