@@ -113,8 +113,15 @@ def empty_streams(log: Path, before: float, remove: bool) -> tuple[int, int]:
     count = size = 0
     for folder, _, names in os.walk(log):
         for name in names:
-            if name.endswith(".log") and not name.startswith("."):
-                held = remove_empty(Path(folder) / name, before, remove)
+            if not name.endswith(".log") or name.startswith("."):
+                continue
+            path = Path(folder) / name
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            if st.st_size == 0 and st.st_mtime < before:  # then judged again, under its lock
+                held = remove_empty(path, before, remove)
                 if held >= 0:
                     count, size = count + 1, size + held
     return count, size
