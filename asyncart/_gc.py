@@ -110,23 +110,22 @@ async def gc(
     in every project, safely while others write (see the README's "Deleting and collecting").
 
     Args:
-        project: apply ttl, retention rules and draft expiry to this project's collections
-            only (default: every project's). Blobs are marked from every project all the
-            same: projects share blobs, so a blob only one project's marks were taken from
-            could be another's.
         store: as for :func:`init`. On a server (an admin token) the server collects.
         token: as for :func:`init`.
         grace: keep unreferenced blobs written less than this many seconds ago (uploads
             whose commit has not landed yet).
         dry_run: remove nothing; report what would go.
-        progress: called with (phase, done, total) as marking and sweeping go (not over
-            HTTP: the server reports once, at the end).
+        progress: called with (phase, done, total) as each phase goes (see ``Progress``;
+            not over HTTP: the server reports once, at the end).
         now: the time (UNIX seconds) at which versions' ttl, retention rules and drafts'
             expiry are judged (default: the collector's clock).
         draft_ttl: first discard every pending distributed draft untouched (no record of
             it appended) for this many seconds, with a ``draft.discarded`` record saying it
             expired, so that its blobs go in the same run; None: never. A dry run counts
             them (``drafts_expired``) but discards nothing and still marks their blobs.
+        project: apply ttl, retention rules and draft expiry to this project's collections
+            only (default: every project's). Blobs are still marked from every project:
+            projects share blobs.
 
     Versions whose ttl has passed, and those retention rules let go, are deleted first
     (:func:`asyncart.apply_retention`), so the blobs only they held go in the same run; a
