@@ -6,7 +6,8 @@ collection's deletion, from which nothing can be read), and every blob an open d
 (its added files and its parent's; drafts untouched for ``draft_ttl`` are discarded first, see
 ``_expiry.py``); plus every blob written less than ``grace`` ago (an upload
 whose commit has not landed yet is not wasted; its safety does not rest on the grace). Marks
-are taken over every project of the store: projects share blobs.
+are taken over every project of the store: projects share blobs (``project`` only narrows
+which collections' ttl, retention rules and drafts' expiry are applied first).
 
 **Why a writer never loses a blob** (the *epoch*). A store counts the sweeps that removed blobs
 (its collection epoch, :class:`~asyncart._backends.base.Swept`). A writer reads the epoch
@@ -50,8 +51,9 @@ from ._artifact import _user_actor
 from ._backends.base import Collectable, Store, StoredBlob
 from ._backends.http import HttpStore
 from ._domain.fold import CollectionState
-from ._errors import InvalidInputError
+from ._errors import InvalidInputError, NotFoundError
 from ._expiry import DRAFT_TTL, expire_drafts
+from ._names import check_name
 from ._repository import Repository, iter_changes
 from ._retention import RetentionReport, count, expire_collection
 from ._store import load_backend, open_store, prepare_store
@@ -84,10 +86,14 @@ class GcReport(msgspec.Struct, kw_only=True):
     versions_retention: int = 0  # deleted first, by their collection's retention rule
     drafts_expired: int = 0  # open drafts discarded first, untouched for draft_ttl
     seconds: float = 0.0
+    project: str | None = None  # the project whose rules and drafts were applied (None: all)
 
 
 Progress = Callable[[str, int, int], None]
-"""Called with (phase, done, total): ``"mark"`` per collection, ``"sweep"`` per shard."""
+"""Called with (phase, done, total): ``"rules"`` per collection whose ttl, retention rule and
+drafts' expiry were applied, ``"mark"`` per collection marked, ``"sweep"`` per shard listed
+and compared with its marks, ``"remove"`` per candidate judged under the collector lock (the
+unmarked blobs older than the grace; not in a dry run)."""
 
 
 async def gc(
@@ -99,6 +105,7 @@ async def gc(
     progress: Progress | None = None,
     now: float | None = None,
     draft_ttl: float | None = DRAFT_TTL,
+    project: str | None = None,
 ) -> GcReport:
     """Remove every blob of the store that no live version, snapshot or open draft references,
     in every project, safely while others write (see the README's "Deleting and collecting").
@@ -109,14 +116,17 @@ async def gc(
         grace: keep unreferenced blobs written less than this many seconds ago (uploads
             whose commit has not landed yet).
         dry_run: remove nothing; report what would go.
-        progress: called with (phase, done, total) as marking and sweeping go (not over
-            HTTP: the server reports once, at the end).
+        progress: called with (phase, done, total) as each phase goes (see ``Progress``;
+            not over HTTP: the server reports once, at the end).
         now: the time (UNIX seconds) at which versions' ttl, retention rules and drafts'
             expiry are judged (default: the collector's clock).
         draft_ttl: first discard every pending distributed draft untouched (no record of
             it appended) for this many seconds, with a ``draft.discarded`` record saying it
             expired, so that its blobs go in the same run; None: never. A dry run counts
             them (``drafts_expired``) but discards nothing and still marks their blobs.
+        project: apply ttl, retention rules and draft expiry to this project's collections
+            only (default: every project's). Blobs are still marked from every project:
+            projects share blobs.
 
     Versions whose ttl has passed, and those retention rules let go, are deleted first
     (:func:`asyncart.apply_retention`), so the blobs only they held go in the same run; a
@@ -124,19 +134,28 @@ async def gc(
 
     Raises:
         InvalidInputError: a ``grace``, ``draft_ttl`` or ``now`` that is not a finite number
-            (``grace`` and ``draft_ttl``: 0 or more).
+            (``grace`` and ``draft_ttl``: 0 or more), or a bad project name.
+        NotFoundError: ``project`` has no collection in the store (nothing is collected).
         BackendUnavailableError: on a server, a token that is not an admin's.
     """
     _check_times(grace, draft_ttl, now)
+    if project is not None:
+        check_name(project, "project")
     await load_backend(store)
     opened = open_store(store, token)
     await prepare_store(opened, create=False)
     async with opened.held():
         if isinstance(opened, HttpStore):
-            reply = await opened.collect(grace, dry_run, now, draft_ttl)
+            reply = await opened.collect(grace, dry_run, now, draft_ttl, project)
             return msgspec.convert(reply, GcReport)
         return await collect(
-            opened, grace=grace, dry_run=dry_run, progress=progress, now=now, draft_ttl=draft_ttl
+            opened,
+            grace=grace,
+            dry_run=dry_run,
+            progress=progress,
+            now=now,
+            draft_ttl=draft_ttl,
+            project=project,
         )
 
 
@@ -148,14 +167,17 @@ async def collect(
     progress: Progress | None = None,
     draft_ttl: float | None = DRAFT_TTL,
     now: float | None = None,
+    project: str | None = None,
 ) -> GcReport:
     """:func:`gc` on an opened store of this process (a server runs it on its own);
     ``now`` is the time ttl, retention rules and drafts' expiry are judged at (default: the
-    collector's clock).
+    collector's clock), in ``project``'s collections only if given.
 
     Raises:
         InvalidInputError: the store cannot be collected here; a ``grace``, ``draft_ttl``
-            or ``now`` that is not a finite number (``grace`` and ``draft_ttl``: 0 or more).
+            or ``now`` that is not a finite number (``grace`` and ``draft_ttl``: 0 or more);
+            a bad project name.
+        NotFoundError: ``project`` has no collection in the store.
     """
     _check_times(grace, draft_ttl, now)
     if not isinstance(store, Collectable):
@@ -163,8 +185,10 @@ async def collect(
             f"the store at {store.location} cannot be collected here (a server's store is "
             "collected by the server: asyncart gc with an admin token)"
         )
+    if project is not None:
+        check_name(project, "project")
     started = time.time()
-    report = GcReport(dry_run=dry_run, grace=grace)
+    report = GcReport(dry_run=dry_run, grace=grace, project=project)
     scratch = await anyio.to_thread.run_sync(
         functools.partial(tempfile.mkdtemp, prefix="asyncart-gc-")
     )
@@ -172,24 +196,26 @@ async def collect(
         marks = _Marks(Path(scratch))
         repo = Repository(store)
         now = started if now is None else now
-        await _expire(repo, report, now)
-        if draft_ttl is not None:
-            await _expire_drafts(repo, report, now - draft_ttl)
+        drafts_before = None if draft_ttl is None else now - draft_ttl
+        await _lifecycle(repo, report, now, drafts_before, progress)
         heads = await _mark_store(repo, marks, report, progress)
         candidates = Path(scratch) / "candidates"
-        await _candidates(store, marks, candidates, started - grace, report, progress)
+        found = await _candidates(store, marks, candidates, started - grace, report, progress)
         if dry_run:
             late = await _remark(repo, heads, report)
             async for chunk in _chunks(candidates):
                 _count_removed(report, [b for b in chunk if b[0] not in late])
         else:
             async with store.sweeping():
-                late = await _remark(repo, heads, report)
+                late, judged = await _remark(repo, heads, report), 0
                 async for chunk in _chunks(candidates):
                     doomed = [b for b in chunk if b[0] not in late]
                     if doomed:
                         await store.remove([digest for digest, _ in doomed])
                     _count_removed(report, doomed)
+                    judged += len(chunk)
+                    if progress is not None:
+                        progress("remove", judged, found)
         count, size = await store.leftovers(started - grace, remove=not dry_run)
         report.leftovers_removed, report.leftover_bytes = count, size
     finally:
@@ -274,21 +300,40 @@ async def _collection_streams(repo: Repository) -> list[tuple[str, str, str]]:
     return found
 
 
-async def _expire(repo: Repository, report: GcReport, now: float) -> None:
-    """Delete (dry run: count) what versions' ttl and retention rules let go."""
+async def _lifecycle(
+    repo: Repository,
+    report: GcReport,
+    now: float,
+    drafts_before: float | None,
+    progress: Progress | None,
+) -> None:
+    """Delete (dry run: count) what versions' ttl and retention rules let go, then discard
+    (count) the drafts untouched since ``drafts_before`` (see _expiry.py), in the collections
+    of ``report.project`` (None: every project's).
+
+    Raises:
+        NotFoundError: that project has no collection.
+    """
     found = RetentionReport(dry_run=report.dry_run)
-    for _, project, name in await _collection_streams(repo):
+    streams = await _collection_streams(repo)
+    if report.project is not None:
+        streams = [s for s in streams if s[1] == report.project]
+        if not streams:
+            raise NotFoundError(
+                f"project {report.project!r} has no collection in the store at "
+                f"{repo.store.location}: nothing collected (check the name, or omit it)"
+            )
+    actor = _user_actor()
+    for done, (_, project, name) in enumerate(streams, 1):
         count(found, await expire_collection(repo, project, name, now, report.dry_run))
+        if drafts_before is not None:
+            report.drafts_expired += await expire_drafts(
+                repo, project, name, drafts_before, actor, report.dry_run
+            )
+        if progress is not None:
+            progress("rules", done, len(streams))
     report.versions_expired = found.versions_expired
     report.versions_retention = found.versions_retention
-
-
-async def _expire_drafts(repo: Repository, report: GcReport, before: float) -> None:
-    """Discard (dry run: count) the drafts untouched since ``before`` (see _expiry.py)."""
-    actor = _user_actor()
-    for _, project, name in await _collection_streams(repo):
-        found = await expire_drafts(repo, project, name, before, actor, report.dry_run)
-        report.drafts_expired += found
 
 
 async def _mark_store(
@@ -366,15 +411,15 @@ async def _candidates(
     before: float,
     report: GcReport,
     progress: Progress | None,
-) -> None:
+) -> int:
     """Write to ``out`` the blobs neither marked nor written after ``before``, shard by shard
     (so that memory holds the marks of a few shards at a time), ``_SHARDS_AT_ONCE`` shards at
-    once (listing a shard of a remote store is a request, or many)."""
+    once (listing a shard of a remote store is a request, or many); how many."""
     f = await anyio.to_thread.run_sync(open, out, "wb")
-    shards, done = iter(SHARDS), 0
+    shards, done, candidates = iter(SHARDS), 0, 0
 
     async def worker() -> None:
-        nonlocal done
+        nonlocal done, candidates
         for shard in shards:
             listed = await store.listed(shard)
             found, young = await anyio.to_thread.run_sync(_unmarked, marks, shard, listed, before)
@@ -382,7 +427,7 @@ async def _candidates(
             report.bytes_kept += sum(blob.size for blob in listed)
             report.young_kept += young
             await anyio.to_thread.run_sync(f.write, found)
-            done += 1
+            done, candidates = done + 1, candidates + len(found) // _CANDIDATE.size
             if progress is not None:
                 progress("sweep", done, len(SHARDS))
 
@@ -390,6 +435,7 @@ async def _candidates(
         async with anyio.create_task_group() as group:
             for _ in range(_SHARDS_AT_ONCE):
                 group.start_soon(worker)
+    return candidates
 
 
 def _unmarked(

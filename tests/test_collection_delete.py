@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -13,6 +12,7 @@ import msgspec
 import pytest
 from _records import chain, created
 from _serving import Server
+from _where import EVERY, THREE, Where, blobs, stores
 
 import asyncart
 from asyncart import AccessDeniedError, DeletedError, NotFoundError
@@ -33,38 +33,17 @@ from asyncart._repository import Repository, collection_stream
 STREAM = collection_stream("demo", "ds")
 
 
-@dataclass
-class Where:
-    store: str
-    token: str | None = None
-    admin: str | None = None  # a token that may collect garbage (http)
-    root: Path | None = None  # the store's directory, when it has one
-
-
-def _stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Where]:
-    if request.param == "pg":
-        yield Where(request.getfixturevalue("pg_s3_store"))
-    elif request.param == "http":
-        server = Server(tmp_path / "served").start()
-        try:
-            token, admin = server.token("demo", write=True), server.token(admin=True)
-            yield Where(server.url, token, admin, tmp_path / "served")
-        finally:
-            server.stop()
-    else:
-        yield Where(str(tmp_path / "store"), root=tmp_path / "store")
-
-
-@pytest.fixture(params=["local", "http", "pg"])
+@pytest.fixture(params=THREE)
 def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Where]:
     """A fresh local store, the same through a real server, or PostgreSQL + S3."""
-    yield from _stores(request, tmp_path)
+    yield from stores(request, tmp_path)
 
 
-@pytest.fixture(params=["local", "http"])
+@pytest.fixture(params=EVERY)
 def collected(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Where]:
-    """The stores a garbage collection runs on: local, and the same through a server."""
-    yield from _stores(request, tmp_path)
+    """The stores a garbage collection runs on: local, PostgreSQL + S3, and either through a
+    server (with an admin token)."""
+    yield from stores(request, tmp_path)
 
 
 def _api(where: Where) -> asyncart.Api:
@@ -89,10 +68,6 @@ async def _upsert(where: Where, tmp_path: Path, name: str, did: str, text: str) 
         part = asyncart.Artifact(name, "dataset")
         await part.add_file(path)
         await run.upsert_artifact(part, did)
-
-
-def _blobs(root: Path) -> set[str]:
-    return {p.name for p in (root / "blobs").glob("??/*") if len(p.name) == 64}
 
 
 # -- deleting a collection ----------------------------------------------------------------------
@@ -227,19 +202,18 @@ def test_cli_delete_collection_dry_run_and_json(tmp_path: Path, capsys) -> None:
 
 async def test_gc_reclaims_a_deleted_collections_blobs(collected: Where, tmp_path: Path) -> None:
     where = collected
-    assert where.root is not None
     await _log(where, tmp_path / "0", {"a": "only in ds v0", "s": "shared"})
     await _log(where, tmp_path / "1", {"b": "only in ds v1", "s": "shared"})
     kept = await _log(where, tmp_path / "o", {"s": "shared"}, name="other")
-    before = _blobs(where.root)
+    before = await blobs(where)
     await _api(where).delete_collection("ds")
 
     dry = await asyncart.gc(store=where.store, token=where.admin, grace=0, dry_run=True)
     assert (dry.blobs_removed, dry.bytes_removed) == (2, 2 * len("only in ds v0"))
-    assert _blobs(where.root) == before
+    assert await blobs(where) == before
     report = await asyncart.gc(store=where.store, token=where.admin, grace=0)
     assert (report.blobs_removed, report.bytes_removed) == (2, 2 * len("only in ds v0"))
-    assert len(_blobs(where.root)) == len(before) - 2
+    assert len(await blobs(where)) == len(before) - 2
     out = await kept.download(str(tmp_path / "out"))
     assert (Path(out) / "s").read_text() == "shared"
     assert (await asyncart.audit(store=where.store, token=where.admin)).ok
@@ -249,15 +223,15 @@ async def test_gc_drops_the_snapshots_of_a_deleted_collection(tmp_path: Path) ->
     """A snapshot of any version is kept while its collection lives (a live version may be
     read from it); once the collection is deleted, nothing can be."""
     store = str(tmp_path / "store")
-    where = Where(store, root=tmp_path / "store")
+    where = Where(store)
     for n in range(34):  # a snapshot is written every SNAPSHOT_EVERY versions
         await _log(where, tmp_path / str(n), {"f": f"v{n}", "s": "shared"})
     state = await Repository(LocalStore(store)).collection("demo", "ds")
     snapshots = {v.commit.snapshot for v in state.versions if v.commit.snapshot}
-    assert snapshots and snapshots <= _blobs(where.root)
+    assert snapshots and snapshots <= await blobs(where)
     await _api(where).delete_collection("ds")
     await collect(LocalStore(store), grace=0)
-    assert _blobs(where.root) == set()
+    assert await blobs(where) == set()
     assert (await asyncart.audit(store=store)).ok
 
 
@@ -266,7 +240,7 @@ async def test_gc_drops_the_snapshots_of_a_deleted_collection(tmp_path: Path) ->
 
 async def test_draft_expiry_discards_only_the_old_drafts(tmp_path: Path) -> None:
     store = str(tmp_path / "store")
-    where = Where(store, root=tmp_path / "store")
+    where = Where(store)
     await _upsert(where, tmp_path, "old", "g", "old draft")
     await _upsert(where, tmp_path, "new", "g", "new draft")
     repo = Repository(LocalStore(store))

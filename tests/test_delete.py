@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 import pytest
 from _serving import Server
+from _where import THREE, Where, stores
 
 import asyncart
 from asyncart import DeletedError, HasAliasesError, NotFoundError
@@ -23,25 +23,10 @@ from asyncart._repository import Repository, checkpointed, collection_stream
 STREAM = collection_stream("demo", "ds")
 
 
-@dataclass
-class Where:
-    store: str
-    token: str | None = None
-
-
-@pytest.fixture(params=["local", "http", "pg"])
+@pytest.fixture(params=THREE)
 def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Where]:
     """A fresh local store, the same through a real server, or PostgreSQL + S3."""
-    if request.param == "pg":
-        yield Where(request.getfixturevalue("pg_s3_store"))
-    elif request.param == "http":
-        server = Server(tmp_path / "served").start()
-        try:
-            yield Where(server.url, server.token("demo", write=True))
-        finally:
-            server.stop()
-    else:
-        yield Where(str(tmp_path / "store"))
+    yield from stores(request, tmp_path)
 
 
 async def _log(where: Where, root: Path, text: str, aliases: list[str] = ()) -> asyncart.Artifact:

@@ -5,37 +5,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import pytest
-from _serving import Server
+from _where import THREE, Where, stores
 
 import asyncart
 from asyncart import NotFoundError
 from asyncart._cli import main
 
 
-@dataclass
-class Where:
-    store: str
-    token: str | None = None
-
-
-@pytest.fixture(params=["local", "http", "pg"])
+@pytest.fixture(params=THREE)
 def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Where]:
     """A fresh local store, the same through a real server, or PostgreSQL + S3."""
-    if request.param == "pg":
-        yield Where(request.getfixturevalue("pg_s3_store"))
-    elif request.param == "http":
-        server = Server(tmp_path / "served").start()
-        try:
-            yield Where(server.url, server.token("demo", write=True))
-        finally:
-            server.stop()
-    else:
-        yield Where(str(tmp_path / "store"))
+    yield from stores(request, tmp_path)
 
 
 def _part(tmp_path: Path, name: str) -> Path:

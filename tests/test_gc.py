@@ -4,70 +4,44 @@ through a real server, and the race with committers that the collection epoch cl
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import functools
+import json
 import os
 import random
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import pytest
 from _serving import Server
+from _where import EVERY, Where, blobs, stores
 
 import asyncart
-from asyncart import AccessDeniedError, CollectedError, DeletedError
+from asyncart import AccessDeniedError, CollectedError, DeletedError, IntegrityError
+from asyncart._backends import local_log, local_sweep
+from asyncart._backends._framing import Head, encode_head_file
 from asyncart._backends.base import Collectable
 from asyncart._backends.local import LocalStore
 from asyncart._backends.pg_log import POOL_SIZE
 from asyncart._backends.pg_s3 import PostgresS3Store
-from asyncart._gc import SHARDS, collect
+from asyncart._cli import main
+from asyncart._gc import collect
 from asyncart._repository import collection_stream
 from asyncart._store import load_backend, open_store, prepare_store
 
 STREAM = collection_stream("demo", "ds")
 
 
-@dataclass
-class Where:
-    store: str
-    token: str | None = None
-    admin: str | None = None
-    direct: str | None = None  # the store itself, when ``store`` is its server's URL
-
-    def opened(self) -> Collectable:
-        """The store itself (not its server), opened in this process."""
-        store = open_store(self.direct or self.store)
-        assert isinstance(store, Collectable)
-        return store
-
-
-@pytest.fixture(params=["local", "http", "pg", "http-pg"])
+@pytest.fixture(params=EVERY)
 def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Where]:
     """A fresh local store, PostgreSQL + S3, or either through a real server (with an admin
     token)."""
-    kind, _, under = request.param.rpartition("-")
-    direct = request.getfixturevalue("pg_s3_store") if "pg" in (kind, under) else None
-    if request.param.startswith("http"):
-        root = tmp_path / "served"
-        server = Server(root, store=direct).start()
-        try:
-            token = server.token("demo", write=True)
-            yield Where(server.url, token, server.token(admin=True), direct or str(root))
-        finally:
-            server.stop()
-    else:
-        yield Where(direct or str(tmp_path / "store"))
-
-
-async def _blobs(where: Where) -> set[str]:
-    """The digests of every blob stored (listed by the store itself)."""
-    store = where.opened()
-    await load_backend(where.direct or where.store)
-    await prepare_store(store, create=False)
-    async with store.held():
-        return {blob.digest for shard in SHARDS for blob in await store.listed(shard)}
+    yield from stores(request, tmp_path)
 
 
 async def _save(where: Where, files: dict[str, bytes], folder: Path) -> asyncart.Artifact:
@@ -86,16 +60,16 @@ async def _gc(where: Where, **kw: object) -> asyncart.GcReport:
 async def test_gc_removes_what_only_deleted_versions_held(where: Where, tmp_path: Path) -> None:
     v0 = await _save(where, {"a": b"only in v0", "s": b"shared"}, tmp_path / "0")
     await _save(where, {"b": b"in v1", "s": b"shared"}, tmp_path / "1")
-    before = await _blobs(where)
+    before = await blobs(where)
     await v0.delete()
 
     dry = await _gc(where, grace=0, dry_run=True)
     assert (dry.dry_run, dry.blobs_removed, dry.bytes_removed) == (True, 1, len(b"only in v0"))
-    assert await _blobs(where) == before  # a dry run removes nothing
+    assert await blobs(where) == before  # a dry run removes nothing
 
     report = await _gc(where, grace=0)
     assert (report.blobs_removed, report.bytes_removed) == (1, len(b"only in v0"))
-    after = await _blobs(where)
+    after = await blobs(where)
     assert len(after) == len(before) - 1
     latest = await asyncart.Api("demo", where.store, where.token).artifact("ds:latest")
     out = await latest.download(str(tmp_path / "out"))
@@ -119,7 +93,7 @@ async def test_gc_keeps_young_blobs_and_open_drafts(where: Where, tmp_path: Path
     young = await _gc(where, grace=3600)
     assert (young.blobs_removed, young.young_kept) == (0, 1)
     report = await _gc(where, grace=0)
-    assert report.blobs_removed == 1 and orphan not in await _blobs(where)
+    assert report.blobs_removed == 1 and orphan not in await blobs(where)
     run = asyncart.init(project="demo", store=where.store, token=where.token, group="g")
     async with run:
         finished = await run.finish_artifact(asyncart.Artifact("ds", "dataset"))
@@ -137,11 +111,72 @@ async def test_crash_leftovers_older_than_the_grace_are_removed(tmp_path: Path) 
     fresh.write_bytes(b"y")
     old = time.time() - 7200
     os.utime(stale, (old, old))
-    assert (await collect(store, grace=3600, dry_run=True)).leftovers_removed == 1
-    assert stale.exists()
+    logs = tmp_path / "store" / "log" / "demo" / "artifacts"
+    logs.mkdir(parents=True)
+    # writers that died after creating their stream's log, before and after making its head
+    dead = [logs / "died-creating.log", logs / "died-after-its-head.log"]
+    young = logs / "being-created.log"
+    for log in [*dead, young]:
+        log.touch()
+    dead[1].with_suffix(".head").write_bytes(encode_head_file(Head(0, 0, 0)))
+    for log in dead:
+        os.utime(log, (old, old))
+    assert len(await store.log.streams("demo/")) == 3
+
+    assert (await collect(store, grace=3600, dry_run=True)).leftovers_removed == 3
+    assert stale.exists() and all(log.exists() for log in dead)
     report = await collect(store, grace=3600)
-    assert (report.leftovers_removed, report.leftover_bytes) == (1, 10)
+    assert report.leftovers_removed == 3  # the temporary blob, and the two empty logs
+    assert report.leftover_bytes == 10 + len(encode_head_file(Head(0, 0, 0)))
     assert not stale.exists() and fresh.exists()
+    assert not any(log.exists() or log.with_suffix(".head").exists() for log in dead)
+    assert await store.log.streams("demo/") == ["demo/artifacts/being-created"]  # young
+
+    # an empty log whose head acknowledges a record is damage (for audit to name), kept
+    await store.log.append("demo/artifacts/cut-short", [b"acknowledged"], 0)
+    os.truncate(logs / "cut-short.log", 0)
+    os.utime(logs / "cut-short.log", (old, old))
+    sweep = functools.partial(local_sweep.empty_streams, logs.parent.parent, old + 1, True)
+    assert await anyio.to_thread.run_sync(sweep) == (0, 0)
+    with pytest.raises(IntegrityError, match="cut short"):
+        await store.log.read("demo/artifacts/cut-short")
+
+
+async def test_an_appender_racing_the_removal_of_an_empty_log_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An appender that opened a leftover empty log just before the collector removed it
+    finds, once it holds the log's lock, that the file is not the one at its path any more,
+    and opens it again: its records land in the log readers read."""
+    store = LocalStore(tmp_path / "store")
+    await store.create()
+    log = tmp_path / "store" / "log" / "demo" / "artifacts" / "ds.log"
+    log.parent.mkdir(parents=True)
+    log.touch()  # left by a writer that died
+    old = time.time() - 7200
+    os.utime(log, (old, old))
+    removed: list[tuple[int, int]] = []
+    flock = local_log._flock
+
+    def collector_first(fd: int) -> None:
+        if not removed:  # the appender opened the log; the collector removes it now
+            removed.append(local_sweep.empty_streams(tmp_path / "store" / "log", old + 1, True))
+        flock(fd)
+
+    monkeypatch.setattr(local_log, "_flock", collector_first)
+    assert await store.log.append(STREAM, [b"kept"], 0) == 1
+    assert removed == [(1, 0)]
+    assert await LocalStore(tmp_path / "store").log.read(STREAM) == [b"kept"]
+    assert log.stat().st_size > 0
+
+    busy = log.with_name("busy.log")  # one an appender holds the lock of is not a leftover
+    busy.touch()
+    os.utime(busy, (old, old))
+    with open(busy, "rb") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        sweep = functools.partial(local_sweep.empty_streams, log.parent, old + 1, True)
+        assert await anyio.to_thread.run_sync(sweep) == (0, 0)
+    assert busy.exists()
 
 
 @pytest.fixture(params=["local", "pg"])
@@ -345,6 +380,91 @@ async def test_committers_racing_a_collector_never_lose_a_blob(
         await version.download(str(tmp_path / "check" / version.version))
     audit = await asyncart.audit(store=where.store, token=where.admin, read_data=True)
     assert audit.ok, audit.problems
+
+
+@pytest.fixture(params=["local", "http-pg"])
+def scoped(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Where]:
+    """The local store, and PostgreSQL + S3 through a server (the body's ``project``)."""
+    yield from stores(request, tmp_path)
+
+
+async def _log_in(where: Where, project: str, files: dict[str, bytes], folder: Path) -> None:
+    """Log ``files`` as the first version of project/ds, with a ttl already passed, and
+    upsert a draft of one more file (as the admin: it may write to any project)."""
+    folder.mkdir()
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    artifact = asyncart.Artifact("ds", "dataset")
+    artifact.ttl = timedelta(microseconds=1)
+    await artifact.add_dir(folder)
+    await artifact.save(project, where.store, token=where.admin)
+    (folder / "draft").write_bytes(f"{project}'s draft".encode())
+    async with asyncart.init(project=project, store=where.store, token=where.admin) as run:
+        part = asyncart.Artifact("ds", "dataset")
+        await part.add_file(str(folder / "draft"))
+        await run.upsert_artifact(part, "g")
+
+
+async def test_gc_of_a_project_applies_its_rules_only_and_marks_every_project(
+    scoped: Where, tmp_path: Path
+) -> None:
+    """``gc(project=)`` expires versions and drafts of that project only; the blobs are still
+    marked from every project, so a blob it shares with another project stays."""
+    where = scoped
+    await _log_in(where, "demo", {"a": b"demo only", "s": b"shared"}, tmp_path / "demo")
+    await _log_in(where, "other", {"a": b"other only", "s": b"shared"}, tmp_path / "other")
+    before = await blobs(where)
+
+    report = await _gc(where, grace=0, draft_ttl=0, project="demo")
+    assert (report.project, report.versions_expired, report.drafts_expired) == ("demo", 1, 1)
+    assert (report.blobs_removed, report.bytes_removed) == (2, len(b"demo onlydemo's draft"))
+    assert len(await blobs(where)) == len(before) - 2  # "shared" stays: other/ds:v0 holds it
+    other = asyncart.Api("other", where.store, where.admin)
+    out = await (await other.artifact("ds:v0")).download(str(tmp_path / "out"))
+    assert (Path(out) / "s").read_bytes() == b"shared"
+    with pytest.raises(DeletedError):
+        await asyncart.Api("demo", where.store, where.admin).artifact("ds:v0")
+    with pytest.raises(asyncart.NotFoundError, match="project 'nope' has no collection"):
+        await _gc(where, grace=0, draft_ttl=0, project="nope")
+    with pytest.raises(asyncart.InvalidInputError, match="invalid project"):
+        await _gc(where, project="no/such")
+
+    rest = await _gc(where, grace=0, draft_ttl=0)  # every project: other's turn
+    assert (rest.project, rest.versions_expired, rest.drafts_expired) == (None, 1, 1)
+    assert rest.blobs_removed == 3 and await blobs(where) == set()
+    audit = await asyncart.audit(store=where.store, token=where.admin)
+    assert audit.ok, audit.problems
+
+
+def test_the_gc_command_takes_a_project_and_shows_progress(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    where = Where(str(tmp_path / "store"))
+    anyio.run(_log_in, where, "demo", {"a": b"demo only"}, tmp_path / "demo")
+    anyio.run(_log_in, where, "other", {"a": b"other only"}, tmp_path / "other")
+    capsys.readouterr()
+    argv = ["--store", where.store, "--json", "gc", "demo", "--grace", "0", "--draft-ttl", "0"]
+    assert main([*argv, "--progress"]) == 0
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert (report["project"], report["versions_expired"], report["blobs_removed"]) == (
+        "demo",
+        1,
+        2,
+    )
+    drawn = err.removesuffix("\n").split("\n")  # each line redrawn after a "\r"
+    lines = [line.rsplit("\r", 1)[-1].removesuffix("\x1b[K") for line in drawn]
+    assert lines == [
+        "applying rules: 1/1 collections",  # demo's only
+        "marking: 2/2 collections",  # every project's
+        "sweeping: 256/256 shards",
+        "removing: 2/2 blobs",
+    ]
+    assert main([*argv[:2], "gc", "--grace", "0"]) == 0  # not a terminal: no progress
+    out, err = capsys.readouterr()
+    assert err == "" and "removed 1 blobs" in out  # other's expired version's
+    assert main(["--store", where.store, "gc", "nope"]) == 1
+    assert "project 'nope' has no collection" in capsys.readouterr().err
 
 
 async def test_on_postgres_a_sweep_waiting_for_another_moves_the_epoch_itself(

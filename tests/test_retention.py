@@ -11,13 +11,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import msgspec
 import pytest
 from _serving import Server
+from _where import EVERY, THREE, Where, blobs, stores
 
 import asyncart
 from asyncart import DeletedError, InvalidInputError, NotFoundError, SealedError
@@ -29,41 +29,17 @@ DAY = 86400.0
 STREAM = collection_stream("demo", "ds")
 
 
-@dataclass
-class Where:
-    store: str
-    token: str | None = None
-    admin: str | None = None
-    root: Path | None = None  # the store's directory, where gc can run
-
-
-def _serve(tmp_path: Path) -> Iterator[Where]:
-    server = Server(tmp_path / "served").start()
-    try:
-        token = server.token("demo", write=True)
-        yield Where(server.url, token, server.token(admin=True), tmp_path / "served")
-    finally:
-        server.stop()
-
-
-@pytest.fixture(params=["local", "http", "pg"])
+@pytest.fixture(params=THREE)
 def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Where]:
     """A fresh local store, the same through a real server, or PostgreSQL + S3."""
-    if request.param == "pg":
-        yield Where(request.getfixturevalue("pg_s3_store"))
-    elif request.param == "http":
-        yield from _serve(tmp_path)
-    else:
-        yield Where(str(tmp_path / "store"), root=tmp_path / "store")
+    yield from stores(request, tmp_path)
 
 
-@pytest.fixture(params=["local", "http"])
+@pytest.fixture(params=EVERY)
 def collectable(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Where]:
-    """A store gc can collect: local, or local behind a real server (an admin token)."""
-    if request.param == "http":
-        yield from _serve(tmp_path)
-    else:
-        yield Where(str(tmp_path / "store"), root=tmp_path / "store")
+    """A store gc collects: local, PostgreSQL + S3, or either behind a real server (with an
+    admin token)."""
+    yield from stores(request, tmp_path)
 
 
 async def _save(
@@ -95,10 +71,6 @@ async def _apply(where: Where, now: float, **kw: object) -> asyncart.RetentionRe
     return await asyncart.apply_retention(
         "demo", now=now, store=where.store, token=where.token, **kw
     )
-
-
-def _blobs(root: Path) -> set[str]:
-    return {p.name for p in (root / "blobs").glob("??/*") if len(p.name) == 64}
 
 
 # -- ttl ------------------------------------------------------------------------------------
@@ -221,27 +193,37 @@ async def test_a_format_2_checkpoint_that_skipped_a_rule_is_folded_again(tmp_pat
 # -- expiry by gc ---------------------------------------------------------------------------
 
 
-async def test_gc_deletes_expired_versions_then_collects_their_blobs(
+async def test_gc_applies_ttl_and_retention_rules_then_collects_their_blobs(
     collectable: Where, tmp_path: Path
 ) -> None:
+    """gc first deletes what versions' ttl and retention rules let go, so that the blobs only
+    those versions held go in the same run; ages are judged at the collector's clock (the
+    server's) unless ``now`` is given."""
     where = collectable
-    assert where.root is not None
     v0 = await _save(where, tmp_path, "expires", aliases=["best"], ttl=timedelta(days=1))
     await _save(where, tmp_path, "stays")
-    before = _blobs(where.root)
+    await _save(where, tmp_path, "brief", name="brief", ttl=timedelta(microseconds=1))
+    for i in range(3):
+        await _save(where, tmp_path, f"r{i}", name="ruled")
+    await asyncart.set_retention("demo/ruled", keep_last=1, store=where.store, token=where.token)
+    before = await blobs(where)
 
-    soon = await asyncart.gc(store=where.store, token=where.admin, grace=0, now=v0_time(v0))
-    assert (soon.versions_expired, soon.blobs_removed) == (0, 0)  # not yet: a second short
+    first = await _gc(where, grace=0)  # now: brief's ttl passed, ds:v0's (a day) has not
+    assert (first.versions_expired, first.versions_retention) == (1, 2)
+    assert (first.blobs_removed, first.bytes_removed) == (3, len("brief") + 2 * len("r0"))
+    assert len(await blobs(where)) == len(before) - 3
+    assert (await _live(where, "brief"), await _live(where, "ruled")) == ([], ["v2"])
 
     later = v0_time(v0) + 2 * DAY
-    dry = await asyncart.gc(store=where.store, token=where.admin, grace=0, dry_run=True, now=later)
-    assert (dry.dry_run, dry.versions_expired, dry.blobs_removed) == (True, 1, 0)
-    assert _blobs(where.root) == before and await _live(where) == ["v0", "v1"]
+    dry = await _gc(where, grace=0, dry_run=True, now=later)
+    assert (dry.dry_run, dry.versions_expired, dry.versions_retention) == (True, 1, 0)
+    assert dry.blobs_removed == 0  # a dry run deletes no version, so their blobs stay marked
+    assert len(await blobs(where)) == len(before) - 3 and await _live(where) == ["v0", "v1"]
 
-    report = await asyncart.gc(store=where.store, token=where.admin, grace=0, now=later)
+    report = await _gc(where, grace=0, now=later)
     assert (report.versions_expired, report.versions_retention) == (1, 0)
     assert (report.blobs_removed, report.bytes_removed) == (1, len("expires"))  # same run
-    assert len(_blobs(where.root)) == len(before) - 1
+    assert len(await blobs(where)) == len(before) - 4
     with pytest.raises(DeletedError, match="v0 was deleted by user:asyncart-gc"):
         await _api(where).artifact("ds:v0")
     with pytest.raises(NotFoundError):  # expired with its alias (as W&B deletes it)
@@ -249,23 +231,21 @@ async def test_gc_deletes_expired_versions_then_collects_their_blobs(
     (entry,) = [e for e in await _api(where).history("ds") if e.kind == "version.deleted"]
     assert entry.data["reason"] == "ttl expired" and entry.actor.startswith("user:asyncart-gc")
     assert entry.summary == "deleted v0 and its aliases best (ttl expired)"
+    out = await (await _api(where).artifact("ds:latest")).download(str(tmp_path / "out"))
+    assert (Path(out) / "f.txt").read_text() == "stays"
     audit = await asyncart.audit(store=where.store, token=where.admin, read_data=True)
     assert audit.ok, audit.problems
-    assert audit.deleted == ["demo/ds:v0"]
+    gone = ["demo/brief:v0", "demo/ds:v0", "demo/ruled:v0", "demo/ruled:v1"]
+    assert sorted(audit.deleted) == gone
+
+
+async def _gc(where: Where, **kw: object) -> asyncart.GcReport:
+    return await asyncart.gc(store=where.store, token=where.admin, **kw)  # type: ignore[arg-type]
 
 
 def v0_time(artifact: asyncart.Artifact) -> float:
     assert artifact.created_at is not None
     return artifact.created_at.timestamp() + 1.0  # past the commit, far from the ttl
-
-
-async def test_a_tiny_ttl_expires_at_the_collectors_own_clock(
-    collectable: Where, tmp_path: Path
-) -> None:
-    await _save(collectable, tmp_path, "brief", ttl=timedelta(microseconds=1))
-    report = await asyncart.gc(store=collectable.store, token=collectable.admin, grace=0)
-    assert (report.versions_expired, report.blobs_removed) == (1, 1)
-    assert await _live(collectable) == []
 
 
 # -- retention rules ------------------------------------------------------------------------
@@ -457,17 +437,6 @@ async def test_over_http_a_bad_rule_is_refused_and_a_read_token_cannot_set_one(
     with pytest.raises(asyncart.AccessDeniedError):
         await asyncart.set_retention("demo/ds", keep_last=1, store=where.store, token=tokens[1])
     assert await asyncart.retention_rules(store=where.store, token=where.token) == {}
-
-
-async def test_gc_applies_retention_rules(collectable: Where, tmp_path: Path) -> None:
-    for i in range(3):
-        await _save(collectable, tmp_path, f"r{i}")
-    await asyncart.set_retention(
-        "demo/ds", keep_last=1, store=collectable.store, token=collectable.token
-    )
-    report = await asyncart.gc(store=collectable.store, token=collectable.admin, grace=0)
-    assert (report.versions_retention, report.blobs_removed) == (2, 2)
-    assert await _live(collectable) == ["v2"]
 
 
 # -- the command line -----------------------------------------------------------------------

@@ -89,6 +89,7 @@ class GcBody(msgspec.Struct, forbid_unknown_fields=True):
     dry_run: bool = False
     now: float | None = None  # when ttl, rules and drafts' expiry are judged (None: the server's)
     draft_ttl: Annotated[float, msgspec.Meta(ge=0)] | None = None  # absent: no draft expires
+    project: str | None = None  # whose rules and drafts only (marks span every project)
 
 
 class MintBody(msgspec.Struct, forbid_unknown_fields=True):

@@ -300,10 +300,13 @@ class HttpStore:
         dry_run: bool,
         now: float | None,
         draft_ttl: float | None,
+        project: str | None = None,
     ) -> dict[str, Any]:
         """Have the server collect its store's garbage (an admin token); its report."""
-        fields = {"grace": grace, "dry_run": dry_run, "draft_ttl": draft_ttl}
-        body = pack({**fields, **({} if now is None else {"now": now})})
+        fields: dict[str, Any] = {"grace": grace, "dry_run": dry_run, "draft_ttl": draft_ttl}
+        # sent only when set: an older server refuses a field it does not know
+        optional = {"now": now, "project": project}
+        body = pack({**fields, **{k: v for k, v in optional.items() if v is not None}})
         reply = await self._client.request(
             "POST", "/gc", body=lambda: body, headers={"Content-Type": MSGPACK}
         )

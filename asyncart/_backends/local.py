@@ -186,9 +186,13 @@ class LocalStore:
         await anyio.to_thread.run_sync(local_sweep.remove, self.root / "blobs", list(digests))
 
     async def leftovers(self, before: float, remove: bool) -> tuple[int, int]:
-        return await anyio.to_thread.run_sync(
+        temps = await anyio.to_thread.run_sync(
             local_sweep.temp_leftovers, self.root / "blobs", before, remove
         )
+        logs = await anyio.to_thread.run_sync(
+            local_sweep.empty_streams, self.root / "log", before, remove
+        )
+        return temps[0] + logs[0], temps[1] + logs[1]
 
     async def aclose(self) -> None:
         """Nothing to release: a local store holds no connections or tasks."""

@@ -326,9 +326,8 @@ class LocalEventLog:
             )
         path = self._path(stream)
         self._make_dirs(path.parent)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_locked(path)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             head_fd, head = self._open_head(fd, stream, path)
             try:
                 acknowledged = head.records
@@ -814,6 +813,81 @@ def _write_notes_cache(path: str, cache: _NotesCache) -> None:
     except OSError:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+
+
+def _flock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def _open_locked(path: Path) -> int:
+    """The log file ``path``, opened (created if need be) and ``flock``-ed exclusively.
+
+    The collector removes an empty log left by a writer that died (``remove_empty``) under
+    this same lock: a file opened before that removal is unlinked by the time its lock is
+    taken, and an append to it would land where no reader looks. So once locked, the file
+    must still be the one at ``path``; if not, it is opened again.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _flock(fd)
+            if _still_at(fd, path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def _still_at(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is (still) the file at ``path``."""
+    st = os.fstat(fd)
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return st.st_nlink > 0 and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
+
+
+def remove_empty(log: Path, before: float, remove: bool) -> int:
+    """Remove (``remove=False``: only judge) the stream log ``log`` if it is a crash leftover:
+    empty, last changed before ``before``, with no head acknowledging a record and no
+    checkpoint. The bytes its files held (its head's), or -1 if it is not a leftover.
+
+    Judged and removed under the log's lock (see ``_open_locked``), which an appender holds
+    from before it writes until its head says so: a log being appended to is busy (not a
+    leftover), and one that an appender opened but has not locked yet is opened again by it.
+    The head goes first: while the log is still at its path, no appender can make a new
+    head, so nothing but a leftover's files is ever removed.
+    """
+    try:
+        fd = os.open(log, os.O_RDONLY)
+    except FileNotFoundError:
+        return -1
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return -1  # an appender holds it
+        st = os.fstat(fd)
+        if st.st_size or st.st_mtime >= before or not _still_at(fd, log):
+            return -1
+        if log.with_suffix(".ckpt").exists():
+            return -1
+        data = _head_bytes(log)
+        if data is not None and not is_blank(data):
+            try:
+                if decode_head(data, log.stem).records:
+                    return -1  # records acknowledged, none left: damage, for audit to report
+            except LogDamage:
+                return -1
+        if remove:
+            for leftover in (_head_path(log), _index_path(log), log):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover)
+        return 0 if data is None else len(data)
+    finally:
+        os.close(fd)
 
 
 def _head_path(log: Path) -> Path:

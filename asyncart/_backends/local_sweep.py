@@ -18,6 +18,7 @@ from pathlib import Path
 from .._errors import IntegrityError
 from ._durable import atomic_write
 from .base import StoredBlob
+from .local_log import remove_empty
 
 LOCK, EPOCH = ".gc.lock", ".gc.epoch"
 _DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -103,4 +104,24 @@ def temp_leftovers(blobs: Path, before: float, remove: bool) -> tuple[int, int]:
                     count, size = count + 1, size + st.st_size
                     if remove:
                         os.unlink(path)
+    return count, size
+
+
+def empty_streams(log: Path, before: float, remove: bool) -> tuple[int, int]:
+    """Empty stream logs under ``log/`` last changed before ``before`` (with their heads):
+    crash leftovers, removed when ``remove`` (see ``local_log.remove_empty``)."""
+    count = size = 0
+    for folder, _, names in os.walk(log):
+        for name in names:
+            if not name.endswith(".log") or name.startswith("."):
+                continue
+            path = Path(folder) / name
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            if st.st_size == 0 and st.st_mtime < before:  # then judged again, under its lock
+                held = remove_empty(path, before, remove)
+                if held >= 0:
+                    count, size = count + 1, size + held
     return count, size

@@ -201,6 +201,13 @@ async def _delete_collection(args: argparse.Namespace, console: Console) -> int:
 
 def _gc_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "project",
+        metavar="PROJECT",
+        nargs="?",
+        help="apply ttl, retention rules and draft expiry to this project only (default: "
+        "every project); blobs are marked from every project all the same",
+    )
+    parser.add_argument(
         "--grace",
         type=parse_duration,
         default=GRACE,
@@ -228,13 +235,16 @@ def _draft_ttl(text: str) -> float | None:
     "asyncart gc --dry-run --grace 1h",
 )
 async def gc(args: argparse.Namespace, console: Console) -> int:
-    report = await asyncart.gc(
-        store=args.store,
-        token=args.token,
-        grace=args.grace,
-        dry_run=args.dry_run,
-        draft_ttl=args.draft_ttl,
-    )
+    with console.gc_progress() as bar:
+        report = await asyncart.gc(
+            store=args.store,
+            token=args.token,
+            grace=args.grace,
+            dry_run=args.dry_run,
+            draft_ttl=args.draft_ttl,
+            project=args.project,
+            progress=bar,
+        )
     verb = "would remove" if args.dry_run else "removed"
     discarded = "would discard" if args.dry_run else "discarded"
     human = (
@@ -250,6 +260,8 @@ async def gc(args: argparse.Namespace, console: Console) -> int:
             f"({report.versions_expired} by their ttl, {report.versions_retention} by "
             "retention rules)"
         )
+    if report.project is not None:
+        human += f"; rules and draft expiry applied to project {report.project} only"
     console.result(human, msgspec.structs.asdict(report))
     return 0
 

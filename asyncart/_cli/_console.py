@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, ClassVar, TextIO
 
 import asyncart
 
@@ -127,6 +127,34 @@ class CopyBar:
             self.stream.flush()
 
 
+class GcBar:
+    """Draws a garbage collection's progress (:data:`asyncart._gc.Progress`) on one line of
+    stderr: its phase, and how far it is through it."""
+
+    _UNITS: ClassVar = {"rules": "collections", "mark": "collections", "sweep": "shards"}
+    _VERBS: ClassVar = {"rules": "applying rules", "mark": "marking", "sweep": "sweeping"}
+
+    def __init__(self, stream: TextIO, enabled: bool) -> None:
+        self.stream, self.enabled = stream, enabled
+        self._drawn, self._phase = 0.0, ""
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        now, new = time.monotonic(), phase != self._phase
+        if not self.enabled or not (new or done == total or now - self._drawn >= 0.1):
+            return
+        if new and self._drawn:
+            self.stream.write("\n")  # each phase keeps its last line
+        self._drawn, self._phase = now, phase
+        verb, unit = self._VERBS.get(phase, "removing"), self._UNITS.get(phase, "blobs")
+        self.stream.write(f"\r{verb}: {done:,}/{total:,} {unit}\x1b[K")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
 @dataclass
 class Console:
     """Where a command's output goes, and how much of it (``--quiet``, ``--json``)."""
@@ -167,6 +195,14 @@ class Console:
     @contextmanager
     def copy_progress(self) -> Iterator[CopyBar]:
         bar = CopyBar(self.err, self.show_progress)
+        try:
+            yield bar
+        finally:
+            bar.close()
+
+    @contextmanager
+    def gc_progress(self) -> Iterator[GcBar]:
+        bar = GcBar(self.err, self.show_progress)
         try:
             yield bar
         finally:

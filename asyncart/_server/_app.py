@@ -295,8 +295,9 @@ _GC = msgspec.msgpack.Decoder(GcBody)
 
 
 async def collect_garbage(request: web.Request) -> web.Response:
-    """POST /v1/gc {"grace": seconds, "dry_run": bool, "draft_ttl": seconds | None}: collect
-    the store's garbage here, on the server (an admin token); the report."""
+    """POST /v1/gc {"grace": seconds, "dry_run": bool, "draft_ttl": seconds | None, "now":
+    UNIX seconds, "project": name}: collect the store's garbage here, on the server (an admin
+    token); the report."""
     require((await grant_of(request)).admin, "collect garbage")
     body = await msgpack_body(request, _GC, _MINT_BYTES)
     report = await collect(
@@ -305,5 +306,6 @@ async def collect_garbage(request: web.Request) -> web.Response:
         dry_run=body.dry_run,
         now=body.now,
         draft_ttl=body.draft_ttl,
+        project=body.project,
     )
     return msgpack_response(msgspec.structs.asdict(report))
