@@ -82,6 +82,9 @@ async def test_link_resolve_download_twice_and_lineage(where: Where, tmp_path: P
     assert {p.name: p.read_bytes() for p in root.iterdir()} == FILES
     who = await got.logged_by()
     assert who is not None and (who.id, who.project) == ("trainer", "demo")
+    [entry] = [e for e in await _api(where).history("models", "reg") if e.kind == "version.linked"]
+    assert entry.summary.startswith("linked v0 to demo/model:v0")
+    assert entry.actor.startswith("run:trainer")
 
     # the same source again: no new version, the alias moves to the link there
     again = await v0.link("reg/models", aliases=["prod"])
