@@ -747,7 +747,8 @@ async def checkpointed(log: EventLog, stream: str) -> CollectionState:
         if state.versions:  # its newest version is the log's, too
             latest = state.versions[-1]
             found = anchor if latest.seq == seq else await log.read(stream, latest.seq, limit=1)
-            if not found or decode(found[0], stream, latest.seq).body != latest.commit:
+            recorded = latest.link or latest.commit  # a link's commit is made by the fold
+            if not found or decode(found[0], stream, latest.seq).body != recorded:
                 return CollectionState(stream)
     except IntegrityError:
         return CollectionState(stream)  # audit names a damaged checkpoint

@@ -20,7 +20,7 @@ from asyncart._backends.http import HttpStore
 from asyncart._backends.local import LocalStore
 from asyncart._domain.checkpoint import decode_checkpoint, encode_checkpoint
 from asyncart._domain.events import CollectionCreated, VersionLinked
-from asyncart._repository import Repository
+from asyncart._repository import Repository, checkpointed
 
 FILES = {"model.bin": b"weights " * 100, "config.json": b'{"lr": 0.1}'}
 
@@ -183,10 +183,12 @@ async def test_a_checkpoint_carries_links_and_edited_ttls(tmp_path: Path) -> Non
     repo = Repository(LocalStore(store))
     async with repo.store.held():
         state = await repo.collection("reg", "models")
-    back = decode_checkpoint(encode_checkpoint(state), state.stream)
-    assert back.versions[0].link == state.versions[0].link is not None
-    assert back.versions[0].ttl == timedelta(days=2).total_seconds()
-    assert back == state
+        back = decode_checkpoint(encode_checkpoint(state), state.stream)
+        assert back.versions[0].link == state.versions[0].link is not None
+        assert back.versions[0].ttl == timedelta(days=2).total_seconds()
+        assert back == state
+        await repo.store.log.put_checkpoint(state.stream, encode_checkpoint(state))
+        assert await checkpointed(repo.store.log, state.stream) == state  # taken, not refolded
 
 
 @pytest.fixture
@@ -290,3 +292,13 @@ def test_cli_link(tmp_path: Path) -> None:
     assert shown["source"] == "demo/model:v0"
     assert "prod" in shown["aliases"]
     assert "reg/models:v0 links demo/model:v0" in cli("link", "demo/model:v0", "reg/models")
+
+
+async def test_copying_the_registry_project_alone_takes_the_linked_files(tmp_path: Path) -> None:
+    store, copy = str(tmp_path / "store"), str(tmp_path / "copy")
+    v0 = await (await _model(tmp_path / "m0")).save("demo", store)
+    await v0.link("reg/models")
+    await asyncart.copy_store(store, copy, project="reg")
+    linked = await asyncart.Api("reg", copy).artifact("models:latest")
+    root = await linked.download(tmp_path / "out")
+    assert {p.name: p.read_bytes() for p in root.iterdir()} == FILES
