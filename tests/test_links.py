@@ -19,7 +19,7 @@ from asyncart import InvalidInputError
 from asyncart._backends.http import HttpStore
 from asyncart._backends.local import LocalStore
 from asyncart._domain.checkpoint import decode_checkpoint, encode_checkpoint
-from asyncart._domain.events import CollectionCreated, VersionLinked
+from asyncart._domain.events import CollectionCreated, VersionEdited, VersionLinked
 from asyncart._repository import Repository, checkpointed
 
 FILES = {"model.bin": b"weights " * 100, "config.json": b'{"lr": 0.1}'}
@@ -302,3 +302,28 @@ async def test_copying_the_registry_project_alone_takes_the_linked_files(tmp_pat
     linked = await asyncart.Api("reg", copy).artifact("models:latest")
     root = await linked.download(tmp_path / "out")
     assert {p.name: p.read_bytes() for p in root.iterdir()} == FILES
+
+
+async def test_ttl_edit_is_stored_everywhere(where: Where, tmp_path: Path) -> None:
+    """Through a server too: it validates the edit's ttl (0 clears, a negative is refused)."""
+    v0 = await (await _model(tmp_path / "m0")).save("demo", where.store, token=where.token)
+    v0.ttl = timedelta(days=3)
+    await v0.save()
+    assert (await _api(where).artifact("model:v0")).ttl == timedelta(days=3)
+    v0.ttl = None
+    await v0.save()
+    assert (await _api(where).artifact("model:v0")).ttl is None
+    entries = [e for e in await _api(where).history("model") if e.kind == "version.edited"]
+    assert [e.summary for e in entries] == ["edited v0: ttl 3d", "edited v0: ttl (none)"]
+
+
+async def test_a_server_refuses_a_negative_ttl_edit(
+    server: Server, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    await (await _model(tmp_path / "m0")).save("demo", server.url, token=tokens["demo"])
+    async with HttpStore(server.url, tokens["demo"]) as store:
+        repo = Repository(store)
+        state = await repo.collection("demo", "model")
+        with pytest.raises(InvalidInputError, match="ttl must be positive seconds"):
+            await repo.append(state, [VersionEdited(0, ttl=-5.0)], "user:someone")
+        await repo.append(state, [VersionEdited(0, ttl=0.0)], "user:someone")  # 0 clears
