@@ -292,6 +292,8 @@ def test_cli_link(tmp_path: Path) -> None:
     assert shown["source"] == "demo/model:v0"
     assert "prod" in shown["aliases"]
     assert "reg/models:v0 links demo/model:v0" in cli("link", "demo/model:v0", "reg/models")
+    assert json.loads(cli("show", "reg/models:v0", "--json"))["source"] == "demo/model:v0"
+    assert "linked v0 to demo/model:v0" in cli("log", "reg/models")
 
 
 async def test_copying_the_registry_project_alone_takes_the_linked_files(tmp_path: Path) -> None:

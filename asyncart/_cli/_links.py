@@ -34,9 +34,5 @@ async def link(args: argparse.Namespace, console: Console) -> int:
         f"{linked.qualified_name} links {linked.source_project}/{linked.source_name} "
         f"(aliases: {', '.join(linked.aliases)})"
     )
-    data = {
-        **artifact_data(linked),
-        "source": f"{linked.source_project}/{linked.source_name}",
-    }
-    console.result(human, data, linked.qualified_name)
+    console.result(human, artifact_data(linked), linked.qualified_name)  # its "source" too
     return 0
