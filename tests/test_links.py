@@ -329,3 +329,24 @@ async def test_a_server_refuses_a_negative_ttl_edit(
         with pytest.raises(InvalidInputError, match="ttl must be positive seconds"):
             await repo.append(state, [VersionEdited(0, ttl=-5.0)], "user:someone")
         await repo.append(state, [VersionEdited(0, ttl=0.0)], "user:someone")  # 0 clears
+
+
+async def test_a_new_draft_of_a_link_builds_on_its_files(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    v0 = await (await _model(tmp_path / "m0")).save("demo", store)
+    linked = await v0.link("reg/models")
+    draft = linked.new_draft()
+    (tmp_path / "extra.txt").write_text("extra")
+    await draft.add_file(tmp_path / "extra.txt")
+    v1 = await draft.save()
+    assert (v1.qualified_name, v1.is_link) == ("reg/models:v1", False)
+    fresh = Repository(LocalStore(store))  # no cached manifest: read through the link
+    async with fresh.store.held():
+        state, version = await fresh.version("reg", "models", 1, None)
+        manifest = await fresh.manifest(state, version)
+    assert sorted(manifest.entries) == ["config.json", "extra.txt", "model.bin"]
+    await v0.delete()
+    assert (await asyncart.gc(store=store, grace=0)).blobs_removed == 0
+    root = await (await asyncart.Api("reg", store).artifact("models:v1")).download(tmp_path / "o")
+    assert {p.name for p in root.iterdir()} == {"config.json", "extra.txt", "model.bin"}
+    assert (await asyncart.audit(store=store, read_data=True)).ok
