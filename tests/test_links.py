@@ -304,6 +304,11 @@ async def test_copying_the_registry_project_alone_takes_the_linked_files(tmp_pat
     linked = await asyncart.Api("reg", copy).artifact("models:latest")
     root = await linked.download(tmp_path / "out")
     assert {p.name: p.read_bytes() for p in root.iterdir()} == FILES
+    # the copy's audit cannot check the link against a source it lacks, and says so
+    report = await asyncart.audit(store=copy, read_data=True)
+    assert [p.message for p in report.problems] == ["v0 links demo/model:v0, which does not exist"]
+    await asyncart.copy_store(store, copy, project="demo")
+    assert (await asyncart.audit(store=copy, read_data=True)).ok
 
 
 async def test_ttl_edit_is_stored_everywhere(where: Where, tmp_path: Path) -> None:
