@@ -46,6 +46,7 @@ from ._files import (
 )
 from ._history import ArtifactCollection, collection_summary
 from ._lineage import RunInfo, actor_run_id, run_info, runs_using
+from ._links import link, links_to, parse_target
 from ._names import (
     PathTree,
     check_alias,
@@ -95,6 +96,7 @@ class _Loaded:
     tags: list[str]
     aliases: list[str]
     updated: float | None = None
+    ttl: float | None = None
 
 
 class Artifact:
@@ -157,8 +159,26 @@ class Artifact:
 
     @property
     def source_name(self) -> str:
-        """As :attr:`name` (W&B's name in the source collection: no version here is linked)."""
-        return self.name
+        """``NAME:vN`` of the version a link points at (see :meth:`link`), else :attr:`name`."""
+        link = self._saved.version.link if self._saved else None
+        return self.name if link is None else f"{link.source_name}:v{link.source_version}"
+
+    @property
+    def source_project(self) -> str | None:
+        """The project of the version a link points at, else :attr:`project`."""
+        link = self._saved.version.link if self._saved else None
+        return self.project if link is None else link.source_project
+
+    @property
+    def source_version(self) -> str | None:
+        """``"vN"`` of the version a link points at, else :attr:`version`."""
+        link = self._saved.version.link if self._saved else None
+        return self.version if link is None else f"v{link.source_version}"
+
+    @property
+    def is_link(self) -> bool:
+        """Whether this version is a link to another collection's version (see :meth:`link`)."""
+        return self._saved is not None and self._saved.version.link is not None
 
     @property
     def collection(self) -> ArtifactCollection | None:
@@ -276,18 +296,20 @@ class Artifact:
 
         A ``timedelta`` or None (the default: forever). Set it on a draft before it is logged;
         ``new_draft()`` inherits it, as in W&B. A draft whose content equals the latest
-        version's commits nothing, so that version's ttl stays.
+        version's commits nothing, so that version's ttl stays. On a committed version, set
+        it (None: forever) and ``await artifact.save()`` to store it (a ``version.edited``
+        record); it still counts from the commit.
 
         Raises:
             InvalidInputError: (setting) not a positive ``timedelta`` or None.
-            SealedError: (setting) the version is committed.
+            SealedError: (setting) a draft that was logged already.
         """
-        seconds = self._saved.version.commit.ttl if self._saved else self._ttl
-        return None if seconds is None else timedelta(seconds=seconds)
+        return None if self._ttl is None else timedelta(seconds=self._ttl)
 
     @ttl.setter
     def ttl(self, value: timedelta | None) -> None:
-        self._check_open()
+        if self._saved is None:
+            self._check_open()
         self._ttl = check_ttl(value)
 
     def __repr__(self) -> str:
@@ -644,6 +666,7 @@ class Artifact:
             [t for t in loaded.tags if t not in tags],
             _alias_list([a for a in wanted if a not in loaded.aliases]),
             _alias_list([a for a in loaded.aliases if a not in wanted]),
+            (self._ttl or 0.0) if self._ttl != loaded.ttl else None,
         )
         number = saved.version.number
         await saved.repo.edit(saved.project, self._name, number, edit, _user_actor())
@@ -808,18 +831,21 @@ class Artifact:
         saved = self._require_saved()
         draft = Artifact(self._name, self.type, self.description, dict(self.metadata))
         draft._parent = saved
-        draft._ttl = saved.version.commit.ttl
+        draft._ttl = saved.version.ttl
         draft._entries = Overlay(saved.manifest)  # the parent's entries are never copied
         return draft
 
     @holding_store
     async def logged_by(self) -> RunInfo | None:
-        """The run that committed this version (None if it was saved outside any run)."""
+        """The run that committed this version (None if it was saved outside any run); of a
+        link, the run that linked it."""
         saved = self._require_saved()
         run_id = actor_run_id(saved.version.actor)
         if run_id is None:
             return None
-        return run_info(saved.project, run_id, await saved.repo.run(saved.project, run_id))
+        link_ = saved.version.link
+        project = link_.run_project if link_ and link_.run_project else saved.project
+        return run_info(project, run_id, await saved.repo.run(project, run_id))
 
     @holding_store
     async def used_by(self) -> list[RunInfo]:
@@ -879,6 +905,57 @@ class Artifact:
             )
         state, version = await saved.repo.version(saved.project, self._name, number, None)
         return await load_version(saved.repo, saved.project, state, version)
+
+    @holding_store
+    async def link(self, target_path: str, aliases: Sequence[str] | None = None) -> Artifact:
+        """Link this committed version into the collection ``target_path`` (a registry, as
+        W&B's ``link``); return the target's version that links it.
+
+        ``target_path`` is ``name`` (in this version's project), ``project/name`` or
+        ``entity/project/name`` (the entity is ignored). The link is the target's next
+        version: its files are this version's (no byte is copied; downloads read this
+        version's blobs), and ``source_name``, ``source_project`` and ``source_version`` name
+        this version. Linking a version that the target links already makes no new version;
+        ``aliases`` move to the one there. A link of a link links its source.
+
+        Raises:
+            InvalidInputError: a bad target or alias, the target is this version's own
+                collection, or it holds artifacts of another type.
+            NotFoundError: this version no longer exists (DeletedError: it was deleted).
+        """
+        return await self._link(target_path, aliases, _user_actor())
+
+    async def _link(
+        self,
+        target_path: str,
+        aliases: Sequence[str] | None,
+        actor: str,
+        run_project: str | None = None,
+    ) -> Artifact:
+        saved = self._require_saved()
+        target = parse_target(target_path, saved.project)
+        wanted = _alias_list(aliases or ())
+        source = (saved.project, self._name, saved.version.number)
+        state, version = await link(saved.repo, source, target, wanted, actor, run_project)
+        return await load_version(saved.repo, target[0], state, version)
+
+    @holding_store
+    async def linked_artifacts(self) -> list[Artifact]:
+        """The live versions of other collections that link this version (as W&B's
+        ``linked_artifacts``; of a link, those that link its source). Reads every collection
+        of the store: a scan, not an index."""
+        saved = self._require_saved()
+        link_ = saved.version.link
+        source = (
+            (saved.project, self._name, saved.version.number)
+            if link_ is None
+            else (link_.source_project, link_.source_name, link_.source_version)
+        )
+        found = []
+        for project, name, version in await links_to(saved.repo, source):
+            state = await saved.repo.collection(project, name)
+            found.append(await load_version(saved.repo, project, state, version))
+        return found
 
     @holding_store
     async def delete(self, delete_aliases: bool = False, *, dry_run: bool = False) -> None:
@@ -1036,7 +1113,9 @@ async def load_version(
         list(draft.tags),
         list(artifact._aliases),
         version.edited,
+        version.ttl,
     )
+    artifact._ttl = version.ttl
     artifact._summary = collection_summary(project, state)
     artifact._saved = _Saved(repo, project, state, version, manifest)
     return artifact

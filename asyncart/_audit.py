@@ -31,7 +31,7 @@ from ._domain.notes import decode_note, note_of
 from ._errors import AsyncartError, IntegrityError, InvalidInputError, NotFoundError
 from ._history import GONE, READ_CHUNK, ArtifactCollection, collection_summary
 from ._names import check_name
-from ._repository import Repository, decode_changes
+from ._repository import Repository, collection_stream, decode_changes
 from ._store import load_backend, open_store, prepare_store
 from ._threads import HEAVY, maybe_thread
 from ._transfer import DEFAULT_CONCURRENCY, ProgressCallback, _Tracker, batches, run_pool
@@ -228,6 +228,7 @@ class _Auditor:
         self.store, self.report, self.as_of = store, report, as_of
         self.blobs, self.callback = blobs, callback
         self.repo = Repository(store)  # for its ranged reads of a version's change records
+        self.sources: dict[str, CollectionState] = {}  # of links, by stream
         self.total = 0
 
     async def run(self, prefix: str) -> AuditReport:
@@ -369,6 +370,8 @@ class _Auditor:
     ) -> Manifest | None:
         """Replay one version over its parent, compare it with its commit, check its snapshot
         and queue the blobs its parent does not have; its manifest, or None."""
+        if version.link is not None:
+            return await self._link(state, version)
         base = live[version.parent] if version.parent is not None else None
         if version.parent is not None and base is None:
             return None  # its parent could not be replayed: that problem is reported
@@ -385,6 +388,53 @@ class _Auditor:
             await self._snapshot(state, version, version.commit.snapshot)
         await self.blobs.add(uses)
         return manifest
+
+    async def _link(self, state: CollectionState, version: Version) -> Manifest | None:
+        """Check a link against its source: the source version exists (deleted or not) and
+        its commit is the one the link recorded; the link's snapshot holds that manifest, and
+        (while the link lives) its blobs exist. Its manifest, or None."""
+        link = version.link
+        assert link is not None
+        where = f"{link.source_project}/{link.source_name}:v{link.source_version}"
+        problem = None
+        try:
+            source = await self._source(link.source_project, link.source_name)
+            if not 0 <= link.source_version < len(source.versions):
+                problem = f"v{version.number} links {where}, which does not exist"
+            else:
+                commit = source.versions[link.source_version].commit
+                if (commit.digest, commit.file_count, commit.size) != (
+                    link.digest,
+                    link.file_count,
+                    link.size,
+                ):
+                    problem = f"v{version.number} links {where} but records another manifest"
+            manifest = None if problem else await self.repo.manifest(state, version)
+        except AsyncartError as e:
+            problem, manifest = f"v{version.number} links {where}: {e}", None
+        if problem is not None:
+            self.report.problems.append(AuditProblem(state.stream, version.seq, problem))
+            return None
+        assert manifest is not None
+        if version.deleted is None:
+            if link.snapshot is not None:
+                await self._snapshot(state, version, link.snapshot)
+            at = f"{state.name}:v{version.number}"
+            await self.blobs.add(
+                [
+                    _BlobUse(e.digest, e.size, state.stream, version.seq, f"{at}/{e.path}")
+                    for e in manifest.entries.values()
+                ]
+            )
+        return manifest
+
+    async def _source(self, project: str, name: str) -> CollectionState:
+        """A link's source collection, folded from seq 0 (checkpoints are not trusted here)."""
+        stream = collection_stream(project, name)
+        if stream not in self.sources:
+            records, _ = await self.repo._read(stream, 0, "")
+            self.sources[stream] = fold(CollectionState(stream), records)
+        return self.sources[stream]
 
     async def _snapshot(self, state: CollectionState, version: Version, snapshot: str) -> None:
         number = version.number

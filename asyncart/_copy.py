@@ -22,8 +22,9 @@ from pathlib import Path
 import anyio.to_thread
 
 from ._backends.base import BlobPaths, Store, Swept, UploadItem
-from ._domain.events import FilesAdded, Record, VersionCommitted, decode
+from ._domain.events import FilesAdded, Record, VersionCommitted, VersionLinked, decode
 from ._domain.fold import CollectionState, RunState, fold, fold_run
+from ._domain.manifest import Manifest
 from ._domain.notes import note_of
 from ._errors import CollectedError, ConflictError, InvalidInputError
 from ._names import check_name
@@ -198,6 +199,11 @@ class _Copier:
                     sizes.update((e.digest, e.size) for e in entries)
                 case VersionCommitted(snapshot=str(snapshot)):
                     snapshots.append(snapshot)
+                case VersionLinked(snapshot=str(snapshot)):  # its files may be in another
+                    snapshots.append(snapshot)  # project, not copied: they go with the link
+                    data = await self.src.blobs.get_bytes(snapshot)
+                    linked = await maybe_thread(len(data) > 1 << 20, Manifest.from_snapshot, data)
+                    sizes.update((e.digest, e.size) for e in linked.iter_entries())
         lacking = await self.dst.blobs.missing(sizes) if sizes else set()
         work = batches(sorted(lacking), sizes.__getitem__)
         await run_pool(work, lambda batch: self._send(batch, sizes), self.concurrency)

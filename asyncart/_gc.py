@@ -361,7 +361,7 @@ async def mark_collection(
     A live version's files are its parent's, less what it removed, plus what it added: once
     its parent is marked, marking what it added marks it all. A version whose parent is not
     marked (deleted, or none) is marked from its whole manifest, unless it is a root (its
-    changes are its manifest).
+    changes are its manifest); so is a link (its files are its source's, which may be deleted).
     """
     marked: set[int] = set()  # live versions whose every blob is marked
     # No version committed before a collection deletion can be read again (each of them was
@@ -372,7 +372,7 @@ async def mark_collection(
     for version in state.versions:
         if version.deleted is not None:
             continue
-        if version.parent is None or version.parent in marked:
+        if version.link is None and (version.parent is None or version.parent in marked):
             await _mark_changes(repo, state.stream, version.draft.change_seqs, mark)
         else:
             manifest = await repo.manifest(state, version)

@@ -32,6 +32,7 @@ from ._domain.events import (
     VersionCommitted,
     VersionDeleted,
     VersionEdited,
+    VersionLinked,
 )
 from ._domain.fold import CollectionState
 from ._domain.notes import CollectionNote, Note, decode_note
@@ -287,6 +288,12 @@ def describe(body: Body) -> str:
             return "deleted the collection" + (f" ({reason})" if reason else "")
         case VersionEdited(version=version):
             return f"edited v{version}: " + _edited(body)
+        case VersionLinked(version=version):
+            return (
+                f"linked v{version} to {body.source_project}/{body.source_name}:"
+                f"v{body.source_version} (digest {body.digest[:12]})"
+                + (f", aliases {', '.join(body.aliases)}" if body.aliases else "")
+            )
         case RunStarted(group=group, job_type=job_type):
             return f"started run (job type {job_type or '-'}, group {group or '-'})"
         case ArtifactUsed(project=project, name=name, version=version):
@@ -315,6 +322,8 @@ def _edited(body: VersionEdited) -> str:
     parts = [] if metadata is None else [f"metadata {_listed(sorted(metadata)) or '(cleared)'}"]
     parts += [] if body.description is None else ["description"]
     parts += [] if tags is None else [f"tags {_listed(tags) or '(none)'}"]
+    if body.ttl is not None:
+        parts.append(f"ttl {duration_text(body.ttl) if body.ttl else '(none)'}")
     return ", ".join(parts)
 
 

@@ -114,6 +114,7 @@ class Edit:
     remove_tags: Sequence[str] = ()
     add_aliases: Sequence[str] = ()
     remove_aliases: Sequence[str] = ()
+    ttl: float | None = None  # seconds; 0 clears it; None leaves it
 
 
 @dataclass
@@ -245,10 +246,14 @@ class Repository:
         if key in self._manifests:
             self._manifests.move_to_end(key)
             return self._manifests[key]
+        if version.link is not None:
+            return await self._linked(state, version)
         chain, base = [version], await self._snapshot(version)
         while base is None and chain[-1].parent is not None:
             chain.append(state.versions[chain[-1].parent])
             base = self._manifests.get((state.stream, chain[-1].number))  # verified already
+            if base is None and chain[-1].link is not None:  # its changes are not here
+                base = await self._linked(state, chain[-1])
             if base is None:
                 base = await self._snapshot(chain[-1])
         replayed = chain[:-1] if base is not None else chain  # a snapshot includes its own changes
@@ -265,6 +270,28 @@ class Repository:
                 f"{manifest.digest}, the log recorded {version.commit.digest}"
             )
         self._remember(key, manifest)
+        return manifest
+
+    async def _linked(self, state: CollectionState, version: Version) -> Manifest:
+        """A link's manifest: its snapshot, else (lost or damaged) its source's, replayed in
+        the source's stream (whose records stay, even once the source version is deleted)."""
+        link = version.link
+        assert link is not None
+        manifest = await self._snapshot(version)
+        if manifest is None:
+            source = await self.collection(link.source_project, link.source_name)
+            if not 0 <= link.source_version < len(source.versions):
+                raise IntegrityError(
+                    f"{state.stream} v{version.number} links {link.source_project}/"
+                    f"{link.source_name}:v{link.source_version}, which does not exist"
+                )
+            manifest = await self.manifest(source, source.versions[link.source_version])
+        if manifest.digest != version.commit.digest:
+            raise IntegrityError(
+                f"{state.stream} v{version.number}: its linked manifest is {manifest.digest}, "
+                f"the log recorded {version.commit.digest}"
+            )
+        self._remember((state.stream, version.number), manifest)
         return manifest
 
     def _remember(self, key: tuple[str, int], manifest: Manifest) -> None:
@@ -740,7 +767,8 @@ async def checkpointed(log: EventLog, stream: str) -> CollectionState:
         if state.versions:  # its newest version is the log's, too
             latest = state.versions[-1]
             found = anchor if latest.seq == seq else await log.read(stream, latest.seq, limit=1)
-            if not found or decode(found[0], stream, latest.seq).body != latest.commit:
+            recorded = latest.link or latest.commit  # a link's commit is made by the fold
+            if not found or decode(found[0], stream, latest.seq).body != recorded:
                 return CollectionState(stream)
     except IntegrityError:
         return CollectionState(stream)  # audit names a damaged checkpoint
@@ -915,9 +943,12 @@ def _edited(version: Version, edit: Edit) -> VersionEdited | None:
     new = [t for t in old if t not in edit.remove_tags]
     new += [t for t in dict.fromkeys(edit.add_tags) if t not in new]
     tags = None if new == old else new
-    if metadata is None and description is None and tags is None:
+    ttl = edit.ttl
+    if ttl is not None and (ttl or None) == version.ttl:
+        ttl = None
+    if metadata is None and description is None and tags is None and ttl is None:
         return None
-    return VersionEdited(version.number, metadata, description, tags)
+    return VersionEdited(version.number, metadata, description, tags, ttl)
 
 
 def _for_draft(changes: Sequence[Change], draft: str) -> list[Event | AddedChunks]:

@@ -137,7 +137,7 @@ def plan(state: CollectionState, now: float) -> list[tuple[Version, str]]:
     """The live versions of ``state`` its rules delete at ``now``, oldest first, with the
     reason (pure). RuleDeletion versions go first; the retention rule judges those left."""
     live = [v for v in state.versions if v.deleted is None]
-    expired = {v.number for v in live if v.commit.ttl is not None and v.time + v.commit.ttl <= now}
+    expired = {v.number for v in live if v.ttl is not None and v.time + v.ttl <= now}
     doomed = [(v, TTL_REASON) for v in live if v.number in expired]
     rule = state.retention
     left = [v for v in live if v.number not in expired]

@@ -232,8 +232,21 @@ class Run:
         await self._record(ArtifactLogged(committed._name, version.number))
         return committed
 
+    async def link_artifact(
+        self, artifact: Artifact, target_path: str, aliases: Sequence[str] | None = None
+    ) -> Artifact:
+        """Link a committed version into the collection ``target_path`` as this run (see
+        :meth:`Artifact.link`); return the target's version that links it. Its
+        ``logged_by()`` is this run."""
+        self._require()
+        return await artifact._link(target_path, aliases, self.actor, self.project)
+
     async def use_artifact(self, ref: str | Artifact) -> Artifact:
-        """Load a committed artifact (``[project/]name[:alias|:vN]``) and record its use."""
+        """Load a committed artifact (``[project/]name[:alias|:vN]``) and record its use.
+
+        A draft (an ``Artifact`` not logged yet) is logged by this run first, as in W&B."""
+        if isinstance(ref, Artifact) and ref.is_draft():
+            await self.log_artifact(ref)
         if isinstance(ref, Artifact):
             ref = ref.qualified_name
         artifact = await load_artifact(self._require(), ref, self.project)

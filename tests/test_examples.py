@@ -31,3 +31,18 @@ def test_served_example_serves_the_store_given_and_revokes_its_token(tmp_path: P
     assert json.loads(listed.stdout)["name"] == "shards"  # the version went into that store
     tokens = json.loads((store / "tokens.json").read_text())
     assert tokens == {"tokens": []}  # the token it minted is revoked
+
+
+def test_registry_example_links_once_and_downloads_from_the_source(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    for _ in range(2):  # the second run links the same model version: no new registry version
+        done = subprocess.run(
+            [sys.executable, str(EXAMPLES / "registry.py"), "--store", str(store)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "linked registry/mnist-classifier:v0 -> demo/mnist-model:v0" in done.stdout
+        assert "resolved registry/mnist-classifier:v0 (source mnist-model:v0)" in done.stdout
+        assert "demo/mnist-model:v0 is linked from registry/mnist-classifier:v0" in done.stdout

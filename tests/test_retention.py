@@ -20,7 +20,7 @@ from _serving import Server
 from _where import EVERY, THREE, Where, blobs, stores
 
 import asyncart
-from asyncart import DeletedError, InvalidInputError, NotFoundError, SealedError
+from asyncart import DeletedError, InvalidInputError, NotFoundError
 from asyncart._backends.local import LocalStore
 from asyncart._domain.events import RetentionSet, VersionCommitted, decode, encode
 from asyncart._repository import checkpointed, collection_stream
@@ -99,8 +99,6 @@ async def test_ttl_is_stored_read_back_and_inherited(where: Where, tmp_path: Pat
     v0 = await _save(where, tmp_path, "zero", ttl=timedelta(days=30))
     assert v0.ttl == timedelta(days=30)
     assert (await _api(where).artifact("ds:v0")).ttl == timedelta(days=30)  # from the log
-    with pytest.raises(SealedError):
-        v0.ttl = timedelta(days=1)
     draft = v0.new_draft()
     assert draft.ttl == timedelta(days=30)  # as W&B does
     (tmp_path / "g.txt").write_text("more")

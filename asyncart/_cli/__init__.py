@@ -30,7 +30,7 @@ import anyio
 
 import asyncart
 
-from . import _browse, _commands, _files, _retention, _versions  # noqa: F401  (they register commands)
+from . import _browse, _commands, _files, _links, _retention, _versions  # noqa: F401  (they register commands)
 from ._console import Console
 from ._registry import COMMANDS, command
 

@@ -24,6 +24,11 @@ def artifact_data(artifact: asyncart.Artifact) -> dict[str, Any]:
         "bytes": artifact.size,
         "created_at": artifact.created_at,
         "committed_by": artifact.committed_by,
+        **(
+            {"source": f"{artifact.source_project}/{artifact.source_name}"}
+            if artifact.is_link
+            else {}
+        ),
     }
 
 

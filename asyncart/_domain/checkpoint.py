@@ -24,7 +24,8 @@ _SUM = 32  # bytes of the BLAKE3 checksum that follows the magic
 FORMAT = 3
 """Format 2 carries deletions (``Version.deleted``); format 3 collection deletions
 (``CollectionState.deleted``), when each open draft was last touched (``Draft.updated``),
-retention rules, versions' ``ttl``, tags and edits. A checkpoint of another format is refused
+retention rules, versions' ``ttl`` (as committed and as edited), tags, edits and links
+(``Version.link``). A checkpoint of another format is refused
 and the records are folded: a newer one may hold what this release does not know, and an older
 release skipped or dropped what format 3 carries, so its state may lack what the records say
 (a longer read, once: the next checkpoint is of this format). A release before format 3 drops

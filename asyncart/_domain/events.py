@@ -134,6 +134,31 @@ class VersionEdited(_Event, tag="version.edited", frozen=True):
     metadata: dict[str, Any] | None = None
     description: str | None = None
     tags: list[str] | None = None
+    ttl: float | None = None  # seconds after the commit; 0 clears it (the version lives on)
+
+
+class VersionLinked(_Event, tag="version.linked", frozen=True):
+    """The next version of this collection is a link to another collection's version (a
+    registry link, as W&B's ``link_artifact``): its manifest is the source's, no file is
+    copied. ``digest``, ``file_count`` and ``size`` are the source's (audit checks them
+    against the source's commit); ``snapshot`` is the source manifest as a blob, so that
+    reading the link needs no replay of the source's stream; ``metadata`` and
+    ``description`` are the source's as they were when linked; ``run_project`` is the
+    project of the run that linked it (its actor), if a run did.
+    """
+
+    version: int
+    source_project: str
+    source_name: str
+    source_version: int
+    digest: str
+    file_count: int
+    size: int
+    snapshot: str | None = None
+    aliases: list[str] = []
+    metadata: dict[str, Any] | None = None
+    description: str | None = None
+    run_project: str | None = None
 
 
 # -- run stream: one per run (lineage) ------------------------------------------------------
@@ -173,6 +198,7 @@ Event = (
     | RetentionSet
     | CollectionDeleted
     | VersionEdited
+    | VersionLinked
     | RunStarted
     | ArtifactUsed
     | ArtifactLogged

@@ -29,6 +29,7 @@ from .events import (
     VersionCommitted,
     VersionDeleted,
     VersionEdited,
+    VersionLinked,
 )
 from .manifest import Manifest, Overlay
 
@@ -81,10 +82,20 @@ class Version:
     aliases: set[str] = field(default_factory=set)
     deleted: Deletion | None = None
     edited: float | None = None  # when a version.edited record last changed it
+    link: VersionLinked | None = None  # a link to another collection's version (its source)
+    ttl_edit: float | None = None  # the ttl an edit set (0: cleared); None: never edited
 
     @property
     def parent(self) -> int | None:
         return self.draft.parent
+
+    @property
+    def ttl(self) -> float | None:
+        """Seconds after its commit that it lives (None: forever): as last edited, else as
+        committed."""
+        if self.ttl_edit is None:
+            return self.commit.ttl
+        return self.ttl_edit or None
 
 
 @dataclass(frozen=True)
@@ -262,6 +273,8 @@ def _apply(state: CollectionState, record: Record) -> None:
             _delete_collection(state, record)
         case VersionEdited():
             _edit(state, record, body)
+        case VersionLinked():
+            _link(state, record, body)
         case UnknownEvent(of=kind):  # a newer release wrote it: what it means is not ours to say
             state.unknown.append(Unknown(record.seq, kind))
         case _:
@@ -349,7 +362,7 @@ def _edit(state: CollectionState, record: Record, body: VersionEdited) -> None:
     version = state.versions[body.version]
     if version.deleted is not None:
         _broken(state, record, f"edits deleted v{body.version}")
-    if body.metadata is None and body.description is None and body.tags is None:
+    if (body.metadata, body.description, body.tags, body.ttl) == (None, None, None, None):
         _broken(state, record, f"edits nothing of v{body.version}")
     draft = version.draft
     if body.metadata is not None:
@@ -358,7 +371,28 @@ def _edit(state: CollectionState, record: Record, body: VersionEdited) -> None:
         draft.description = body.description or None
     if body.tags is not None:
         draft.tags = list(body.tags)
+    if body.ttl is not None:
+        version.ttl_edit = body.ttl
     version.edited = record.time
+
+
+def _link(state: CollectionState, record: Record, body: VersionLinked) -> None:
+    """A new version that is a link: it has no draft of its own in the log, so one is made
+    (closed, without changes) to hold its metadata as versions do; its commit is the one a
+    version of the source's manifest would have."""
+    if body.version != len(state.versions):
+        _broken(state, record, f"links v{body.version}, expected v{len(state.versions)}")
+    if not state.head:
+        _broken(state, record, "links a version into a collection not created")
+    draft = Draft(f"link:{record.seq}", None, None, record.actor, updated=record.time)
+    draft.metadata, draft.description = body.metadata or None, body.description
+    commit = VersionCommitted(
+        draft.id, body.version, body.digest, body.file_count, body.size, body.snapshot
+    )
+    version = Version(body.version, draft, commit, record.actor, record.time, record.seq)
+    version.link = body
+    state.versions.append(version)
+    _move_aliases(state, version.number, add=["latest", *body.aliases], remove=[])
 
 
 def _union(old: list[str], new: list[str]) -> list[str]:

@@ -22,6 +22,7 @@ from .events import (
     Event,
     VersionCommitted,
     VersionDeleted,
+    VersionLinked,
 )
 from .fold import CollectionState, RunState
 
@@ -59,7 +60,7 @@ def collection_note(state: CollectionState, then: Sequence[Event] = (), now: flo
         match body:
             case CollectionCreated():
                 name, type_ = body.name, body.type
-            case VersionCommitted():
+            case VersionCommitted() | VersionLinked():
                 aliases.update(dict.fromkeys(["latest", *body.aliases], versions))
                 versions, updated, deleted = versions + 1, now, False
                 times.append(now)

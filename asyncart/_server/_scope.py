@@ -24,7 +24,8 @@ import msgspec
 from aiohttp import web
 
 from .._backends.base import Store
-from .._domain.events import FilesAdded, Record, VersionCommitted
+from .._domain.events import FilesAdded, Record, VersionCommitted, VersionLinked
+from .._domain.manifest import Manifest
 from .._errors import AsyncartError, InvalidInputError
 from .._repository import _decode_chain
 from .._threads import maybe_thread
@@ -77,9 +78,18 @@ class Scope:
         """Refuse records that reference blobs ``grant`` may not see: recording a digest must
         not be a way to read (or learn of) another project's blob. Upload it first.
 
+        A link (``version.linked``) must name a source project the token may read.
+
         Raises:
-            InvalidInputError: naming one such digest.
+            InvalidInputError: naming one such digest, or such a source.
         """
+        for record in records:
+            body = record.body
+            if isinstance(body, VersionLinked) and not grant.can_read(body.source_project):
+                raise InvalidInputError(
+                    f"this token may not read project {body.source_project!r}: it cannot link "
+                    f"{body.source_project}/{body.source_name}:v{body.source_version}"
+                )
         if unseen := await self.unseen(grant, _referenced(records)):
             raise InvalidInputError(
                 f"the records reference {len(unseen)} blobs this token has not uploaded and "
@@ -97,6 +107,8 @@ class Scope:
         index = self._projects.get(project)
         if kind != "artifacts" or index is None or not records:
             return
+        if any(isinstance(r.body, VersionLinked) for r in records):
+            return  # a link's files are in its snapshot: the next catch-up reads it
         if index.heads.get(stream, (0, ""))[0] == first_seq:
             index.digests.update(dict.fromkeys(_referenced(records)))
             index.heads[stream] = (first_seq + len(records), last)
@@ -122,8 +134,20 @@ class Scope:
         except (AsyncartError, msgspec.MsgspecError):
             return  # a damaged stream (audit names it) shows nothing past what is indexed
         index.digests.update(dict.fromkeys(_referenced(records)))
+        for record in records:  # a link's readers read its source's files
+            if isinstance(record.body, VersionLinked) and record.body.snapshot is not None:
+                index.digests.update(dict.fromkeys(await self._linked(record.body.snapshot)))
         if index.heads.get(stream, (0, ""))[0] == head:  # nobody caught up meanwhile
             index.heads[stream] = (head + len(records), last)
+
+    async def _linked(self, snapshot: str) -> set[bytes]:
+        """The digests of a link's files, from its snapshot (none if it cannot be read)."""
+        try:
+            data = await self.store.blobs.get_bytes(snapshot)
+            manifest = await maybe_thread(len(data) > _BIG, Manifest.from_snapshot, data, snapshot)
+        except AsyncartError:
+            return set()
+        return {raw for d in manifest.iter_digests() if (raw := _raw(d)) is not None}
 
 
 def _referenced(records: list[Record]) -> set[bytes]:
@@ -132,7 +156,7 @@ def _referenced(records: list[Record]) -> set[bytes]:
         match record.body:
             case FilesAdded(entries=entries):
                 found += (e.digest for e in entries)
-            case VersionCommitted(snapshot=str(snapshot)):
+            case VersionCommitted(snapshot=str(snapshot)) | VersionLinked(snapshot=str(snapshot)):
                 found.append(snapshot)
     return {raw for d in found if (raw := _raw(d)) is not None}
 

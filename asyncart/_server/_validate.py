@@ -50,6 +50,7 @@ from .._domain.events import (
     VersionCommitted,
     VersionDeleted,
     VersionEdited,
+    VersionLinked,
     decode,
     encode,
     record_hash,
@@ -81,6 +82,7 @@ _COLLECTION_EVENTS = (
     RetentionSet,
     CollectionDeleted,
     VersionEdited,
+    VersionLinked,
 )
 _REASON = 1000  # characters of a deletion's or discard's reason
 _BIG = 256 << 10  # bytes of records above which decoding and folding leave the loop
@@ -346,6 +348,20 @@ def _check_body(stream: str, body: Event) -> None:
             check_description(description)  # sets something
             if tags is not None:
                 check_tags(tags)
+            if body.ttl != 0:  # 0 clears it
+                check_seconds(body.ttl, "ttl")
+        case VersionLinked(snapshot=snapshot, aliases=aliases):  # the scope checks the source
+            check_name(body.source_project, "project")
+            check_name(body.source_name, "artifact name")
+            _check_digest(body.digest)
+            if snapshot is not None:
+                _check_digest(snapshot)
+            for alias in aliases:
+                check_alias(alias)
+            check_mapping(body.metadata, "metadata")
+            check_description(body.description)
+            if body.run_project is not None:
+                check_name(body.run_project, "project")
         case RunStarted(group=group, job_type=job_type, config=config):
             for value, what in [(group, "group"), (job_type, "job_type")]:
                 if value is not None:
