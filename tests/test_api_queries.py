@@ -17,8 +17,8 @@ from _records import CountingStore
 from _serving import Server
 
 import asyncart
-from asyncart._backends.local import LocalStore
 from asyncart._names import parse_ref
+from asyncart._store import open_store
 
 
 @dataclass
@@ -137,13 +137,11 @@ async def test_types_and_collections(where: Where, files: Path) -> None:
     assert [t.name for t in await api.artifact_types()] == ["dataset"]
 
 
-async def test_listing_types_and_collections_reads_notes_only(
-    store: str, files: Path, tmp_path: Path
-) -> None:
+async def test_listing_types_and_collections_reads_notes_only(where: Where, files: Path) -> None:
     """Types and collections by type come from the streams' notes: no record is read, no
-    stream listed, whatever the number of versions."""
-    await _fill(Where(store), files)
-    counting = CountingStore(LocalStore(store))
+    stream listed, whatever the number of versions (through a server: one notes request)."""
+    await _fill(where, files)
+    counting = CountingStore(open_store(where.store, where.token))
     api = asyncart.Api("demo", store=counting)
     assert [t.name for t in await api.artifact_types()] == ["dataset", "model"]
     collections = await (await api.artifact_type("dataset")).collections()
