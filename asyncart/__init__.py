@@ -20,6 +20,8 @@ from ._backends.base import EventLog as EventLog
 from ._backends.base import Store as Store
 from ._backends.base import UploadItem as UploadItem
 from ._backends.local import LocalStore as LocalStore
+from ._collections import ArtifactType as ArtifactType
+from ._collections import CollectionHandle as CollectionHandle
 from ._diff import ManifestDiff as ManifestDiff
 from ._domain.events import Entry as Entry
 from ._domain.manifest import Manifest as Manifest
@@ -35,6 +37,7 @@ from ._errors import FileChangedError as FileChangedError
 from ._errors import HasAliasesError as HasAliasesError
 from ._errors import IntegrityError as IntegrityError
 from ._errors import InvalidInputError as InvalidInputError
+from ._errors import MissingDistributedIdError as MissingDistributedIdError
 from ._errors import MissingEntryError as MissingEntryError
 from ._errors import MissingPathError as MissingPathError
 from ._errors import NotDurableError as NotDurableError
@@ -109,11 +112,13 @@ __all__ = (
     "AccessDeniedError",
     "AlreadyFinishedError",
     "CollectedError",
+    "CollectionHandle",
     "Api",
     "Artifact",
     "ArtifactCollection",
     "ArtifactEntry",
     "ArtifactFiles",
+    "ArtifactType",
     "AsyncartError",
     "AsyncartWarning",
     "AuditProblem",
@@ -136,6 +141,7 @@ __all__ = (
     "LogEntry",
     "Manifest",
     "ManifestDiff",
+    "MissingDistributedIdError",
     "MissingEntryError",
     "MissingPathError",
     "NotDurableError",

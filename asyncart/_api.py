@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from types import MappingProxyType
 
 from ._artifact import DEFAULT_PROJECT, Artifact, _user_actor, load_artifact, load_version
 from ._backends.base import Store
+from ._collections import ArtifactType, CollectionHandle, check_per_page, check_type
 from ._errors import InvalidInputError, NotFoundError
-from ._history import ArtifactCollection, LogEntry, list_collections, read_log
+from ._history import (
+    ArtifactCollection,
+    LogEntry,
+    collection_summary,
+    list_collections,
+    read_log,
+)
 from ._lineage import RunInfo, run_info
-from ._names import check_name, parse_ref
+from ._names import check_name, check_tags, parse_ref
 from ._repository import Repository, collection_stream
 from ._store import holding_store, open_store
 
@@ -128,14 +136,100 @@ class Api:
             None if updated is None else datetime.fromtimestamp(updated, UTC),
         )
 
+    async def artifact_versions(
+        self,
+        type_name: str,
+        name: str | None = None,
+        per_page: int = 50,
+        tags: str | Sequence[str] | None = None,
+    ) -> list[Artifact]:
+        """Every committed version of ``[[entity/]project/]name``, newest first, as W&B's
+        ``api.artifact_versions(type_name, name)``: the same as :meth:`artifacts`.
+
+        The one-argument call of earlier releases, ``artifact_versions(name)``, still means
+        every version of ``name`` whatever its type (W&B has no one-argument form, so it
+        cannot mean anything else).
+
+        Raises:
+            NotFoundError: with a type, no such collection.
+            InvalidInputError: with a type, the collection is of another type.
+        """
+        if name is None:
+            return await self._versions(type_name, None, per_page, tags)
+        return await self._versions(name, type_name, per_page, tags)
+
+    async def artifacts(
+        self,
+        type_name: str,
+        name: str,
+        per_page: int = 50,
+        tags: str | Sequence[str] | None = None,
+    ) -> list[Artifact]:
+        """The committed versions of the collection ``[[entity/]project/]name`` of type
+        ``type_name``, newest first (as W&B lists them); with ``tags`` (a tag or a list), only
+        those that have every one of them. Deleted versions are left out (``history`` shows
+        their deletion). ``per_page`` is accepted for W&B's sake: the list comes whole.
+
+        Raises:
+            NotFoundError: no such collection (DeletedError: it was deleted).
+            InvalidInputError: the collection is of another type, or a tag is not valid.
+        """
+        return await self._versions(name, type_name, per_page, tags)
+
     @holding_store
-    async def artifact_versions(self, name: str, project: str | None = None) -> list[Artifact]:
-        """Every committed version of an artifact, oldest first; deleted versions are left
-        out (``history`` shows their deletion)."""
+    async def _versions(
+        self,
+        name: str,
+        type_name: str | None,
+        per_page: int,
+        tags: str | Sequence[str] | None,
+    ) -> list[Artifact]:
+        project, name = self._collection_path(name)
+        check_per_page(per_page)
+        wanted = set(check_tags([tags] if isinstance(tags, str) else tags or []))
+        state = await self._repo.collection(project, name)
+        if type_name is not None:
+            check_type(project, state, type_name)
+        live = [v for v in state.versions if v.deleted is None and wanted.issubset(v.draft.tags)]
+        # loaded oldest first: each manifest is built on its parent's, cached just before
+        found = [await load_version(self._repo, project, state, v) for v in live]
+        return found[::-1]
+
+    @holding_store
+    async def artifact_collection(self, type_name: str, name: str) -> CollectionHandle:
+        """The collection ``[[entity/]project/]name`` of type ``type_name`` (W&B's
+        ``api.artifact_collection``), with ``artifacts()`` and ``await .delete()``; one
+        collection's state is read, nothing more.
+
+        Raises:
+            NotFoundError: no such collection (DeletedError: it was deleted).
+            InvalidInputError: it is of another type.
+        """
+        project, name = self._collection_path(name)
+        state = await self._repo.collection(project, name)
+        check_type(project, state, type_name)
+        return CollectionHandle(self, collection_summary(project, state))
+
+    @holding_store
+    async def artifact_types(self, project: str | None = None) -> list[ArtifactType]:
+        """The artifact types of a project (default: this Api's), sorted: each type some
+        collection of it has. Read from notes, as :meth:`artifact_collections`."""
         project = check_name(self.project if project is None else project, "project")
-        state = await self._repo.collection(project, check_name(name, "artifact name"))
-        live = [v for v in state.versions if v.deleted is None]
-        return [await load_version(self._repo, project, state, v) for v in live]
+        found = await list_collections(self._repo, project)
+        return [ArtifactType(self, project, t) for t in sorted({c.type for c in found})]
+
+    async def artifact_type(self, type_name: str, project: str | None = None) -> ArtifactType:
+        """The artifact type ``type_name`` of a project (W&B's ``api.artifact_type``), with
+        ``collections()``.
+
+        Raises:
+            NotFoundError: no collection of the project has that type.
+        """
+        for found in await self.artifact_types(project):
+            if found.name == type_name:
+                return found
+        project = self.project if project is None else project
+        raise NotFoundError(f"project {project} has no artifact of type {type_name!r}")
 
     @holding_store
     async def projects(self) -> list[str]:
@@ -144,9 +238,12 @@ class Api:
         return sorted({stream.partition("/")[0] for stream in streams})
 
     @holding_store
-    async def artifact_collections(self, project: str | None = None) -> list[ArtifactCollection]:
-        """Every artifact of a project (default: this Api's), sorted by name; a deleted
-        collection (:meth:`delete_collection`) is left out.
+    async def artifact_collections(
+        self, project: str | None = None, type_name: str | None = None
+    ) -> list[ArtifactCollection]:
+        """Every artifact of a project (default: this Api's), sorted by name, of type
+        ``type_name`` when given; a deleted collection (:meth:`delete_collection`) is left out.
+        These are summaries: :meth:`artifact_collection` gives one with ``delete()``.
 
         Read from the streams' notes (no records), so the cost grows with the number of
         artifacts, not with their history; an artifact whose note is missing or unusable (a
@@ -158,7 +255,8 @@ class Api:
                 print(collection.name, collection.type, collection.versions, collection.aliases)
         """
         project = check_name(self.project if project is None else project, "project")
-        return await list_collections(self._repo, project)
+        found = await list_collections(self._repo, project)
+        return found if type_name is None else [c for c in found if c.type == type_name]
 
     @holding_store
     async def history(
@@ -189,6 +287,14 @@ class Api:
         return run_info(
             project, run_id, await self._repo.run(project, check_name(run_id, "run id"))
         )
+
+    def _collection_path(self, name: str) -> tuple[str, str]:
+        """(project, name) of a collection's ``[[entity/]project/]name``."""
+        ref = parse_ref(name)
+        if ref.version is not None or ":" in name:
+            raise InvalidInputError(f"{name!r} names a version: give a collection's name")
+        project = self.project if ref.project is None else ref.project
+        return project, check_name(ref.name, "artifact name")
 
     def _store_in_use(self) -> Store:
         return self._repo.store

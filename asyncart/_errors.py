@@ -13,7 +13,8 @@ Every error derives from :class:`AsyncartError`::
     │   ├── FileChangedError     a file changed between ``add_file`` and its upload
     │   └── VerificationError    ``verify`` found files that differ (also a ``ValueError``)
     ├── InvalidInputError        a bad name, path or argument (also a ``ValueError``)
-    │   └── HasAliasesError      a version to delete has aliases (``delete_aliases=True``)
+    │   ├── HasAliasesError      a version to delete has aliases (``delete_aliases=True``)
+    │   └── MissingDistributedIdError no distributed id and no group (also a ``TypeError``)
     ├── SealedError              a committed artifact or finished draft was modified
     └── BackendUnavailableError  the store cannot be reached or opened
         ├── AccessDeniedError    the server refused the token (missing, unknown, out of scope)
@@ -152,6 +153,15 @@ class InvalidInputError(AsyncartError, ValueError):
 class HasAliasesError(InvalidInputError):
     """Raised by ``Artifact.delete`` for a version that has aliases (``latest`` aside) when
     ``delete_aliases`` is False; nothing was deleted."""
+
+
+class MissingDistributedIdError(InvalidInputError, TypeError):
+    """Raised by ``upsert_artifact``, ``finish_artifact`` and ``discard_artifact`` when no
+    ``distributed_id`` is given and the run has no group to default to.
+
+    It is also a ``TypeError`` because W&B raises that for the same condition (and, as every
+    ``InvalidInputError``, a ``ValueError``).
+    """
 
 
 class SealedError(AsyncartError):

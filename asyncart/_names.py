@@ -181,7 +181,7 @@ def check_prefix(prefix: str) -> str:
 
 
 class Ref(NamedTuple):
-    """A parsed ``[project/]name[:alias|:vN]`` reference."""
+    """A parsed ``[[entity/]project/]name[:alias|:vN]`` reference."""
 
     project: str | None
     name: str
@@ -190,12 +190,25 @@ class Ref(NamedTuple):
 
 
 def parse_ref(ref: str) -> Ref:
-    """Parse ``[project/]name[:alias|:vN]``; the alias defaults to ``latest``."""
+    """Parse ``[[entity/]project/]name[:alias|:vN]``; the alias defaults to ``latest``.
+
+    A W&B path's entity (``entity/project/name:alias``) is checked as a name and otherwise
+    ignored: a store has no entities, so the project alone says where the artifact is.
+    """
     body, colon, tag = ref.partition(":")
-    project, slash, name = body.rpartition("/")
+    parts = body.split("/")
+    if len(parts) > 3:
+        raise InvalidInputError(
+            f"invalid reference {ref[:200]!r}: use [[entity/]project/]name[:alias|:vN]"
+        )
+    name = parts[-1]
+    project = parts[-2] if len(parts) > 1 else None
+    entity = parts[-3] if len(parts) > 2 else None
     check_name(name, "artifact name")
-    if slash:
+    if project is not None:
         check_name(project, "project")
+    if entity is not None:
+        check_name(entity, "entity")
     if colon and not tag:
         raise InvalidInputError(f"invalid reference {ref!r}: nothing after ':'")
     tag = tag or "latest"

@@ -12,7 +12,7 @@ from typing import Any
 from ._artifact import DEFAULT_PROJECT, Artifact, load_artifact, load_version
 from ._backends.base import Store
 from ._domain.events import ArtifactLogged, ArtifactUsed, RunFinished, RunStarted
-from ._errors import InvalidInputError
+from ._errors import InvalidInputError, MissingDistributedIdError
 from ._files import artifact_from_path
 from ._names import check_name
 from ._repository import Repository, Transfer
@@ -146,7 +146,7 @@ class Run:
     def _distributed_id(self, distributed_id: str | None) -> str:
         chosen = self.group if distributed_id is None else distributed_id
         if chosen is None:
-            raise InvalidInputError(
+            raise MissingDistributedIdError(
                 "a distributed artifact needs distributed_id=..., or a run started with group=..."
             )
         return check_name(chosen, "distributed_id")

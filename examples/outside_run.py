@@ -48,7 +48,8 @@ async def main(store: str | None) -> None:
     print(f"  aliases : {', '.join(latest.aliases)}")
     print(f"  type    : {latest.type}; description: {latest.description!r}")
     print(f"  files   : {sorted(latest.manifest.entries)} ({latest.size} bytes)")
-    print(f"  versions: {[v.version for v in await api.artifact_versions(NAME)]}")
+    versions = await api.artifacts("model", NAME)  # newest first, as in W&B
+    print(f"  versions: {[v.version for v in versions]}")
 
 
 if __name__ == "__main__":

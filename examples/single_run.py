@@ -67,7 +67,7 @@ async def main(store: str | None) -> None:
         # Anyone can read it back later by alias, outside any run.
         api = asyncart.Api(project="demo", store=store)
         best = await api.artifact(f"{NAME}:best")
-        versions = await api.artifact_versions(NAME)
+        versions = await api.artifacts("dataset", NAME)
         print(f"{NAME}:best is {best.version}; the collection has {len(versions)} version(s)")
 
 

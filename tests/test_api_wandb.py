@@ -68,3 +68,33 @@ async def test_artifact_collection_exists(where: tuple[str, str | None], files: 
     with pytest.raises(asyncart.InvalidInputError, match="names a version"):
         await api.artifact_collection_exists("ds:v0")
     await api.aclose()
+
+
+# -- errors a W&B user catches as builtins (see README "Errors") -----------------------------
+
+
+def test_bad_metadata_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match=r"metadata\['x'\]"):
+        asyncart.Artifact("ds", "dataset", metadata={"x": object()})
+
+
+async def test_no_distributed_id_outside_a_group_is_a_type_error(store: str, files: Path) -> None:
+    """W&B raises TypeError when upsert/finish get no distributed id and the run no group."""
+    art = asyncart.Artifact("shards", "dataset")
+    await art.add_file(files / "a.txt")
+    async with asyncart.init(project="demo", store=store) as run:
+        for call in (run.upsert_artifact, run.finish_artifact, run.discard_artifact):
+            with pytest.raises(TypeError, match="needs distributed_id=") as caught:
+                await call(art)
+            assert isinstance(caught.value, asyncart.MissingDistributedIdError)
+            assert isinstance(caught.value, asyncart.InvalidInputError)  # as before
+        await run.upsert_artifact(art, distributed_id="d")  # with one, it works
+        await run.finish_artifact(asyncart.Artifact("shards", "dataset"), distributed_id="d")
+    assert (await asyncart.Api("demo", store=store).artifact("shards")).version == "v0"
+
+
+def test_sealed_error_is_not_an_attribute_error() -> None:
+    """W&B's ArtifactFinalizedError is an AttributeError; ours is not on purpose: ``hasattr``
+    and ``getattr(obj, name, default)`` would swallow it and hide the refusal."""
+    assert not issubclass(asyncart.SealedError, AttributeError)
+    assert issubclass(asyncart.SealedError, asyncart.AsyncartError)

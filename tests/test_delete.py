@@ -66,7 +66,7 @@ async def test_delete_end_to_end(where: Where, tmp_path: Path) -> None:
     again = await _log(where, root, "two")  # the content of deleted v2: a new version
     assert (again.version, again.digest) == ("v3", v2.digest)
     live = await _api(where).artifact_versions("ds")
-    assert [a.version for a in live] == ["v0", "v3"]
+    assert [a.version for a in live] == ["v3", "v0"]
     (summary,) = await _api(where).artifact_collections()
     assert (summary.versions, dict(summary.aliases)) == (4, {"latest": 3})
 

@@ -101,7 +101,7 @@ async def race(tmp_path: Path, store: str, mode: str) -> list[list[dict[str, Any
 async def versions(store: str) -> list[asyncart.Artifact]:
     report = await asyncart.audit(PROJECT, store=store)
     assert report.ok, str(report)
-    return await asyncart.Api(PROJECT, store=store).artifact_versions(NAME)
+    return (await asyncart.Api(PROJECT, store=store).artifact_versions(NAME))[::-1]  # v0 first
 
 
 def files_of(artifact: asyncart.Artifact) -> set[str]:

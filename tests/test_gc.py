@@ -355,7 +355,7 @@ async def test_committers_racing_a_collector_never_lose_a_blob(
     async def deleter() -> None:
         while not done.is_set():
             versions = await api.artifact_versions("ds")
-            for old in versions[:-1]:
+            for old in versions[1:]:  # newest first: all but the latest
                 # deleted by now, or the stream moved: the next pass sees
                 with contextlib.suppress(asyncart.NotFoundError, asyncart.ConflictError):
                     await old.delete(delete_aliases=True)

@@ -228,7 +228,7 @@ async def test_lineage_and_history_work_over_stamped_records(
         and creator.id == run.id
         and creator.logged == (("model", 0), ("model", 1))
     )
-    assert [v.version for v in await api.artifact_versions("model")] == ["v0", "v1"]
+    assert [v.version for v in await api.artifact_versions("model")] == ["v1", "v0"]
 
 
 @pytest.mark.allow_blocking  # starts a second server process

@@ -173,7 +173,7 @@ async def test_a_record_of_an_unknown_kind_is_skipped_and_reported(store: str, f
     api = asyncart.Api(PROJECT, store=store)
     assert (await api.artifact(f"{NAME}:v0")).metadata == {"k": 1}
     assert sorted((await api.artifact(f"{NAME}:latest")).manifest.entries) == ["a.txt", "b.txt"]
-    assert [v.version for v in await api.artifact_versions(NAME)] == ["v0", "v1"]
+    assert [v.version for v in await api.artifact_versions(NAME)] == ["v1", "v0"]
 
     [entry] = [e for e in await api.history(NAME) if e.seq == seq]
     assert (entry.kind, dict(entry.data)) == ("version.retired", {"version": 0, "why": "x"})

@@ -54,7 +54,7 @@ def test_parse_ref(ref, expected):
     assert tuple(parse_ref(ref)) == expected
 
 
-@pytest.mark.parametrize("ref", ["", "a/b/c", "ds:v01", "ds:", "/ds"])
+@pytest.mark.parametrize("ref", ["", "a/b/c/d", "/b/c", "ds:v01", "ds:", "/ds"])
 def test_bad_refs(ref):
     with pytest.raises(InvalidInputError):
         parse_ref(ref)

@@ -18,7 +18,7 @@ def test_all_is_the_contract():
 
 def test_every_error_derives_from_the_root():
     errors = [getattr(asyncart, n) for n in asyncart.__all__ if n.endswith("Error")]
-    assert len(errors) == 17
+    assert len(errors) == 18
     assert all(issubclass(e, asyncart.AsyncartError) for e in errors)
     assert issubclass(asyncart.InvalidInputError, ValueError)
     assert issubclass(asyncart.DeletedError, asyncart.NotFoundError)
@@ -29,6 +29,8 @@ def test_every_error_derives_from_the_root():
     assert issubclass(asyncart.MissingEntryError, KeyError)
     assert issubclass(asyncart.VerificationError, asyncart.IntegrityError)
     assert issubclass(asyncart.VerificationError, ValueError)
+    assert issubclass(asyncart.MissingDistributedIdError, asyncart.InvalidInputError)
+    assert issubclass(asyncart.MissingDistributedIdError, TypeError)
 
 
 def test_importing_asyncart_leaves_aiohttp_for_server_stores():

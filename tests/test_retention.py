@@ -64,7 +64,8 @@ def _api(where: Where) -> asyncart.Api:
 
 
 async def _live(where: Where, name: str = "ds") -> list[str]:
-    return [a.version or "" for a in await _api(where).artifact_versions(name)]
+    newest_first = await _api(where).artifact_versions(name)
+    return [a.version or "" for a in reversed(newest_first)]
 
 
 async def _apply(where: Where, now: float, **kw: object) -> asyncart.RetentionReport:

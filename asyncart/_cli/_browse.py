@@ -18,6 +18,7 @@ from ._values import parse_time, split_name
 
 def _ls_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("project", metavar="PROJECT", nargs="?", help="default: every project")
+    parser.add_argument("--type", metavar="TYPE", help="only the artifacts of this type")
 
 
 @command(
@@ -26,12 +27,12 @@ def _ls_args(parser: argparse.ArgumentParser) -> None:
 async def ls(args: argparse.Namespace, console: Console) -> int:
     async with api_for(args) as api:
         projects = [args.project] if args.project else await api.projects()
-        found = [c for p in projects for c in await api.artifact_collections(p)]
+        found = [c for p in projects for c in await api.artifact_collections(p, args.type)]
     if console.as_json:
         console.json_lines([_collection_json(c) for c in found])
         return 0
     if not found:
-        console.result("no artifacts", None, None)
+        console.result("no artifacts" + (f" of type {args.type}" if args.type else ""), None, None)
         return 0
     names = [f"{c.project}/{c.name}" for c in found]
     if console.quiet:  # the names alone: no table to build (a large store has 100,000 rows)
@@ -88,7 +89,7 @@ def _versions_args(parser: argparse.ArgumentParser) -> None:
 async def versions(args: argparse.Namespace, console: Console) -> int:
     project, name = split_name(args.name, args.project or DEFAULT_PROJECT)
     async with api_for(args) as api:
-        found = await api.artifact_versions(name, project)
+        found = (await api.artifact_versions(f"{project}/{name}"))[::-1]  # oldest first, as log
     if not found:
         raise asyncart.NotFoundError(f"artifact {project}/{name} not found")
     if console.as_json:

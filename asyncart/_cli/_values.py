@@ -55,6 +55,8 @@ def parse_fraction(text: str) -> float:
 
 
 def split_name(text: str, project: str) -> tuple[str, str]:
-    """``[project/]name`` -> (project, name), the project defaulting to ``project``."""
+    """``[[entity/]project/]name`` -> (project, name), the project defaulting to ``project``
+    (an entity, as in a W&B path, is ignored: see ``parse_ref``)."""
     owner, _, name = text.rpartition("/")
+    owner = owner.rpartition("/")[2] if owner.count("/") == 1 else owner
     return owner or project, name
