@@ -31,3 +31,16 @@ def test_served_example_serves_the_store_given_and_revokes_its_token(tmp_path: P
     assert json.loads(listed.stdout)["name"] == "shards"  # the version went into that store
     tokens = json.loads((store / "tokens.json").read_text())
     assert tokens == {"tokens": []}  # the token it minted is revoked
+
+
+def test_references_example_fetches_and_checks_the_references(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "references.py"), "--store", str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "logged demo/pets:v0: 3 references, 1 stored file" in done.stdout
+    assert "downloaded 4 files to out/ (references verified)" in done.stdout
+    assert "after a referenced file changed: IntegrityError: data/images/1.png" in done.stdout

@@ -13,6 +13,12 @@ through this server add to it as they go; a digest not found is looked for again
 up with the log, so appends by another server process on the same store are seen. Digests are
 kept as 32 raw bytes. A token's uploads are asked about after the indexes in memory, for the
 digests those do not show (on PostgreSQL that is a query).
+
+A reference entry (``Entry.ref``, added by ``add_reference``) has no blob: its digest is neither
+indexed nor checked, so it can never make a blob visible. A writer who records another
+project's blob digest in a reference entry learns nothing (``missing`` and reads still answer as
+before for that digest), and a reader of that entry fetches it from its URI, never from the
+store.
 """
 
 from __future__ import annotations
@@ -130,8 +136,8 @@ def _referenced(records: list[Record]) -> set[bytes]:
     found: list[str] = []
     for record in records:
         match record.body:
-            case FilesAdded(entries=entries):
-                found += (e.digest for e in entries)
+            case FilesAdded(entries=entries):  # a reference entry claims no blob (see above)
+                found += (e.digest for e in entries if e.ref is None)
             case VersionCommitted(snapshot=str(snapshot)):
                 found.append(snapshot)
     return {raw for d in found if (raw := _raw(d)) is not None}
