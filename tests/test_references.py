@@ -422,3 +422,35 @@ def test_cli_put_reference(tmp_path: Path) -> None:
     assert _listing(tmp_path / "out") == DATA
     missing = _cli("put", "none", "-t", "dataset", "--store", store)
     assert missing.returncode != 0 and "a DIR_OR_FILE or a --reference URI" in missing.stderr
+
+
+async def test_a_copy_of_a_store_keeps_references_without_blobs(tmp_path: Path) -> None:
+    data = _tree(tmp_path / "data", DATA)
+    (tmp_path / "own.txt").write_text("uploaded\n")
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    artifact = asyncart.Artifact("ds", "dataset")
+    await artifact.add_reference(data.as_uri())
+    await artifact.add_file(tmp_path / "own.txt")
+    await artifact.save("demo", src)
+    report = await asyncart.copy_store(str(src), str(dst))
+    assert report.blobs == 1  # own.txt; the references have none
+    copied = await asyncart.Api("demo", dst).artifact("ds")
+    assert copied.get_entry("sub/b.txt").ref == (data / "sub" / "b.txt").as_uri()
+    assert _listing(await copied.download(tmp_path / "out")) == {**DATA, "own.txt": b"uploaded\n"}
+    assert (await asyncart.audit(store=dst, read_data=True)).ok
+
+
+async def test_references_in_a_distributed_version(tmp_path: Path) -> None:
+    data = _tree(tmp_path / "data", DATA)
+    store = str(tmp_path / "store")
+    for part in ("a.txt", "sub"):
+        async with asyncart.init(project="demo", group="g1", store=store) as run:
+            piece = asyncart.Artifact("shards", "dataset")
+            await piece.add_reference((data / part).as_uri(), name=part)
+            await run.upsert_artifact(piece)
+    async with asyncart.init(project="demo", group="g1", store=store) as run:
+        final = await run.finish_artifact(asyncart.Artifact("shards", "dataset"))
+    assert sorted(final.manifest.entries) == sorted(DATA)
+    assert final.get_entry("sub/deep/c.bin").ref == (data / "sub" / "deep" / "c.bin").as_uri()
+    assert _listing(await final.download(tmp_path / "out")) == DATA
+    assert (await asyncart.audit(store=store)).ok
