@@ -306,22 +306,35 @@ async def fetch_references(entries: list[Entry], targets: list[str], concurrency
     checked = [(e.digest, dest) for e, dest in pairs if is_checked(e)]
     stale = {dest for _, dest in await anyio.to_thread.run_sync(_stale, checked, sizes)}
     todo = [(e, dest) for e, dest in pairs if not is_checked(e) or dest in stale]
-    stores: dict[str, S3BlobStore] = {}
 
-    async def one(batch: list[tuple[Entry, str]]) -> int:
-        entry, dest = batch[0]
-        assert entry.ref is not None
-        return await _fetch(entry, ref_uri(entry.ref), dest, stores)
+    async with contextlib.AsyncExitStack() as stack:
+        buckets = _Buckets(stack)
 
-    try:
+        async def one(batch: list[tuple[Entry, str]]) -> int:
+            entry, dest = batch[0]
+            assert entry.ref is not None
+            return await _fetch(entry, ref_uri(entry.ref), dest, buckets)
+
         done = await run_pool([[item] for item in todo], one, concurrency)
-    finally:
-        for store in stores.values():
-            await store.aclose()
     return sum(done)
 
 
-async def _fetch(entry: Entry, uri: str, dest: str, stores: dict[str, S3BlobStore]) -> int:
+class _Buckets:
+    """One S3 client per bucket for a whole download, held open until it ends."""
+
+    def __init__(self, stack: contextlib.AsyncExitStack) -> None:
+        self._stack = stack
+        self._stores: dict[str, S3BlobStore] = {}
+
+    async def store(self, bucket: str) -> S3BlobStore:
+        store = self._stores.get(bucket)
+        if store is None:
+            store = self._stores[bucket] = _s3_store(bucket)
+            await self._stack.enter_async_context(store.held())
+        return store
+
+
+async def _fetch(entry: Entry, uri: str, dest: str, buckets: _Buckets) -> int:
     sink = await anyio.to_thread.run_sync(_Sink, dest)
     try:
         scheme = urlsplit(uri).scheme
@@ -330,7 +343,7 @@ async def _fetch(entry: Entry, uri: str, dest: str, stores: dict[str, S3BlobStor
         elif scheme in ("http", "https"):
             await _fetch_http(uri, sink)
         else:
-            await _fetch_s3(uri, sink, stores)
+            await _fetch_s3(uri, sink, buckets)
         return await anyio.to_thread.run_sync(sink.finish, entry, uri)
     except BaseException:
         with anyio.CancelScope(shield=True):
@@ -348,11 +361,9 @@ async def _fetch_http(uri: str, sink: _Sink) -> None:
         raise BackendUnavailableError(f"cannot read reference {uri}: {e}") from None
 
 
-async def _fetch_s3(uri: str, sink: _Sink, stores: dict[str, S3BlobStore]) -> None:
+async def _fetch_s3(uri: str, sink: _Sink, buckets: _Buckets) -> None:
     where = _S3Ref.parse(uri)
-    store = stores.get(where.bucket)
-    if store is None:
-        store = stores[where.bucket] = _s3_store(where.bucket)
+    store = await buckets.store(where.bucket)
     async with store._use() as client:
         try:
             store.requests["GetObject"] += 1
