@@ -454,3 +454,37 @@ async def test_references_in_a_distributed_version(tmp_path: Path) -> None:
     assert final.get_entry("sub/deep/c.bin").ref == (data / "sub" / "deep" / "c.bin").as_uri()
     assert _listing(await final.download(tmp_path / "out")) == DATA
     assert (await asyncart.audit(store=store)).ok
+
+
+async def test_references_survive_snapshots_checkpoints_and_gc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncart._domain.checkpoint
+    import asyncart._repository
+
+    monkeypatch.setattr(asyncart._repository, "SNAPSHOT_EVERY", 1)  # every child: a snapshot
+    monkeypatch.setattr(asyncart._domain.checkpoint, "CHECKPOINT_EVERY", 2)
+    data = _tree(tmp_path / "data", DATA)
+    (tmp_path / "own.txt").write_text("uploaded\n")
+    store = tmp_path / "store"
+    artifact = asyncart.Artifact("ds", "dataset")
+    await artifact.add_reference(data.as_uri())
+    await artifact.add_file(tmp_path / "own.txt")
+    v0 = await artifact.save("demo", store)
+    draft = v0.new_draft()
+    await draft.add_reference((data / "a.txt").as_uri(), name="more/a.txt")
+    v1 = await draft.save()
+    snapshot = v1._require_saved().version.commit.snapshot
+    assert snapshot is not None  # v1 is read from a snapshot
+    report = await asyncart.gc(store=store, grace=0)
+    assert report.blobs_removed == 0 and report.blobs_kept == 2  # own.txt and the snapshot
+
+    reread = await asyncart.Api("demo", store).artifact("ds:v1")  # a fresh read: snapshot
+    assert reread.manifest.digest == v1.digest
+    assert reread.get_entry("more/a.txt").ref == (data / "a.txt").as_uri()
+    assert reread.get_entry("sub/b.txt").ref == (data / "sub" / "b.txt").as_uri()
+    assert reread.get_entry("own.txt").ref is None
+    assert list(store.rglob("*.ckpt"))  # and its state from a checkpoint
+    out = await reread.download(tmp_path / "out")
+    assert _listing(out) == {**DATA, "more/a.txt": DATA["a.txt"], "own.txt": b"uploaded\n"}
+    assert (await asyncart.audit(store=store, read_data=True)).ok
