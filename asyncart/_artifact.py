@@ -57,6 +57,7 @@ from ._names import (
     check_tags,
     parse_ref,
 )
+from ._references import fetch_references, is_checked, reference_entries, split_refs
 from ._repository import ENTRIES_PER_EVENT, AddedChunks, DraftSpec, Edit, Repository, Transfer
 from ._retention import check_ttl
 from ._store import holding_store, load_backend, open_store, prepare_store
@@ -71,6 +72,7 @@ from ._transfer import (
     hash_tree,
     run_pool,
 )
+from ._transfer import _prepare_dirs as prepare_dirs
 from ._values import check_description, check_mapping
 
 DEFAULT_PROJECT = "uncategorized"
@@ -447,6 +449,45 @@ class Artifact:
         finally:
             await maybe_thread(heavy, pairs.clear)  # a million strings: freed off the loop
 
+    async def add_reference(
+        self,
+        uri: str,
+        name: str | None = None,
+        checksum: bool = True,
+        max_objects: int | None = None,
+        *,
+        overwrite: bool = False,
+    ) -> list[Entry]:
+        """Add the file or files at ``uri`` as references: their bytes stay there, and
+        ``download`` fetches them from it (nothing is uploaded to the store).
+
+        ``uri`` is ``file:///path`` (a file, or a directory's regular files),
+        ``http(s)://...`` (one file) or ``s3://BUCKET/KEY`` (the object at the key, else every
+        object under ``KEY/``; ``?versionId=`` picks a version; endpoint and credentials come
+        from the usual AWS variables, as for an S3 store). A file is added as ``name``
+        (default: the last part of the URI's path); a directory or prefix as
+        ``name/relative/path`` (default: its relative paths).
+
+        With ``checksum`` the bytes are read now (once, off the event loop): the entry has
+        their BLAKE3 digest and size, and a download verifies them. Without it nothing is read:
+        the entry is tracked by its URI, as W&B does, its digest derived from the URI and the
+        ETag if the source sends one, and a download takes the bytes as they are then.
+
+        ``max_objects`` (default 10,000, as W&B) bounds the files of a directory or prefix.
+
+        Returns the entries added, in path order.
+
+        Raises:
+            InvalidInputError: a bad URI or name, more files than ``max_objects``, or a path
+                already in the draft with other content (without ``overwrite``).
+            NotFoundError: nothing is at ``uri``.
+            BackendUnavailableError: the source cannot be reached.
+        """
+        self._check_open()
+        entries = await reference_entries(uri, name, checksum, max_objects)
+        await self._add(entries, [], overwrite)
+        return entries
+
     def _add_tree(self, manifest: Manifest, tree: _Tree) -> None:
         """Make the files of an empty root draft those of ``tree``, hashed as ``manifest``:
         the local files are known from the tree's folder."""
@@ -497,7 +538,7 @@ class Artifact:
             old = self._entries.get(entry.path)
             if old is None:
                 check_file_or_dir(entry.path, self._entries, tree, self.name)
-            elif old.digest != entry.digest and not overwrite:
+            elif (old.digest, old.ref) != (entry.digest, entry.ref) and not overwrite:
                 raise InvalidInputError(
                     f"{entry.path!r} is already in {self.name} with other content; "
                     "pass overwrite=True or remove() it first"
@@ -507,7 +548,10 @@ class Artifact:
         origin = _origin(sources)
         for entry in new:
             self._entries[entry.path] = entry
-            self._sources.add(entry.path, local[entry.path], origin)
+            if entry.ref is None:
+                self._sources.add(entry.path, local[entry.path], origin)
+            else:  # a reference: nothing to upload
+                self._sources.pop(entry.path)
         if new:
             self._built = None
             self._record("add", new)
@@ -549,6 +593,8 @@ class Artifact:
         if self._parent is None:  # a root: its files are all added, made from its pages
             changes = AddedChunks(self.manifest)
             uploads = _Uploads(self.manifest, self._sources)
+            if self.manifest.has_refs:  # references are not uploaded
+                uploads = list(_without_refs(uploads))
         else:
             changes = [c for kind, items in self._changes for c in _as_events(kind, items)]
             uploads = [
@@ -738,7 +784,13 @@ class Artifact:
         saved = self._require_saved()
         target = self._default_root(root)
         blobs = saved.repo.store.blobs
+        refs: list[Entry] = []
+        if not isinstance(entries, Manifest) or entries.has_refs:
+            entries, refs = await maybe_thread(len(entries) > HEAVY, split_refs, entries)
         await download(blobs, entries, target, concurrency=concurrency, progress=progress)
+        if refs:  # fetched from where they are: their bytes were never stored
+            targets = await anyio.to_thread.run_sync(prepare_dirs, target, refs)
+            await fetch_references(refs, targets, concurrency)
         return target
 
     def _default_root(self, root: str | os.PathLike[str] | None) -> Path:
@@ -1293,6 +1345,8 @@ def _skipped_warning(root: str, skipped: list[str]) -> AsyncartWarning:
 def _verify_batch(root: Path, entries: list[Entry]) -> list[str]:
     problems = []
     for entry in entries:
+        if not is_checked(entry):
+            continue  # an unchecked reference: no content to compare with (W&B's too)
         try:
             digest, size = hash_file(str(root / entry.path), entry.size)
         except NotFoundError:
@@ -1304,6 +1358,13 @@ def _verify_batch(root: Path, entries: list[Entry]) -> list[str]:
         if (digest, size) != (entry.digest, entry.size):
             problems.append(f"changed {entry.path}")
     return problems
+
+
+def _without_refs(uploads: _Uploads) -> Iterator[UploadItem]:
+    manifest, local = uploads._manifest, uploads._sources.local
+    for entry in manifest.iter_entries():
+        if entry.ref is None:
+            yield UploadItem(local(entry.path), entry.digest, entry.size)
 
 
 def _entry_size(entry: Entry) -> int:

@@ -707,8 +707,8 @@ def _new_uses(
         if not isinstance(change, FilesAdded):
             continue
         for entry in change.entries:
-            if entries.get(entry.path) != entry or entry.digest in uses:
-                continue  # replaced or removed later in this version, or queued already
+            if entry.ref is not None or entries.get(entry.path) != entry or entry.digest in uses:
+                continue  # a reference (no blob), replaced or removed later, or queued already
             old = before.get(entry.path)
             if old is None or old.digest != entry.digest:
                 where = f"{state.name}:v{version.number}/{entry.path}"

@@ -195,8 +195,8 @@ class _Copier:
         snapshots: list[str] = []
         for record in records:
             match record.body:
-                case FilesAdded(entries=entries):
-                    sizes.update((e.digest, e.size) for e in entries)
+                case FilesAdded(entries=entries):  # a reference entry has no blob
+                    sizes.update((e.digest, e.size) for e in entries if e.ref is None)
                 case VersionCommitted(snapshot=str(snapshot)):
                     snapshots.append(snapshot)
                 case VersionLinked(snapshot=str(snapshot)):  # its files may be in another

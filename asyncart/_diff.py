@@ -11,7 +11,7 @@ from ._domain.manifest import Manifest, pages_apart
 class ManifestDiff:
     """What changed from one version to another; each tuple is sorted by path.
 
-    ``changed`` holds the paths present in both whose content digest differs.
+    ``changed`` holds the paths present in both whose content digest (or reference URI) differs.
     """
 
     added: tuple[str, ...]

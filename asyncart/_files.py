@@ -18,6 +18,7 @@ import anyio
 from ._domain.events import Entry
 from ._domain.manifest import Manifest
 from ._errors import InvalidInputError, NotFoundError
+from ._references import ref_uri
 from ._threads import HEAVY, maybe_thread
 
 if TYPE_CHECKING:
@@ -38,16 +39,17 @@ class ArtifactEntry:
         path: its path in the version (``dir/file.txt``).
         digest: its content digest (BLAKE3, hex).
         size: its size in bytes.
-        ref: the reference it was added from; None for a file stored in the blob store (the
-            only kind so far).
+        ref: the URI it was added from by ``add_reference`` (its bytes are fetched from
+            there); None for a file stored in the blob store.
     """
 
-    __slots__ = ("_artifact", "digest", "path", "ref", "size")
+    __slots__ = ("_artifact", "_ref", "digest", "path", "ref", "size")
 
     def __init__(self, artifact: Artifact, entry: Entry) -> None:
         self._artifact = artifact
         self.path, self.digest, self.size = entry.path, entry.digest, entry.size
-        self.ref: str | None = None
+        self._ref = entry.ref
+        self.ref: str | None = None if entry.ref is None else ref_uri(entry.ref)
 
     async def download(self, root: str | os.PathLike[str] | None = None) -> Path:
         """Write this file under ``root`` (default: the artifact's, ``./artifacts/NAME:vN``)
@@ -58,8 +60,8 @@ class ArtifactEntry:
 
     @property
     def entry(self) -> Entry:
-        """The manifest's :class:`~asyncart.Entry` (path, digest, size)."""
-        return Entry(self.path, self.digest, self.size)
+        """The manifest's :class:`~asyncart.Entry` (path, digest, size, ref)."""
+        return Entry(self.path, self.digest, self.size, self._ref)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ArtifactEntry):

@@ -376,13 +376,13 @@ async def mark_collection(
             await _mark_changes(repo, state.stream, version.draft.change_seqs, mark)
         else:
             manifest = await repo.manifest(state, version)
-            await maybe_thread(len(manifest) > 10_000, mark, manifest.iter_digests())
+            await maybe_thread(len(manifest) > 10_000, mark, manifest.iter_blob_digests())
         marked.add(version.number)
     for draft in state.drafts.values():
         await _mark_changes(repo, state.stream, draft.change_seqs, mark)
         if draft.parent is not None and draft.parent not in marked:
             manifest = await repo.manifest(state, state.versions[draft.parent])
-            await maybe_thread(len(manifest) > 10_000, mark, manifest.iter_digests())
+            await maybe_thread(len(manifest) > 10_000, mark, manifest.iter_blob_digests())
 
 
 async def _mark_changes(
@@ -401,7 +401,7 @@ def _mark_added(
 ) -> None:
     for change in iter_changes(stream, payloads, seqs):
         if hasattr(change, "entries"):
-            mark(entry.digest for entry in change.entries)
+            mark(e.digest for e in change.entries if e.ref is None)  # a reference: no blob
 
 
 async def _candidates(

@@ -46,3 +46,16 @@ def test_registry_example_links_once_and_downloads_from_the_source(tmp_path: Pat
         assert "linked registry/mnist-classifier:v0 -> demo/mnist-model:v0" in done.stdout
         assert "resolved registry/mnist-classifier:v0 (source mnist-model:v0)" in done.stdout
         assert "demo/mnist-model:v0 is linked from registry/mnist-classifier:v0" in done.stdout
+
+
+def test_references_example_fetches_and_checks_the_references(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "references.py"), "--store", str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "logged demo/pets:v0: 3 references, 1 stored file" in done.stdout
+    assert "downloaded 4 files to out/ (references verified)" in done.stdout
+    assert "after a referenced file changed: IntegrityError: data/images/1.png" in done.stdout

@@ -21,8 +21,24 @@ from ._values import parse_as_of, parse_duration, parse_fraction, split_name
 
 
 def _put_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", metavar="DIR_OR_FILE", help="a directory (its files) or a file")
+    parser.add_argument(
+        "path", metavar="DIR_OR_FILE", nargs="?", help="a directory (its files) or a file"
+    )
     parser.add_argument("name", metavar="NAME", help="artifact name, optionally project/name")
+    parser.add_argument(
+        "--reference",
+        "-r",
+        metavar="URI",
+        action="append",
+        default=[],
+        help="add file://, http(s):// or s3:// URI as a reference, not uploaded (repeat)",
+    )
+    parser.add_argument(
+        "--no-checksum",
+        dest="checksum",
+        action="store_false",
+        help="do not read the references: track them by URI (and ETag)",
+    )
     parser.add_argument("--type", "-t", required=True, help="artifact type: dataset, model ...")
     project_option(parser)
     parser.add_argument(
@@ -35,7 +51,8 @@ def _put_args(parser: argparse.ArgumentParser) -> None:
     "put",
     _put_args,
     "log a directory or file as a new version of an artifact",
-    "asyncart put data/ mnist --type dataset --alias best -m 'cleaned labels'",
+    "asyncart put data/ mnist --type dataset --alias best -m 'cleaned labels'\n"
+    "  asyncart put mnist --type dataset --reference s3://bucket/mnist/",
     "nothing was half-committed: a version is logged entirely or not at all "
     "(`asyncart versions NAME` shows which)",
 )
@@ -43,11 +60,17 @@ async def put(args: argparse.Namespace, console: Console) -> int:
     started = time.monotonic()
     project, name = split_name(args.name, args.project or DEFAULT_PROJECT)
     artifact = asyncart.Artifact(name, args.type, description=args.message)
-    if await anyio.Path(args.path).is_dir():
+    if args.path is None and not args.reference:
+        raise asyncart.InvalidInputError("put needs a DIR_OR_FILE or a --reference URI")
+    if args.path is None:
+        pass
+    elif await anyio.Path(args.path).is_dir():
         with console.progress("hashing") as bar:
             await artifact.add_dir(args.path, progress=bar)
     else:
         await artifact.add_file(args.path)
+    for uri in args.reference:
+        await artifact.add_reference(uri, checksum=args.checksum)
     with console.progress("uploading") as bar:
         saved = await artifact.save(
             project, args.store, token=args.token, aliases=args.alias, progress=bar

@@ -15,11 +15,17 @@ from .._errors import IntegrityError
 
 
 class Entry(msgspec.Struct, array_like=True, frozen=True):
-    """One file in a manifest: its path, content digest (BLAKE3, hex) and size in bytes."""
+    """One file in a manifest: its path, content digest (BLAKE3, hex) and size in bytes.
+
+    ``ref`` is the URI of a reference entry (``add_reference``): its bytes stay there and
+    are never stored as a blob; None for a file stored in the blob store. Records written
+    before it existed decode (with None), and a reader that does not know it ignores it.
+    """
 
     path: str
     digest: str
     size: int
+    ref: str | None = None
 
 
 class _Event(msgspec.Struct, frozen=True, tag_field="kind"):
@@ -296,7 +302,11 @@ def record_hash(payload: bytes) -> str:
 
 
 def encode_entries(entries: list[Entry]) -> bytes:
-    return _encoder.encode(entries)
+    """A snapshot's bytes: ``[path, digest, size]`` per entry, as before references existed,
+    and a reference entry's ``ref`` fourth."""
+    return _encoder.encode(
+        [e if e.ref is not None else (e.path, e.digest, e.size) for e in entries]
+    )
 
 
 def decode_entries(data: bytes, where: str) -> list[Entry]:

@@ -2,7 +2,8 @@
 
 A manifest holds its entries sorted by path and cut into pages of a few hundred. A page keeps
 its entries as the very bytes the manifest digest hashes (msgpack ``[path, digest]`` pairs back
-to back) and their sizes in an ``array``; no Python object per entry is kept. So:
+to back; ``[path, digest, ref]`` for a reference entry) and their sizes in an ``array``; no
+Python object per entry is kept (a page with reference entries also keeps their URIs). So:
 
 - the digest is one BLAKE3 pass over the pages, with nothing to encode;
 - a replay (:class:`Overlay`) rebuilds only the pages its changes touch and shares the others
@@ -47,6 +48,7 @@ from .events import Entry, decode_entries
 
 _digest_encoder = msgspec.msgpack.Encoder()
 _pairs_decoder = msgspec.msgpack.Decoder(list[tuple[str, str]])
+_items_decoder = msgspec.msgpack.Decoder(list[list[str]])  # pairs, and triples with a ref
 
 
 class _Row(msgspec.Struct, array_like=True, gc=False):
@@ -56,15 +58,24 @@ class _Row(msgspec.Struct, array_like=True, gc=False):
     path: str
     digest: str
     size: int
+    ref: str | None = None
 
 
 _rows_decoder = msgspec.msgpack.Decoder(list[_Row])
-_path, _digest, _size = (operator.attrgetter(name) for name in ("path", "digest", "size"))
+_path, _digest, _size, _ref = (
+    operator.attrgetter(name) for name in ("path", "digest", "size", "ref")
+)
 
 
 def _columns(rows: Sequence[_Row | Entry]) -> tuple[list[str], list[str], list[int]]:
     """The paths, digests and sizes of ``rows``."""
     return list(map(_path, rows)), list(map(_digest, rows)), list(map(_size, rows))
+
+
+def _refs(rows: Sequence[_Row | Entry]) -> list[str | None] | None:
+    """The refs of ``rows``; None when none has one (the usual case: nothing kept)."""
+    refs: list[str | None] = list(map(_ref, rows))
+    return None if refs.count(None) == len(refs) else refs
 
 
 _raw_decoder = msgspec.msgpack.Decoder(list[msgspec.Raw])
@@ -77,8 +88,12 @@ _CACHED_PAGES = 16  # decoded pages kept per manifest, for lookups
 
 
 def manifest_digest(entries: Iterable[Entry]) -> str:
-    """BLAKE3 over the sorted (path, content digest) pairs; sizes and metadata do not count."""
-    pairs = sorted((e.path, e.digest) for e in entries)
+    """BLAKE3 over the sorted (path, content digest) pairs, a reference entry's with its URI
+    as a third item (the same content from elsewhere is another version); sizes and metadata
+    do not count."""
+    pairs = sorted(
+        (e.path, e.digest) if e.ref is None else (e.path, e.digest, e.ref) for e in entries
+    )
     return blake3.blake3(_digest_encoder.encode(pairs)).hexdigest()
 
 
@@ -109,27 +124,53 @@ def _is_sorted(paths: Sequence[str]) -> bool:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class _Page:
-    """Consecutive entries of a manifest: ``body`` is their digest stream, ``sizes`` their sizes."""
+    """Consecutive entries of a manifest: ``body`` is their digest stream, ``sizes`` their sizes,
+    ``refs`` their reference URIs (None where a page has no reference entry)."""
 
     first: str
     last: str
     body: bytes
     sizes: Sequence[int]
+    refs: Sequence[str | None] | None = None
 
     def __len__(self) -> int:
         return len(self.sizes)
 
     def decode(self) -> tuple[Sequence[str], Sequence[str]]:
         """The paths and content digests of the page's entries."""
-        pairs = _pairs_decoder.decode(_array_header(len(self.sizes)) + self.body)
-        paths, digests = zip(*pairs, strict=True)
-        return paths, digests
+        data = _array_header(len(self.sizes)) + self.body
+        if self.refs is None:
+            paths, digests = zip(*_pairs_decoder.decode(data), strict=True)
+            return paths, digests
+        items = _items_decoder.decode(data)
+        return [i[0] for i in items], [i[1] for i in items]
+
+    def entries(
+        self, paths: Sequence[str], digests: Sequence[str], lo: int, hi: int
+    ) -> Iterator[Entry]:
+        """The entries at positions ``lo`` to ``hi`` of the page (of its decoded columns)."""
+        if self.refs is None:
+            return map(Entry, paths[lo:hi], digests[lo:hi], self.sizes[lo:hi])
+        return map(Entry, paths[lo:hi], digests[lo:hi], self.sizes[lo:hi], self.refs[lo:hi])
 
 
-def _page(paths: Sequence[str], digests: Sequence[str], sizes: Sequence[int]) -> _Page:
-    encoded = _digest_encoder.encode(list(zip(paths, digests, strict=True)))
+def _page(
+    paths: Sequence[str],
+    digests: Sequence[str],
+    sizes: Sequence[int],
+    refs: Sequence[str | None] | None = None,
+) -> _Page:
+    if refs is not None and refs.count(None) == len(refs):
+        refs = None
+    if refs is None:
+        items: list[tuple[str, ...]] = list(zip(paths, digests, strict=True))
+    else:
+        items = [
+            (p, d) if r is None else (p, d, r) for p, d, r in zip(paths, digests, refs, strict=True)
+        ]
+    encoded = _digest_encoder.encode(items)
     body = encoded[len(_array_header(len(paths))) :]
-    return _Page(paths[0], paths[-1], body, _sizes(sizes))
+    return _Page(paths[0], paths[-1], body, _sizes(sizes), None if refs is None else tuple(refs))
 
 
 class _PageWriter:
@@ -144,8 +185,15 @@ class _PageWriter:
         self._paths: list[str] = []
         self._digests: list[str] = []
         self._sizes: list[int] = []
+        self._refs: list[str | None] | None = None  # made at the first reference entry
 
-    def add(self, paths: Sequence[str], digests: Sequence[str], sizes: Sequence[int]) -> None:
+    def add(
+        self,
+        paths: Sequence[str],
+        digests: Sequence[str],
+        sizes: Sequence[int],
+        refs: Sequence[str | None] | None = None,
+    ) -> None:
         if not paths:
             return
         before = self._paths[-1] if self._paths else self.pages[-1].last if self.pages else None
@@ -154,11 +202,17 @@ class _PageWriter:
         self._paths += paths
         self._digests += digests
         self._sizes += sizes
+        if refs is not None and self._refs is None:
+            self._refs = [None] * (len(self._paths) - len(paths))
+        if self._refs is not None:
+            self._refs += refs if refs is not None else [None] * len(paths)
         start = 0
         for end in self._cuts():
             self.pages.append(self._take(start, end))
             start = end
         del self._paths[:start], self._digests[:start], self._sizes[:start]
+        if self._refs is not None:
+            del self._refs[:start]
 
     def _cuts(self) -> list[int]:
         ends = map(operator.not_, map(_CUT_MASK.__and__, map(hash, self._paths)))
@@ -173,13 +227,14 @@ class _PageWriter:
         return cuts
 
     def _take(self, start: int, end: int) -> _Page:
-        return _page(self._paths[start:end], self._digests[start:end], self._sizes[start:end])
+        refs = None if self._refs is None else self._refs[start:end]
+        return _page(self._paths[start:end], self._digests[start:end], self._sizes[start:end], refs)
 
     def finish(self) -> list[_Page]:
         """The pages, the last one holding whatever follows the last cut."""
         for start in range(0, len(self._paths), PAGE_MAX):
             self.pages.append(self._take(start, min(start + PAGE_MAX, len(self._paths))))
-        self._paths, self._digests, self._sizes = [], [], []
+        self._paths, self._digests, self._sizes, self._refs = [], [], [], None
         return self.pages
 
 
@@ -200,7 +255,8 @@ def _pages_of_sorted(entries: list[Entry]) -> list[_Page]:
     """The pages of entries sorted by path; ValueError if they are not."""
     writer = _PageWriter()
     for start in range(0, len(entries), _DECODE_ROWS):
-        writer.add(*_columns(entries[start : start + _DECODE_ROWS]))
+        chunk = entries[start : start + _DECODE_ROWS]
+        writer.add(*_columns(chunk), _refs(chunk))
     return writer.finish()
 
 
@@ -261,7 +317,7 @@ class Manifest:
                 del raws[:_DECODE_ROWS]
                 end = at + sum(map(len, views))
                 rows = _rows_decoder.decode(_array_header(len(views)) + data[at:end])
-                writer.add(*_columns(rows))
+                writer.add(*_columns(rows), _refs(rows))
                 at = end
             return cls._of_pages(writer.finish())
         except (msgspec.DecodeError, RecursionError) as e:
@@ -270,11 +326,16 @@ class Manifest:
             return cls({e.path: e for e in decode_entries(data, where)})
 
     def to_snapshot(self) -> bytes:
-        """The snapshot bytes: a msgpack list of entries sorted by path."""
+        """The snapshot bytes: a msgpack list of entries sorted by path (``[path, digest,
+        size]``, and a reference entry's URI after them)."""
         parts = [_array_header(self._len)]
         for page in self._pages:
             paths, digests = page.decode()
-            rows = _digest_encoder.encode(list(zip(paths, digests, page.sizes, strict=True)))
+            items: list[tuple[str, str, int] | tuple[str, str, int, str]]
+            items = list(zip(paths, digests, page.sizes, strict=True))
+            if page.refs is not None:
+                items = [i if r is None else (*i, r) for i, r in zip(items, page.refs, strict=True)]
+            rows = _digest_encoder.encode(items)
             parts.append(rows[len(_array_header(len(page))) :])
         return b"".join(parts)
 
@@ -333,7 +394,8 @@ class Manifest:
             return None
         index, at = found
         paths, digests = self._decoded(index)
-        return Entry(paths[at], digests[at], self._pages[index].sizes[at])
+        page = self._pages[index]
+        return Entry(paths[at], digests[at], page.sizes[at], page.refs[at] if page.refs else None)
 
     def __contains__(self, path: object) -> bool:
         return isinstance(path, str) and self._find(path) is not None
@@ -350,7 +412,7 @@ class Manifest:
             paths, digests = self._decoded(index) if index in self._cache else page.decode()
             lo = bisect_left(paths, start) if start > page.first else 0
             hi = bisect_left(paths, stop) if stop is not None and stop <= page.last else len(paths)
-            yield from map(Entry, paths[lo:hi], digests[lo:hi], page.sizes[lo:hi])
+            yield from page.entries(paths, digests, lo, hi)
 
     def entries_at(self, start: int, stop: int) -> list[Entry]:
         """The entries at positions ``start`` to ``stop`` (excluded) in path order."""
@@ -362,7 +424,7 @@ class Manifest:
             page, at = self._pages[index], starts[index]
             paths, digests = self._decoded(index) if index in self._cache else page.decode()
             lo, hi = max(start - at, 0), min(stop - at, len(page))
-            out += map(Entry, paths[lo:hi], digests[lo:hi], page.sizes[lo:hi])
+            out += page.entries(paths, digests, lo, hi)
             index += 1
         return out
 
@@ -377,6 +439,21 @@ class Manifest:
         for index, page in enumerate(self._pages):
             _, digests = self._decoded(index) if index in self._cache else page.decode()
             yield from digests
+
+    def iter_blob_digests(self) -> Iterator[str]:
+        """The digest of every entry stored as a blob (reference entries left out), in path
+        order: what the collector keeps and the audit checks."""
+        for index, page in enumerate(self._pages):
+            _, digests = self._decoded(index) if index in self._cache else page.decode()
+            if page.refs is None:
+                yield from digests
+            else:
+                yield from (d for d, r in zip(digests, page.refs, strict=True) if r is None)
+
+    @property
+    def has_refs(self) -> bool:
+        """Whether some entry is a reference (``add_reference``)."""
+        return any(page.refs is not None for page in self._pages)
 
     def under(self, prefix: str) -> Iterator[Entry]:
         """The entries whose path starts with ``prefix``, in order."""
@@ -528,7 +605,7 @@ class Overlay(MutableMapping[str, Entry]):
         if self._writer is None:
             self._writer = _PageWriter()
         try:
-            self._writer.add(*_columns(self._bulk))
+            self._writer.add(*_columns(self._bulk), _refs(self._bulk))
         except ValueError:  # out of order, or a path again: sort them all once, at the end
             self._bulk = self._bulk_entries()
             self._sorted = False
@@ -661,29 +738,37 @@ class Overlay(MutableMapping[str, Entry]):
 
     def _rebuilt(self, index: int, changed: list[str]) -> list[_Page]:
         """The pages that replace base page ``index`` (if any), given the paths changed in it."""
-        rows: dict[str, tuple[str, int]] = {}
+        rows: dict[str, tuple[str, int, str | None]] = {}
         if index < len(self.base._pages):
             page = self.base._pages[index]
             paths, digests = page.decode()
-            rows = dict(zip(paths, zip(digests, page.sizes, strict=True), strict=True))
+            refs = page.refs if page.refs is not None else [None] * len(page)
+            rows = dict(zip(paths, zip(digests, page.sizes, refs, strict=True), strict=True))
         for path in changed:
             entry = self.added.get(path)
             if entry is None:
                 rows.pop(path, None)
             else:
-                rows[path] = (entry.digest, entry.size)
+                rows[path] = (entry.digest, entry.size, entry.ref)
         writer = _PageWriter()
         ordered = sorted(rows)
         for start in range(0, len(ordered), _DECODE_ROWS):
             chunk = ordered[start : start + _DECODE_ROWS]
-            writer.add(chunk, [rows[p][0] for p in chunk], [rows[p][1] for p in chunk])
+            refs_of: list[str | None] = [rows[p][2] for p in chunk]
+            writer.add(
+                chunk,
+                [rows[p][0] for p in chunk],
+                [rows[p][1] for p in chunk],
+                None if refs_of.count(None) == len(refs_of) else refs_of,
+            )
         return writer.finish()
 
 
 def pages_apart(old: Manifest, new: Manifest) -> tuple[dict[str, str], dict[str, str]]:
-    """path -> content digest of the entries of ``old`` and of ``new`` outside the pages they
-    share: pages with the same bytes hold the same paths and digests, and a path is in one page
-    of each manifest, so an entry outside the shared pages differs or is on one side only."""
+    """path -> content digest (a reference entry's followed by its URI) of the entries of
+    ``old`` and of ``new`` outside the pages they share: pages with the same bytes hold the same
+    entries, and a path is in one page of each manifest, so an entry outside the shared pages
+    differs or is on one side only."""
     same = {id(page) for page in old._pages} & {id(page) for page in new._pages}  # a replay's
     rest_old = [page for page in old._pages if id(page) not in same]
     rest_new = [page for page in new._pages if id(page) not in same]
@@ -696,5 +781,8 @@ def _apart(pages: list[_Page], shared: set[bytes]) -> dict[str, str]:
     for page in pages:
         if page.body not in shared:
             paths, digests = page.decode()
+            if page.refs is not None:  # a reference moved elsewhere is a change too
+                refs = zip(digests, page.refs, strict=True)
+                digests = [d if r is None else f"{d} {r}" for d, r in refs]
             out.update(zip(paths, digests, strict=True))
     return out

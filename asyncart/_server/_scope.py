@@ -13,6 +13,12 @@ through this server add to it as they go; a digest not found is looked for again
 up with the log, so appends by another server process on the same store are seen. Digests are
 kept as 32 raw bytes. A token's uploads are asked about after the indexes in memory, for the
 digests those do not show (on PostgreSQL that is a query).
+
+A reference entry (``Entry.ref``, added by ``add_reference``) has no blob: its digest is neither
+indexed nor checked, so it can never make a blob visible. A writer who records another
+project's blob digest in a reference entry learns nothing (``missing`` and reads still answer as
+before for that digest), and a reader of that entry fetches it from its URI, never from the
+store.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from .._backends.base import Store
 from .._domain.events import FilesAdded, Record, VersionCommitted, VersionLinked
 from .._domain.manifest import Manifest
 from .._errors import AsyncartError, InvalidInputError
-from .._repository import _decode_chain
+from .._repository import Repository, _decode_chain
 from .._threads import maybe_thread
 from ._http import grant_of
 from ._seen import SeenBook
@@ -78,23 +84,53 @@ class Scope:
         """Refuse records that reference blobs ``grant`` may not see: recording a digest must
         not be a way to read (or learn of) another project's blob. Upload it first.
 
-        A link (``version.linked``) must name a source project the token may read.
+        A link (``version.linked``) must name a source project the token may read, and a
+        live source version whose manifest digest is the link's; its snapshot must hold that
+        manifest (the link's readers see the files it lists: a snapshot of the writer's making
+        must not list another project's blobs).
 
         Raises:
             InvalidInputError: naming one such digest, or such a source.
         """
         for record in records:
             body = record.body
-            if isinstance(body, VersionLinked) and not grant.can_read(body.source_project):
-                raise InvalidInputError(
-                    f"this token may not read project {body.source_project!r}: it cannot link "
-                    f"{body.source_project}/{body.source_name}:v{body.source_version}"
-                )
+            if isinstance(body, VersionLinked):
+                if not grant.can_read(body.source_project):
+                    raise InvalidInputError(
+                        f"this token may not read project {body.source_project!r}: it cannot "
+                        f"link {body.source_project}/{body.source_name}:v{body.source_version}"
+                    )
+                await self._check_link(body)
         if unseen := await self.unseen(grant, _referenced(records)):
             raise InvalidInputError(
                 f"the records reference {len(unseen)} blobs this token has not uploaded and "
                 f"its projects do not reference, such as {min(unseen).hex()}: upload them first"
             )
+
+    async def _check_link(self, body: VersionLinked) -> None:
+        """Refuse a link whose source is not a live version of its digest, or whose snapshot
+        does not hold that manifest."""
+        source = f"{body.source_project}/{body.source_name}:v{body.source_version}"
+        repo = Repository(self.store)
+        try:
+            state = await repo.collection(body.source_project, body.source_name)
+        except AsyncartError:
+            raise InvalidInputError(f"a link to {source}: no such collection") from None
+        versions = state.versions
+        version = (
+            versions[body.source_version] if 0 <= body.source_version < len(versions) else None
+        )
+        if version is None or version.deleted is not None or version.commit.digest != body.digest:
+            raise InvalidInputError(f"a link to {source}: not a live version of its digest")
+        if body.snapshot is not None:
+            try:
+                data = await self.store.blobs.get_bytes(body.snapshot)
+                held = await maybe_thread(len(data) > _BIG, Manifest.from_snapshot, data)
+                digest = await maybe_thread(len(held) > 10_000, lambda: held.digest)
+            except AsyncartError:
+                digest = None
+            if digest != body.digest:
+                raise InvalidInputError(f"a link to {source}: its snapshot is not its manifest")
 
     async def uploaded(self, grant: Grant, digests: Iterable[str]) -> None:
         """Note that ``grant``'s token stored ``digests`` (verified): it may see them now."""
@@ -147,15 +183,15 @@ class Scope:
             manifest = await maybe_thread(len(data) > _BIG, Manifest.from_snapshot, data, snapshot)
         except AsyncartError:
             return set()
-        return {raw for d in manifest.iter_digests() if (raw := _raw(d)) is not None}
+        return {raw for d in manifest.iter_blob_digests() if (raw := _raw(d)) is not None}
 
 
 def _referenced(records: list[Record]) -> set[bytes]:
     found: list[str] = []
     for record in records:
         match record.body:
-            case FilesAdded(entries=entries):
-                found += (e.digest for e in entries)
+            case FilesAdded(entries=entries):  # a reference entry claims no blob (see above)
+                found += (e.digest for e in entries if e.ref is None)
             case VersionCommitted(snapshot=str(snapshot)) | VersionLinked(snapshot=str(snapshot)):
                 found.append(snapshot)
     return {raw for d in found if (raw := _raw(d)) is not None}

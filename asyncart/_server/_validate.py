@@ -59,6 +59,7 @@ from .._domain.fold import CollectionState, RunState, fold, fold_run
 from .._domain.notes import note_of
 from .._errors import AsyncartError, ConflictError, IntegrityError, InvalidInputError
 from .._names import check_alias, check_entry_path, check_name, check_prefix, check_tags
+from .._references import check_ref
 from .._repository import _decode_chain, checkpointed
 from .._retention import check_rule, check_seconds
 from .._threads import HEAVY, maybe_thread
@@ -310,6 +311,8 @@ def _check_body(stream: str, body: Event) -> None:
             for entry in entries:
                 check_entry_path(entry.path)
                 _check_digest(entry.digest)
+                if entry.ref is not None:
+                    check_ref(entry.ref)
                 if entry.size < 0:
                     raise InvalidInputError(f"entry {entry.path!r} has size {entry.size}")
         case FilesRemoved(paths=paths):
