@@ -20,6 +20,7 @@ from asyncart._backends.http import HttpStore
 from asyncart._backends.local import LocalStore
 from asyncart._domain.checkpoint import decode_checkpoint, encode_checkpoint
 from asyncart._domain.events import CollectionCreated, VersionEdited, VersionLinked
+from asyncart._domain.manifest import Manifest
 from asyncart._repository import Repository, checkpointed
 
 FILES = {"model.bin": b"weights " * 100, "config.json": b'{"lr": 0.1}'}
@@ -207,6 +208,7 @@ def tokens(server: Server) -> dict[str, str]:
         "reg": server.token("reg", write=True),
         "both": server.token("demo", "reg", write=True),
         "reg-read": server.token("reg"),
+        "victim": server.token("victim", write=True),
     }
 
 
@@ -355,3 +357,35 @@ async def test_a_new_draft_of_a_link_builds_on_its_files(tmp_path: Path) -> None
     root = await (await asyncart.Api("reg", store).artifact("models:v1")).download(tmp_path / "o")
     assert {p.name for p in root.iterdir()} == {"config.json", "extra.txt", "model.bin"}
     assert (await asyncart.audit(store=store, read_data=True)).ok
+
+
+async def test_a_link_snapshot_must_hold_its_sources_manifest(
+    server: Server, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    """A writer makes the snapshot a link's readers read: one listing another project's blob
+    beside the source's digest is refused (else a reader of the link could fetch that blob)."""
+    victim = tokens["victim"]
+    hidden = await _model(tmp_path / "secret", {"secret.bin": b"the victim's"})
+    secret = await hidden.save("victim", server.url, token=victim)
+    v0 = await (await _model(tmp_path / "m0")).save("demo", server.url, token=tokens["both"])
+    forged = Manifest({**v0.manifest.entries, **secret.manifest.entries})
+    forged_entry = next(iter(secret.manifest.entries.values()))
+    async with HttpStore(server.url, tokens["both"]) as store:
+        snapshot = await store.blobs.put_bytes(forged.to_snapshot())
+        repo = Repository(store)
+        for source, digest, why in [
+            (0, v0.digest, "its snapshot is not its manifest"),
+            (0, forged.digest, "not a live version of its digest"),
+            (7, v0.digest, "not a live version of its digest"),
+        ]:
+            state = await repo.collection("reg", "models")
+            bodies = [
+                CollectionCreated("models", "model"),
+                VersionLinked(0, "demo", "model", source, digest, 2, v0.size, snapshot, []),
+            ]
+            with pytest.raises(InvalidInputError, match=why):
+                await repo.append(state, bodies, "user:someone")
+    reader = HttpStore(server.url, tokens["reg-read"])
+    async with reader:
+        with pytest.raises(asyncart.AsyncartError):  # not the reader's to see
+            await reader.blobs.get_bytes(forged_entry.digest)
