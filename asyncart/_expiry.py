@@ -13,6 +13,9 @@ from ._domain.events import DraftDiscarded
 from ._domain.fold import EXPIRED, CollectionState
 from ._repository import Repository
 
+GRACE = 3600.0
+"""Seconds a new blob is kept unreferenced by default (``asyncart gc --grace``); here, not in
+``_gc.py``, so that the command line reads the defaults without importing a client."""
 DRAFT_TTL: float | None = 7 * 86400.0
 """Seconds an open draft may stay untouched before ``gc`` discards it (None: never)."""
 

@@ -52,15 +52,13 @@ from ._backends.base import Collectable, Store, StoredBlob
 from ._backends.http import HttpStore
 from ._domain.fold import CollectionState
 from ._errors import InvalidInputError, NotFoundError
-from ._expiry import DRAFT_TTL, expire_drafts
+from ._expiry import DRAFT_TTL, GRACE, expire_drafts
 from ._names import check_name
 from ._repository import Repository, iter_changes
 from ._retention import RetentionReport, count, expire_collection
 from ._store import load_backend, open_store, prepare_store
 from ._threads import maybe_thread
 
-GRACE = 3600.0
-"""Seconds a new blob is kept unreferenced by default (``asyncart gc --grace``)."""
 SHARDS = [f"{i:02x}" for i in range(256)]
 _FLUSH_AT = 1 << 16  # bytes of marks buffered per shard before they go to its file
 _REMOVE_AT = 1000  # blobs removed per call

@@ -11,8 +11,7 @@ import msgspec
 import asyncart
 
 from .._artifact import DEFAULT_PROJECT
-from .._expiry import DRAFT_TTL
-from .._gc import GRACE
+from .._expiry import DRAFT_TTL, GRACE
 from .._names import parse_ref
 from ._console import Console, human_bytes
 from ._registry import api_for, command, project_option
