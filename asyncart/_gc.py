@@ -25,8 +25,9 @@ and which moves the epoch on before the first removal. So for a commit that refe
 
 A draft's inherited files (``new_draft`` keeps its parent's) are covered by the log, not the
 epoch: a deleted version cannot be the parent of a new draft (the fold refuses it), and an
-open draft's parent stays marked. Nothing depends on clocks: ``grace`` only spares uploads in
-flight (which the protocol would otherwise make upload again).
+open draft's parent stays marked. No blob's safety depends on a clock: ``grace`` only spares
+uploads in flight (which the protocol would otherwise make upload again); ttl, retention and
+draft expiry, applied first, judge record times.
 
 Memory stays bounded: marks go to 256 files on disk by the digest's first byte, and each shard
 of the store is compared with its own marks only.
