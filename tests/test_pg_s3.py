@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
 
 import asyncart
@@ -37,6 +38,38 @@ def test_the_location_names_both_and_hides_the_password() -> None:
     ):
         with pytest.raises(InvalidInputError, match=r"blobs=s3://BUCKET/PREFIX"):
             PostgresS3Store(bad)
+
+
+def test_connections_is_ours_and_checked() -> None:
+    location = "postgresql://me@db/art?sslmode=require&connections=12&blobs=s3://b/p"
+    assert split_location(location)[0] == "postgresql://me@db/art?sslmode=require"
+    for bad in ("0", "1001", "x", "4&connections=5", ""):
+        with pytest.raises(InvalidInputError, match="connections must be given once"):
+            PostgresS3Store(f"postgresql://db/art?blobs=s3://b/p&connections={bad}")
+
+
+@pytest.mark.parametrize("connections", [None, 7])
+async def test_connections_bounds_the_pool(pg_s3_store: str, connections: int | None) -> None:
+    """A server that many clients share opens as many connections as its location allows
+    (default 4), no more."""
+    location = pg_s3_store + (f"&connections={connections}" if connections else "")
+    store = PostgresS3Store(location)
+    pool = store.log._pool
+    busy = peak = 0
+
+    async def hold() -> None:
+        nonlocal busy, peak
+        async with pool.connection() as conn:
+            busy += 1
+            peak = max(peak, busy)
+            await conn.execute("SELECT pg_sleep(0.05)")
+            busy -= 1
+
+    async with store.held():
+        async with anyio.create_task_group() as tg:
+            for _ in range(12):
+                tg.start_soon(hold)
+        assert peak == (connections or 4)
 
 
 async def test_a_run_logs_and_reads_back(pg_s3_store: str, files: Path, tmp_path: Path) -> None:

@@ -112,6 +112,37 @@ async def test_a_large_file_goes_in_parallel_parts_with_bounded_memory(
     assert await store.missing({item.digest: item.size}) == set()
 
 
+async def test_small_files_are_read_a_chunk_per_thread_hop(
+    s3_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load a worker-thread hop per 4 KiB file cost as much CPU as its PUT: small
+    files are read and hashed READ_FILES at a time in one hop, and still one PUT each."""
+    store = S3BlobStore.from_url(s3_url)
+    items = [_item(tmp_path / f"f{i}", os.urandom(4096)) for i in range(100)]
+    hops: list[object] = []
+    real = s3_blobs.anyio.to_thread.run_sync
+
+    async def counted(func: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(func)
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(s3_blobs.anyio.to_thread, "run_sync", counted)
+    assert await store.put_files(items) == 100 * 4096
+    assert hops.count(s3_blobs._read_checked) == -(-100 // s3_blobs.READ_FILES)
+    assert store.requests["PutObject"] == 100
+    assert store.peak_buffered <= 2 * s3_blobs.READ_FILES * 4097  # a chunk, and the next
+    assert await store.missing({item.digest: item.size for item in items}) == set()
+
+
+async def test_a_small_file_changed_after_hashing_is_refused(s3_url: str, tmp_path: Path) -> None:
+    store = S3BlobStore.from_url(s3_url)
+    items = [_item(tmp_path / f"f{i}", os.urandom(4096)) for i in range(40)]
+    (tmp_path / "f37").write_bytes(os.urandom(4096))  # in the second chunk
+    with pytest.raises(FileChangedError, match="f37 changed after it was added"):
+        await store.put_files(items)
+    assert items[37].digest in await store.missing({items[37].digest: 4096})
+
+
 @pytest.mark.parametrize("change", ["same size", "grew"])
 async def test_a_large_file_changed_after_hashing_leaves_nothing(
     s3_server: S3Server, s3_url: str, tmp_path: Path, change: str

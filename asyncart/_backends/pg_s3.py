@@ -3,9 +3,11 @@
 One location names both, so that every place that takes a store (``asyncart.init``, ``Api``,
 ``Artifact.save``, ``audit``, each CLI command, ``asyncart serve``) takes this one too::
 
-    postgresql://USER:PASSWORD@HOST:PORT/DATABASE?blobs=s3://BUCKET/PREFIX
+    postgresql://USER:PASSWORD@HOST:PORT/DATABASE?blobs=s3://BUCKET/PREFIX[&connections=N]
 
-The ``blobs`` parameter is ours; every other part of the URL is PostgreSQL's (``sslmode``...).
+The ``blobs`` and ``connections`` parameters are ours (``connections``: the most database
+connections one process opens, default 4; a server that many clients share wants more);
+every other part of the URL is PostgreSQL's (``sslmode``...).
 The S3 endpoint and credentials come from the usual AWS variables: ``AWS_ENDPOINT_URL`` (or
 ``AWS_ENDPOINT_URL_S3``), ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``.
 """
@@ -43,6 +45,7 @@ class PostgresS3Store:
 
     def __init__(self, location: str) -> None:
         self._dsn, self._blobs_url = split_location(location)
+        self._connections = _connections(location)
         self.location = _without_password(location)
         self._ready = self._made = False  # checked, or made, once per store object
         self._bumped = False  # in the current sweep, the epoch moved on already
@@ -52,7 +55,9 @@ class PostgresS3Store:
         """The event log, in the database."""
         from .pg_log import PostgresEventLog
 
-        return PostgresEventLog(self._dsn)
+        if self._connections is None:
+            return PostgresEventLog(self._dsn)
+        return PostgresEventLog(self._dsn, connections=self._connections)
 
     @functools.cached_property
     def blobs(self) -> S3BlobStore:
@@ -169,8 +174,31 @@ def split_location(location: str) -> tuple[str, str]:
             f"{_without_password(location)}: a PostgreSQL store also names its blob bucket: "
             "postgresql://USER@HOST/DATABASE?blobs=s3://BUCKET/PREFIX"
         )
-    rest = urlencode([(key, value) for key, value in query if key != "blobs"])
+    rest = urlencode([(key, value) for key, value in query if key not in _OURS])
     return urlunsplit(parts._replace(query=rest)), blobs[0]
+
+
+_OURS = ("blobs", "connections")
+MAX_CONNECTIONS = 1000
+
+
+def _connections(location: str) -> int | None:
+    """The ``connections`` parameter of ``location`` (None: not given).
+
+    Raises:
+        InvalidInputError: it is given more than once, or is not a whole number from 1 to
+            MAX_CONNECTIONS.
+    """
+    query = parse_qsl(urlsplit(location).query, keep_blank_values=True)
+    given = [value for key, value in query if key == "connections"]
+    if not given:
+        return None
+    if len(given) == 1 and given[0].isdigit() and 1 <= int(given[0]) <= MAX_CONNECTIONS:
+        return int(given[0])
+    raise InvalidInputError(
+        f"{_without_password(location)}: connections must be given once, as a whole number "
+        f"from 1 to {MAX_CONNECTIONS} (the most database connections a process opens)"
+    )
 
 
 _SECRETS = ("password", "sslpassword")

@@ -43,13 +43,15 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 from .._errors import BackendUnavailableError, IntegrityError, InvalidInputError, NotFoundError
 from .base import StoredBlob, UploadItem
 from .fileio import open_regular, temp_beside, why_unreadable
-from .http_blobs import _changed, _first_error, _gather, _Sink, _verify
+from .http_blobs import FILES_AT_ONCE, _changed, _first_error, _gather, _Sink, _verify
 
 PART_THRESHOLD = 16 << 20
 """Files at least this large are uploaded in parts (multipart), in parallel."""
 PART_SIZE = 8 << 20
 """S3's smallest part is 5 MiB (SeaweedFS enforces it too: EntityTooSmall)."""
 PARTS_AT_ONCE = 4  # parts of one file in flight at once
+READ_FILES = 32  # small files read and hashed per worker-thread hop ...
+READ_BYTES = 4 << 20  # ... or about this many bytes
 BUFFER_BYTES = 64 << 20
 """The most file bytes one put_files call holds in memory at once (parts and small files)."""
 LIST_FROM = 8
@@ -449,25 +451,47 @@ class S3BlobStore:
         if not items:
             return 0
         budget = _Budget(self.buffer_bytes, self)
+        small = [item for item in items if item.size < self.part_threshold]
+        large = [item for item in items if item.size >= self.part_threshold]
         async with self._use() as client:
+            written = await self._put_small(client, small, budget)
+            return written + sum(
+                await _gather(large, lambda item: self._put_parts(client, item, budget))
+            )
 
-            async def one(item: UploadItem) -> int:
-                if item.size >= self.part_threshold:
-                    return await self._put_parts(client, item, budget)
-                return await self._put_single(client, item, budget)
+    async def _put_small(self, client: Any, items: list[UploadItem], budget: _Budget) -> int:
+        """One PUT each, FILES_AT_ONCE at a time, the files read and hashed a chunk at a time
+        in one worker thread: under load, a thread hop per file cost as much CPU as its PUT."""
+        if not items:
+            return 0
+        written = 0
+        send, receive = anyio.create_memory_object_stream[tuple[UploadItem, bytes]](FILES_AT_ONCE)
 
-            return sum(await _gather(items, one))
+        async def read() -> None:
+            async with send:
+                for chunk in _read_chunks(items):
+                    await budget.take(sum(item.size + 1 for item in chunk))
+                    datas = await anyio.to_thread.run_sync(_read_checked, chunk)
+                    for pair in zip(chunk, datas, strict=True):
+                        await send.send(pair)
 
-    async def _put_single(self, client: Any, item: UploadItem, budget: _Budget) -> int:
-        """Read and hash the whole file in a thread, then send those bytes in one PUT."""
-        async with budget.taken(item.size + 1):
-            data, digest = await anyio.to_thread.run_sync(_read_hashing, item, 0, item.size + 1)
-            if len(data) != item.size:
-                raise _changed(item, f"it now has {len(data)} bytes or more")
-            if digest != item.digest:
-                raise _changed(item, f"its bytes hash to {digest[:16]}...")
-            await self._put_object(client, item.digest, data)
-        return item.size
+        async def put(inbox: anyio.abc.ObjectReceiveStream[tuple[UploadItem, bytes]]) -> None:
+            nonlocal written
+            async with inbox:
+                async for item, data in inbox:
+                    await self._put_object(client, item.digest, data)
+                    await budget.give(item.size + 1)
+                    written += item.size
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read)
+                for _ in range(min(FILES_AT_ONCE, len(items))):
+                    tg.start_soon(put, receive.clone())
+                receive.close()
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None  # callers expect our errors, not a group
+        return written
 
     async def _put_object(self, client: Any, digest: str, data: bytes) -> None:
         """PUT unless the key exists (then the blob is stored already, and kept as it is)."""
@@ -1051,14 +1075,36 @@ def _open(item: UploadItem) -> int:
         raise _changed(item, why_unreadable(e)) from None
 
 
-def _read_hashing(item: UploadItem, offset: int, limit: int) -> tuple[bytes, str]:
-    """Up to ``limit`` bytes of the file from ``offset``, and their digest (blocking)."""
-    fd = _open(item)
-    try:
-        data = os.pread(fd, limit, offset)
-    finally:
-        os.close(fd)
-    return data, blake3.blake3(data).hexdigest()
+def _read_chunks(items: list[UploadItem]) -> Iterator[list[UploadItem]]:
+    """``items`` in chunks of up to READ_FILES files and about READ_BYTES bytes."""
+    chunk: list[UploadItem] = []
+    held = 0
+    for item in items:
+        if chunk and (len(chunk) >= READ_FILES or held + item.size > READ_BYTES):
+            yield chunk
+            chunk, held = [], 0
+        chunk.append(item)
+        held += item.size
+    if chunk:
+        yield chunk
+
+
+def _read_checked(items: list[UploadItem]) -> list[bytes]:
+    """Each file's bytes, checked against the size and digest it was added with (blocking)."""
+    out = []
+    for item in items:
+        fd = _open(item)
+        try:
+            data = os.pread(fd, item.size + 1, 0)
+        finally:
+            os.close(fd)
+        if len(data) != item.size:
+            raise _changed(item, f"it now has {len(data)} bytes or more")
+        digest = blake3.blake3(data).hexdigest()
+        if digest != item.digest:
+            raise _changed(item, f"its bytes hash to {digest[:16]}...")
+        out.append(data)
+    return out
 
 
 def _read_into(item: UploadItem, offset: int, length: int, hasher: Any) -> bytes:
