@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from json.encoder import encode_basestring_ascii as _quote  # what json.dumps uses
 
 import asyncart
@@ -27,37 +27,54 @@ def _ls_args(parser: argparse.ArgumentParser) -> None:
 async def ls(args: argparse.Namespace, console: Console) -> int:
     async with api_for(args) as api:
         projects = [args.project] if args.project else await api.projects()
-        found = [c for p in projects for c in await api.artifact_collections(p, args.type)]
-    if console.as_json:
-        console.json_lines([_collection_json(c) for c in found])
-        return 0
-    if not found:
+        if console.as_json:
+            found = [c for p in projects for c in await api.artifact_collections(p, args.type)]
+            console.json_lines([_collection_json(c) for c in found])
+            return 0
+        listed = [(p, await api._collection_rows(p, args.type)) for p in projects]
+    names = [f"{project}/{name}" for project, rows in listed for name in rows.names]
+    if not names:
         console.result("no artifacts" + (f" of type {args.type}" if args.type else ""), None, None)
         return 0
-    names = [f"{c.project}/{c.name}" for c in found]
     if console.quiet:  # the names alone: no table to build (a large store has 100,000 rows)
         console.lines(names)
         return 0
-    aliases = [c.aliases for c in found]
+    aliases = [a for _, rows in listed for a in rows.aliases]
     columns = [
         names,
-        [c.type for c in found],
-        [str(c.versions) for c in found],
+        [t for _, rows in listed for t in rows.types],
+        [str(n) for _, rows in listed for n in rows.versions],
         [f"v{a['latest']}" if "latest" in a else "-" for a in aliases],
         ["-" if len(a) == 1 and "latest" in a else other_aliases(a) for a in aliases],
-        _times([c.updated for c in found]),
+        _times([t for _, rows in listed for t in rows.updated]),
     ]
     headers = ("ARTIFACT", "TYPE", "VERSIONS", "LATEST", "ALIASES", "UPDATED")
     console.result(column_table(columns, headers), None, None)
     return 0
 
 
-def _times(times: list[datetime | None]) -> list[str]:
-    """``format_time`` of each, inline for UTC times (as the API's are): ``isoformat()``
-    with no argument to parse, cut at the seconds (as ``timespec="seconds"`` cuts)."""
-    if all(t is not None and t.tzinfo is UTC for t in times):
-        return [f"{t.isoformat()[:19]}Z" for t in times]  # type: ignore[union-attr]
-    return [format_time(t) for t in times]
+_EPOCH_DAY = date(1970, 1, 1)
+
+
+def _times(times: list[float | None]) -> list[str]:
+    """``format_time`` of each POSIX time, without a ``datetime`` for each: the date of each
+    day once, the time of day by arithmetic, the seconds rounded as ``datetime`` rounds
+    (to the microsecond, half to even, then cut at the second)."""
+    days: dict[int, str] = {}
+    texts = []
+    for t in times:
+        if t is None or t < 0:  # none, or before 1970 (never an artifact's): the general way
+            texts.append(format_time(None if t is None else datetime.fromtimestamp(t, UTC)))
+            continue
+        seconds = int(t)
+        if round((t - seconds) * 1e6) >= 1_000_000:
+            seconds += 1
+        day, second = divmod(seconds, 86400)
+        on = days.get(day)
+        if on is None:
+            on = days[day] = (_EPOCH_DAY + timedelta(days=day)).isoformat()
+        texts.append(f"{on}T{second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}Z")
+    return texts
 
 
 def _collection_json(c: asyncart.ArtifactCollection) -> str:
