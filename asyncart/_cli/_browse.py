@@ -10,6 +10,7 @@ from json.encoder import encode_basestring_ascii as _quote  # what json.dumps us
 import asyncart
 
 from .._artifact import DEFAULT_PROJECT
+from .._threads import gc_paused
 from ._console import Console, _json_default, column_table, format_time, human_bytes, table
 from ._registry import api_for, command, project_option
 from ._shapes import artifact_data, collection_data, entry_data, other_aliases, run_data, run_text
@@ -25,6 +26,11 @@ def _ls_args(parser: argparse.ArgumentParser) -> None:
     "ls", _ls_args, "list the artifacts of a project (or of every project)", "asyncart ls demo"
 )
 async def ls(args: argparse.Namespace, console: Console) -> int:
+    with gc_paused():  # a large store lists 100,000 rows: many small objects, none cyclic
+        return await _ls(args, console)
+
+
+async def _ls(args: argparse.Namespace, console: Console) -> int:
     async with api_for(args) as api:
         projects = [args.project] if args.project else await api.projects()
         if console.as_json:
