@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import UTC, date, datetime, timedelta
+import time
+from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii as _quote  # what json.dumps uses
 
 import asyncart
@@ -59,28 +60,24 @@ async def _ls(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-_EPOCH_DAY = date(1970, 1, 1)
-
-
 def _times(times: list[float | None]) -> list[str]:
-    """``format_time`` of each POSIX time, without a ``datetime`` for each: the date of each
-    day once, the time of day by arithmetic, the seconds rounded as ``datetime`` rounds
-    (to the microsecond, half to even, then cut at the second)."""
-    days: dict[int, str] = {}
-    texts = []
+    """``format_time`` of each POSIX time, without a ``datetime`` for each: the text of each
+    second once (a large store's artifacts share seconds), the seconds rounded as
+    ``datetime.fromtimestamp`` rounds (to the microsecond, half to even; then cut)."""
+    texts: dict[int, str] = {}
+    out = []
     for t in times:
         if t is None or t < 0:  # none, or before 1970 (never an artifact's): the general way
-            texts.append(format_time(None if t is None else datetime.fromtimestamp(t, UTC)))
+            out.append(format_time(None if t is None else datetime.fromtimestamp(t, UTC)))
             continue
-        seconds = int(t)
-        if round((t - seconds) * 1e6) >= 1_000_000:
-            seconds += 1
-        day, second = divmod(seconds, 86400)
-        on = days.get(day)
-        if on is None:
-            on = days[day] = (_EPOCH_DAY + timedelta(days=day)).isoformat()
-        texts.append(f"{on}T{second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}Z")
-    return texts
+        second = int(t)
+        if t - second > 0.999999 and round((t - second) * 1e6) >= 1_000_000:
+            second += 1  # rounds up to the next second
+        text = texts.get(second)
+        if text is None:
+            text = texts[second] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+        out.append(text)
+    return out
 
 
 def _collection_json(c: asyncart.ArtifactCollection) -> str:
