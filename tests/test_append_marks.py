@@ -197,11 +197,12 @@ def appender(log: LocalEventLog, stream: str, how: str, note: str) -> list[str]:
     return [sys.executable, "-c", APPENDER, str(log.root), stream, how, note]
 
 
+@pytest.mark.parametrize("name", ["a7", "new"])  # a stream's next append, or its first
 async def test_an_appender_killed_between_any_two_syscalls_hides_no_change(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
     log = await make_log(tmp_path, [f"a{i}" for i in range(20)])
-    stream = f"{PREFIX}a7"
+    stream = f"{PREFIX}{name}"
     for at in itertools.count():
         await build_trusted(log, monkeypatch)  # records the mark: a reader would skip heads
         with anyio.fail_after(60):

@@ -12,7 +12,10 @@ every head change to a reader that finds the mark as its cache recorded it.
 
 Every function here costs a few syscalls, none of them a sync: the mark is derived (a lost
 or removed mark costs a reader the per-head check, never a wrong note), and a power cut is
-covered by the boot id that a cache records (a cache of another boot is not used).
+covered by the boot id that a cache records (a cache of another boot is not used). A mark only
+grows (a million appends in a folder: 1 MB): it is never cut or rewritten, since a size that
+came back could match a cache again. An append that then fails (a conflict) has added its byte
+all the same, which only sends readers to the per-head check once more.
 """
 
 from __future__ import annotations
