@@ -157,7 +157,19 @@ root, stream, how, note = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].enc
 log = local_log.LocalEventLog(Path(root))
 seq = len(log._read(stream, 0, None))
 calls = 0
-if how == "stop-after-mark":  # announced (mark locked, its byte added), no head written yet
+if how.startswith("many:"):  # appends to one stream after another, as fast as it can
+    first = int(how[5:])
+    for i in range(first, first + 40):
+        stream = stream.rpartition("/")[0] + f"/a{i % 20}"
+        while True:
+            try:
+                seq = len(log._read(stream, 0, None))
+                log._append(stream, [b"record"], seq, f"{note} {i}".encode())
+                break
+            except local_log.ConflictError:  # the other appender got there first
+                continue
+    sys.exit(0)
+elif how == "stop-after-mark":  # announced (mark locked, its byte added), no head written yet
     real_announce = local_log.announce
 
     def announce(path):
@@ -273,3 +285,27 @@ async def test_a_stalled_appender_killed_hides_no_change(
     with later(monkeypatch):
         notes = await log.notes(PREFIX)
     assert notes[stream] == b"next" and notes == await from_heads(log)
+
+
+async def test_caches_built_during_appenders_hide_none_of_their_appends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two real appenders write heads in one folder while readers build and rewrite its
+    cache again and again (real time: a head's ctime protects only the per-head check).
+    Once they are done, the cache must not vouch for any note but the heads' own."""
+    log = await make_log(tmp_path, [f"a{i}" for i in range(20)])
+    await anyio.sleep(2.5)  # the folder's listing is then old enough to be trusted
+    checks = HeadChecks(monkeypatch)
+    with anyio.fail_after(120):
+        writers = [
+            await anyio.open_process(appender(log, f"{PREFIX}a0", f"many:{first}", "w"))
+            for first in (0, 1000)
+        ]
+        while any(writer.returncode is None for writer in writers):
+            assert len(await log.notes(PREFIX)) == 20
+        for writer in writers:
+            assert await writer.wait() == 0
+    for _ in range(2):
+        notes = await log.notes(PREFIX)
+        assert notes == await from_heads(log)
+    assert checks.reset() >= 2  # the readers during the appends checked the heads
