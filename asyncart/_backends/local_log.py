@@ -686,8 +686,9 @@ def _folder_notes(folder: str, where: str, prefix: str, notes: dict[str, bytes])
 
     - A's byte came before its head write. If it came after B's ``stat`` of the mark, the
       mark was longer when R stat'ed it (a size only grows; a mark removed and made again
-      is another inode, or has a newer ctime), unless R's ``stat`` came before A's head
-      write: then R's note was still h's current one. A crash after the byte leaves it.
+      is another inode, or has a newer ctime), unless R's ``stat`` came before A's byte,
+      so before its head write: R's note was then still h's current one. A crash after
+      the byte leaves it; one before it leaves no head write.
     - If A's byte came before B's ``stat`` of the mark, A held the lock from before its
       byte until after its head write, which came after B's test for a lock: B found the
       lock, and recorded no key. A stalled appender holds its lock for as long as it
