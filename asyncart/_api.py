@@ -14,7 +14,9 @@ from ._collections import ArtifactType, CollectionHandle, check_per_page, check_
 from ._errors import InvalidInputError, NotFoundError
 from ._history import (
     ArtifactCollection,
+    CollectionRows,
     LogEntry,
+    collection_rows,
     collection_summary,
     list_collections,
     read_log,
@@ -257,6 +259,12 @@ class Api:
         project = check_name(self.project if project is None else project, "project")
         found = await list_collections(self._repo, project)
         return found if type_name is None else [c for c in found if c.type == type_name]
+
+    @holding_store
+    async def _collection_rows(self, project: str, type_name: str | None = None) -> CollectionRows:
+        """:meth:`artifact_collections` as columns, with no object per collection (``ls``)."""
+        rows = await collection_rows(self._repo, check_name(project, "project"))
+        return rows if type_name is None else rows.of_type(type_name)
 
     @holding_store
     async def history(

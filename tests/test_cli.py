@@ -7,7 +7,9 @@ terminal), exactly as a script or CI job would.
 from __future__ import annotations
 
 import json
+import math
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -20,6 +22,8 @@ import pytest
 
 import asyncart
 from asyncart._cli import COMMANDS, main
+from asyncart._cli._browse import _times
+from asyncart._cli._console import format_time
 
 ASYNCART = shutil.which("asyncart", path=str(Path(sys.executable).parent))
 
@@ -535,3 +539,17 @@ def test_serve_and_token_are_subcommands(store):
             [sys.executable, "-m", "asyncart", "--help"], capture_output=True, text=True, timeout=60
         ).stdout
     )
+
+
+def test_ls_times_are_format_times_of_their_datetimes():
+    """``ls`` writes its UPDATED column from POSIX times by arithmetic: the same text as
+    ``format_time`` of each time's ``datetime`` (rounded to the microsecond, half to even,
+    then cut at the second), near a second's, a day's or a leap day's end too."""
+    rng = random.Random(9)
+    ends = [59.9999995, 86399.9999995, 86399.9999996, 951868799.9999995, 1796302128.9999994]
+    times: list[float | None] = [0.0, None, -1.5, 4102444800.5, 1e10]
+    times += [math.nextafter(t, d) for t in ends for d in (0.0, math.inf)] + ends
+    times += [rng.uniform(0, 4e9) for _ in range(20_000)]
+    times += [math.floor(rng.uniform(0, 4e9)) + 1 - rng.uniform(0, 2e-6) for _ in range(20_000)]
+    expected = [format_time(None if t is None else datetime.fromtimestamp(t, UTC)) for t in times]
+    assert _times(times) == expected

@@ -7,6 +7,7 @@ such stream is read and folded instead, and the answer is the same.
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -237,3 +238,43 @@ async def test_history_reads_a_long_stream_in_ranges(store, files, monkeypatch):
     assert len(entries) > 6 and counting.log.reads["demo/artifacts/ds"] >= len(entries) // 3
     committed = [e for e in entries if e.kind == "version.committed"]
     assert [e.data["version"] for e in committed] == [0, 1]
+
+
+def _rows_shape(rows: asyncart._history.CollectionRows) -> list[tuple[object, ...]]:
+    """``_shape`` of the collections that ``rows`` hold (``ls`` builds its table from them)."""
+    when = [None if t is None else datetime.fromtimestamp(t, UTC) for t in rows.updated]
+    return [
+        (name, type_, n, dict(aliases), updated)
+        for name, type_, n, aliases, updated in zip(
+            rows.names, rows.types, rows.versions, rows.aliases, when, strict=True
+        )
+    ]
+
+
+async def test_ls_rows_are_the_listing_with_notes_without_and_damaged(store, files, tmp_path):
+    """``ls`` lists from columns (no object per collection): they hold what
+    ``artifact_collections`` gives, however each note is (usable, missing, damaged, another
+    stream's, incomplete, deleted), and ``--type`` keeps the same ones."""
+    await _collections(store, files)
+    aliases = [f"release-candidate-{i:04d}" for i in range(120)]  # an incomplete note
+    many = asyncart.Artifact("many", "model")
+    await many.add_file(files / "a.txt")
+    await many.save(project="demo", store=store, aliases=aliases)
+    gone = asyncart.Artifact("gone", "dataset")
+    await gone.add_file(files / "b.txt")
+    await gone.save(project="demo", store=store)
+    await asyncart.Api("demo", store=store).delete_collection("demo/gone")
+    notes = await LocalStore(store).log.notes("demo/")
+    notes["demo/artifacts/ds"] = b"garbage"
+    notes["demo/artifacts/empty"] = notes["demo/artifacts/model"]
+    old, damaged = str(tmp_path / "before-notes"), str(tmp_path / "damaged")
+    await _copy(store, old)
+    await _copy(store, damaged, notes)
+    expected = _shape(await asyncart.Api("demo", store=store).artifact_collections())
+    assert [row[0] for row in expected] == ["ds", "empty", "many", "model"]
+    for where in (store, old, damaged):
+        api = asyncart.Api("demo", store=where)
+        assert _rows_shape(await api._collection_rows("demo")) == expected
+        assert _shape(await api.artifact_collections()) == expected
+        models = [row for row in expected if row[1] == "model"]
+        assert _rows_shape(await api._collection_rows("demo", "model")) == models

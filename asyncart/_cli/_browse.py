@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii as _quote  # what json.dumps uses
 
 import asyncart
 
 from .._artifact import DEFAULT_PROJECT
+from .._threads import gc_paused
 from ._console import Console, _json_default, column_table, format_time, human_bytes, table
 from ._registry import api_for, command, project_option
 from ._shapes import artifact_data, collection_data, entry_data, other_aliases, run_data, run_text
@@ -25,39 +27,57 @@ def _ls_args(parser: argparse.ArgumentParser) -> None:
     "ls", _ls_args, "list the artifacts of a project (or of every project)", "asyncart ls demo"
 )
 async def ls(args: argparse.Namespace, console: Console) -> int:
+    with gc_paused():  # a large store lists 100,000 rows: many small objects, none cyclic
+        return await _ls(args, console)
+
+
+async def _ls(args: argparse.Namespace, console: Console) -> int:
     async with api_for(args) as api:
         projects = [args.project] if args.project else await api.projects()
-        found = [c for p in projects for c in await api.artifact_collections(p, args.type)]
-    if console.as_json:
-        console.json_lines([_collection_json(c) for c in found])
-        return 0
-    if not found:
+        if console.as_json:
+            found = [c for p in projects for c in await api.artifact_collections(p, args.type)]
+            console.json_lines([_collection_json(c) for c in found])
+            return 0
+        listed = [(p, await api._collection_rows(p, args.type)) for p in projects]
+    names = [f"{project}/{name}" for project, rows in listed for name in rows.names]
+    if not names:
         console.result("no artifacts" + (f" of type {args.type}" if args.type else ""), None, None)
         return 0
-    names = [f"{c.project}/{c.name}" for c in found]
     if console.quiet:  # the names alone: no table to build (a large store has 100,000 rows)
         console.lines(names)
         return 0
-    aliases = [c.aliases for c in found]
+    aliases = [a for _, rows in listed for a in rows.aliases]
     columns = [
         names,
-        [c.type for c in found],
-        [str(c.versions) for c in found],
+        [t for _, rows in listed for t in rows.types],
+        [str(n) for _, rows in listed for n in rows.versions],
         [f"v{a['latest']}" if "latest" in a else "-" for a in aliases],
         ["-" if len(a) == 1 and "latest" in a else other_aliases(a) for a in aliases],
-        _times([c.updated for c in found]),
+        _times([t for _, rows in listed for t in rows.updated]),
     ]
     headers = ("ARTIFACT", "TYPE", "VERSIONS", "LATEST", "ALIASES", "UPDATED")
     console.result(column_table(columns, headers), None, None)
     return 0
 
 
-def _times(times: list[datetime | None]) -> list[str]:
-    """``format_time`` of each, inline for UTC times (as the API's are): ``isoformat()``
-    with no argument to parse, cut at the seconds (as ``timespec="seconds"`` cuts)."""
-    if all(t is not None and t.tzinfo is UTC for t in times):
-        return [f"{t.isoformat()[:19]}Z" for t in times]  # type: ignore[union-attr]
-    return [format_time(t) for t in times]
+def _times(times: list[float | None]) -> list[str]:
+    """``format_time`` of each POSIX time, without a ``datetime`` for each: the text of each
+    second once (a large store's artifacts share seconds), the seconds rounded as
+    ``datetime.fromtimestamp`` rounds (to the microsecond, half to even; then cut)."""
+    texts: dict[int, str] = {}
+    out = []
+    for t in times:
+        if t is None or t < 0:  # none, or before 1970 (never an artifact's): the general way
+            out.append(format_time(None if t is None else datetime.fromtimestamp(t, UTC)))
+            continue
+        second = int(t)
+        if t - second > 0.999999 and round((t - second) * 1e6) >= 1_000_000:
+            second += 1  # rounds up to the next second
+        text = texts.get(second)
+        if text is None:
+            text = texts[second] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+        out.append(text)
+    return out
 
 
 def _collection_json(c: asyncart.ArtifactCollection) -> str:
