@@ -25,7 +25,7 @@ from ._backends.fileio import SMALL, kind, open_regular, read_small, why_unreada
 from ._domain.events import Entry
 from ._domain.manifest import Manifest
 from ._errors import InvalidInputError, NotFoundError
-from ._threads import HEAVY, gc_paused, maybe_thread
+from ._threads import HEAVY, gc_paused, maybe_thread, responsive
 
 DEFAULT_CONCURRENCY = min(4, max(2, os.cpu_count() or 1))
 """Transfer workers: writes overlap well up to about 4, but more threads than cores only
@@ -399,6 +399,17 @@ async def download(
     nothing is fetched for it (its size is compared first: a file of another size is never
     read), so downloading an unchanged version again reads local files only.
     """
+    async with responsive():  # planning, writing and hashing run in threads
+        return await _download(blobs, manifest, root, concurrency, progress)
+
+
+async def _download(
+    blobs: BlobStore,
+    manifest: Manifest | Sequence[Entry],
+    root: Path,
+    concurrency: int,
+    progress: ProgressCallback | None,
+) -> int:
     work, sizes, files, total = await anyio.to_thread.run_sync(_plan_download, root, manifest)
     tracker = _Tracker(files, total, progress)
     fetched = 0

@@ -10,7 +10,14 @@ after-send: the records encoded and appended), ``hwm`` (VmHWM), the times, the l
 heartbeat gap (``stall_ms``, wall clock: another busy process inflates it), the longest
 single loop callback (``step_ms``), the most CPU the loop thread spent between two 1 ms
 beats (``loop_cpu_ms``: code on the loop, whatever the machine's load) and the CPU time of the
-longest garbage collection (``gc_ms``, in any thread: it holds the GIL, so the loop waits).
+longest garbage collection (``gc_ms``, in any thread: it holds the GIL, so the loop waits),
+and per phase and generation how many collections ran and the longest (``gcs``). ``gaps``,
+per phase: the 1 ms beats, how many came over 20 ms late, the longest gap (``max``) split by
+the loop thread's scheduler counters into the CPU it ran (``cpu``), the time it waited,
+runnable, for a CPU (``runq``) and the rest (asleep: its timer, and waits for the GIL); the
+longest such rest of any beat (``max_rest``) and the longest rest while the other threads
+ran (``max_gil``: at most their CPU time, so a wait for the GIL behind running workers).
+``bench/loop_waits.py`` splits every wait of the loop's thread with the kernel's help.
 Run it with ``PYTHONPATH`` set to another checkout to measure that one.
 """
 
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
 import threading
 import time
@@ -33,6 +41,7 @@ phase = ["start"]
 peaks: dict[str, float] = {}
 loop_cpu = [0.0]
 longest_gc = [0.0]
+gcs: dict[str, tuple[int, float]] = {}  # phase/generation: collections, longest (CPU s)
 _gc_started = threading.local()
 
 
@@ -40,7 +49,11 @@ def timed_gc(phase_name: str, info: dict) -> None:
     if phase_name == "start":
         _gc_started.at = time.thread_time()
     elif hasattr(_gc_started, "at"):
-        longest_gc[0] = max(longest_gc[0], time.thread_time() - _gc_started.at)
+        took = time.thread_time() - _gc_started.at
+        longest_gc[0] = max(longest_gc[0], took)
+        key = f"{phase[0]}/gen{info['generation']}"
+        n, most = gcs.get(key, (0, 0.0))
+        gcs[key] = (n + 1, max(most, took))
 
 
 def status(key: str) -> float:
@@ -57,11 +70,40 @@ def sampler() -> None:
         time.sleep(0.02)
 
 
+gaps: dict[str, dict[str, float]] = {}
+
+
 async def cpu_beat() -> None:
-    while True:
-        start = time.thread_time()
-        await anyio.sleep(0.001)
-        loop_cpu[0] = max(loop_cpu[0], time.thread_time() - start)
+    """Beats of 1 ms, each gap split by the loop thread's scheduler counters into the CPU it
+    ran, the time it waited for a CPU (runnable) and the rest (asleep: the timer's 1 ms, and
+    waiting for the GIL); per phase, the longest gap's split and how many gaps were > 20 ms."""
+    with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as counters:
+
+        def sched() -> tuple[float, float]:
+            counters.seek(0)
+            ran, waited, _ = counters.read().split()
+            return int(ran) / 1e9, int(waited) / 1e9
+
+        while True:
+            start, (ran, waited), used = time.perf_counter(), sched(), time.process_time()
+            await anyio.sleep(0.001)
+            gap = time.perf_counter() - start - 0.001
+            ran2, waited2 = sched()
+            others = time.process_time() - used - (ran2 - ran)  # CPU of the other threads
+            loop_cpu[0] = max(loop_cpu[0], ran2 - ran)
+            g = gaps.setdefault(phase[0], {"max": 0.0, "over20": 0, "beats": 0})
+            g["beats"] += 1
+            g["over20"] += gap > 0.02
+            rest = gap - (ran2 - ran) - (waited2 - waited)
+            g["max_rest"] = max(g.get("max_rest", 0.0), rest)
+            g["max_gil"] = max(g.get("max_gil", 0.0), min(rest, others))
+            if gap > g["max"]:
+                cpu, runq = ran2 - ran, waited2 - waited
+                g |= {"max": gap, "cpu": cpu, "runq": runq, "rest": gap - cpu - runq}
+
+
+def _ms(key: str, value: float) -> float:
+    return value if key in ("beats", "over20") else round(value * 1e3, 1)
 
 
 def hashing(p: asyncart.Progress) -> None:
@@ -100,7 +142,10 @@ async def main(src: str, store: str) -> None:
         "loop_cpu_ms": round(loop_cpu[0] * 1e3, 1),
         "gc_ms": round(longest_gc[0] * 1e3, 1),
         "files": len(saved.manifest),
+        "gcs": {k: [n, round(most * 1e3, 1)] for k, (n, most) in gcs.items()},
+        "gaps": {k: {m: _ms(m, v) for m, v in g.items()} for k, g in gaps.items()},
         "lib": asyncart.__file__,
+        "pid": os.getpid(),
     }
     print(json.dumps(out))
 
