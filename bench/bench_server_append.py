@@ -1,0 +1,132 @@
+"""The memory the server's validation of one large append holds, in this process.
+
+    python bench/bench_server_append.py [--files N] [--dir DIR] [--trace] [--inline]
+
+Builds the records of a root commit of ``N`` files (a collection, a draft, files.added
+records of 10,000 entries, the commit), notes their digests as the token's uploads (as the
+blob routes do), then publishes them the way ``POST /v1/log/{stream}`` does: validation,
+blob-scope check, fold, one log append on a fresh local store under ``DIR``, and the scope
+index's update. The records come from parts held as blobs (staged, the path a large append
+takes over HTTP) unless ``--inline`` (one posted body).
+
+Prints the peak RSS (VmHWM) grown by the publish and, with ``--trace``, tracemalloc's peak
+(slower): bytes per file beyond the records' own size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+import tracemalloc
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anyio
+import blake3
+
+from asyncart._backends.local import LocalStore
+from asyncart._domain.events import (
+    CollectionCreated,
+    DraftOpened,
+    Entry,
+    FilesAdded,
+    Record,
+    VersionCommitted,
+    encode,
+    record_hash,
+)
+from asyncart._domain.manifest import Manifest
+from asyncart._server._scope import Referenced, Scope
+from asyncart._server._seen import MemorySeen
+from asyncart._server._tokens import Grant
+from asyncart._server._validate import Streams
+
+PER_RECORD = 10_000
+STREAM = "scale/artifacts/big"
+
+
+def status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak() -> None:
+    """Start VmHWM again from the current RSS (Linux 4.0+), so it shows this publish only."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def records(files: int) -> tuple[list[bytes], list[bytes]]:
+    """The encoded records of a root commit of ``files`` files, and their raw digests."""
+    entries = [
+        Entry(f"d{i // 1000:04d}/f{i:07d}.bin", blake3.blake3(b"%d" % i).hexdigest(), 16)
+        for i in range(files)
+    ]
+    digest = Manifest({e.path: e for e in entries}).digest
+    bodies: list[Any] = [CollectionCreated("big", "dataset"), DraftOpened("d")]
+    bodies += [FilesAdded("d", entries[i : i + PER_RECORD]) for i in range(0, files, PER_RECORD)]
+    bodies.append(VersionCommitted("d", 0, digest, files, 16 * files))
+    out, prev = [], ""
+    for seq, body in enumerate(bodies):
+        out.append(encode(Record(STREAM, seq, 0.0, "user:bench", prev, body)))
+        prev = record_hash(out[-1])
+    return out, [bytes.fromhex(e.digest) for e in entries]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=200_000)
+    parser.add_argument("--dir", type=Path, default=Path("/work/data/srvrss/append"))
+    parser.add_argument("--trace", action="store_true")
+    args = parser.parse_args()
+    payloads, digests = records(args.files)
+    size = sum(map(len, payloads))
+    store = LocalStore(args.dir / uuid.uuid4().hex[:8])
+    grant = Grant("tok", ("scale",), write=True)
+    seen = MemorySeen()
+    await seen.add(grant.id, digests)
+    scope, streams = Scope(store, seen), Streams(store)
+    await scope.unseen(grant, {digests[0]})  # the project indexed, as a first `missing` does
+    del digests
+    gc.collect()
+    reset_peak()
+    if args.trace:
+        tracemalloc.start()
+    before_rss, before_traced = status_mib("VmRSS"), tracemalloc.get_traced_memory()[0]
+    start = time.perf_counter()
+
+    referenced = Referenced()
+
+    async def check(decoded: list[Record]) -> None:
+        await scope.refuse_unseen(grant, decoded, into=referenced)
+
+    done = await streams.append(STREAM, payloads, 0, grant.id, check)
+    await scope.appended(STREAM, 0, done.count, referenced, done.last_hash)
+    seconds = time.perf_counter() - start
+    traced = tracemalloc.get_traced_memory()
+    del done
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    out = {
+        "files": args.files,
+        "records_bytes": size,
+        "seconds": round(seconds, 2),
+        "rss_before_mib": round(before_rss, 1),
+        "vmhwm_mib": round(status_mib("VmHWM"), 1),
+        "vmhwm_growth_mib": round(status_mib("VmHWM") - before_rss, 1),
+    }
+    if args.trace:
+        out["traced_peak_per_file"] = round((traced[1] - before_traced) / args.files, 1)
+        out["traced_held_after_per_file"] = round((after - before_traced) / args.files, 1)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    anyio.run(main)
