@@ -1,16 +1,16 @@
 """The memory the server's validation of one large append holds, in this process.
 
-    python bench/bench_server_append.py [--files N] [--dir DIR] [--trace] [--inline]
+    python bench/bench_server_append.py [--files N] [--dir DIR] [--trace]
 
 Builds the records of a root commit of ``N`` files (a collection, a draft, files.added
 records of 10,000 entries, the commit), notes their digests as the token's uploads (as the
-blob routes do), then publishes them the way ``POST /v1/log/{stream}`` does: validation,
-blob-scope check, fold, one log append on a fresh local store under ``DIR``, and the scope
-index's update. The records come from parts held as blobs (staged, the path a large append
-takes over HTTP) unless ``--inline`` (one posted body).
+blob routes do), then publishes them as ``POST /v1/log/{stream}`` does with a posted body:
+validation, blob-scope check, fold, one log append on a fresh local store under ``DIR``,
+and the scope index's update. (Over HTTP a large append comes in parts, fetched a part
+ahead of the validation: ``bench_serve_rss.py`` measures that whole path.)
 
-Prints the peak RSS (VmHWM) grown by the publish and, with ``--trace``, tracemalloc's peak
-(slower): bytes per file beyond the records' own size.
+Prints the server-side RSS before, and the peak RSS (VmHWM, reset just before) the publish
+reached; with ``--trace``, tracemalloc's peak and what stays held (slower), in bytes per file.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 The server keeps, per project, the digests its logs reference (``_scope.py``) and, per token,
 those it uploaded (``_seen.py``): a million each after a commit of a million files. A ``dict``
-or ``set`` of ``bytes`` costs about 120 bytes a digest (an object of 32 bytes is 80, its slot
-40); here digests are kept back to back in ``bytearray`` buckets, one per value of their first
-two bytes, so a million cost about 45 bytes each (a bucket holds ~15 and is searched with
-``bytearray.find``). Nothing in it is tracked by the garbage collector.
+or ``set`` of ``bytes`` costs about 105 bytes a digest (tracemalloc: the object, 65 bytes, and
+its slot); here digests are kept back to back in ``bytearray`` buckets, one per value of their
+first two bytes, so a million cost about 45 bytes each (a bucket holds ~15 and is searched
+with ``bytearray.find``; a small set costs more a digest, at most 65,536 buckets in all).
+Nothing in it is tracked by the garbage collector.
 
 Work on many digests is done a slice at a time, letting the event loop run in between: a
 slice holds the loop for a few milliseconds. Each slice looks up and adds without awaiting,

@@ -11,9 +11,9 @@ The index is built per project, lazily (on the first question about it), from th
 collection streams: every file entry of any version or draft, and every snapshot. Appends
 through this server add to it as they go; a digest not found is looked for again after catching
 up with the log, so appends by another server process on the same store are seen. Digests are
-kept as 32 raw bytes, back to back (``_digests.py``: about 45 bytes each, not an object each).
-A token's uploads are asked about after the indexes in memory, for the digests those do not
-show (on PostgreSQL that is a query).
+kept as 32 raw bytes, back to back (``_digests.py``: about 45 bytes each at a million, not an
+object each). A token's uploads are asked about after the indexes in memory, for the digests
+those do not show (on PostgreSQL that is a query).
 
 A reference entry (``Entry.ref``, added by ``add_reference``) has no blob: its digest is neither
 indexed nor checked, so it can never make a blob visible. A writer who records another
