@@ -8,7 +8,8 @@ trap in the rules), commits ``FOLDER`` through it in a fresh child process (``ad
 ``--every`` seconds, and prints:
 
 - the server's peak RSS (VmHWM) while the blobs were uploaded (up to the client's last
-  "stored" progress line) and after, while the append was validated and published;
+  "stored" progress line; null for fewer than 100,000 files, which print none) and after,
+  while the append was validated and published;
 - its RSS at each of the client's progress lines;
 - the client's own result (times, peak RSS).
 
@@ -85,12 +86,12 @@ def main() -> None:
         env={**os.environ, **server.env},
     )
     assert child.stdout is not None and child.stderr is not None
-    upload_peak = 0.0  # until the client's last progress line: hashing and uploads
+    upload_peak = None  # until the client's last progress line: hashing and uploads
     for line in child.stderr:
         if not line.startswith("  "):
             continue
         peak = sampler.take()
-        upload_peak = max(upload_peak, peak)
+        upload_peak = max(upload_peak or 0.0, peak)
         say(f"[{time.perf_counter() - start:6.1f} s] server {peak:7.1f} MiB | {line.strip()}")
     out = child.stdout.read()
     rc = child.wait()
@@ -103,7 +104,7 @@ def main() -> None:
         json.dumps(
             {
                 "server_vmhwm_mib": round(hwm, 1),
-                "server_peak_until_last_stored_line_mib": round(upload_peak, 1),
+                "server_peak_until_last_stored_line_mib": upload_peak and round(upload_peak, 1),
                 "server_peak_after_it_mib": round(append_peak, 1),
                 "client": result,
                 "store": str(here / "store"),
