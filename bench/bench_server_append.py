@@ -1,6 +1,7 @@
 """The memory the server's validation of one large append holds, in this process.
 
     python bench/bench_server_append.py [--files N] [--dir DIR] [--trace]
+    python bench/bench_server_append.py --digests N
 
 Builds the records of a root commit of ``N`` files (a collection, a draft, files.added
 records of 10,000 entries, the commit), notes their digests as the token's uploads (as the
@@ -11,6 +12,10 @@ ahead of the validation: ``bench_serve_rss.py`` measures that whole path.)
 
 Prints the server-side RSS before, and the peak RSS (VmHWM, reset just before) the publish
 reached; with ``--trace``, tracemalloc's peak and what stays held (slower), in bytes per file.
+
+``--digests N`` instead compares the blob-scope set (``_digests.DigestSet``) with a dict of
+``bytes``: bytes per digest (tracemalloc) and CPU seconds to add ``N`` digests and to look up
+``N`` more (half of them held).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from asyncart._domain.events import (
     record_hash,
 )
 from asyncart._domain.manifest import Manifest
+from asyncart._server._digests import DigestSet
 from asyncart._server._scope import Referenced, Scope
 from asyncart._server._seen import MemorySeen
 from asyncart._server._tokens import Grant
@@ -79,12 +85,51 @@ def records(files: int) -> tuple[list[bytes], list[bytes]]:
     return out, [bytes.fromhex(e.digest) for e in entries]
 
 
+async def compare_sets(n: int) -> dict[str, Any]:
+    """DigestSet against a dict of bytes (see the module docstring): timed untraced, then
+    added again under tracemalloc for the bytes held."""
+    held = [blake3.blake3(b"%d" % i).digest() for i in range(n)]
+    wanted = list({*held[: n // 2], *(blake3.blake3(b"x%d" % i).digest() for i in range(n // 2))})
+    out: dict[str, Any] = {"digests": n}
+    for name in ("DigestSet", "dict"):
+        row: dict[str, float] = {}
+        for traced in (False, True):
+            gc.collect()
+            if traced:  # from before the digests are made: a dict keeps their objects
+                tracemalloc.start()
+            copies = [bytes.fromhex(d.hex()) for d in held]  # objects of their own, as decoded
+            start = time.process_time()
+            digests, plain = DigestSet(), dict[bytes, None]()
+            if name == "DigestSet":
+                await digests.add(copies)
+            else:
+                plain.update(dict.fromkeys(copies))
+            added = time.process_time()
+            del copies
+            if traced:
+                row["bytes_per_digest"] = round(tracemalloc.get_traced_memory()[0] / n, 1)
+                tracemalloc.stop()
+                continue
+            if name == "DigestSet":
+                absent = await digests.missing(wanted)
+            else:
+                absent = set(wanted) - plain.keys()
+            row["add_s"], row["lookup_s"] = added - start, time.process_time() - added
+            assert len(absent) == len(wanted) - n // 2
+        out[name] = {k: round(v, 2) for k, v in row.items()}
+    return out
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--digests", type=int)
     parser.add_argument("--files", type=int, default=200_000)
     parser.add_argument("--dir", type=Path, default=Path("/work/data/srvrss/append"))
     parser.add_argument("--trace", action="store_true")
     args = parser.parse_args()
+    if args.digests:
+        print(json.dumps(await compare_sets(args.digests)))
+        return
     payloads, digests = records(args.files)
     size = sum(map(len, payloads))
     store = LocalStore(args.dir / uuid.uuid4().hex[:8])

@@ -38,10 +38,9 @@ class DigestSet:
         return self._count
 
     def __contains__(self, digest: object) -> bool:
-        if not isinstance(digest, bytes) or len(digest) != _WIDTH:
+        if not isinstance(digest, bytes):
             return False
-        bucket = self._buckets.get(digest[:2])
-        return bucket is not None and _holds(bucket, digest)
+        return bool(self._split([digest])[0])
 
     def __iter__(self) -> Iterator[bytes]:
         for bucket in list(self._buckets.values()):
@@ -58,19 +57,20 @@ class DigestSet:
         Raises:
             ValueError: a digest is not 32 bytes.
         """
-        buckets = self._buckets
-        for digest in digests:
+        buckets, added = self._buckets, 0
+        for digest in digests:  # (the lookup inlined: this loop is the cost of an upload)
             if len(digest) != _WIDTH:
                 raise ValueError(f"a digest of {len(digest)} bytes, not {_WIDTH}")
-            key = digest[:2]
-            bucket = buckets.get(key)
+            bucket = buckets.get(digest[:2])
             if bucket is None:
-                buckets[key] = bytearray(digest)
-            elif _holds(bucket, digest):
-                continue
+                buckets[digest[:2]] = bytearray(digest)
             else:
+                at = bucket.find(digest)
+                if at != -1 and (not at % _WIDTH or _holds(bucket, digest, at)):
+                    continue
                 bucket += digest
-            self._count += 1
+            added += 1
+        self._count += added
 
     async def add(self, digests: Iterable[bytes]) -> None:
         """Add ``digests``, a slice at a time."""
@@ -81,21 +81,33 @@ class DigestSet:
         """Those of ``wanted`` not in the set."""
         out: set[bytes] = set()
         async for part in _slices(wanted):
-            out.update(d for d in part if d not in self)
+            out.update(self._split(part)[1])
         return out
 
     async def held(self, wanted: Collection[bytes]) -> set[bytes]:
         """Those of ``wanted`` in the set."""
         out: set[bytes] = set()
         async for part in _slices(wanted):
-            out.update(d for d in part if d in self)
+            out.update(self._split(part)[0])
         return out
 
+    def _split(self, digests: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+        """``digests`` held, and not held."""
+        get, held, absent = self._buckets.get, [], []
+        for digest in digests:
+            bucket = get(digest[:2])
+            at = -1 if bucket is None or len(digest) != _WIDTH else bucket.find(digest)
+            if at != -1 and (not at % _WIDTH or _holds(bucket, digest, at)):  # type: ignore[arg-type]
+                held.append(digest)
+            else:
+                absent.append(digest)
+        return held, absent
 
-def _holds(bucket: bytearray, digest: bytes) -> bool:
-    """Whether ``digest`` is one of the 32-byte items of ``bucket`` (a match across two items
-    does not count)."""
-    at = bucket.find(digest)
+
+def _holds(bucket: bytearray, digest: bytes, at: int = 0) -> bool:
+    """Whether ``digest`` is one of the 32-byte items of ``bucket``, looking from ``at`` (a
+    match across two items does not count)."""
+    at = bucket.find(digest, at)
     while at > 0 and at % _WIDTH:
         at = bucket.find(digest, at + 1)
     return at != -1
