@@ -47,10 +47,6 @@ class DigestSet:
             data = bytes(bucket)
             yield from (data[i : i + _WIDTH] for i in range(0, len(data), _WIDTH))
 
-    def nbytes(self) -> int:
-        """The bytes its buckets hold (digests only, no overhead)."""
-        return sum(map(len, self._buckets.values()))
-
     def add_now(self, digests: Iterable[bytes]) -> None:
         """Add ``digests`` at once (see :meth:`add` for many).
 
@@ -96,11 +92,12 @@ class DigestSet:
         get, held, absent = self._buckets.get, [], []
         for digest in digests:
             bucket = get(digest[:2])
-            at = -1 if bucket is None or len(digest) != _WIDTH else bucket.find(digest)
-            if at != -1 and (not at % _WIDTH or _holds(bucket, digest, at)):  # type: ignore[arg-type]
-                held.append(digest)
-            else:
-                absent.append(digest)
+            if bucket is not None and len(digest) == _WIDTH:
+                at = bucket.find(digest)
+                if at != -1 and (not at % _WIDTH or _holds(bucket, digest, at)):
+                    held.append(digest)
+                    continue
+            absent.append(digest)
         return held, absent
 
 
