@@ -11,6 +11,7 @@ trap in the rules), commits ``FOLDER`` through it in a fresh child process (``ad
   "stored" progress line; null for fewer than 100,000 files, which print none) and after,
   while the append was validated and published;
 - its RSS at each of the client's progress lines;
+- the server's CPU time (user and system) over the whole run;
 - the client's own result (times, peak RSS).
 
 Write the folder once with ``bench_scale.write_tiny_files`` (16 unique bytes a file, in
@@ -30,6 +31,13 @@ import uuid
 from pathlib import Path
 
 from bench_scale import KIB, Server, say
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (``/proc/PID/stat``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def status_mib(pid: int, field: str) -> float:
@@ -97,6 +105,7 @@ def main() -> None:
     rc = child.wait()
     append_peak = sampler.take()  # since: the append, validated and published
     hwm = status_mib(server.proc.pid, "VmHWM")
+    cpu = cpu_seconds(server.proc.pid)
     sampler.done.set()
     server.stop()
     result = json.loads(out.splitlines()[-1]) if rc == 0 and out.strip() else {"error": rc}
@@ -104,6 +113,7 @@ def main() -> None:
         json.dumps(
             {
                 "server_vmhwm_mib": round(hwm, 1),
+                "server_cpu_s": round(cpu, 1),
                 "server_peak_until_last_stored_line_mib": upload_peak and round(upload_peak, 1),
                 "server_peak_after_it_mib": round(append_peak, 1),
                 "client": result,
