@@ -37,7 +37,7 @@ from ._http import (
     msgpack_response,
     require,
 )
-from ._scope import SCOPE, Scope
+from ._scope import SCOPE, Referenced, Scope
 from ._seen import SeenBook, seen_book
 from ._tokens import ALL, Grant, Grants, TokenBook, TokenFile
 from ._uploads import UPLOAD_EXPIRY, UPLOADS, Uploads, expire_uploads
@@ -162,10 +162,11 @@ async def append(request: web.Request) -> web.Response:
     epoch = int_query(request, "epoch") if "epoch" in request.query else None
     scope = request.app[SCOPE]
     body = await msgpack_body(request, _APPEND)
-    payloads = await staged.records_of(request, body) if isinstance(body, Published) else body
-    check = functools.partial(scope.refuse_unseen, grant)
-    done = await request.app[STREAMS].append(stream, payloads, expected, grant.id, check, epoch)
-    scope.appended(stream, expected, done.records, done.last_hash)
+    posted = await staged.records_of(request, body) if isinstance(body, Published) else body
+    referenced = Referenced()  # what the records reference, gathered as they are checked
+    check = functools.partial(scope.refuse_unseen, grant, into=referenced)
+    done = await request.app[STREAMS].append(stream, posted, expected, grant.id, check, epoch)
+    await scope.appended(stream, expected, done.count, referenced, done.last_hash)
     return msgpack_response({"head": done.head})
 
 

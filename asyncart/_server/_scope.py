@@ -11,8 +11,9 @@ The index is built per project, lazily (on the first question about it), from th
 collection streams: every file entry of any version or draft, and every snapshot. Appends
 through this server add to it as they go; a digest not found is looked for again after catching
 up with the log, so appends by another server process on the same store are seen. Digests are
-kept as 32 raw bytes. A token's uploads are asked about after the indexes in memory, for the
-digests those do not show (on PostgreSQL that is a query).
+kept as 32 raw bytes, back to back (``_digests.py``: about 45 bytes each at a million, not an
+object each). A token's uploads are asked about after the indexes in memory, for the digests
+those do not show (on PostgreSQL that is a query).
 
 A reference entry (``Entry.ref``, added by ``add_reference``) has no blob: its digest is neither
 indexed nor checked, so it can never make a blob visible. A writer who records another
@@ -23,7 +24,8 @@ store.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import msgspec
@@ -34,10 +36,12 @@ from .._domain.events import FilesAdded, Record, VersionCommitted, VersionLinked
 from .._domain.manifest import Manifest
 from .._errors import AsyncartError, InvalidInputError
 from .._repository import Repository, _decode_chain
-from .._threads import maybe_thread
+from .._threads import HEAVY, maybe_thread
+from ._digests import DigestSet
 from ._http import grant_of
 from ._seen import SeenBook
 from ._tokens import ALL, Grant
+from ._validate import read_ranges
 
 _BIG = 256 << 10  # bytes of records above which decoding leaves the loop
 
@@ -47,9 +51,7 @@ class _Project:
     """The digests a project's collection streams reference, as of each stream's head."""
 
     heads: dict[str, tuple[int, str]] = field(default_factory=dict)  # stream -> (head, last hash)
-    # A dict, not a set: a dict of bytes is not tracked by the garbage collector, and a tracked
-    # container of millions of digests makes every full collection hold the GIL for long.
-    digests: dict[bytes, None] = field(default_factory=dict)
+    digests: DigestSet = field(default_factory=DigestSet)  # about 45 bytes each, untracked
 
 
 class Scope:
@@ -75,14 +77,17 @@ class Scope:
                 if not wanted:
                     return set()
                 index = await self._index(project, catch_up)
-                wanted = wanted - index.digests.keys()
+                wanted = await index.digests.missing(wanted)
             if wanted and not catch_up:  # uploads: maybe a database query, so after memory
                 wanted = wanted - await self.seen.uploaded(grant.id, wanted)
         return wanted
 
-    async def refuse_unseen(self, grant: Grant, records: list[Record]) -> None:
+    async def refuse_unseen(
+        self, grant: Grant, records: list[Record], into: Referenced | None = None
+    ) -> None:
         """Refuse records that reference blobs ``grant`` may not see: recording a digest must
-        not be a way to read (or learn of) another project's blob. Upload it first.
+        not be a way to read (or learn of) another project's blob. Upload it first. The
+        blobs they reference are gathered ``into`` (for :meth:`appended`), if given.
 
         A link (``version.linked``) must name a source project the token may read, and a
         live source version whose manifest digest is the link's; its snapshot must hold that
@@ -101,7 +106,11 @@ class Scope:
                         f"link {body.source_project}/{body.source_name}:v{body.source_version}"
                     )
                 await self._check_link(body)
-        if unseen := await self.unseen(grant, _referenced(records)):
+        many = sum(len(r.body.entries) for r in records if isinstance(r.body, FilesAdded))
+        referenced = await maybe_thread(many > HEAVY, _referenced, records)
+        if into is not None:
+            into.add(referenced, any(isinstance(r.body, VersionLinked) for r in records))
+        if unseen := await self.unseen(grant, referenced):
             raise InvalidInputError(
                 f"the records reference {len(unseen)} blobs this token has not uploaded and "
                 f"its projects do not reference, such as {min(unseen).hex()}: upload them first"
@@ -137,17 +146,21 @@ class Scope:
         if not (grant.admin or ALL in grant.projects):
             await self.seen.add(grant.id, {bytes.fromhex(d) for d in digests})
 
-    def appended(self, stream: str, first_seq: int, records: list[Record], last: str) -> None:
-        """Index an append this server made to a collection stream (if its project is indexed)."""
+    async def appended(
+        self, stream: str, first_seq: int, count: int, referenced: Referenced, last: str
+    ) -> None:
+        """Index an append of ``count`` records this server made to a collection stream at
+        ``first_seq`` (if its project is indexed), from what its check gathered."""
         project, kind, _ = stream.split("/")
         index = self._projects.get(project)
-        if kind != "artifacts" or index is None or not records:
-            return
-        if any(isinstance(r.body, VersionLinked) for r in records):
-            return  # a link's files are in its snapshot: the next catch-up reads it
-        if index.heads.get(stream, (0, ""))[0] == first_seq:
-            index.digests.update(dict.fromkeys(_referenced(records)))
-            index.heads[stream] = (first_seq + len(records), last)
+        if kind != "artifacts" or index is None or not count or referenced.linked:
+            return  # (a link's files are in its snapshot: the next catch-up reads it)
+        if index.heads.get(stream, (0, ""))[0] != first_seq:
+            return  # a catch-up read the stream meanwhile, or the index is behind it
+        for digests in referenced.parts:
+            await index.digests.add(digests)
+        if index.heads.get(stream, (0, ""))[0] == first_seq:  # nobody caught up meanwhile
+            index.heads[stream] = (first_seq + count, last)
 
     async def _index(self, project: str, catch_up: bool) -> _Project:
         index = self._projects.get(project)
@@ -160,21 +173,30 @@ class Scope:
         return index
 
     async def _catch_up(self, index: _Project, stream: str) -> None:
+        """Index the stream's records past what is indexed, a range at a time (a stream of a
+        million files is never decoded at once); a damaged record (audit names it) and what
+        follows it show nothing."""
         head, last = index.heads.get(stream, (0, ""))
-        payloads = await self.store.log.read(stream, head)
-        if not payloads:
-            return
-        big = sum(map(len, payloads)) > _BIG
-        try:
-            records, last = await maybe_thread(big, _decode_chain, stream, head, last, payloads)
-        except (AsyncartError, msgspec.MsgspecError):
-            return  # a damaged stream (audit names it) shows nothing past what is indexed
-        index.digests.update(dict.fromkeys(_referenced(records)))
-        for record in records:  # a link's readers read its source's files
-            if isinstance(record.body, VersionLinked) and record.body.snapshot is not None:
-                index.digests.update(dict.fromkeys(await self._linked(record.body.snapshot)))
-        if index.heads.get(stream, (0, ""))[0] == head:  # nobody caught up meanwhile
-            index.heads[stream] = (head + len(records), last)
+        at = head
+        async with aclosing(read_ranges(self.store.log, stream, head)) as ranges:
+            async for payloads in ranges:
+                big = sum(map(len, payloads)) > _BIG
+                try:
+                    records, last = await maybe_thread(
+                        big, _decode_chain, stream, at, last, payloads
+                    )
+                except (AsyncartError, msgspec.MsgspecError):
+                    break
+                found = await maybe_thread(big, _referenced, records)
+                await index.digests.add(found)
+                for record in records:  # a link's readers read its source's files
+                    if isinstance(record.body, VersionLinked) and record.body.snapshot is not None:
+                        await index.digests.add(await self._linked(record.body.snapshot))
+                at += len(records)
+                del records, found
+                if index.heads.get(stream, (0, ""))[0] != head:
+                    return  # another catch-up of the stream went ahead: it goes on
+                index.heads[stream] = (head := at, last)
 
     async def _linked(self, snapshot: str) -> set[bytes]:
         """The digests of a link's files, from its snapshot (none if it cannot be read)."""
@@ -184,6 +206,26 @@ class Scope:
         except AsyncartError:
             return set()
         return {raw for d in manifest.iter_blob_digests() if (raw := _raw(d)) is not None}
+
+
+class Referenced:
+    """The raw digests of the blobs an append's records reference, gathered as its chunks
+    are checked (each chunk's as one ``bytes`` of 32-byte digests: not an object per blob)
+    for :meth:`Scope.appended`; ``linked``: some record is a link."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self.linked = False
+
+    def add(self, digests: set[bytes], linked: bool = False) -> None:
+        self._parts.append(b"".join(digests))
+        self.linked = self.linked or linked
+
+    @property
+    def parts(self) -> Iterator[list[bytes]]:
+        """The digests, a chunk's at a time."""
+        for joined in self._parts:
+            yield [joined[i : i + 32] for i in range(0, len(joined), 32)]
 
 
 def _referenced(records: list[Record]) -> set[bytes]:

@@ -7,10 +7,12 @@ them with one atomic ``EventLog.append``.
 Each part is a msgpack list of records, uploaded through the blob routes like any blob (so
 verified, content-addressed, and noted as the uploading token's in ``_seen.py``). The publish
 names the parts in order; the server checks that the token may see each of them (it uploaded
-them, shared by every replica of a PostgreSQL + S3 store), that they are stored at the sizes
-named and add up to at most ``max_staged`` bytes; then it fetches and decodes them and
-validates the records as any append (``Streams.append``: chain, events, fold, blob scope,
-stamps), appending them in one call: a refused or conflicting publish stores nothing.
+them, shared by every replica of a PostgreSQL + S3 store) and that they add up to at most
+``max_staged`` bytes; then it fetches and decodes them a few at a time, in order, and
+validates the records as any append (``Streams.append``: chain, events, blob scope, stamps,
+a part at a time; then the fold), appending them in one call once every part checked out: a
+refused or conflicting publish stores nothing, and a part not stored at the size named is
+refused when its turn comes.
 
 The server keeps nothing between the uploads and the publish, so any replica can take any of
 the requests, and a restarted one loses nothing. A publish sent again (its reply was lost) is
@@ -25,9 +27,12 @@ unreferenced blobs is the garbage collector's work (a later issue).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
+from collections import deque
+from collections.abc import AsyncGenerator
 
 import anyio
 import blake3
@@ -41,13 +46,21 @@ from ._blob_routes import LIMITS, SPOOL, STORE, _s3
 from ._http import BODIES, SMALL_BODY, HttpError, grant_of
 from ._scope import SCOPE
 
-FETCHES = 8
-"""Parts fetched from the blob store at once."""
+AHEAD = 1
+"""Parts fetched from the blob store ahead of the one being validated (so the server holds
+the records of a few parts at once, not the whole append's): validating a part takes longer
+than fetching one."""
 _RECORDS = msgspec.msgpack.Decoder(Records)
 
 
-async def records_of(request: web.Request, body: Published) -> list[bytes]:
-    """The records of the parts that ``body`` names, in order, for the request's token.
+async def records_of(request: web.Request, body: Published) -> AsyncGenerator[list[bytes]]:
+    """The records of the parts that ``body`` names, for the request's token: each part's
+    records in turn (fetched while the parts before it are validated, ``AHEAD`` at most).
+
+    Whether the token may see every part, and their total size, are checked here, before
+    any is fetched; a part that is not stored at the size named, or is not a list of
+    records, is refused when its turn comes (an append is validated part by part, and
+    nothing is stored before all are: a refusal then stores nothing either).
 
     Raises:
         HttpError: 413 past ``max_staged`` bytes, 400 ``parts_missing`` for a part that is
@@ -71,42 +84,45 @@ async def records_of(request: web.Request, body: Published) -> list[bytes]:
     # that is absent or of another size is found by `_fetch_one`, before its bytes are read.
     if unseen := await request.app[SCOPE].unseen(grant, {bytes.fromhex(d) for d in sizes}):
         raise _missing({raw.hex() for raw in unseen})
-    await request.app[BODIES].take(request, total)  # the records are held in memory
-    fetched = await _fetch(request, sizes)
-    records: list[bytes] = []
-    for digest, _ in body.parts:
-        records += fetched[digest]
-    return records
+    # the records are held in memory: restamped, about as many bytes as the parts
+    await request.app[BODIES].take(request, total)
+    return _in_order(request, body.parts)
 
 
-async def _fetch(request: web.Request, sizes: dict[str, int]) -> dict[str, list[bytes]]:
-    """The records of each blob of ``sizes`` (verified by the store), ``FETCHES`` at a time;
-    each blob's bytes are dropped once decoded."""
-    out: dict[str, list[bytes]] = {}
-    gone: set[str] = set()
-    bad: list[str] = []
-    limiter = anyio.CapacityLimiter(FETCHES)
+async def _in_order(
+    request: web.Request, parts: list[tuple[str, int]]
+) -> AsyncGenerator[list[bytes]]:
+    """The records of each part, in order, ``AHEAD`` parts fetched ahead of the one taken
+    (those are cancelled if the taker stops)."""
+    fetching: deque[asyncio.Task[list[bytes]]] = deque()
+    named = iter(parts)
+    try:
+        while True:
+            while len(fetching) <= AHEAD and (part := next(named, None)) is not None:
+                fetching.append(asyncio.ensure_future(_part(request, *part)))
+            if not fetching:
+                return
+            records = await fetching.popleft()
+            yield records
+            del records
+    finally:
+        for task in fetching:
+            task.cancel()
+        if fetching:
+            await asyncio.gather(*fetching, return_exceptions=True)
 
-    async def one(digest: str) -> None:
-        async with limiter:
-            data = await _fetch_one(request, digest, sizes[digest])
-            if data is None:
-                gone.add(digest)
-            elif (records := await _decoded(data)) is None:
-                bad.append(digest)
-            else:
-                out[digest] = records
 
-    async with anyio.create_task_group() as group:
-        for digest in sizes:
-            group.start_soon(one, digest)
-    if gone:
-        raise _missing(gone)
-    if bad:
+async def _part(request: web.Request, digest: str, size: int) -> list[bytes]:
+    """The records of one part (verified by the store); its bytes are dropped once decoded."""
+    data = await _fetch_one(request, digest, size)
+    if data is None:
+        raise _missing({digest})
+    records = await _decoded(data)
+    if records is None:
         raise HttpError(
-            400, "invalid", f"part {min(bad)} of the publish is not a msgpack list of records"
+            400, "invalid", f"part {digest} of the publish is not a msgpack list of records"
         )
-    return out
+    return records
 
 
 async def _fetch_one(request: web.Request, digest: str, size: int) -> bytes | None:
