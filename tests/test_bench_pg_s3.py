@@ -46,3 +46,17 @@ def test_quick_run_prints_every_row(pg_s3_store: str, tmp_path: Path) -> None:
     names = [line.split(" | ")[0].removeprefix("| ") for line in lines[2:]]
     assert names == ROWS
     assert "failed" not in done.stdout.lower()
+
+
+def test_small_cpu_bench_runs(s3_url: str) -> None:
+    """``bench/bench_s3_small_cpu.py`` at a tiny size prints both ways."""
+    script = BENCH.parent / "bench_s3_small_cpu.py"
+    done = subprocess.run(
+        [sys.executable, str(script), s3_url, "--files", "20", "--trials", "2"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),  # the fixture put the S3 server's AWS variables here
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "  plain " in done.stdout and "  store " in done.stdout, done.stdout
