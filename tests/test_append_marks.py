@@ -19,7 +19,9 @@ from typing import Any
 
 import anyio
 import pytest
-from test_notes_cache import FOLDER, PREFIX, HeadOpens, from_heads, make_log, read_cache
+from _processes import wait_stopped
+from _spies import Calls
+from test_notes_cache import FOLDER, PREFIX, from_heads, head_opens, make_log, read_cache
 
 from asyncart._backends import _marks, local_log
 from asyncart._backends.local_log import LocalEventLog
@@ -52,22 +54,9 @@ async def cached_mark(log: LocalEventLog) -> object:
     return None if cache is None else cache.mark
 
 
-class HeadChecks:
+def head_checks(monkeypatch: pytest.MonkeyPatch) -> Calls:
     """Counts the folders whose heads were stat'ed one by one (``_check_heads``)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.count = 0
-        real = local_log._check_heads
-
-        def spy(*args: Any) -> Any:
-            self.count += 1
-            return real(*args)
-
-        monkeypatch.setattr(local_log, "_check_heads", spy)
-
-    def reset(self) -> int:
-        count, self.count = self.count, 0
-        return count
+    return Calls(monkeypatch, local_log, "_check_heads")
 
 
 async def test_an_unchanged_folder_stats_no_head(
@@ -75,7 +64,7 @@ async def test_an_unchanged_folder_stats_no_head(
 ) -> None:
     log = await make_log(tmp_path, [f"a{i}" for i in range(100)])
     await build_trusted(log, monkeypatch)
-    checks = HeadChecks(monkeypatch)
+    checks = head_checks(monkeypatch)
     for _ in range(2):
         with later(monkeypatch):
             notes = await log.notes(PREFIX)
@@ -122,7 +111,7 @@ async def test_a_missing_mark_costs_only_the_per_head_check(
     log = await make_log(tmp_path, [f"a{i}" for i in range(10)])
     await build_trusted(log, monkeypatch)
     await anyio.to_thread.run_sync(os.unlink, log.root / "p" / MARK)
-    checks = HeadChecks(monkeypatch)
+    checks = head_checks(monkeypatch)
     with later(monkeypatch):
         assert await log.notes(PREFIX) == await from_heads(log)
     assert checks.reset() == 1
@@ -139,7 +128,7 @@ async def test_a_cache_of_another_boot_is_not_used(
     a cache built before a reboot vouches for nothing, and every head is read."""
     log = await make_log(tmp_path, [f"a{i}" for i in range(10)])
     await build_trusted(log, monkeypatch)
-    opens = HeadOpens(monkeypatch)
+    opens = head_opens(monkeypatch)
     monkeypatch.setattr(local_log, "boot_id", lambda: "another boot")
     with later(monkeypatch):
         assert await log.notes(PREFIX) == await from_heads(log)
@@ -230,15 +219,6 @@ async def test_an_appender_killed_between_any_two_syscalls_hides_no_change(
     assert notes[stream] == f"n{at}".encode()
 
 
-async def _stopped(pid: int) -> None:
-    """Wait until process ``pid`` has stopped itself (SIGSTOP)."""
-    with anyio.fail_after(60):
-        for _ in iter(int, 1):  # forever, until the timeout
-            if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "T":
-                return
-            await anyio.sleep(0.01)
-
-
 async def test_a_build_during_a_stalled_append_records_no_mark(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -249,7 +229,7 @@ async def test_a_build_during_a_stalled_append_records_no_mark(
     writer = await anyio.open_process(appender(log, stream, "stop-after-mark", "late"))
     async with writer:
         try:
-            await _stopped(writer.pid)
+            await wait_stopped(writer.pid)
             (log.root / "p" / ".artifacts.notes").unlink(missing_ok=True)
             with later(monkeypatch):
                 notes = await log.notes(PREFIX)
@@ -258,7 +238,7 @@ async def test_a_build_during_a_stalled_append_records_no_mark(
         finally:
             writer.send_signal(signal.SIGCONT)
         assert await writer.wait() == 0
-    checks = HeadChecks(monkeypatch)
+    checks = head_checks(monkeypatch)
     with later(monkeypatch):
         notes = await log.notes(PREFIX)
     assert notes[stream] == b"late" and notes == await from_heads(log)
@@ -275,7 +255,7 @@ async def test_a_stalled_appender_killed_hides_no_change(
     stream = f"{PREFIX}a3"
     writer = await anyio.open_process(appender(log, stream, "stop-after-mark", "never"))
     async with writer:
-        await _stopped(writer.pid)
+        await wait_stopped(writer.pid)
         writer.kill()
         await writer.wait()
     await build_trusted(log, monkeypatch)
@@ -295,7 +275,7 @@ async def test_caches_built_during_appenders_hide_none_of_their_appends(
     Once they are done, the cache must not vouch for any note but the heads' own."""
     log = await make_log(tmp_path, [f"a{i}" for i in range(20)])
     await anyio.sleep(2.5)  # the folder's listing is then old enough to be trusted
-    checks = HeadChecks(monkeypatch)
+    checks = head_checks(monkeypatch)
     with anyio.fail_after(120):
         writers = [
             await anyio.open_process(appender(log, f"{PREFIX}a0", f"many:{first}", "w"))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from _processes import wait_stopped
 
 import asyncart
 from asyncart._backends._framing import SLOT_SIZE, decode_head, frames, scan
@@ -232,15 +233,6 @@ asyncio.run(main())
 """
 
 
-async def _stopped(pid: int) -> None:
-    """Wait until process ``pid`` has stopped itself (SIGSTOP)."""
-    with anyio.fail_after(60):
-        for _ in iter(int, 1):  # forever, until the timeout
-            if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "T":
-                return
-            await anyio.sleep(0.01)
-
-
 async def test_readers_do_not_see_records_a_writer_has_not_synced(
     store: str, tmp_path: Path
 ) -> None:
@@ -251,7 +243,7 @@ async def test_readers_do_not_see_records_a_writer_has_not_synced(
     )
     async with writer:
         try:
-            await _stopped(writer.pid)  # between its write and its fdatasync
+            await wait_stopped(writer.pid)  # between its write and its fdatasync
             size = _log(store).stat().st_size
             assert size > 0 and b"b.txt" in _log(store).read_bytes()  # v1's records are there
             api = asyncart.Api("demo", store=store)

@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
+from _spies import Calls
 
 from asyncart import LocalStore
 from asyncart._backends import local_log
@@ -22,23 +23,14 @@ FOLDER = "p/artifacts"
 PREFIX = f"{FOLDER}/"
 
 
-class HeadOpens:
+def head_opens(monkeypatch: pytest.MonkeyPatch) -> Calls:
     """Counts the head files opened (``os.open`` of ``*.head``) while installed."""
+    return Calls(monkeypatch, os, "open", lambda path: str(path).endswith(".head"))
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.count = 0
-        real = os.open
 
-        def spy(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
-            if str(path).endswith(".head"):
-                self.count += 1
-            return real(path, flags, *args, **kwargs)
-
-        monkeypatch.setattr(os, "open", spy)
-
-    def reset(self) -> int:
-        count, self.count = self.count, 0
-        return count
+def folder_listings(monkeypatch: pytest.MonkeyPatch) -> Calls:
+    """Counts the folders listed (``os.scandir``) while installed."""
+    return Calls(monkeypatch, os, "scandir")
 
 
 async def make_log(root: Path, names: list[str]) -> LocalEventLog:
@@ -86,7 +78,7 @@ async def test_unchanged_heads_are_not_read(
 ) -> None:
     log = await make_log(tmp_path, [f"a{i}" for i in range(100)])
     await build_trusted(log, monkeypatch)
-    opens = HeadOpens(monkeypatch)
+    opens = head_opens(monkeypatch)
     for _ in range(2):
         notes = await log.notes(PREFIX)
         assert opens.reset() == 0
@@ -103,7 +95,7 @@ async def test_appends_new_and_removed_streams(
     await log.append(f"{PREFIX}e", [b"r0"], 0, note=b"note of e 0")
     for suffix in ("log", "head", "idx"):
         (log.root / FOLDER / f"c.{suffix}").unlink(missing_ok=True)
-    opens = HeadOpens(monkeypatch)
+    opens = head_opens(monkeypatch)
     notes = await log.notes(PREFIX)
     assert opens.reset() == 2  # the changed head and the new one
     assert notes == await from_heads(log)
@@ -157,7 +149,7 @@ async def test_a_damaged_cache_costs_only_the_slow_path(
     await build_trusted(log, monkeypatch)
     path = cache_file(log)
     path.write_bytes(damaged(path.read_bytes(), how))
-    opens = HeadOpens(monkeypatch)
+    opens = head_opens(monkeypatch)
     assert await log.notes(PREFIX) == await from_heads(log)
     assert opens.reset() == 10 + 10  # every head by notes(), then by from_heads
     assert await anyio.to_thread.run_sync(read_cache, log) is not None  # rewritten
@@ -174,7 +166,7 @@ async def test_another_folders_cache_is_not_used(
     await log.notes("q/artifacts/")
     mine = cache_file(log)
     mine.write_bytes(cache_file(log, "q/artifacts").read_bytes())
-    opens = HeadOpens(monkeypatch)
+    opens = head_opens(monkeypatch)
     notes = await log.notes(PREFIX)
     assert opens.reset() == 2
     assert notes == await from_heads(log) and b"q's note" not in notes.values()
@@ -242,24 +234,6 @@ async def test_a_narrower_prefix_keeps_the_other_entries(
     assert await log.notes(PREFIX) == await from_heads(log)
 
 
-class Listings:
-    """Counts the folders listed (``os.scandir``) while installed."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.count = 0
-        real = os.scandir
-
-        def spy(path: Any = ".") -> Any:
-            self.count += 1
-            return real(path)
-
-        monkeypatch.setattr(os, "scandir", spy)
-
-    def reset(self) -> int:
-        count, self.count = self.count, 0
-        return count
-
-
 async def test_an_unchanged_folder_is_not_listed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -267,7 +241,7 @@ async def test_an_unchanged_folder_is_not_listed(
     recorded (and older than the build by the margin): no name was created or removed."""
     log = await make_log(tmp_path, [f"a{i}" for i in range(100)])
     await build_trusted(log, monkeypatch)
-    listings, opens = Listings(monkeypatch), HeadOpens(monkeypatch)
+    listings, opens = folder_listings(monkeypatch), head_opens(monkeypatch)
     for _ in range(2):
         notes = await log.notes(PREFIX)
         assert (listings.reset(), opens.reset()) == (0, 0)
@@ -285,7 +259,7 @@ async def test_a_name_created_or_removed_makes_the_folder_listed(
 ) -> None:
     log = await make_log(tmp_path, [f"a{i}" for i in range(100)])
     await build_trusted(log, monkeypatch)
-    listings = Listings(monkeypatch)
+    listings = folder_listings(monkeypatch)
     await log.append(f"{PREFIX}new", [b"r0"], 0, note=b"note of new 0")
     assert (await log.notes(PREFIX))[f"{PREFIX}new"] == b"note of new 0"
     assert listings.reset() == 1
@@ -322,7 +296,7 @@ async def test_writing_the_cache_leaves_its_folder_alone(
     await build_trusted(log, monkeypatch)
     assert folder.stat().st_ctime_ns == before
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
-    listings = Listings(monkeypatch)
+    listings = folder_listings(monkeypatch)
     assert await log.notes(PREFIX) == await from_heads(log)
     assert listings.reset() == 1  # from_heads lists the folder; notes() did not
 
